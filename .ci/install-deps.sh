@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs, when missing, what building and testing Weft needs beyond the Rust toolchain.
+# Idempotent: a second run installs nothing and makes no network request.
+set -euo pipefail
+
+# protoc + the well-known .proto includes: our proto crate and etcd-client's build script run protoc.
+# etcd-server: the registry's store tests start their own etcd on loopback.
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/duration.proto ] || need+=(libprotobuf-dev)
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root (or sudo) to apt-get install ${need[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  echo "install-deps: apt-get install ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
