@@ -4,6 +4,7 @@
 //! This crate does no I/O beyond reading and writing PEM files it is pointed at. Both the proxy
 //! and the control plane depend on it; it depends on neither.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bundle;
 pub mod ca;

@@ -1,1 +1,19 @@
+//! The Weft control plane: the certificate service that signs proxies' CSRs into X509-SVIDs
+//! (this crate's first service), and the library behind the `weftctl` CLI.
+//!
+//! Request path of a Certify call: [`transport`] (TLS accept, peer identity) → tonic →
+//! [`identity`] (attest with [`attest`], sign with `weft_certs::CertificateAuthority`).
+//! Depends on `weft-proto` and `weft-certs`; never on the proxy.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod admin;
+pub mod attest;
+pub mod client;
+pub mod ctl;
+pub mod identity;
+pub mod metrics;
+pub mod server;
+pub mod transport;
+
+pub use server::{Config, ControlPlane, StartError, control_plane_id};

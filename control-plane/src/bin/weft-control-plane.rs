@@ -1,1 +1,135 @@
-fn main() {}
+//! `weft-control-plane`: the certificate service (and, later, registry and discovery).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use weft_certs::TrustDomain;
+use weft_control_plane::attest::K8sConfig;
+use weft_control_plane::{Config, ControlPlane};
+
+#[derive(Parser)]
+#[command(name = "weft-control-plane", version, about = "The Weft control plane")]
+struct Args {
+    /// CA directory: tls.crt, tls.key, ca.crt (cert-manager layout) and token.key.
+    #[arg(long, env = "WEFT_CA_DIR")]
+    ca_dir: PathBuf,
+    /// Trust domain, when the CA certificate carries no spiffe:// URI SAN.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN")]
+    trust_domain: Option<TrustDomain>,
+    /// gRPC (mTLS) listen address.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Admin HTTP address (/metrics, /live, /ready). Keep it on localhost.
+    #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:9191")]
+    admin: SocketAddr,
+    /// Longest lifetime of an issued SVID.
+    #[arg(long, env = "WEFT_SVID_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    svid_ttl: Duration,
+    /// DNS SAN for the serving certificate (repeatable).
+    #[arg(long = "server-name", env = "WEFT_SERVER_NAMES", value_delimiter = ',')]
+    server_names: Vec<String>,
+    /// JWKS file for Kubernetes service-account token attestation.
+    #[arg(long, env = "WEFT_JWKS", requires_all = ["jwt_issuer", "jwt_audience"])]
+    jwks: Option<PathBuf>,
+    /// Required `iss` of Kubernetes tokens.
+    #[arg(long, env = "WEFT_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required audience of Kubernetes tokens.
+    #[arg(long, env = "WEFT_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Log format.
+    #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weft-control-plane: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("weft-control-plane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if args.svid_ttl < Duration::from_secs(60) {
+        anyhow::bail!(
+            "--svid-ttl {:?} is too short; use at least 1m",
+            args.svid_ttl
+        );
+    }
+    let server_names = if args.server_names.is_empty() {
+        Config::DEFAULT_SERVER_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.server_names
+    };
+    let k8s = match (args.jwks, args.jwt_issuer, args.jwt_audience) {
+        (Some(jwks_path), Some(issuer), Some(audience)) => Some(K8sConfig {
+            jwks_path,
+            issuer,
+            audience,
+        }),
+        _ => None,
+    };
+    let config = Config {
+        ca_dir: args.ca_dir,
+        trust_domain: args.trust_domain,
+        listen: args.listen,
+        admin: args.admin,
+        svid_ttl: args.svid_ttl,
+        server_names,
+        k8s,
+    };
+    let cp = ControlPlane::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    cp.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,141 @@
+//! Kubernetes projected service-account tokens, verified offline against the cluster's JWKS
+//! (`kubectl get --raw /openid/v1/jwks`). The identity comes from the token's `kubernetes.io`
+//! namespace and service-account claims.
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use serde::Deserialize;
+use weft_certs::{SpiffeId, TrustDomain};
+
+use super::AttestError;
+
+/// Where to find the keys and what the tokens must say.
+#[derive(Debug, Clone)]
+pub struct K8sConfig {
+    /// JWKS file.
+    pub jwks_path: std::path::PathBuf,
+    /// Required `iss`, e.g. `https://kubernetes.default.svc.cluster.local`.
+    pub issuer: String,
+    /// Required audience (one of `aud`), e.g. `weft`.
+    pub audience: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct K8sClaims {
+    sub: String,
+    #[serde(rename = "kubernetes.io")]
+    kubernetes: KubernetesIo,
+}
+
+#[derive(Debug, Deserialize)]
+struct KubernetesIo {
+    namespace: String,
+    serviceaccount: Named,
+}
+
+#[derive(Debug, Deserialize)]
+struct Named {
+    name: String,
+}
+
+/// A verifier with the JWKS loaded.
+pub struct K8sVerifier {
+    config: K8sConfig,
+    keys: Vec<(Option<String>, DecodingKey, jsonwebtoken::Algorithm)>,
+}
+
+impl std::fmt::Debug for K8sVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<_> = self.keys.iter().map(|(k, _, a)| (k.clone(), *a)).collect();
+        f.debug_struct("K8sVerifier")
+            .field("config", &self.config)
+            .field("keys", &kids)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("JWKS {path}: {reason}")]
+pub struct JwksError {
+    path: String,
+    reason: String,
+}
+
+impl K8sVerifier {
+    pub fn load(config: K8sConfig) -> Result<Self, JwksError> {
+        let path = config.jwks_path.display().to_string();
+        let bytes = std::fs::read(&config.jwks_path).map_err(|e| JwksError {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::from_json(config, &bytes).map_err(|reason| JwksError { path, reason })
+    }
+
+    fn from_json(config: K8sConfig, json: &[u8]) -> Result<Self, String> {
+        let set: JwkSet =
+            serde_json::from_slice(json).map_err(|e| format!("not a JWK set: {e}"))?;
+        let mut keys = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {i}: {e}"))?;
+            let alg = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => jsonwebtoken::Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                    jsonwebtoken::jwk::EllipticCurve::P256 => jsonwebtoken::Algorithm::ES256,
+                    jsonwebtoken::jwk::EllipticCurve::P384 => jsonwebtoken::Algorithm::ES384,
+                    ref c => return Err(format!("key {i}: curve {c:?} is not supported")),
+                },
+                other => {
+                    return Err(format!(
+                        "key {i}: key type {other:?} is not supported (RSA or EC)"
+                    ));
+                }
+            };
+            keys.push((jwk.common.key_id.clone(), key, alg));
+        }
+        if keys.is_empty() {
+            return Err("the key set is empty".into());
+        }
+        Ok(Self { config, keys })
+    }
+
+    /// Verifies `token` and maps it to `spiffe://<td>/ns/<namespace>/sa/<service-account>`.
+    pub fn verify(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        td: &TrustDomain,
+    ) -> Result<SpiffeId, AttestError> {
+        let (_, key, alg) = match &header.kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|(k, _, _)| k.as_deref() == Some(kid.as_str())),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| {
+            AttestError::UnknownKey(header.kid.clone().unwrap_or_else(|| "<none>".into()))
+        })?;
+        let mut validation = Validation::new(*alg);
+        validation.set_audience(&[&self.config.audience]);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        let data = jsonwebtoken::decode::<K8sClaims>(token, key, &validation)
+            .map_err(AttestError::from_jwt)?;
+        let claims = data.claims;
+        let (ns, sa) = (
+            &claims.kubernetes.namespace,
+            &claims.kubernetes.serviceaccount.name,
+        );
+        // `sub` and the structured claims are signed together; refuse a token where they disagree.
+        let want_sub = format!("system:serviceaccount:{ns}:{sa}");
+        if claims.sub != want_sub {
+            return Err(AttestError::Claims(format!(
+                "sub {:?} does not match {want_sub:?}",
+                claims.sub
+            )));
+        }
+        td.workload(ns, sa)
+            .map_err(|e| AttestError::Claims(format!("namespace/service account: {e}")))
+    }
+}

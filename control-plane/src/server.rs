@@ -1,0 +1,203 @@
+//! Wiring: load the CA and token key, bind the gRPC and admin listeners, start the services.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+use weft_certs::{CertificateAuthority, SpiffeId, TrustBundle, TrustDomain};
+use weft_proto::identity::v1::identity_server::IdentityServer;
+
+use crate::attest::join::TOKEN_KEY_FILE;
+use crate::attest::{Attestor, K8sConfig, K8sVerifier, TokenKey};
+use crate::identity::IdentityService;
+use crate::metrics::Metrics;
+use crate::transport::{ServingCert, ServingIdentity, tls_incoming};
+
+/// Static configuration of one control-plane process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// CA directory (cert-manager layout plus `token.key`).
+    pub ca_dir: PathBuf,
+    /// Trust domain; required only when the CA certificate has no `spiffe://` URI SAN.
+    pub trust_domain: Option<TrustDomain>,
+    /// gRPC (mTLS) listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (`/metrics`, `/live`, `/ready`).
+    pub admin: SocketAddr,
+    /// Longest SVID lifetime issued.
+    pub svid_ttl: Duration,
+    /// DNS SANs of the serving certificate, for gRPC clients that verify by name.
+    pub server_names: Vec<String>,
+    /// Kubernetes service-account token attestation, when configured.
+    pub k8s: Option<K8sConfig>,
+}
+
+impl Config {
+    pub const DEFAULT_SERVER_NAMES: [&str; 2] = ["weft-control-plane.weft-system.svc", "localhost"];
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("load CA from {dir}: {source}")]
+    Ca {
+        dir: String,
+        source: weft_certs::ca::CaError,
+    },
+    #[error(transparent)]
+    TokenKey(#[from] crate::attest::join::TokenKeyError),
+    #[error(transparent)]
+    Jwks(#[from] crate::attest::k8s::JwksError),
+    #[error("bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving certificate: {0}")]
+    ServingCert(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] weft_certs::tls::TlsError),
+}
+
+/// The identity the control plane serves with.
+pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
+    td.workload("weft-system", "weft-control-plane")
+        .unwrap_or_else(|_| td.id())
+}
+
+/// A running control plane. Dropping it does not stop it; call [`ControlPlane::shutdown`].
+#[derive(Debug)]
+pub struct ControlPlane {
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    identity: SpiffeId,
+    bundle: TrustBundle,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let ca = CertificateAuthority::load_dir(&config.ca_dir, config.trust_domain.as_ref())
+            .map_err(|source| StartError::Ca {
+                dir: config.ca_dir.display().to_string(),
+                source,
+            })?
+            .with_max_ttl(config.svid_ttl);
+        let ca = Arc::new(ca);
+        let td = ca.trust_domain().clone();
+        let token_key = TokenKey::load(&config.ca_dir.join(TOKEN_KEY_FILE))?;
+        let k8s = config.k8s.clone().map(K8sVerifier::load).transpose()?;
+        let attestor = Arc::new(Attestor::new(td.clone(), token_key, k8s));
+
+        let metrics = Arc::new(Metrics::default());
+        metrics.ca_expiration.set(ca.not_after().unix_timestamp());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let identity = control_plane_id(&td);
+        let serving = ServingCert::start(
+            ServingIdentity {
+                ca: ca.clone(),
+                id: identity.clone(),
+                dns_names: config.server_names.clone(),
+                ttl: config.svid_ttl,
+            },
+            metrics.clone(),
+            shutdown_rx.clone(),
+        )
+        .map_err(StartError::ServingCert)?;
+        let bundle = ca.bundle().clone();
+        // Client certificates are optional here: a workload asking for its first SVID has none.
+        let tls = weft_certs::tls::server_config(Arc::new(bundle.clone()), serving, false)?;
+
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let grpc = bind("gRPC listener", config.listen).await?;
+        let admin = bind("admin listener", config.admin).await?;
+        let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind {
+            what: "gRPC listener",
+            addr: config.listen,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            what: "admin listener",
+            addr: config.admin,
+            source,
+        })?;
+
+        let incoming = tls_incoming(
+            grpc,
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        );
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<IdentityServer<IdentityService>>()
+            .await;
+        let identity_service = IdentityService::new(ca.clone(), attestor, metrics.clone());
+        let mut grpc_shutdown = shutdown_rx.clone();
+        let grpc_task = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(health_service)
+                .add_service(IdentityServer::new(identity_service))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = grpc_shutdown.changed().await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+        let admin_task = tokio::spawn(crate::admin::run(admin, metrics.clone(), shutdown_rx));
+
+        info!(%grpc_addr, %admin_addr, %identity, trust_domain = %td, "control plane serving");
+        Ok(Self {
+            grpc_addr,
+            admin_addr,
+            identity,
+            bundle,
+            metrics,
+            shutdown,
+            tasks: vec![grpc_task, admin_task],
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn identity(&self) -> &SpiffeId {
+        &self.identity
+    }
+
+    pub fn trust_bundle(&self) -> &TrustBundle {
+        &self.bundle
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops accepting, lets in-flight RPCs finish, and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The control plane's TLS transport: an accept loop that runs rustls handshakes (bounded in time
+//! and in number), hands established connections to tonic with the peer's verified identity, and
+//! a serving certificate that renews itself before it expires.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+use tracing::{debug, info, warn};
+use weft_certs::verify::peer_spiffe_id;
+use weft_certs::{CertificateAuthority, SpiffeId, WorkloadKey};
+
+use crate::metrics::Metrics;
+
+/// A client that does not finish its handshake in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many handshakes run at once; further connections wait in the kernel backlog.
+const MAX_CONCURRENT_HANDSHAKES: usize = 1024;
+
+/// What a request knows about its connection. The identity is the one verified in the TLS
+/// handshake; there is no other way for a caller to claim one.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote_addr: SocketAddr,
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+/// An established TLS connection.
+#[derive(Debug)]
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections, runs TLS handshakes, and yields established connections until
+/// `shutdown` flips. A failed handshake is logged and counted, never yielded.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.changed() => break,
+            };
+            let (tcp, remote_addr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let spiffe_id = peer_spiffe_id(stream.get_ref().1.peer_certificates()).ok();
+                        debug!(%remote_addr, peer = ?spiffe_id, "TLS connection established");
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                stream,
+                                info: PeerInfo {
+                                    remote_addr,
+                                    spiffe_id,
+                                },
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics.tls_handshake_failures.inc();
+                        info!(%remote_addr, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake_failures.inc();
+                        info!(%remote_addr, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The control plane's own serving SVID, swapped in place on renewal: new handshakes get the new
+/// certificate at once; established connections are untouched.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+}
+
+/// Everything needed to (re)issue the serving certificate.
+#[derive(Debug, Clone)]
+pub struct ServingIdentity {
+    pub ca: Arc<CertificateAuthority>,
+    pub id: SpiffeId,
+    pub dns_names: Vec<String>,
+    pub ttl: Duration,
+}
+
+impl ServingIdentity {
+    fn issue(&self) -> Result<(Arc<CertifiedKey>, SystemTime), String> {
+        let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
+        let svid = self
+            .ca
+            .issue(key.key_pair(), &self.id, &self.dns_names, Some(self.ttl))
+            .map_err(|e| e.to_string())?;
+        let certified = key.certified(svid.chain).map_err(|e| e.to_string())?;
+        Ok((certified, svid.not_after))
+    }
+}
+
+impl ServingCert {
+    /// Issues the first certificate and spawns the renewal task (renews at 70 % of the lifetime).
+    pub fn start(
+        identity: ServingIdentity,
+        metrics: Arc<Metrics>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Self>, String> {
+        let (first, not_after) = identity.issue()?;
+        set_expiry_gauge(&metrics, not_after);
+        let this = Arc::new(Self {
+            current: RwLock::new(first),
+        });
+        let weak = Arc::downgrade(&this);
+        let mut wait = renew_delay(SystemTime::now(), not_after);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+                let Some(this) = weak.upgrade() else { return };
+                match identity.issue() {
+                    Ok((cert, not_after)) => {
+                        if let Ok(mut cur) = this.current.write() {
+                            *cur = cert;
+                        }
+                        set_expiry_gauge(&metrics, not_after);
+                        wait = renew_delay(SystemTime::now(), not_after);
+                        info!(identity = %identity.id, "renewed serving certificate");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "renewing the serving certificate failed; retrying in 10s");
+                        wait = Duration::from_secs(10);
+                    }
+                }
+            }
+        });
+        Ok(this)
+    }
+}
+
+/// Renew at 70 % of the remaining lifetime.
+fn renew_delay(now: SystemTime, not_after: SystemTime) -> Duration {
+    not_after
+        .duration_since(now)
+        .unwrap_or_default()
+        .mul_f64(0.7)
+}
+
+fn set_expiry_gauge(metrics: &Metrics, not_after: SystemTime) {
+    let secs = not_after
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    metrics.serving_cert_expiration.set(secs);
+}

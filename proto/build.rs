@@ -1,0 +1,11 @@
+//! Compiles the `.proto` files under `weft/` into tonic/prost code (protoc must be on PATH, or
+//! PROTOC set; `.ci/install-deps.sh` installs Debian's protobuf-compiler).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["weft/identity/v1/identity.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure().compile_protos(&protos, &["."])?;
+    Ok(())
+}

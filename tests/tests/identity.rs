@@ -1,0 +1,899 @@
+//! The certificate service end to end: real binaries for the main path, an in-process control
+//! plane on 127.0.0.1:0 for each refusal.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use weft_certs::tls::{FixedCert, client_config, server_config};
+use weft_certs::verify::peer_spiffe_id;
+use weft_certs::{ExpectedPeer, SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
+use weft_control_plane::attest::{JoinClaims, K8sConfig, TokenKey};
+use weft_control_plane::client::{self, ClientError};
+use weft_control_plane::{Config, ControlPlane, control_plane_id};
+use weft_proto::identity::v1::CertifyRequest;
+use weft_proto::identity::v1::identity_client::IdentityClient;
+use weft_tests::{ControlPlaneProcess, TestCa, certify, http_get, metric_value, weftctl};
+
+const TD: &str = "mesh.test";
+const WEB: &str = "spiffe://mesh.test/ns/default/sa/web";
+const API: &str = "spiffe://mesh.test/ns/default/sa/api";
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+/// Control plane (real binary) + two workloads with join tokens minted by `weftctl` + an mTLS
+/// echo between them where each side sees the other's SPIFFE ID.
+#[tokio::test]
+async fn two_workloads_get_svids_and_talk_mtls() {
+    let ca = TestCa::init(TD).await.unwrap();
+    let cp = ControlPlaneProcess::start(&ca.path(), &[]).await.unwrap();
+    cp.wait_for_log("identity=spiffe://mesh.test/ns/weft-system/sa/weft-control-plane")
+        .await
+        .unwrap();
+
+    let web = certify(
+        &cp.grpc_addr,
+        ca.bundle(),
+        WEB,
+        &ca.token(WEB, "10m").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let api = certify(
+        &cp.grpc_addr,
+        ca.bundle(),
+        API,
+        &ca.token(API, "10m").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(web.bundle, ca.bundle().roots());
+
+    let server_cfg = server_config(
+        ca.bundle(),
+        Arc::new(FixedCert(api.svid.certified.clone())),
+        true,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg))
+            .accept(tcp)
+            .await
+            .unwrap();
+        let peer = peer_spiffe_id(tls.get_ref().1.peer_certificates()).unwrap();
+        let mut buf = vec![0u8; 5];
+        tls.read_exact(&mut buf).await.unwrap();
+        tls.write_all(peer.as_str().as_bytes()).await.unwrap();
+        tls.shutdown().await.unwrap();
+        peer
+    });
+    let client_cfg = client_config(
+        ca.bundle(),
+        ExpectedPeer::One(id(API)),
+        Some(web.svid.certified.clone()),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("api.default").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        peer_spiffe_id(tls.get_ref().1.peer_certificates()).unwrap(),
+        id(API)
+    );
+    tls.write_all(b"hello").await.unwrap();
+    let mut echoed = String::new();
+    tls.read_to_string(&mut echoed).await.unwrap();
+    assert_eq!(echoed, WEB, "the server saw the client's SPIFFE ID");
+    assert_eq!(server.await.unwrap(), id(WEB));
+
+    cp.wait_for_log(
+        "issued SVID identity=spiffe://mesh.test/ns/default/sa/api attestation=join_token",
+    )
+    .await
+    .unwrap();
+    assert!(
+        !cp.log()
+            .contains(&ca.token(WEB, "10m").await.unwrap()[..40]),
+        "tokens are never logged"
+    );
+}
+
+/// The README's main command: `weftctl cert request` writes an SVID that `cert inspect` reads.
+#[tokio::test]
+async fn weftctl_cert_request_and_inspect() {
+    let ca = TestCa::init(TD).await.unwrap();
+    let cp = ControlPlaneProcess::start(&ca.path(), &["--svid-ttl", "2h"])
+        .await
+        .unwrap();
+    let token_file = ca.dir.path().join("web.token");
+    std::fs::write(&token_file, ca.token(WEB, "5m").await.unwrap()).unwrap();
+    let out = ca.dir.path().join("web");
+    let said = weftctl(&[
+        "cert",
+        "request",
+        "--control-plane",
+        &cp.grpc_addr,
+        "--trust-bundle",
+        ca.bundle_file().to_str().unwrap(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--identity",
+        WEB,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert!(said.starts_with(&format!("Issued {WEB}")), "{said}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("svid.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the key file is private");
+
+    let inspected = weftctl(&["cert", "inspect", out.join("svid.crt").to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(
+        inspected.contains(&format!("SPIFFE ID:   {WEB}")),
+        "{inspected}"
+    );
+    assert!(
+        inspected.contains("issuer:      O=Weft, CN=Weft root CA for mesh.test"),
+        "{inspected}"
+    );
+    assert!(
+        inspected.contains("(in 1h 59m") || inspected.contains("(in 2h"),
+        "--svid-ttl caps the lifetime: {inspected}"
+    );
+
+    // A wrong trust bundle: the control plane cannot be verified, so nothing is sent.
+    let other = TestCa::init(TD).await.unwrap();
+    let err = weftctl(&[
+        "cert",
+        "request",
+        "--control-plane",
+        &cp.grpc_addr,
+        "--trust-bundle",
+        other.bundle_file().to_str().unwrap(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--identity",
+        WEB,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("not issued by a root in the trust bundle"),
+        "{err}"
+    );
+}
+
+/// An in-process control plane over a fresh CA.
+struct Mesh {
+    ca: TestCa,
+    cp: ControlPlane,
+}
+
+impl Mesh {
+    async fn start(k8s: Option<K8sConfig>) -> Self {
+        let ca = TestCa::init(TD).await.unwrap();
+        let cp = ControlPlane::start(Config {
+            ca_dir: ca.path(),
+            trust_domain: None,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            svid_ttl: Duration::from_secs(3600),
+            server_names: vec!["localhost".into()],
+            k8s,
+        })
+        .await
+        .unwrap();
+        Self { ca, cp }
+    }
+
+    fn addr(&self) -> String {
+        self.cp.grpc_addr().to_string()
+    }
+
+    fn token_key(&self) -> TokenKey {
+        TokenKey::load(&self.ca.path().join("token.key")).unwrap()
+    }
+
+    async fn client(&self) -> IdentityClient<tonic::transport::Channel> {
+        let ch = client::connect(
+            &self.addr(),
+            self.ca.bundle(),
+            control_plane_id(&self.ca.trust_domain),
+            None,
+        )
+        .await
+        .unwrap();
+        IdentityClient::new(ch)
+    }
+
+    /// Sends a raw Certify request and returns the status it was refused with.
+    async fn refuse(&self, req: CertifyRequest) -> tonic::Status {
+        self.client()
+            .await
+            .certify(req)
+            .await
+            .expect_err("request should be refused")
+    }
+
+    fn refused(&self, code: &str, reason: &str) -> f64 {
+        let text = self.cp.metrics().encode();
+        metric_value(
+            &text,
+            &format!("certify_refused_total{{code=\"{code}\",reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    }
+}
+
+fn csr(who: &str) -> Vec<u8> {
+    WorkloadKey::generate().unwrap().csr(&id(who)).unwrap()
+}
+
+fn claims(sub: &str, aud: &str, exp_from_now: i64) -> JoinClaims {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    JoinClaims {
+        iss: "weft".into(),
+        sub: sub.into(),
+        aud: aud.into(),
+        exp: (now + exp_from_now) as u64,
+        iat: now as u64,
+        nbf: (now - 60) as u64,
+        jti: "test".into(),
+    }
+}
+
+fn assert_status(status: &tonic::Status, code: Code, text: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(text),
+        "message {:?} should contain {text:?}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn refuses_expired_join_token() {
+    let mesh = Mesh::start(None).await;
+    let token = mesh
+        .token_key()
+        .sign(&claims(
+            WEB,
+            "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane",
+            -3600,
+        ))
+        .unwrap();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token,
+            csr_der: csr(WEB),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::Unauthenticated, "token has expired");
+    assert_eq!(mesh.refused("unauthenticated", "token_expired"), 1.0);
+}
+
+#[tokio::test]
+async fn refuses_join_token_for_another_audience() {
+    let mesh = Mesh::start(None).await;
+    let token = mesh
+        .token_key()
+        .sign(&claims(
+            WEB,
+            "spiffe://other.test/ns/weft-system/sa/weft-control-plane",
+            600,
+        ))
+        .unwrap();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token,
+            csr_der: csr(WEB),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::Unauthenticated, "audience");
+    assert_eq!(mesh.refused("unauthenticated", "token_audience"), 1.0);
+}
+
+#[tokio::test]
+async fn refuses_join_token_with_a_forged_signature() {
+    let mesh = Mesh::start(None).await;
+    // Right key id, wrong key: what an attacker who saw a token would try.
+    let real = mesh.token_key();
+    let forger = TokenKey::generate().unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(real.kid().to_owned());
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(forger.to_pem().as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims(
+            WEB,
+            "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane",
+            600,
+        ),
+        &key,
+    )
+    .unwrap();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token,
+            csr_der: csr(WEB),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::Unauthenticated, "signature does not verify");
+    assert_eq!(mesh.refused("unauthenticated", "token_signature"), 1.0);
+}
+
+#[tokio::test]
+async fn refuses_garbage_unknown_and_missing_tokens() {
+    let mesh = Mesh::start(None).await;
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: "not-a-jwt".into(),
+            csr_der: csr(WEB),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::Unauthenticated, "token is malformed");
+    // A token from another mesh's CA: unknown key id.
+    let other = TestCa::init(TD).await.unwrap();
+    let token = other.token(WEB, "5m").await.unwrap();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token,
+            csr_der: csr(WEB),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::Unauthenticated, "signed by unknown key");
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: String::new(),
+            csr_der: csr(WEB),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::Unauthenticated, "no token was presented");
+    assert_eq!(mesh.refused("unauthenticated", "token_malformed"), 1.0);
+    assert_eq!(mesh.refused("unauthenticated", "token_unknown_key"), 1.0);
+    assert_eq!(mesh.refused("unauthenticated", "token_missing"), 1.0);
+}
+
+#[tokio::test]
+async fn refuses_csr_for_another_identity() {
+    let mesh = Mesh::start(None).await;
+    let token = mesh.ca.token(WEB, "5m").await.unwrap();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token,
+            csr_der: csr(API),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(
+        &status,
+        Code::PermissionDenied,
+        &format!("CSR asks for {API}, but the caller is attested as {WEB}"),
+    );
+    assert_eq!(mesh.refused("permission_denied", "identity_mismatch"), 1.0);
+}
+
+#[tokio::test]
+async fn refuses_malformed_and_badly_signed_csrs() {
+    let mesh = Mesh::start(None).await;
+    let token = mesh.ca.token(WEB, "5m").await.unwrap();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: token.clone(),
+            csr_der: b"\x30\x03\x02\x01".to_vec(),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::InvalidArgument, "CSR is not valid DER");
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: token.clone(),
+            csr_der: vec![],
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::InvalidArgument, "csr_der is empty");
+
+    let mut bad_sig = csr(WEB);
+    let last = bad_sig.len() - 1;
+    bad_sig[last] ^= 1;
+    let status = mesh
+        .refuse(CertifyRequest {
+            token,
+            csr_der: bad_sig,
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "CSR self-signature does not verify",
+    );
+    assert_eq!(mesh.refused("invalid_argument", "csr_malformed"), 2.0);
+    assert_eq!(mesh.refused("invalid_argument", "csr_signature"), 1.0);
+}
+
+fn fixture_csr(name: &str) -> Vec<u8> {
+    let path = format!("{}/../certs/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+    CertificateSigningRequestDer::from_pem_file(&path)
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn refuses_weak_rsa_and_unsupported_algorithms() {
+    // The OpenSSL fixtures ask for spiffe://td/ns/a/sa/b, so the token is for that identity in a
+    // CA of trust domain "td".
+    let ca = TestCa::init("td").await.unwrap();
+    let cp = ControlPlane::start(Config {
+        ca_dir: ca.path(),
+        trust_domain: None,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        svid_ttl: Duration::from_secs(3600),
+        server_names: vec![],
+        k8s: None,
+    })
+    .await
+    .unwrap();
+    let mesh = Mesh { ca, cp };
+    let token = mesh.ca.token("spiffe://td/ns/a/sa/b", "5m").await.unwrap();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: token.clone(),
+            csr_der: fixture_csr("rsa1024.csr.pem"),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "RSA key is 1024 bits; at least 2048",
+    );
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: token.clone(),
+            csr_der: fixture_csr("rsa2048-sha1.csr.pem"),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "signature algorithm 1.2.840.113549.1.1.5 is not supported",
+    );
+    assert_eq!(mesh.refused("invalid_argument", "csr_weak_key"), 1.0);
+    assert_eq!(mesh.refused("invalid_argument", "csr_algorithm"), 1.0);
+    // And an ordinary OpenSSL RSA-2048 CSR is signed.
+    let ok = mesh
+        .client()
+        .await
+        .certify(CertifyRequest {
+            token,
+            csr_der: fixture_csr("rsa2048-sha256.csr.pem"),
+            requested_ttl: None,
+        })
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[tokio::test]
+async fn refuses_negative_ttl_and_honours_a_short_one() {
+    let mesh = Mesh::start(None).await;
+    let token = mesh.ca.token(WEB, "5m").await.unwrap();
+    let neg = prost_types::Duration {
+        seconds: -5,
+        nanos: 0,
+    };
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: token.clone(),
+            csr_der: csr(WEB),
+            requested_ttl: Some(neg),
+        })
+        .await;
+    assert_status(&status, Code::InvalidArgument, "requested_ttl is negative");
+
+    let resp = mesh
+        .client()
+        .await
+        .certify(CertifyRequest {
+            token,
+            csr_der: csr(WEB),
+            requested_ttl: Some(prost_types::Duration {
+                seconds: 120,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let left = resp.not_after.unwrap().seconds - now;
+    assert!((100..=121).contains(&left), "requested 120 s, got {left} s");
+}
+
+/// Renewal: no token, but the caller's current SVID on the connection. It renews only itself.
+#[tokio::test]
+async fn renews_with_the_current_svid_and_only_for_itself() {
+    let mesh = Mesh::start(None).await;
+    let first = certify(
+        &mesh.addr(),
+        mesh.ca.bundle(),
+        WEB,
+        &mesh.ca.token(WEB, "5m").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let cp_id = control_plane_id(&mesh.ca.trust_domain);
+    let ch = client::connect(
+        &mesh.addr(),
+        mesh.ca.bundle(),
+        cp_id.clone(),
+        Some(first.svid.certified.clone()),
+    )
+    .await
+    .unwrap();
+    let renewed = client::certify(ch, &WorkloadKey::generate().unwrap(), &id(WEB), "", None)
+        .await
+        .unwrap();
+    assert_eq!(renewed.svid.id, id(WEB));
+    assert_ne!(renewed.chain[0], first.chain[0]);
+
+    let ch = client::connect(
+        &mesh.addr(),
+        mesh.ca.bundle(),
+        cp_id,
+        Some(first.svid.certified.clone()),
+    )
+    .await
+    .unwrap();
+    let err = client::certify(ch, &WorkloadKey::generate().unwrap(), &id(API), "", None)
+        .await
+        .unwrap_err();
+    match err {
+        ClientError::Certify(s) => assert_status(
+            &s,
+            Code::PermissionDenied,
+            "attested as spiffe://mesh.test/ns/default/sa/web",
+        ),
+        other => panic!("{other}"),
+    }
+    let text = mesh.cp.metrics().encode();
+    assert_eq!(
+        metric_value(&text, "certify_issued_total{attestation=\"renewal\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+/// The serving certificate is an SVID for the control plane identity, and carries DNS SANs so
+/// that any standard gRPC client can verify it by name.
+#[tokio::test]
+async fn serving_certificate_verifies_by_spiffe_id_and_by_dns_name() {
+    let mesh = Mesh::start(None).await;
+    // By SPIFFE ID: a client expecting another identity is refused.
+    let err = client::connect(&mesh.addr(), mesh.ca.bundle(), id(WEB), None).await;
+    let err = match err {
+        Ok(ch) => IdentityClient::new(ch)
+            .certify(CertifyRequest::default())
+            .await
+            .unwrap_err()
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("UnexpectedPeer") || err.contains("expected") || err.contains("transport"),
+        "{err}"
+    );
+
+    // By DNS name, with rustls's stock WebPKI verifier and the bundle as roots.
+    let mut roots = rustls::RootCertStore::empty();
+    for r in mesh.ca.bundle().roots() {
+        roots.add(r.clone()).unwrap();
+    }
+    let stock = rustls::ClientConfig::builder_with_provider(weft_certs::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let stock = Arc::new(stock);
+    let tcp = tokio::net::TcpStream::connect(mesh.addr()).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(stock.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    assert_eq!(
+        weft_certs::verify::spiffe_id_of(leaf).unwrap().as_str(),
+        "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane"
+    );
+    let tcp = tokio::net::TcpStream::connect(mesh.addr()).await.unwrap();
+    let wrong = rustls_pki_types::ServerName::try_from("evil.example").unwrap();
+    assert!(
+        tokio_rustls::TlsConnector::from(stock)
+            .connect(wrong, tcp)
+            .await
+            .is_err()
+    );
+}
+
+/// Admin endpoint: metrics and health over HTTP, on the address it was given.
+#[tokio::test]
+async fn admin_serves_metrics_and_health() {
+    let mesh = Mesh::start(None).await;
+    let _ = certify(
+        &mesh.addr(),
+        mesh.ca.bundle(),
+        WEB,
+        &mesh.ca.token(WEB, "5m").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let _ = certify(&mesh.addr(), mesh.ca.bundle(), WEB, "garbage")
+        .await
+        .unwrap_err();
+    let admin = mesh.cp.admin_addr();
+    assert!(admin.ip().is_loopback());
+    let (status, body) = http_get(&admin.to_string(), "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric_value(&body, "certify_issued_total{attestation=\"join_token\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(
+            &body,
+            "certify_refused_total{code=\"unauthenticated\",reason=\"token_malformed\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        metric_value(&body, "serving_cert_expiration_timestamp_seconds").unwrap() > 0.0,
+        "{body}"
+    );
+    assert_eq!(http_get(&admin.to_string(), "/ready").await.unwrap().0, 200);
+    assert_eq!(http_get(&admin.to_string(), "/nope").await.unwrap().0, 404);
+}
+
+/// Kubernetes projected service-account tokens, verified offline against a JWKS.
+struct K8sIssuer {
+    key: jsonwebtoken::EncodingKey,
+    jwks_dir: tempfile::TempDir,
+}
+
+impl K8sIssuer {
+    fn new() -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = key.public_key_raw(); // 0x04 || x || y
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": "cluster-key-1",
+            "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
+        }]});
+        let jwks_dir = tempfile::tempdir().unwrap();
+        std::fs::write(jwks_dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+        Self { key, jwks_dir }
+    }
+
+    fn config(&self) -> K8sConfig {
+        K8sConfig {
+            jwks_path: self.jwks_dir.path().join("jwks.json"),
+            issuer: "https://kubernetes.default.svc".into(),
+            audience: "weft".into(),
+        }
+    }
+
+    fn token(
+        &self,
+        ns: &str,
+        sa: &str,
+        aud: &str,
+        iss: &str,
+        exp_from_now: i64,
+        sub: Option<&str>,
+    ) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = serde_json::json!({
+            "aud": [aud], "iss": iss, "exp": now + exp_from_now, "iat": now, "nbf": now,
+            "sub": sub.map(str::to_owned).unwrap_or_else(|| format!("system:serviceaccount:{ns}:{sa}")),
+            "kubernetes.io": {"namespace": ns, "pod": {"name": "web-7d4", "uid": "u1"}, "serviceaccount": {"name": sa, "uid": "u2"}},
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("cluster-key-1".into());
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_service_account_tokens() {
+    let k8s = K8sIssuer::new();
+    let mesh = Mesh::start(Some(k8s.config())).await;
+    let iss = "https://kubernetes.default.svc";
+
+    let ok = certify(
+        &mesh.addr(),
+        mesh.ca.bundle(),
+        WEB,
+        &k8s.token("default", "web", "weft", iss, 600, None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.svid.id, id(WEB));
+    let text = mesh.cp.metrics().encode();
+    assert_eq!(
+        metric_value(&text, "certify_issued_total{attestation=\"kubernetes\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // The identity comes from the token, so asking for another service account is refused.
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: k8s.token("default", "web", "weft", iss, 600, None),
+            csr_der: csr(API),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(
+        &status,
+        Code::PermissionDenied,
+        "attested as spiffe://mesh.test/ns/default/sa/web",
+    );
+
+    let cases = [
+        (
+            k8s.token("default", "web", "weft", iss, -3600, None),
+            "token has expired",
+            "token_expired",
+        ),
+        (
+            k8s.token("default", "web", "kube-apiserver", iss, 600, None),
+            "audience",
+            "token_audience",
+        ),
+        (
+            k8s.token("default", "web", "weft", "https://evil.example", 600, None),
+            "issuer is not trusted",
+            "token_issuer",
+        ),
+        (
+            k8s.token(
+                "default",
+                "web",
+                "weft",
+                iss,
+                600,
+                Some("system:serviceaccount:default:admin"),
+            ),
+            "does not match",
+            "token_claims",
+        ),
+    ];
+    for (token, text, reason) in cases {
+        let status = mesh
+            .refuse(CertifyRequest {
+                token,
+                csr_der: csr(WEB),
+                requested_ttl: None,
+            })
+            .await;
+        assert_status(&status, Code::Unauthenticated, text);
+        assert_eq!(mesh.refused("unauthenticated", reason), 1.0, "{reason}");
+    }
+    // A token signed by a key not in the JWKS.
+    let stranger = K8sIssuer::new();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: stranger.token("default", "web", "weft", iss, 600, None),
+            csr_der: csr(WEB),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::Unauthenticated, "signature does not verify");
+}
+
+/// An intermediate made outside Weft (here with rcgen) serves as the control plane's CA: SVIDs
+/// come back as leaf + intermediate and verify against the root alone.
+#[tokio::test]
+async fn external_intermediate_as_the_ca() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let mut root = CertificateParams::default();
+    root.distinguished_name
+        .push(DnType::CommonName, "Corp Root");
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let root_cert = root.self_signed(&root_key).unwrap();
+    let int_key = KeyPair::generate().unwrap();
+    let mut int = CertificateParams::default();
+    int.distinguished_name
+        .push(DnType::CommonName, "Weft intermediate");
+    int.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    int.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let int_cert = int
+        .signed_by(&int_key, &Issuer::new(root, &root_key))
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), int_cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), int_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), root_cert.pem()).unwrap();
+    let token_key = TokenKey::generate().unwrap();
+    std::fs::write(dir.path().join("token.key"), token_key.to_pem()).unwrap();
+
+    // No spiffe:// SAN on this intermediate: the trust domain must be given.
+    let cp = ControlPlaneProcess::start(dir.path(), &["--trust-domain", "corp.test"])
+        .await
+        .unwrap();
+    let bundle = Arc::new(
+        TrustBundle::new(
+            TrustDomain::parse("corp.test").unwrap(),
+            vec![root_cert.der().clone()],
+        )
+        .unwrap(),
+    );
+    let web = "spiffe://corp.test/ns/default/sa/web";
+    let token = token_key.mint(&id(web), Duration::from_secs(300)).unwrap();
+    let got = certify(&cp.grpc_addr, bundle, web, &token).await.unwrap();
+    assert_eq!(got.chain.len(), 2);
+    assert_eq!(got.chain[1], CertificateDer::from(int_cert.der().to_vec()));
+    assert_eq!(got.bundle, vec![root_cert.der().clone()]);
+
+    // Without --trust-domain the control plane refuses to start, and says why.
+    let err = ControlPlaneProcess::start(dir.path(), &[])
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("has no spiffe:// URI SAN; pass the trust domain explicitly"),
+        "{err}"
+    );
+}
