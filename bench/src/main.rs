@@ -1,1 +1,179 @@
-fn main() {}
+//! `weft-bench`: benchmark programs (never timed tests). Results and the commands that produced
+//! them go in docs/benchmarks.md.
+//!
+//! - `csr-sign`: CSRs verified and signed per second on one core (the CA's hot path).
+//! - `certify`: Certify RPCs per second end to end (gRPC over mTLS, token check, signing) against
+//!   an in-process control plane on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weft_certs::{CertificateAuthority, SpiffeId, TrustDomain, WorkloadKey};
+use weft_control_plane::{Config, ControlPlane, client, control_plane_id};
+
+#[derive(Parser)]
+#[command(name = "weft-bench", about = "Weft benchmark programs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// CSR verification + SVID signing on one thread.
+    CsrSign {
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Distinct CSRs to cycle through (each with its own key).
+        #[arg(long, default_value_t = 256)]
+        csrs: usize,
+    },
+    /// Certify RPCs against an in-process control plane on 127.0.0.1.
+    Certify {
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Concurrent clients, each on its own mTLS connection.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::CsrSign { duration, csrs } => csr_sign(duration, csrs, cli.json),
+        Cmd::Certify { duration, clients } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(certify(duration, clients, cli.json))
+        }
+    }
+}
+
+fn csr_sign(duration: Duration, n: usize, json: bool) -> anyhow::Result<()> {
+    let td = TrustDomain::parse("bench.test")?;
+    let files = CertificateAuthority::generate_root(&td, Duration::from_secs(86400))?;
+    let ca = CertificateAuthority::from_pem(
+        files.cert_pem.as_bytes(),
+        files.key_pem.as_bytes(),
+        None,
+        None,
+        "bench",
+    )?;
+    let id = td.workload("default", "bench")?;
+    let csrs: Vec<Vec<u8>> = (0..n.max(1))
+        .map(|_| WorkloadKey::generate()?.csr(&id))
+        .collect::<Result<_, _>>()?;
+
+    // Warm up, then measure on this one thread.
+    for csr in csrs.iter().take(32) {
+        ca.sign_csr(csr, &id, None)?;
+    }
+    let start = Instant::now();
+    let mut signed = 0u64;
+    while start.elapsed() < duration {
+        for csr in csrs.iter().take(64) {
+            std::hint::black_box(ca.sign_csr(csr, &id, None)?);
+            signed += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rate = signed as f64 / secs;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "csr-sign", "threads": 1, "signed": signed, "seconds": secs, "per_second": rate, "us_per_csr": 1e6 / rate})
+        );
+    } else {
+        println!(
+            "csr-sign: {signed} CSRs in {secs:.2} s on 1 thread = {rate:.0} CSRs/s/core ({:.1} µs each)",
+            1e6 / rate
+        );
+    }
+    Ok(())
+}
+
+async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca_dir = dir.path().join("ca");
+    let td = TrustDomain::parse("bench.test")?;
+    weft_control_plane::ctl::ca_init(
+        &td,
+        &ca_dir,
+        Duration::from_secs(86400),
+        &mut std::io::sink(),
+    )?;
+    let cp = ControlPlane::start(Config {
+        ca_dir: ca_dir.clone(),
+        trust_domain: None,
+        listen: "127.0.0.1:0".parse()?,
+        admin: "127.0.0.1:0".parse()?,
+        svid_ttl: Duration::from_secs(3600),
+        server_names: vec![],
+        k8s: None,
+    })
+    .await?;
+    let addr = cp.grpc_addr().to_string();
+    let bundle = Arc::new(cp.trust_bundle().clone());
+    let token_key = weft_control_plane::attest::TokenKey::load(&ca_dir.join("token.key"))?;
+    let id = SpiffeId::parse("spiffe://bench.test/ns/default/sa/bench")?;
+    let token = token_key.mint(&id, Duration::from_secs(3600))?;
+
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (addr, bundle, id, token) = (addr.clone(), bundle.clone(), id.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let channel =
+                client::connect(&addr, bundle, control_plane_id(&id.trust_domain()), None).await?;
+            let key = WorkloadKey::generate()?;
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                client::certify(channel.clone(), &key, &id, &token, None).await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("client task")??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    cp.shutdown().await;
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let rate = all.len() as f64 / secs;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "certify", "clients": clients, "cores": cores, "requests": all.len(), "seconds": secs,
+                "per_second": rate, "p50_ms": pct(0.50).as_secs_f64() * 1e3, "p99_ms": pct(0.99).as_secs_f64() * 1e3,
+            })
+        );
+    } else {
+        println!(
+            "certify: {} RPCs in {secs:.2} s with {clients} clients on {cores} cores (clients and server share them) = {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            all.len(),
+            pct(0.50).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}

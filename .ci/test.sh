@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The one test command (see README): installs what the tests need, then runs formatting,
+# lints, every test, and a smoke run of the benchmark programs so they cannot rot.
+# Works on a fresh Debian bookworm machine with only the Rust toolchain, as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "install test dependencies (idempotent)"
+bash .ci/install-deps.sh
+
+for comp in rustfmt clippy; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$comp"
+  fi
+done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "one tonic, prost, hyper, rustls in the dependency graph"
+dups=$(cargo tree --workspace --locked -d -e normal | grep -E '^(tonic|prost|hyper|rustls|h2|tokio-rustls) v' || true)
+if [ -n "$dups" ]; then echo "duplicate core crates:"; echo "$dups"; exit 1; fi
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  echo "(cargo-nextest not installed: using cargo test)"
+  cargo test --workspace --locked --no-fail-fast
+fi
+cargo test --workspace --locked --doc
+
+step "benchmark smoke run (numbers from a debug build mean nothing; see docs/benchmarks.md)"
+cargo run --quiet --locked -p weft-bench -- csr-sign --duration 1s
+cargo run --quiet --locked -p weft-bench -- certify --duration 1s --clients 2
