@@ -38,3 +38,6 @@ cargo test --workspace --locked --doc
 step "benchmark smoke run (numbers from a debug build mean nothing; see docs/benchmarks.md)"
 cargo run --quiet --locked -p weft-bench -- csr-sign --duration 1s
 cargo run --quiet --locked -p weft-bench -- certify --duration 1s --clients 2
+
+step "the README's main command (debug build)"
+WEFT_PROFILE=debug bash deploy/quickstart.sh

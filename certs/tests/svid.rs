@@ -647,3 +647,44 @@ fn debug_output_never_contains_keys() {
         "{dbg}"
     );
 }
+
+mod invariants {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        "[a-z0-9][a-z0-9-]{0,15}"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the CSR asks for and whatever TTL is requested, an issued SVID carries exactly
+        /// the attested identity and never outlives min(requested, max TTL).
+        #[test]
+        fn issued_svid_is_the_attested_identity(
+            ns in segment(), sa in segment(), ask_same in any::<bool>(),
+            ttl_secs in prop::option::of(0u64..200_000), max_secs in 60u64..90_000,
+        ) {
+            let root = Root::new("mesh.test");
+            let ca = CertificateAuthority::from_pem(root.files.cert_pem.as_bytes(), root.files.key_pem.as_bytes(), None, None, "t")
+                .unwrap()
+                .with_max_ttl(Duration::from_secs(max_secs));
+            let granted = td("mesh.test").workload(&ns, &sa).unwrap();
+            let key = WorkloadKey::generate().unwrap();
+            let asked = if ask_same { granted.clone() } else { td("mesh.test").workload(&ns, &format!("{sa}-x")).unwrap() };
+            let before = SystemTime::now();
+            let result = ca.sign_csr(&key.csr(&asked).unwrap(), &granted, ttl_secs.map(Duration::from_secs));
+            if !ask_same {
+                let refused = matches!(result, Err(SignError::IdentityMismatch { .. }));
+                prop_assert!(refused, "{:?}", result);
+                return Ok(());
+            }
+            let svid = result.unwrap();
+            prop_assert_eq!(weft_certs::verify::spiffe_id_of(&svid.chain[0]).unwrap(), granted);
+            let cap = ttl_secs.filter(|t| *t > 0).unwrap_or(max_secs).min(max_secs).min(3600);
+            let life = svid.not_after.duration_since(before).unwrap().as_secs();
+            prop_assert!(life <= cap + 1, "life {} > cap {}", life, cap);
+        }
+    }
+}

@@ -70,7 +70,8 @@ pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
         .unwrap_or_else(|_| td.id())
 }
 
-/// A running control plane. Dropping it does not stop it; call [`ControlPlane::shutdown`].
+/// A running control plane. Dropping it stops the listeners (the shutdown channel closes);
+/// [`ControlPlane::shutdown`] also waits for in-flight RPCs to finish.
 #[derive(Debug)]
 pub struct ControlPlane {
     grpc_addr: SocketAddr,

@@ -351,6 +351,42 @@ async fn refuses_join_token_with_a_forged_signature() {
         .await;
     assert_status(&status, Code::Unauthenticated, "signature does not verify");
     assert_eq!(mesh.refused("unauthenticated", "token_signature"), 1.0);
+
+    // Algorithm confusion: HS256 "signed" with the public key as the HMAC secret, or alg none.
+    let public = TokenKey::load(&mesh.ca.path().join("token.key")).unwrap();
+    let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs.kid = Some(public.kid().to_owned());
+    let secret = jsonwebtoken::EncodingKey::from_secret(public.kid().as_bytes());
+    let token = jsonwebtoken::encode(
+        &hs,
+        &claims(
+            WEB,
+            "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane",
+            600,
+        ),
+        &secret,
+    )
+    .unwrap();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: token.clone(),
+            csr_der: csr(WEB),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::Unauthenticated, "token is malformed");
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let none = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","kid":"{}"}}"#, public.kid()));
+    parts[0] = &none;
+    parts[2] = "";
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: parts.join("."),
+            csr_der: csr(WEB),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(&status, Code::Unauthenticated, "token is malformed");
 }
 
 #[tokio::test]

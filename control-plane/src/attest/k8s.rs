@@ -120,6 +120,7 @@ impl K8sVerifier {
         validation.set_audience(&[&self.config.audience]);
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<K8sClaims>(token, key, &validation)
             .map_err(AttestError::from_jwt)?;
         let claims = data.claims;
