@@ -132,6 +132,16 @@ async fn handshake(
             tls.get_ref().1.protocol_version(),
             Some(rustls::ProtocolVersion::TLSv1_3)
         );
+        let group = tls
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name());
+        assert_eq!(
+            group,
+            Some(rustls::NamedGroup::X25519MLKEM768),
+            "hybrid post-quantum key exchange"
+        );
         let peer =
             peer_spiffe_id(tls.get_ref().1.peer_certificates()).map_err(|e| e.to_string())?;
         tls.write_all(b"ping")
