@@ -301,6 +301,29 @@ async fn refuses_expired_join_token() {
     assert_eq!(mesh.refused("unauthenticated", "token_expired"), 1.0);
 }
 
+/// A join token (signed by our key) naming an identity in another trust domain is refused at
+/// attestation, before the CA's own trust-domain check.
+#[tokio::test]
+async fn refuses_join_token_for_a_foreign_trust_domain() {
+    let mesh = Mesh::start(None).await;
+    let foreign = "spiffe://other.test/ns/default/sa/web";
+    let aud = "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane";
+    let token = mesh.token_key().sign(&claims(foreign, aud, 600)).unwrap();
+    let status = mesh
+        .refuse(CertifyRequest {
+            token,
+            csr_der: csr(foreign),
+            requested_ttl: None,
+        })
+        .await;
+    assert_status(
+        &status,
+        Code::Unauthenticated,
+        "is not in trust domain mesh.test",
+    );
+    assert_eq!(mesh.refused("unauthenticated", "token_claims"), 1.0);
+}
+
 #[tokio::test]
 async fn refuses_join_token_for_another_audience() {
     let mesh = Mesh::start(None).await;
