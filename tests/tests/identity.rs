@@ -24,6 +24,8 @@ use weft_tests::{ControlPlaneProcess, TestCa, certify, http_get, metric_value, w
 const TD: &str = "mesh.test";
 const WEB: &str = "spiffe://mesh.test/ns/default/sa/web";
 const API: &str = "spiffe://mesh.test/ns/default/sa/api";
+/// The audience of join tokens for TD: the control plane's identity.
+const JOIN_AUD: &str = "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane";
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
@@ -196,7 +198,11 @@ struct Mesh {
 
 impl Mesh {
     async fn start(k8s: Option<K8sConfig>) -> Self {
-        let ca = TestCa::init(TD).await.unwrap();
+        Self::start_in(TD, k8s).await
+    }
+
+    async fn start_in(trust_domain: &str, k8s: Option<K8sConfig>) -> Self {
+        let ca = TestCa::init(trust_domain).await.unwrap();
         let cp = ControlPlane::start(Config {
             ca_dir: ca.path(),
             trust_domain: None,
@@ -250,6 +256,15 @@ impl Mesh {
     }
 }
 
+/// A Certify request with the default TTL.
+fn req(token: impl Into<String>, csr_der: Vec<u8>) -> CertifyRequest {
+    CertifyRequest {
+        token: token.into(),
+        csr_der,
+        requested_ttl: None,
+    }
+}
+
 fn csr(who: &str) -> Vec<u8> {
     WorkloadKey::generate().unwrap().csr(&id(who)).unwrap()
 }
@@ -284,19 +299,9 @@ async fn refuses_expired_join_token() {
     let mesh = Mesh::start(None).await;
     let token = mesh
         .token_key()
-        .sign(&claims(
-            WEB,
-            "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane",
-            -3600,
-        ))
+        .sign(&claims(WEB, JOIN_AUD, -3600))
         .unwrap();
-    let status = mesh
-        .refuse(CertifyRequest {
-            token,
-            csr_der: csr(WEB),
-            requested_ttl: None,
-        })
-        .await;
+    let status = mesh.refuse(req(token, csr(WEB))).await;
     assert_status(&status, Code::Unauthenticated, "token has expired");
     assert_eq!(mesh.refused("unauthenticated", "token_expired"), 1.0);
 }
@@ -307,15 +312,11 @@ async fn refuses_expired_join_token() {
 async fn refuses_join_token_for_a_foreign_trust_domain() {
     let mesh = Mesh::start(None).await;
     let foreign = "spiffe://other.test/ns/default/sa/web";
-    let aud = "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane";
-    let token = mesh.token_key().sign(&claims(foreign, aud, 600)).unwrap();
-    let status = mesh
-        .refuse(CertifyRequest {
-            token,
-            csr_der: csr(foreign),
-            requested_ttl: None,
-        })
-        .await;
+    let token = mesh
+        .token_key()
+        .sign(&claims(foreign, JOIN_AUD, 600))
+        .unwrap();
+    let status = mesh.refuse(req(token, csr(foreign))).await;
     assert_status(
         &status,
         Code::Unauthenticated,
@@ -335,13 +336,7 @@ async fn refuses_join_token_for_another_audience() {
             600,
         ))
         .unwrap();
-    let status = mesh
-        .refuse(CertifyRequest {
-            token,
-            csr_der: csr(WEB),
-            requested_ttl: None,
-        })
-        .await;
+    let status = mesh.refuse(req(token, csr(WEB))).await;
     assert_status(&status, Code::Unauthenticated, "audience");
     assert_eq!(mesh.refused("unauthenticated", "token_audience"), 1.0);
 }
@@ -355,23 +350,8 @@ async fn refuses_join_token_with_a_forged_signature() {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some(real.kid().to_owned());
     let key = jsonwebtoken::EncodingKey::from_ed_pem(forger.to_pem().as_bytes()).unwrap();
-    let token = jsonwebtoken::encode(
-        &header,
-        &claims(
-            WEB,
-            "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane",
-            600,
-        ),
-        &key,
-    )
-    .unwrap();
-    let status = mesh
-        .refuse(CertifyRequest {
-            token,
-            csr_der: csr(WEB),
-            requested_ttl: None,
-        })
-        .await;
+    let token = jsonwebtoken::encode(&header, &claims(WEB, JOIN_AUD, 600), &key).unwrap();
+    let status = mesh.refuse(req(token, csr(WEB))).await;
     assert_status(&status, Code::Unauthenticated, "signature does not verify");
     assert_eq!(mesh.refused("unauthenticated", "token_signature"), 1.0);
 
@@ -380,67 +360,28 @@ async fn refuses_join_token_with_a_forged_signature() {
     let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs.kid = Some(public.kid().to_owned());
     let secret = jsonwebtoken::EncodingKey::from_secret(public.kid().as_bytes());
-    let token = jsonwebtoken::encode(
-        &hs,
-        &claims(
-            WEB,
-            "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane",
-            600,
-        ),
-        &secret,
-    )
-    .unwrap();
-    let status = mesh
-        .refuse(CertifyRequest {
-            token: token.clone(),
-            csr_der: csr(WEB),
-            requested_ttl: None,
-        })
-        .await;
+    let token = jsonwebtoken::encode(&hs, &claims(WEB, JOIN_AUD, 600), &secret).unwrap();
+    let status = mesh.refuse(req(token.clone(), csr(WEB))).await;
     assert_status(&status, Code::Unauthenticated, "token is malformed");
     let mut parts: Vec<&str> = token.split('.').collect();
     let none = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","kid":"{}"}}"#, public.kid()));
     parts[0] = &none;
     parts[2] = "";
-    let status = mesh
-        .refuse(CertifyRequest {
-            token: parts.join("."),
-            csr_der: csr(WEB),
-            requested_ttl: None,
-        })
-        .await;
+    let status = mesh.refuse(req(parts.join("."), csr(WEB))).await;
     assert_status(&status, Code::Unauthenticated, "token is malformed");
 }
 
 #[tokio::test]
 async fn refuses_garbage_unknown_and_missing_tokens() {
     let mesh = Mesh::start(None).await;
-    let status = mesh
-        .refuse(CertifyRequest {
-            token: "not-a-jwt".into(),
-            csr_der: csr(WEB),
-            requested_ttl: None,
-        })
-        .await;
+    let status = mesh.refuse(req("not-a-jwt", csr(WEB))).await;
     assert_status(&status, Code::Unauthenticated, "token is malformed");
     // A token from another mesh's CA: unknown key id.
     let other = TestCa::init(TD).await.unwrap();
     let token = other.token(WEB, "5m").await.unwrap();
-    let status = mesh
-        .refuse(CertifyRequest {
-            token,
-            csr_der: csr(WEB),
-            requested_ttl: None,
-        })
-        .await;
+    let status = mesh.refuse(req(token, csr(WEB))).await;
     assert_status(&status, Code::Unauthenticated, "signed by unknown key");
-    let status = mesh
-        .refuse(CertifyRequest {
-            token: String::new(),
-            csr_der: csr(WEB),
-            requested_ttl: None,
-        })
-        .await;
+    let status = mesh.refuse(req("", csr(WEB))).await;
     assert_status(&status, Code::Unauthenticated, "no token was presented");
     assert_eq!(mesh.refused("unauthenticated", "token_malformed"), 1.0);
     assert_eq!(mesh.refused("unauthenticated", "token_unknown_key"), 1.0);
@@ -451,13 +392,7 @@ async fn refuses_garbage_unknown_and_missing_tokens() {
 async fn refuses_csr_for_another_identity() {
     let mesh = Mesh::start(None).await;
     let token = mesh.ca.token(WEB, "5m").await.unwrap();
-    let status = mesh
-        .refuse(CertifyRequest {
-            token,
-            csr_der: csr(API),
-            requested_ttl: None,
-        })
-        .await;
+    let status = mesh.refuse(req(token, csr(API))).await;
     assert_status(
         &status,
         Code::PermissionDenied,
@@ -471,32 +406,16 @@ async fn refuses_malformed_and_badly_signed_csrs() {
     let mesh = Mesh::start(None).await;
     let token = mesh.ca.token(WEB, "5m").await.unwrap();
     let status = mesh
-        .refuse(CertifyRequest {
-            token: token.clone(),
-            csr_der: b"\x30\x03\x02\x01".to_vec(),
-            requested_ttl: None,
-        })
+        .refuse(req(token.clone(), b"\x30\x03\x02\x01".to_vec()))
         .await;
     assert_status(&status, Code::InvalidArgument, "CSR is not valid DER");
-    let status = mesh
-        .refuse(CertifyRequest {
-            token: token.clone(),
-            csr_der: vec![],
-            requested_ttl: None,
-        })
-        .await;
+    let status = mesh.refuse(req(token.clone(), vec![])).await;
     assert_status(&status, Code::InvalidArgument, "csr_der is empty");
 
     let mut bad_sig = csr(WEB);
     let last = bad_sig.len() - 1;
     bad_sig[last] ^= 1;
-    let status = mesh
-        .refuse(CertifyRequest {
-            token,
-            csr_der: bad_sig,
-            requested_ttl: None,
-        })
-        .await;
+    let status = mesh.refuse(req(token, bad_sig)).await;
     assert_status(
         &status,
         Code::InvalidArgument,
@@ -518,26 +437,10 @@ fn fixture_csr(name: &str) -> Vec<u8> {
 async fn refuses_weak_rsa_and_unsupported_algorithms() {
     // The OpenSSL fixtures ask for spiffe://td/ns/a/sa/b, so the token is for that identity in a
     // CA of trust domain "td".
-    let ca = TestCa::init("td").await.unwrap();
-    let cp = ControlPlane::start(Config {
-        ca_dir: ca.path(),
-        trust_domain: None,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        svid_ttl: Duration::from_secs(3600),
-        server_names: vec![],
-        k8s: None,
-    })
-    .await
-    .unwrap();
-    let mesh = Mesh { ca, cp };
+    let mesh = Mesh::start_in("td", None).await;
     let token = mesh.ca.token("spiffe://td/ns/a/sa/b", "5m").await.unwrap();
     let status = mesh
-        .refuse(CertifyRequest {
-            token: token.clone(),
-            csr_der: fixture_csr("rsa1024.csr.pem"),
-            requested_ttl: None,
-        })
+        .refuse(req(token.clone(), fixture_csr("rsa1024.csr.pem")))
         .await;
     assert_status(
         &status,
@@ -545,11 +448,7 @@ async fn refuses_weak_rsa_and_unsupported_algorithms() {
         "RSA key is 1024 bits; at least 2048",
     );
     let status = mesh
-        .refuse(CertifyRequest {
-            token: token.clone(),
-            csr_der: fixture_csr("rsa2048-sha1.csr.pem"),
-            requested_ttl: None,
-        })
+        .refuse(req(token.clone(), fixture_csr("rsa2048-sha1.csr.pem")))
         .await;
     assert_status(
         &status,
@@ -562,11 +461,7 @@ async fn refuses_weak_rsa_and_unsupported_algorithms() {
     let ok = mesh
         .client()
         .await
-        .certify(CertifyRequest {
-            token,
-            csr_der: fixture_csr("rsa2048-sha256.csr.pem"),
-            requested_ttl: None,
-        })
+        .certify(req(token, fixture_csr("rsa2048-sha256.csr.pem")))
         .await;
     assert!(ok.is_ok(), "{ok:?}");
 }
@@ -874,13 +769,7 @@ async fn kubernetes_service_account_tokens() {
         ),
     ];
     for (token, text, reason) in cases {
-        let status = mesh
-            .refuse(CertifyRequest {
-                token,
-                csr_der: csr(WEB),
-                requested_ttl: None,
-            })
-            .await;
+        let status = mesh.refuse(req(token, csr(WEB))).await;
         assert_status(&status, Code::Unauthenticated, text);
         assert_eq!(mesh.refused("unauthenticated", reason), 1.0, "{reason}");
     }
