@@ -124,22 +124,28 @@ async fn weftctl_cert_request_and_inspect() {
     let token_file = ca.dir.path().join("web.token");
     std::fs::write(&token_file, ca.token(WEB, "5m").await.unwrap()).unwrap();
     let out = ca.dir.path().join("web");
-    let said = weftctl(&[
-        "cert",
-        "request",
-        "--control-plane",
-        &cp.grpc_addr,
-        "--trust-bundle",
-        ca.bundle_file().to_str().unwrap(),
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "--identity",
-        WEB,
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .await
-    .unwrap();
+    let (addr, token_path, out_path) = (cp.grpc_addr.clone(), token_file.clone(), out.clone());
+    let request = move |bundle: std::path::PathBuf| {
+        let (addr, token_path, out_path) = (addr.clone(), token_path.clone(), out_path.clone());
+        async move {
+            weftctl(&[
+                "cert",
+                "request",
+                "--control-plane",
+                &addr,
+                "--trust-bundle",
+                bundle.to_str().unwrap(),
+                "--token-file",
+                token_path.to_str().unwrap(),
+                "--identity",
+                WEB,
+                "--out",
+                out_path.to_str().unwrap(),
+            ])
+            .await
+        }
+    };
+    let said = request(ca.bundle_file()).await.unwrap();
     assert!(said.starts_with(&format!("Issued {WEB}")), "{said}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(out.join("svid.key"))
@@ -167,23 +173,7 @@ async fn weftctl_cert_request_and_inspect() {
 
     // A wrong trust bundle: the control plane cannot be verified, so nothing is sent.
     let other = TestCa::init(TD).await.unwrap();
-    let err = weftctl(&[
-        "cert",
-        "request",
-        "--control-plane",
-        &cp.grpc_addr,
-        "--trust-bundle",
-        other.bundle_file().to_str().unwrap(),
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "--identity",
-        WEB,
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = request(other.bundle_file()).await.unwrap_err().to_string();
     assert!(
         err.contains("not issued by a root in the trust bundle"),
         "{err}"
