@@ -119,6 +119,14 @@ impl IdentityService {
                     message: format!("requested_ttl is negative: {d:?}"),
                 });
             }
+            // google.protobuf.Duration keeps |nanos| below one second.
+            Some(d) if d.nanos >= 1_000_000_000 => {
+                return Err(Refusal {
+                    code: Code::InvalidArgument,
+                    reason: "ttl_invalid",
+                    message: format!("requested_ttl.nanos {} is out of range (0..1e9)", d.nanos),
+                });
+            }
             Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32)),
         };
         if req.csr_der.is_empty() {

@@ -472,6 +472,36 @@ async fn refuses_negative_ttl_and_honours_a_short_one() {
         })
         .await;
     assert_status(&status, Code::InvalidArgument, "requested_ttl is negative");
+    let huge = prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    };
+    let ok = mesh
+        .client()
+        .await
+        .certify(CertifyRequest {
+            token: token.clone(),
+            csr_der: csr(WEB),
+            requested_ttl: Some(huge),
+        })
+        .await;
+    assert!(ok.is_ok(), "a huge TTL is capped, not an error: {ok:?}");
+    let bad = prost_types::Duration {
+        seconds: 60,
+        nanos: 1_000_000_000,
+    };
+    let status = mesh
+        .refuse(CertifyRequest {
+            token: token.clone(),
+            csr_der: csr(WEB),
+            requested_ttl: Some(bad),
+        })
+        .await;
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "nanos 1000000000 is out of range",
+    );
 
     let resp = mesh
         .client()
