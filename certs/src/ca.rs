@@ -167,7 +167,10 @@ impl CertificateAuthority {
         params.serial_number = Some(random_serial()?);
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
-        params.not_after = now + validity;
+        params.not_after = ::time::Duration::try_from(validity)
+            .ok()
+            .and_then(|v| now.checked_add(v))
+            .ok_or_else(|| CaError::Generate(format!("validity {validity:?} is too long")))?;
         let cert = params.self_signed(&key).map_err(gen_err)?;
         Ok(CaFiles {
             cert_pem: cert.pem(),
@@ -181,6 +184,7 @@ impl CertificateAuthority {
     pub fn load_dir(dir: &Path, trust_domain: Option<&TrustDomain>) -> Result<Self, CaError> {
         let cert = read(&dir.join(CERT_FILE))?;
         let key = read(&dir.join(KEY_FILE))?;
+        crate::pem::warn_if_not_private(&dir.join(KEY_FILE));
         let bundle_path = dir.join(BUNDLE_FILE);
         let bundle = match std::fs::metadata(&bundle_path) {
             Ok(_) => Some(read(&bundle_path)?),
@@ -251,13 +255,24 @@ impl CertificateAuthority {
 
         let mut issuer_not_after = issuer_x509.validity().not_after.to_datetime();
         let mut intermediates = Vec::new();
+        let mut top_issuer = None;
         for der in &certs {
             if bundle.roots().contains(der) {
                 continue;
             }
             let (_, c) = X509Certificate::from_der(der).map_err(|e| invalid(e.to_string()))?;
             issuer_not_after = issuer_not_after.min(c.validity().not_after.to_datetime());
+            top_issuer = Some(c.issuer().as_raw().to_vec());
             intermediates.push(der.clone());
+        }
+        // An SVID must not outlive the root its chain anchors to either.
+        if let Some(top_issuer) = top_issuer {
+            for root in bundle.roots() {
+                let (_, r) = X509Certificate::from_der(root).map_err(|e| invalid(e.to_string()))?;
+                if r.subject().as_raw() == top_issuer.as_slice() {
+                    issuer_not_after = issuer_not_after.min(r.validity().not_after.to_datetime());
+                }
+            }
         }
         if issuer_not_after <= OffsetDateTime::now_utc() {
             return Err(invalid(format!(
@@ -349,7 +364,10 @@ impl CertificateAuthority {
             .filter(|t| !t.is_zero())
             .unwrap_or(self.max_ttl)
             .min(self.max_ttl);
-        let not_after = (now + ttl).min(self.issuer_not_after);
+        let not_after = ::time::Duration::try_from(ttl)
+            .ok()
+            .and_then(|t| now.checked_add(t))
+            .map_or(self.issuer_not_after, |t| t.min(self.issuer_not_after));
 
         let sign_err = |e: rcgen::Error| SignError::Sign(e.to_string());
         let mut params = CertificateParams::default();
@@ -462,4 +480,62 @@ fn random_serial() -> Result<SerialNumber, CaError> {
 /// PEM of a DER private key, labelled as PKCS#8.
 pub fn pkcs8_pem(der: &[u8]) -> String {
     encode_pem("PRIVATE KEY", der)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_issuer_issues_nothing() {
+        let td = TrustDomain::parse("td").unwrap();
+        let files = CertificateAuthority::generate_root(&td, Duration::from_secs(3600)).unwrap();
+        let mut ca = CertificateAuthority::from_pem(
+            files.cert_pem.as_bytes(),
+            files.key_pem.as_bytes(),
+            None,
+            None,
+            "t",
+        )
+        .unwrap();
+        // The CA was valid at load and has expired since (the process ran past its lifetime).
+        ca.issuer_not_after = OffsetDateTime::now_utc() - ::time::Duration::seconds(1);
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let id = td.workload("a", "b").unwrap();
+        assert!(matches!(
+            ca.issue(&key, &id, &[], None),
+            Err(SignError::IssuerExpired(_))
+        ));
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_errors_or_caps_not_panics() {
+        let td = TrustDomain::parse("td").unwrap();
+        let err =
+            CertificateAuthority::generate_root(&td, Duration::from_secs(u64::MAX)).unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+        let files = CertificateAuthority::generate_root(&td, Duration::from_secs(3600)).unwrap();
+        let ca = CertificateAuthority::from_pem(
+            files.cert_pem.as_bytes(),
+            files.key_pem.as_bytes(),
+            None,
+            None,
+            "t",
+        )
+        .unwrap()
+        .with_max_ttl(Duration::from_secs(u64::MAX));
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let svid = ca
+            .issue(
+                &key,
+                &td.workload("a", "b").unwrap(),
+                &[],
+                Some(Duration::from_secs(u64::MAX)),
+            )
+            .unwrap();
+        assert!(
+            SystemTime::from(ca.not_after()) >= svid.not_after,
+            "capped by the root"
+        );
+    }
 }

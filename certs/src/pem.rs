@@ -90,6 +90,18 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, PemError> {
     })
 }
 
+/// Warns when a private key file can be read by group or others. Not an error: Kubernetes mounts
+/// secrets 0644 unless told otherwise, and refusing would only push people to weaker setups.
+pub fn warn_if_not_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "private key file is readable by group or others; chmod 600 it");
+        }
+    }
+}
+
 /// Colon-separated uppercase hex SHA-256 of a DER certificate, as `openssl x509 -fingerprint` prints.
 pub fn fingerprint_sha256(der: &[u8]) -> String {
     let d = digest::digest(&digest::SHA256, der);

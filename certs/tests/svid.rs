@@ -461,6 +461,15 @@ fn svid_has_exactly_the_spec_fields() {
         life <= Duration::from_secs(3601) && life >= Duration::from_secs(3590),
         "{life:?}"
     );
+
+    // The certificate itself says the same as the IssuedSvid.
+    let in_cert = cert.validity().not_after.timestamp();
+    let reported = svid
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(in_cert, reported);
 }
 
 #[test]
@@ -697,4 +706,48 @@ mod invariants {
             prop_assert!(life <= cap + 1, "life {} > cap {}", life, cap);
         }
     }
+}
+
+/// An intermediate that outlives its root: SVIDs are capped by the root, not the intermediate.
+#[test]
+fn svids_never_outlive_the_root_of_an_intermediate() {
+    let now = ::time::OffsetDateTime::now_utc();
+    let root_key = KeyPair::generate().unwrap();
+    let mut root = CertificateParams::default();
+    root.distinguished_name
+        .push(DnType::CommonName, "short-lived root");
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    root.not_before = now - ::time::Duration::minutes(5);
+    root.not_after = now + ::time::Duration::hours(2);
+    let root_cert = root.self_signed(&root_key).unwrap();
+    let int_key = KeyPair::generate().unwrap();
+    let mut int = CertificateParams::default();
+    int.distinguished_name
+        .push(DnType::CommonName, "long-lived intermediate");
+    int.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    int.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    int.subject_alt_names = vec![SanType::URI("spiffe://mesh.test".try_into().unwrap())];
+    int.not_before = now - ::time::Duration::minutes(5);
+    int.not_after = now + ::time::Duration::days(365);
+    let int_cert = int
+        .signed_by(&int_key, &Issuer::new(root, &root_key))
+        .unwrap();
+    let ca = CertificateAuthority::from_pem(
+        int_cert.pem().as_bytes(),
+        int_key.serialize_pem().as_bytes(),
+        Some(root_cert.pem().as_bytes()),
+        None,
+        "t",
+    )
+    .unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let svid = ca
+        .sign_csr(&key.csr(&id(WEB)).unwrap(), &id(WEB), None)
+        .unwrap();
+    let left = svid.not_after.duration_since(SystemTime::now()).unwrap();
+    assert!(
+        left <= Duration::from_secs(2 * 3600),
+        "24 h default capped to the root's 2 h: {left:?}"
+    );
 }

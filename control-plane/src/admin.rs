@@ -38,10 +38,11 @@ pub async fn run(
                 let metrics = metrics.clone();
                 async move { Ok::<_, Infallible>(route(&req, &metrics)) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await
-            {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // A client that never finishes its request headers does not hold a task forever.
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10));
+            if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {
                 debug!(%remote, error = %e, "admin connection ended with an error");
             }
         });

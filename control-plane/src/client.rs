@@ -101,7 +101,7 @@ pub async fn certify(
 ) -> Result<Certified, ClientError> {
     let csr_der = key.csr(id)?;
     let requested_ttl = ttl.map(|d| prost_types::Duration {
-        seconds: d.as_secs() as i64,
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: d.subsec_nanos() as i32,
     });
     let resp = IdentityClient::new(channel)

@@ -62,12 +62,15 @@ pub fn ca_init(
 
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("create {}", dir.display()))
+        .with_context(|| format!("create {}", dir.display()))?;
+    // DirBuilder leaves an existing directory's mode alone: make it private too.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("make {} private (0700)", dir.display()))
 }
 
 /// `weftctl ca inspect`.
@@ -108,6 +111,9 @@ pub fn token_create(
     identity
         .workload()
         .context("join tokens are for workload identities")?;
+    if *identity == crate::control_plane_id(ca.trust_domain()) {
+        bail!("{identity} is reserved for the control plane; it never gets a join token");
+    }
     let key = TokenKey::load(&ca_dir.join(TOKEN_KEY_FILE))?;
     writeln!(w, "{}", key.mint(identity, ttl)?)?;
     Ok(())
@@ -158,8 +164,7 @@ fn print_summary(s: &CertSummary, w: &mut impl Write) -> std::io::Result<()> {
     writeln!(w, "  SHA-256:     {}", s.sha256)
 }
 
-/// What `weftctl cert request` needs.
-#[derive(Debug)]
+/// What `weftctl cert request` needs. `Debug` redacts the token.
 pub struct CertRequest<'a> {
     pub control_plane: &'a str,
     pub trust_bundle: &'a Path,
@@ -167,6 +172,16 @@ pub struct CertRequest<'a> {
     pub identity: &'a SpiffeId,
     pub ttl: Option<Duration>,
     pub out: &'a Path,
+}
+
+impl std::fmt::Debug for CertRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertRequest")
+            .field("control_plane", &self.control_plane)
+            .field("identity", &self.identity)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// `weftctl cert request`: generates a key here, gets it certified, and writes `svid.crt`,

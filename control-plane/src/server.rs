@@ -150,6 +150,11 @@ impl ControlPlane {
         let grpc_task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                // Clients reconnect (possibly to another replica) at least this often.
+                .max_connection_age(Duration::from_secs(30 * 60))
+                .max_concurrent_streams(256)
+                .concurrency_limit_per_connection(256)
                 .add_service(health_service)
                 .add_service(IdentityServer::new(identity_service))
                 .serve_with_incoming_shutdown(incoming, async move {

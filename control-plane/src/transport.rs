@@ -13,7 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, info, warn};
@@ -24,8 +24,10 @@ use crate::metrics::Metrics;
 
 /// A client that does not finish its handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// At most this many handshakes run at once; further connections wait in the kernel backlog.
-const MAX_CONCURRENT_HANDSHAKES: usize = 1024;
+/// At most this many connections (handshaking or established) at once; further ones wait in the
+/// kernel backlog. Client certificates are optional on this port, so without a cap anyone could
+/// hold connections until the process runs out of file descriptors.
+pub const MAX_CONNECTIONS: usize = 16_384;
 
 /// What a request knows about its connection. The identity is the one verified in the TLS
 /// handshake; there is no other way for a caller to claim one.
@@ -33,13 +35,27 @@ const MAX_CONCURRENT_HANDSHAKES: usize = 1024;
 pub struct PeerInfo {
     pub remote_addr: SocketAddr,
     pub spiffe_id: Option<SpiffeId>,
+    /// When the client certificate verified at handshake expires: a long-lived connection must
+    /// not keep vouching for an identity after its certificate is gone.
+    pub cert_not_after: Option<SystemTime>,
 }
 
-/// An established TLS connection.
+impl PeerInfo {
+    /// The caller's identity if its certificate is still valid now.
+    pub fn current_identity(&self, now: SystemTime) -> Option<&SpiffeId> {
+        match self.cert_not_after {
+            Some(t) if t > now => self.spiffe_id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// An established TLS connection. Holds its slot under [`MAX_CONNECTIONS`] until dropped.
 #[derive(Debug)]
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connected for TlsConn {
@@ -94,7 +110,7 @@ pub fn tls_incoming(
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
@@ -116,18 +132,22 @@ pub fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
             tokio::spawn(async move {
-                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let spiffe_id = peer_spiffe_id(stream.get_ref().1.peer_certificates()).ok();
+                        let certs = stream.get_ref().1.peer_certificates();
+                        let spiffe_id = peer_spiffe_id(certs).ok();
+                        let cert_not_after = certs.and_then(|c| c.first()).and_then(leaf_not_after);
                         debug!(%remote_addr, peer = ?spiffe_id, "TLS connection established");
+                        let info = PeerInfo {
+                            remote_addr,
+                            spiffe_id,
+                            cert_not_after,
+                        };
                         let _ = tx
                             .send(Ok(TlsConn {
                                 stream,
-                                info: PeerInfo {
-                                    remote_addr,
-                                    spiffe_id,
-                                },
+                                info,
+                                _slot: permit,
                             }))
                             .await;
                     }
@@ -221,6 +241,13 @@ impl ServingCert {
     }
 }
 
+fn leaf_not_after(der: &rustls_pki_types::CertificateDer<'_>) -> Option<SystemTime> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
 /// Renew at 70 % of the remaining lifetime.
 fn renew_delay(now: SystemTime, not_after: SystemTime) -> Duration {
     not_after
@@ -235,4 +262,29 @@ fn set_expiry_gauge(metrics: &Metrics, not_after: SystemTime) {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     metrics.serving_cert_expiration.set(secs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_identity_expires_with_the_certificate() {
+        let id = SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap();
+        let now = SystemTime::now();
+        let info = |spiffe_id: Option<SpiffeId>, cert_not_after| PeerInfo {
+            remote_addr: "127.0.0.1:1".parse().unwrap(),
+            spiffe_id,
+            cert_not_after,
+        };
+        let valid = info(Some(id.clone()), Some(now + Duration::from_secs(60)));
+        assert_eq!(valid.current_identity(now), Some(&id));
+        assert_eq!(valid.current_identity(now + Duration::from_secs(61)), None);
+        assert_eq!(info(None, None).current_identity(now), None);
+        assert_eq!(
+            info(Some(id), None).current_identity(now),
+            None,
+            "no expiry known: no identity"
+        );
+    }
 }

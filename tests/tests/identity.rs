@@ -107,10 +107,22 @@ async fn two_workloads_get_svids_and_talk_mtls() {
     )
     .await
     .unwrap();
+    // A refusal (token for web, CSR for api) is logged with its reason, and still no token.
+    let web_token = ca.token(WEB, "10m").await.unwrap();
+    let err = certify(&cp.grpc_addr, ca.bundle(), API, &web_token)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
-        !cp.log()
-            .contains(&ca.token(WEB, "10m").await.unwrap()[..40]),
-        "tokens are never logged"
+        err.contains("PermissionDenied") || err.contains("attested as"),
+        "{err}"
+    );
+    cp.wait_for_log("refused Certify").await.unwrap();
+    let payload = web_token.split('.').nth(1).unwrap();
+    assert!(
+        !cp.log().contains(payload),
+        "tokens are never logged:\n{}",
+        cp.log()
     );
 }
 
@@ -315,6 +327,38 @@ async fn refuses_join_token_for_a_foreign_trust_domain() {
     assert_eq!(mesh.refused("unauthenticated", "token_claims"), 1.0);
 }
 
+/// The control plane's own identity is never issued through Certify (whoever held it could pose
+/// as the control plane), and weftctl will not mint a token for it.
+#[tokio::test]
+async fn refuses_the_reserved_control_plane_identity() {
+    let mesh = Mesh::start(None).await;
+    let cp_id = "spiffe://mesh.test/ns/weft-system/sa/weft-control-plane";
+    let token = mesh
+        .token_key()
+        .sign(&claims(cp_id, JOIN_AUD, 600))
+        .unwrap();
+    let status = mesh.refuse(req(token, csr(cp_id))).await;
+    assert_status(
+        &status,
+        Code::PermissionDenied,
+        "reserved for the control plane",
+    );
+    assert_eq!(mesh.refused("permission_denied", "reserved_identity"), 1.0);
+    let err = mesh.ca.token(cp_id, "5m").await.unwrap_err().to_string();
+    assert!(err.contains("reserved for the control plane"), "{err}");
+}
+
+#[tokio::test]
+async fn refuses_join_token_not_yet_valid() {
+    let mesh = Mesh::start(None).await;
+    let mut c = claims(WEB, JOIN_AUD, 7200);
+    c.nbf += 3600;
+    let token = mesh.token_key().sign(&c).unwrap();
+    let status = mesh.refuse(req(token, csr(WEB))).await;
+    assert_status(&status, Code::Unauthenticated, "not valid yet");
+    assert_eq!(mesh.refused("unauthenticated", "token_not_yet_valid"), 1.0);
+}
+
 #[tokio::test]
 async fn refuses_join_token_for_another_audience() {
     let mesh = Mesh::start(None).await;
@@ -485,7 +529,21 @@ async fn refuses_negative_ttl_and_honours_a_short_one() {
             requested_ttl: Some(huge),
         })
         .await;
-    assert!(ok.is_ok(), "a huge TTL is capped, not an error: {ok:?}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let not_after = ok
+        .expect("a huge TTL is capped, not an error")
+        .into_inner()
+        .not_after
+        .unwrap()
+        .seconds;
+    assert!(
+        not_after <= now + 3601,
+        "capped by --svid-ttl (1h): {} s",
+        not_after - now
+    );
     let bad = prost_types::Duration {
         seconds: 60,
         nanos: 1_000_000_000,
@@ -586,16 +644,14 @@ async fn serving_certificate_verifies_by_spiffe_id_and_by_dns_name() {
     let mesh = Mesh::start(None).await;
     // By SPIFFE ID: a client expecting another identity is refused.
     let err = client::connect(&mesh.addr(), mesh.ca.bundle(), id(WEB), None).await;
-    let err = match err {
-        Ok(ch) => IdentityClient::new(ch)
-            .certify(CertifyRequest::default())
-            .await
-            .unwrap_err()
-            .to_string(),
-        Err(e) => e.to_string(),
-    };
+    // The channel connects eagerly, so the handshake failure is the connect error; its source
+    // chain holds the verifier's reason.
+    let err = format!(
+        "{:?}",
+        err.expect_err("must not connect to an unexpected server")
+    );
     assert!(
-        err.contains("UnexpectedPeer") || err.contains("expected") || err.contains("transport"),
+        err.contains("UnexpectedPeer") && err.contains("weft-control-plane"),
         "{err}"
     );
 
@@ -803,6 +859,27 @@ async fn kubernetes_service_account_tokens() {
         })
         .await;
     assert_status(&status, Code::Unauthenticated, "signature does not verify");
+
+    // An unknown key id, and a token without the kubernetes.io claims (e.g. an OIDC ID token
+    // from the same issuer).
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let bare = serde_json::json!({"aud": ["weft"], "iss": iss, "exp": now + 600, "sub": "system:serviceaccount:default:web"});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("rotated-away".into());
+    let token = jsonwebtoken::encode(&header, &bare, &k8s.key).unwrap();
+    let status = mesh.refuse(req(token, csr(WEB))).await;
+    assert_status(
+        &status,
+        Code::Unauthenticated,
+        "signed by unknown key \"rotated-away\"",
+    );
+    header.kid = Some("cluster-key-1".into());
+    let token = jsonwebtoken::encode(&header, &bare, &k8s.key).unwrap();
+    let status = mesh.refuse(req(token, csr(WEB))).await;
+    assert_status(&status, Code::Unauthenticated, "kubernetes.io");
 }
 
 /// An intermediate made outside Weft (here with rcgen) serves as the control plane's CA: SVIDs

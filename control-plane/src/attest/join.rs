@@ -80,6 +80,7 @@ impl TokenKey {
             path: path.display().to_string(),
             reason,
         };
+        weft_certs::pem::warn_if_not_private(path);
         let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let der = weft_certs::pem::key_from_pem(&pem, &path.display().to_string())
             .map_err(|e| err(e.to_string()))?;
@@ -106,7 +107,7 @@ impl TokenKey {
             iss: JOIN_ISSUER.into(),
             sub: id.to_string(),
             aud: join_audience(&id.trust_domain()),
-            exp: now + ttl.as_secs(),
+            exp: now.saturating_add(ttl.as_secs()),
             iat: now,
             nbf: now.saturating_sub(60),
             jti: jti.iter().map(|b| format!("{b:02x}")).collect(),

@@ -140,3 +140,47 @@ impl K8sVerifier {
             .map_err(|e| AttestError::Claims(format!("namespace/service account: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> K8sConfig {
+        K8sConfig {
+            jwks_path: "jwks.json".into(),
+            issuer: "iss".into(),
+            audience: "weft".into(),
+        }
+    }
+
+    #[test]
+    fn loads_rsa_and_ec_keys() {
+        let n = "xjlCRBqkOQv0BDfQx4gkE7Q6IFsF5hG9R3ZqzX9yE3k2Q1q8o3V6w7b0bq4n1ZQyH2kQ0m4b5rPpYb1aYp4tQw";
+        let json = format!(
+            r#"{{"keys":[{{"kty":"RSA","kid":"r1","n":"{n}","e":"AQAB"}},
+                {{"kty":"EC","crv":"P-256","kid":"e1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}}]}}"#
+        );
+        let v = K8sVerifier::from_json(config(), json.as_bytes()).unwrap();
+        let algs: Vec<_> = v
+            .keys
+            .iter()
+            .map(|(kid, _, alg)| (kid.clone(), *alg))
+            .collect();
+        assert_eq!(
+            algs,
+            vec![
+                (Some("r1".into()), jsonwebtoken::Algorithm::RS256),
+                (Some("e1".into()), jsonwebtoken::Algorithm::ES256)
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_key_sets() {
+        let err = |json: &str| K8sVerifier::from_json(config(), json.as_bytes()).unwrap_err();
+        assert!(err("{not json").starts_with("not a JWK set"));
+        assert_eq!(err(r#"{"keys":[]}"#), "the key set is empty");
+        let okp = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        assert!(err(okp).contains("not supported"), "{}", err(okp));
+    }
+}

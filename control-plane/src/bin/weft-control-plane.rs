@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:9191")]
     admin: SocketAddr,
     /// Longest lifetime of an issued SVID.
-    #[arg(long, env = "WEFT_SVID_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "WEFT_SVID_TTL", default_value = "24h", value_parser = parse_svid_ttl)]
     svid_ttl: Duration,
     /// DNS SAN for the serving certificate (repeatable).
     #[arg(long = "server-name", env = "WEFT_SERVER_NAMES", value_delimiter = ',')]
@@ -43,6 +43,19 @@ struct Args {
     /// Log format.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// `--svid-ttl`: a duration of at least the shortest TTL a client may request.
+fn parse_svid_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    let min = weft_control_plane::identity::MIN_TTL;
+    if d < min {
+        return Err(format!(
+            "{s} is shorter than the minimum {}",
+            humantime::format_duration(min)
+        ));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -62,19 +75,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("weft-control-plane: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.svid_ttl < Duration::from_secs(60) {
-        anyhow::bail!(
-            "--svid-ttl {:?} is too short; use at least 1m",
-            args.svid_ttl
-        );
-    }
     let server_names = if args.server_names.is_empty() {
         Config::DEFAULT_SERVER_NAMES
             .iter()
