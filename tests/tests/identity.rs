@@ -730,6 +730,7 @@ async fn admin_serves_metrics_and_health() {
 /// Kubernetes projected service-account tokens, verified offline against a JWKS.
 struct K8sIssuer {
     key: jsonwebtoken::EncodingKey,
+    alg: jsonwebtoken::Algorithm,
     jwks_dir: tempfile::TempDir,
 }
 
@@ -744,7 +745,42 @@ impl K8sIssuer {
         let jwks_dir = tempfile::tempdir().unwrap();
         std::fs::write(jwks_dir.path().join("jwks.json"), jwks.to_string()).unwrap();
         let key = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
-        Self { key, jwks_dir }
+        Self {
+            key,
+            alg: jsonwebtoken::Algorithm::ES256,
+            jwks_dir,
+        }
+    }
+
+    /// RS256 with a 2048-bit key: what kube-apiserver uses by default.
+    fn new_rsa() -> Self {
+        use x509_parser::prelude::FromDer;
+        let key =
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+                .unwrap();
+        let spki_der = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki_der).unwrap();
+        let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() else {
+            panic!("not RSA")
+        };
+        let trim = |b: &[u8]| {
+            b.iter()
+                .skip_while(|x| **x == 0)
+                .copied()
+                .collect::<Vec<u8>>()
+        };
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": "cluster-key-1",
+            "n": URL_SAFE_NO_PAD.encode(trim(rsa.modulus)), "e": URL_SAFE_NO_PAD.encode(trim(rsa.exponent)),
+        }]});
+        let jwks_dir = tempfile::tempdir().unwrap();
+        std::fs::write(jwks_dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(key.serialize_pem().as_bytes()).unwrap();
+        Self {
+            key,
+            alg: jsonwebtoken::Algorithm::RS256,
+            jwks_dir,
+        }
     }
 
     fn config(&self) -> K8sConfig {
@@ -773,7 +809,7 @@ impl K8sIssuer {
             "sub": sub.map(str::to_owned).unwrap_or_else(|| format!("system:serviceaccount:{ns}:{sa}")),
             "kubernetes.io": {"namespace": ns, "pod": {"name": "web-7d4", "uid": "u1"}, "serviceaccount": {"name": sa, "uid": "u2"}},
         });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        let mut header = jsonwebtoken::Header::new(self.alg);
         header.kid = Some("cluster-key-1".into());
         jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
     }
@@ -880,6 +916,22 @@ async fn kubernetes_service_account_tokens() {
     let token = jsonwebtoken::encode(&header, &bare, &k8s.key).unwrap();
     let status = mesh.refuse(req(token, csr(WEB))).await;
     assert_status(&status, Code::Unauthenticated, "kubernetes.io");
+}
+
+/// RS256 service-account tokens (the Kubernetes default) end to end.
+#[tokio::test]
+async fn kubernetes_rs256_tokens() {
+    let k8s = K8sIssuer::new_rsa();
+    let mesh = Mesh::start(Some(k8s.config())).await;
+    let iss = "https://kubernetes.default.svc";
+    let token = k8s.token("default", "web", "weft", iss, 600, None);
+    let ok = certify(&mesh.addr(), mesh.ca.bundle(), WEB, &token)
+        .await
+        .unwrap();
+    assert_eq!(ok.svid.id, id(WEB));
+    let expired = k8s.token("default", "web", "weft", iss, -3600, None);
+    let status = mesh.refuse(req(expired, csr(WEB))).await;
+    assert_status(&status, Code::Unauthenticated, "token has expired");
 }
 
 /// An intermediate made outside Weft (here with rcgen) serves as the control plane's CA: SVIDs
