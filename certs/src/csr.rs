@@ -236,6 +236,29 @@ mod tests {
         assert_eq!(ok.requested_ids[0].as_str(), "spiffe://td/ns/a/sa/b");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes never panic the parser.
+        #[test]
+        fn never_panics_on_random_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = VerifiedCsr::parse(&bytes);
+        }
+
+        /// A CSR with one byte changed is either refused or, if the change missed everything the
+        /// signature covers and still parses, carries the original key.
+        #[test]
+        fn a_corrupted_csr_is_refused_or_unchanged(at in 0usize..10_000, xor in 1u8..=255) {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut der = csr_for(&key, Some("spiffe://td/ns/a/sa/b"));
+            let at = at % der.len();
+            der[at] ^= xor;
+            if let Ok(csr) = VerifiedCsr::parse(&der) {
+                proptest::prop_assert_eq!(csr.spki_der, key.subject_public_key_info());
+            }
+        }
+    }
+
     #[test]
     fn never_panics_on_truncated_input() {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
