@@ -3,6 +3,7 @@
 //! DNS names are ignored: in the mesh, a peer is who its SPIFFE ID says.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -57,8 +58,17 @@ impl From<SvidError> for rustls::Error {
 /// The SPIFFE ID of a leaf certificate: checks the SVID shape only, not the chain. Use it on a
 /// certificate that a verifier of this module already accepted (e.g. after the handshake).
 pub fn spiffe_id_of(end_entity: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
+    svid_of(end_entity).map(|(id, _)| id)
+}
+
+/// The SPIFFE ID and expiry of a leaf certificate, from one parse (same checks as
+/// [`spiffe_id_of`]).
+pub fn svid_of(end_entity: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime), SvidError> {
     let (_, cert) =
         X509Certificate::from_der(end_entity).map_err(|e| SvidError::Malformed(e.to_string()))?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp())
+        .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+        .map_err(|_| SvidError::Malformed("notAfter is before 1970".into()))?;
     if cert.is_ca() {
         return Err(SvidError::CaLeaf);
     }
@@ -78,11 +88,12 @@ pub fn spiffe_id_of(end_entity: &CertificateDer<'_>) -> Result<SpiffeId, SvidErr
         Ok(None) => Vec::new(),
         Err(e) => return Err(SvidError::Malformed(e.to_string())),
     };
-    match uris.as_slice() {
+    let id = match uris.as_slice() {
         [] => Err(SvidError::NoUriSan),
         [uri] => SpiffeId::parse(uri).map_err(|e| SvidError::BadSpiffeId(format!("{uri}: {e}"))),
         many => Err(SvidError::ManyUriSans(many.len())),
-    }
+    }?;
+    Ok((id, not_after))
 }
 
 /// The verified peer identity of an established connection.

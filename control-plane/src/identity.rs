@@ -138,7 +138,7 @@ impl IdentityService {
     /// Renewal without a token: the identity of the certificate the client presented on this
     /// connection, as long as that certificate has not expired since the handshake.
     fn renewing_identity(&self, peer: Option<&PeerInfo>) -> Result<SpiffeId, Refusal> {
-        let Some(peer) = peer.filter(|p| p.spiffe_id.is_some()) else {
+        let Some(peer) = peer.filter(|p| p.svid.is_some()) else {
             return Err(Refusal {
                 code: Code::Unauthenticated,
                 reason: "token_missing",
@@ -245,7 +245,7 @@ impl Identity for IdentityService {
                     .inc();
                 let caller = peer
                     .as_ref()
-                    .and_then(|p| p.spiffe_id.as_ref())
+                    .and_then(|p| p.spiffe_id())
                     .map(|i| i.to_string())
                     .unwrap_or_default();
                 warn!(code = %code_name(r.code), reason = %r.reason, %remote, %caller, "refused Certify: {}", r.message);

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, info, warn};
-use weft_certs::verify::peer_spiffe_id;
+use weft_certs::verify::svid_of;
 use weft_certs::{CertificateAuthority, SpiffeId, WorkloadKey};
 
 use crate::metrics::Metrics;
@@ -34,19 +34,29 @@ pub const MAX_CONNECTIONS: usize = 16_384;
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote_addr: SocketAddr,
-    pub spiffe_id: Option<SpiffeId>,
-    /// When the client certificate verified at handshake expires: a long-lived connection must
-    /// not keep vouching for an identity after its certificate is gone.
-    pub cert_not_after: Option<SystemTime>,
+    /// The client certificate verified at handshake, if one was presented.
+    pub svid: Option<PeerSvid>,
+}
+
+/// A client's verified SVID: who it is, and until when the certificate vouches for that.
+#[derive(Debug, Clone)]
+pub struct PeerSvid {
+    pub id: SpiffeId,
+    pub not_after: SystemTime,
 }
 
 impl PeerInfo {
-    /// The caller's identity if its certificate is still valid now.
+    pub fn spiffe_id(&self) -> Option<&SpiffeId> {
+        self.svid.as_ref().map(|s| &s.id)
+    }
+
+    /// The caller's identity if its certificate is still valid now: a long-lived connection must
+    /// not keep vouching for an identity after its certificate is gone.
     pub fn current_identity(&self, now: SystemTime) -> Option<&SpiffeId> {
-        match self.cert_not_after {
-            Some(t) if t > now => self.spiffe_id.as_ref(),
-            _ => None,
-        }
+        self.svid
+            .as_ref()
+            .filter(|s| s.not_after > now)
+            .map(|s| &s.id)
     }
 }
 
@@ -134,15 +144,15 @@ pub fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let certs = stream.get_ref().1.peer_certificates();
-                        let spiffe_id = peer_spiffe_id(certs).ok();
-                        let cert_not_after = certs.and_then(|c| c.first()).and_then(leaf_not_after);
-                        debug!(%remote_addr, peer = ?spiffe_id, "TLS connection established");
-                        let info = PeerInfo {
-                            remote_addr,
-                            spiffe_id,
-                            cert_not_after,
-                        };
+                        let svid = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| svid_of(leaf).ok())
+                            .map(|(id, not_after)| PeerSvid { id, not_after });
+                        debug!(%remote_addr, peer = ?svid.as_ref().map(|s| &s.id), "TLS connection established");
+                        let info = PeerInfo { remote_addr, svid };
                         let _ = tx
                             .send(Ok(TlsConn {
                                 stream,
@@ -241,13 +251,6 @@ impl ServingCert {
     }
 }
 
-fn leaf_not_after(der: &rustls_pki_types::CertificateDer<'_>) -> Option<SystemTime> {
-    use x509_parser::prelude::FromDer;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
-    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
 /// Renew at 70 % of the remaining lifetime.
 fn renew_delay(now: SystemTime, not_after: SystemTime) -> Duration {
     not_after
@@ -272,19 +275,16 @@ mod tests {
     fn renewal_identity_expires_with_the_certificate() {
         let id = SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap();
         let now = SystemTime::now();
-        let info = |spiffe_id: Option<SpiffeId>, cert_not_after| PeerInfo {
+        let info = |svid| PeerInfo {
             remote_addr: "127.0.0.1:1".parse().unwrap(),
-            spiffe_id,
-            cert_not_after,
+            svid,
         };
-        let valid = info(Some(id.clone()), Some(now + Duration::from_secs(60)));
+        let valid = info(Some(PeerSvid {
+            id: id.clone(),
+            not_after: now + Duration::from_secs(60),
+        }));
         assert_eq!(valid.current_identity(now), Some(&id));
         assert_eq!(valid.current_identity(now + Duration::from_secs(61)), None);
-        assert_eq!(info(None, None).current_identity(now), None);
-        assert_eq!(
-            info(Some(id), None).current_identity(now),
-            None,
-            "no expiry known: no identity"
-        );
+        assert_eq!(info(None).current_identity(now), None);
     }
 }
