@@ -2,7 +2,13 @@
 //! PROTOC set; `.ci/install-deps.sh` installs Debian's protobuf-compiler).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["weft/identity/v1/identity.proto"];
+    let protos = [
+        "weft/identity/v1/identity.proto",
+        "weft/mesh/v1/mesh.proto",
+        "weft/discovery/v1/discovery.proto",
+        "weft/registry/v1/registry.proto",
+        "weft/config/v1/config.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

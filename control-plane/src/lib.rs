@@ -14,6 +14,7 @@ pub mod ctl;
 pub mod identity;
 pub mod metrics;
 pub mod server;
+pub mod store;
 pub mod transport;
 
 pub use server::{Config, ControlPlane, StartError, control_plane_id};

@@ -40,3 +40,40 @@ pub mod identity {
         }
     }
 }
+
+/// `weft.mesh.v1`: the resource types (services, endpoints, HTTP routes, the trust bundle).
+pub mod mesh {
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+        tonic::include_proto!("weft.mesh.v1");
+
+        /// `type_url`s of the discovery resources, as carried in `google.protobuf.Any`.
+        pub const SERVICE_TYPE_URL: &str = "type.googleapis.com/weft.mesh.v1.Service";
+        pub const ENDPOINTS_TYPE_URL: &str = "type.googleapis.com/weft.mesh.v1.Endpoints";
+        pub const TRUST_BUNDLE_TYPE_URL: &str = "type.googleapis.com/weft.mesh.v1.TrustBundle";
+    }
+}
+
+/// `weft.discovery.v1`: delta discovery (incremental xDS transport).
+pub mod discovery {
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+        tonic::include_proto!("weft.discovery.v1");
+    }
+}
+
+/// `weft.registry.v1`: endpoint registration.
+pub mod registry {
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+        tonic::include_proto!("weft.registry.v1");
+    }
+}
+
+/// `weft.config.v1`: the config API behind `weftctl apply/get/delete`.
+pub mod config {
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+        tonic::include_proto!("weft.config.v1");
+    }
+}
