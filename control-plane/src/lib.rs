@@ -17,4 +17,4 @@ pub mod server;
 pub mod store;
 pub mod transport;
 
-pub use server::{Config, ControlPlane, StartError, control_plane_id};
+pub use server::{Config, ControlPlane, StartError, control_plane_id, default_admin_id};

@@ -70,6 +70,12 @@ pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
         .unwrap_or_else(|_| td.id())
 }
 
+/// The identity `weftctl login` mints, and the control plane's default `--admin-identity`.
+pub fn default_admin_id(td: &TrustDomain) -> SpiffeId {
+    td.workload("weft-system", "weft-admin")
+        .unwrap_or_else(|_| td.id())
+}
+
 /// A running control plane. Dropping it stops the listeners (the shutdown channel closes);
 /// [`ControlPlane::shutdown`] also waits for in-flight RPCs to finish.
 #[derive(Debug)]
