@@ -13,6 +13,7 @@ pub mod client;
 pub mod ctl;
 pub mod identity;
 pub mod metrics;
+pub mod model;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -55,7 +55,10 @@ pub struct Listing {
 pub enum Event {
     Put(KeyValue),
     /// `revision` is the revision of the delete (lease expiry included).
-    Delete { key: String, revision: Revision },
+    Delete {
+        key: String,
+        revision: Revision,
+    },
 }
 
 impl Event {
