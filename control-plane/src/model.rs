@@ -449,13 +449,13 @@ impl TryFrom<pb::Endpoint> for Endpoint {
                 ),
             )
         });
-        if let Ok(a) = &address {
-            if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
-                errs.add(
-                    "address",
-                    format!("{a} is not a unicast address with a port"),
-                );
-            }
+        if let Ok(a) = &address
+            && (a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast())
+        {
+            errs.add(
+                "address",
+                format!("{a} is not a unicast address with a port"),
+            );
         }
         let identity = e
             .identity
@@ -632,17 +632,17 @@ fn rule(
                 .map_err(|m| errs.add(format!("{f}.timeouts.backendRequest"), m))
                 .ok();
         }
-        if let (Some(req), Some(backend)) = (timeouts.request, timeouts.backend_request) {
-            if backend > req {
-                errs.add(
-                    format!("{f}.timeouts.backendRequest"),
-                    format!(
-                        "{} exceeds request timeout {}",
-                        humantime::format_duration(backend),
-                        humantime::format_duration(req)
-                    ),
-                );
-            }
+        if let (Some(req), Some(backend)) = (timeouts.request, timeouts.backend_request)
+            && backend > req
+        {
+            errs.add(
+                format!("{f}.timeouts.backendRequest"),
+                format!(
+                    "{} exceeds request timeout {}",
+                    humantime::format_duration(backend),
+                    humantime::format_duration(req)
+                ),
+            );
         }
     }
 
@@ -745,13 +745,13 @@ fn route_match(errs: &mut Errors, f: &str, m: &pb::HttpRouteMatch) -> RouteMatch
         query_params.push((qm.name.clone(), qm.value.clone()));
     }
     let method = (!m.method.is_empty()).then(|| m.method.clone());
-    if let Some(method) = &method {
-        if !METHODS.contains(&method.as_str()) {
-            errs.add(
-                format!("{f}.method"),
-                format!("{method:?} is not one of {}", METHODS.join(", ")),
-            );
-        }
+    if let Some(method) = &method
+        && !METHODS.contains(&method.as_str())
+    {
+        errs.add(
+            format!("{f}.method"),
+            format!("{method:?} is not one of {}", METHODS.join(", ")),
+        );
     }
     RouteMatch {
         path,
