@@ -14,6 +14,7 @@ pub mod ctl;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod transport;
