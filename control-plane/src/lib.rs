@@ -12,6 +12,7 @@ pub mod attest;
 pub mod client;
 pub mod ctl;
 pub mod identity;
+pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod server;
