@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     tonic_prost_build::configure()
+        // Ordered maps encode deterministically: resource versions are hashes of the encoding
+        // and must agree across replicas.
+        .btree_map(".")
         // Carries a bearer token: its Debug is written by hand in lib.rs and redacts it.
         .skip_debug(["weft.identity.v1.CertifyRequest"])
         .compile_protos(&protos, &["."])?;

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -289,16 +289,13 @@ pub fn label_value(s: &str) -> Result<(), String> {
     if s.is_empty() { Ok(()) } else { label_name(s) }
 }
 
-fn labels(errs: &mut Errors, field: &str, map: &std::collections::HashMap<String, String>) {
+fn labels(errs: &mut Errors, field: &str, map: &BTreeMap<String, String>) {
     for (k, v) in map {
         errs.check(format!("{field}[{k:?}]"), label_key(k));
         errs.check(format!("{field}[{k:?}]"), label_value(v));
     }
 }
 
-fn sorted(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
-    map.into_iter().collect()
-}
 
 fn port_number(p: u32) -> Result<u16, String> {
     match u16::try_from(p) {
@@ -428,7 +425,7 @@ impl TryFrom<pb::Service> for Service {
         errs.finish(|| Service {
             id: ObjectRef::new(s.namespace, s.name),
             ports,
-            selector: sorted(s.selector),
+            selector: s.selector,
         })
     }
 }
@@ -477,7 +474,7 @@ impl TryFrom<pb::Endpoint> for Endpoint {
                 service: ObjectRef::new(e.namespace, e.service),
                 address,
                 identity,
-                labels: sorted(e.labels),
+                labels: e.labels,
                 zone: (!e.zone.is_empty()).then_some(e.zone),
                 weight,
                 ready: e.ready,
@@ -795,7 +792,7 @@ impl From<&Service> for pb::Service {
                     protocol: pb::Protocol::from(&p.protocol).into(),
                 })
                 .collect(),
-            selector: s.selector.clone().into_iter().collect(),
+            selector: s.selector.clone(),
             routes: vec![],
         }
     }
@@ -808,7 +805,7 @@ impl From<&Endpoint> for pb::Endpoint {
             service: e.service.name.clone(),
             address: e.address.to_string(),
             identity: e.identity.to_string(),
-            labels: e.labels.clone().into_iter().collect(),
+            labels: e.labels.clone(),
             zone: e.zone.clone().unwrap_or_default(),
             weight: e.weight,
             ready: e.ready,
