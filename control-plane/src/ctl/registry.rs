@@ -1,7 +1,6 @@
 //! `weftctl register` / `deregister`: endpoints outside the mesh (a database, a VM), through
 //! the admin-only `RegisterExternal` / `Deregister` RPCs.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
@@ -65,7 +64,7 @@ pub async fn register(ctx: &Context, r: &Register, w: &mut impl Write) -> anyhow
         service: r.service.name.clone(),
         address: r.address.clone(),
         identity: r.identity.clone(),
-        labels: r.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        labels: r.labels.iter().cloned().collect(),
         zone: r.zone.clone().unwrap_or_default(),
         weight: r.weight.unwrap_or(0),
         ready: true,

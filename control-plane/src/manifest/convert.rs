@@ -85,7 +85,7 @@ pub(super) fn service_to_pb(m: &ServiceManifest) -> (pb::Service, Vec<FieldError
         namespace: m.metadata.namespace.clone(),
         name: m.metadata.name.clone(),
         ports,
-        selector: m.spec.selector.clone().into_iter().collect(),
+        selector: m.spec.selector.clone(),
         routes: vec![],
     };
     (s, errs.0)
@@ -228,7 +228,7 @@ pub(super) fn endpoint_to_pb(m: &EndpointManifest) -> pb::Endpoint {
         service: s.service.clone(),
         address: s.address.clone(),
         identity: s.identity.clone(),
-        labels: s.labels.clone().into_iter().collect(),
+        labels: s.labels.clone(),
         zone: s.zone.clone(),
         weight: s.weight,
         ready: s.ready,
@@ -269,7 +269,7 @@ impl From<&pb::Service> for ServiceManifest {
                             .map_or_else(String::new, |(name, _)| (*name).to_owned()),
                     })
                     .collect(),
-                selector: s.selector.clone().into_iter().collect(),
+                selector: s.selector.clone(),
             },
         }
     }
@@ -375,7 +375,7 @@ impl From<&pb::Endpoint> for EndpointManifest {
                 service: e.service.clone(),
                 address: e.address.clone(),
                 identity: e.identity.clone(),
-                labels: e.labels.clone().into_iter().collect(),
+                labels: e.labels.clone(),
                 zone: e.zone.clone(),
                 weight: e.weight,
                 ready: e.ready,

@@ -423,7 +423,7 @@ fn service() -> impl Strategy<Value = pb::Service> {
                     protocol: PROTOCOL_VALUES[proto],
                 })
                 .collect(),
-            selector: selector.into_iter().collect(),
+            selector,
             routes: vec![],
         })
 }
