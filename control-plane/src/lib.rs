@@ -15,6 +15,7 @@ pub mod config_api;
 pub mod ctl;
 pub mod discovery;
 pub mod identity;
+pub mod manifest;
 pub mod metrics;
 pub mod manifest;
 pub mod model;
