@@ -33,7 +33,9 @@ impl Authz {
             .extensions()
             .get::<PeerInfo>()
             .and_then(|p| p.spiffe_id().cloned())
-            .ok_or_else(|| Status::unauthenticated("this API needs a client certificate (an X509-SVID)"))
+            .ok_or_else(|| {
+                Status::unauthenticated("this API needs a client certificate (an X509-SVID)")
+            })
     }
 
     pub fn is_admin(&self, id: &SpiffeId) -> bool {

@@ -73,7 +73,11 @@ impl Object {
     }
 }
 
-fn violation(document: usize, field: impl Into<String>, description: impl Into<String>) -> Violation {
+fn violation(
+    document: usize,
+    field: impl Into<String>,
+    description: impl Into<String>,
+) -> Violation {
     Violation {
         document: u32::try_from(document).unwrap_or(u32::MAX),
         field: field.into(),
@@ -117,7 +121,10 @@ async fn load<T>(
 
 #[tonic::async_trait]
 impl Config for ConfigService {
-    async fn apply(&self, request: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
         let admin = self.authz.admin(&request, "change mesh config")?;
         let req = request.into_inner();
         if req.documents.is_empty() {
@@ -138,12 +145,19 @@ impl Config for ConfigService {
             match parsed {
                 Ok(o) => {
                     if let Some((j, _)) = objects.iter().find(|(_, p)| p.key() == o.key()) {
-                        violations.push(violation(i, "metadata.name", format!("{} is also document {j}", o.id())));
+                        violations.push(violation(
+                            i,
+                            "metadata.name",
+                            format!("{} is also document {j}", o.id()),
+                        ));
                     }
                     objects.push((i, o));
                 }
                 Err(invalid) => violations.extend(
-                    invalid.0.into_iter().map(|e| violation(i, e.field, e.message)),
+                    invalid
+                        .0
+                        .into_iter()
+                        .map(|e| violation(i, e.field, e.message)),
                 ),
             }
         }
@@ -164,14 +178,34 @@ impl Config for ConfigService {
             let Object::Route(r) = o else { continue };
             for (p, parent) in r.parents.iter().enumerate() {
                 let field = format!("spec.parentRefs[{p}]");
-                check_ref(&proposed, &parent.service, parent.port, *i, &field, &mut violations);
-                compare.insert(Key::Service(parent.service.clone()).path(), revision_of(&parent.service));
+                check_ref(
+                    &proposed,
+                    &parent.service,
+                    parent.port,
+                    *i,
+                    &field,
+                    &mut violations,
+                );
+                compare.insert(
+                    Key::Service(parent.service.clone()).path(),
+                    revision_of(&parent.service),
+                );
             }
             for (k, rule) in r.rules.iter().enumerate() {
                 for (b, backend) in rule.backends.iter().enumerate() {
                     let field = format!("spec.rules[{k}].backendRefs[{b}]");
-                    check_ref(&proposed, &backend.service, backend.port, *i, &field, &mut violations);
-                    compare.insert(Key::Service(backend.service.clone()).path(), revision_of(&backend.service));
+                    check_ref(
+                        &proposed,
+                        &backend.service,
+                        backend.port,
+                        *i,
+                        &field,
+                        &mut violations,
+                    );
+                    compare.insert(
+                        Key::Service(backend.service.clone()).path(),
+                        revision_of(&backend.service),
+                    );
                 }
             }
         }
@@ -184,8 +218,12 @@ impl Config for ConfigService {
         for (_, o) in &objects {
             let value = o.encode();
             let (stored, rev) = match o {
-                Object::Service(s) => services.get(&s.id).map(|(v, rev)| (codec::encode_service(v), *rev)),
-                Object::Route(r) => routes.get(&r.id).map(|(v, rev)| (codec::encode_route(v), *rev)),
+                Object::Service(s) => services
+                    .get(&s.id)
+                    .map(|(v, rev)| (codec::encode_service(v), *rev)),
+                Object::Route(r) => routes
+                    .get(&r.id)
+                    .map(|(v, rev)| (codec::encode_route(v), *rev)),
             }
             .map_or((None, 0), |(v, rev)| (Some(v), rev));
             let action = match &stored {
@@ -195,7 +233,11 @@ impl Config for ConfigService {
             };
             compare.insert(o.key().path(), rev);
             if action != Action::Unchanged {
-                ops.push(Op::Put { key: o.key().path(), value, lease: None });
+                ops.push(Op::Put {
+                    key: o.key().path(),
+                    value,
+                    lease: None,
+                });
             }
             outcomes.push(Outcome {
                 kind: o.kind().into(),
@@ -209,7 +251,12 @@ impl Config for ConfigService {
                 .into_iter()
                 .map(|(key, revision)| Compare::ModRevision { key, revision })
                 .collect();
-            match self.store.txn(Txn { compare, ops }).await.map_err(store_status)? {
+            match self
+                .store
+                .txn(Txn { compare, ops })
+                .await
+                .map_err(store_status)?
+            {
                 TxnOutcome::Committed(revision) => {
                     let changed: Vec<String> = outcomes
                         .iter()
@@ -252,16 +299,22 @@ impl Config for ConfigService {
         let listing = self.store.list(&prefix).await.map_err(store_status)?;
         let mut out = GetResponse::default();
         for kv in listing.items {
-            let Some(key) = Key::parse(&kv.key) else { continue };
+            let Some(key) = Key::parse(&kv.key) else {
+                continue;
+            };
             match key {
                 Key::Service(id) if req.name.is_empty() || id.name == req.name => {
                     if let Ok(s) = codec::decode_service(&kv.value) {
-                        out.documents.push(Document { kind: Some(document::Kind::Service(pb::Service::from(&s))) });
+                        out.documents.push(Document {
+                            kind: Some(document::Kind::Service(pb::Service::from(&s))),
+                        });
                     }
                 }
                 Key::Route(id) if req.name.is_empty() || id.name == req.name => {
                     if let Ok(r) = codec::decode_route(&kv.value) {
-                        out.documents.push(Document { kind: Some(document::Kind::HttpRoute(pb::HttpRoute::from(&r))) });
+                        out.documents.push(Document {
+                            kind: Some(document::Kind::HttpRoute(pb::HttpRoute::from(&r))),
+                        });
                     }
                 }
                 Key::Endpoint(..) => {
@@ -275,7 +328,10 @@ impl Config for ConfigService {
         Ok(Response::new(out))
     }
 
-    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
         let admin = self.authz.admin(&request, "change mesh config")?;
         let req = request.into_inner();
         if req.objects.is_empty() {
@@ -294,7 +350,9 @@ impl Config for ConfigService {
                     )));
                 }
                 Kind::Unspecified => {
-                    return Err(Status::invalid_argument(format!("objects[{i}].kind: required")));
+                    return Err(Status::invalid_argument(format!(
+                        "objects[{i}].kind: required"
+                    )));
                 }
             };
             targets.push((o.kind, key));
@@ -311,9 +369,14 @@ impl Config for ConfigService {
             if let Key::Service(id) = key {
                 // A route still pointing at the service (and not deleted with it) would dangle.
                 let user = routes.iter().find(|(rid, (r, _))| {
-                    !targets.iter().any(|(_, k)| *k == Key::Route((*rid).clone()))
+                    !targets
+                        .iter()
+                        .any(|(_, k)| *k == Key::Route((*rid).clone()))
                         && (r.parents.iter().any(|p| p.service == *id)
-                            || r.rules.iter().flat_map(|x| &x.backends).any(|b| b.service == *id))
+                            || r.rules
+                                .iter()
+                                .flat_map(|x| &x.backends)
+                                .any(|b| b.service == *id))
                 });
                 if let Some((rid, _)) = user {
                     return Err(Status::failed_precondition(format!(
@@ -321,10 +384,16 @@ impl Config for ConfigService {
                     )));
                 }
                 for (rid, (_, rev)) in &routes {
-                    compare.push(Compare::ModRevision { key: Key::Route(rid.clone()).path(), revision: *rev });
+                    compare.push(Compare::ModRevision {
+                        key: Key::Route(rid.clone()).path(),
+                        revision: *rev,
+                    });
                 }
             }
-            compare.push(Compare::ModRevision { key: path.clone(), revision: kv.mod_revision });
+            compare.push(Compare::ModRevision {
+                key: path.clone(),
+                revision: kv.mod_revision,
+            });
             ops.push(Op::Delete { key: path });
             let id = match key {
                 Key::Service(id) | Key::Route(id) | Key::Endpoint(id, _) => id,
@@ -336,7 +405,12 @@ impl Config for ConfigService {
                 action: Action::Deleted.into(),
             });
         }
-        match self.store.txn(Txn { compare, ops }).await.map_err(store_status)? {
+        match self
+            .store
+            .txn(Txn { compare, ops })
+            .await
+            .map_err(store_status)?
+        {
             TxnOutcome::Committed(revision) => {
                 info!(%admin, revision, objects = outcomes.len(), "deleted");
                 Ok(Response::new(DeleteResponse { outcomes }))

@@ -191,7 +191,9 @@ impl DeltaStream {
                 ResourceType::ALL.map(ResourceType::type_url).join(", ")
             ))));
         };
-        let labels = TypeLabels { r#type: ty.as_str() };
+        let labels = TypeLabels {
+            r#type: ty.as_str(),
+        };
         if !req.response_nonce.is_empty() {
             let sent = self.pending.remove(&req.response_nonce);
             match &req.error_detail {
@@ -220,8 +222,9 @@ impl DeltaStream {
             sub.wildcard = req.resource_names_subscribe.is_empty();
             sub.held = req.initial_resource_versions.into_iter().collect();
         }
-        let changed_subscription =
-            first || !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
+        let changed_subscription = first
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty();
         for name in req.resource_names_subscribe {
             if name == "*" {
                 sub.wildcard = true;
@@ -323,7 +326,12 @@ impl DeltaStream {
         self.pending.insert(nonce.clone(), (ty, Instant::now()));
         if self.pending.len() > 1024 {
             // A client that never answers: forget the oldest instead of growing.
-            if let Some(oldest) = self.pending.iter().min_by_key(|(_, (_, at))| *at).map(|(n, _)| n.clone()) {
+            if let Some(oldest) = self
+                .pending
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(n, _)| n.clone())
+            {
                 self.pending.remove(&oldest);
             }
         }
@@ -334,10 +342,15 @@ impl DeltaStream {
             removed_resources: removed,
             nonce,
         };
-        self.tx.send(Ok(response)).await.map_err(|_| End::ReceiverGone)?;
+        self.tx
+            .send(Ok(response))
+            .await
+            .map_err(|_| End::ReceiverGone)?;
         self.metrics
             .discovery_pushes
-            .get_or_create(&TypeLabels { r#type: ty.as_str() })
+            .get_or_create(&TypeLabels {
+                r#type: ty.as_str(),
+            })
             .inc();
         if let Some(at) = observed_at {
             self.metrics

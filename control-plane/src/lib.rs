@@ -17,7 +17,6 @@ pub mod discovery;
 pub mod identity;
 pub mod manifest;
 pub mod metrics;
-pub mod manifest;
 pub mod model;
 pub mod registration;
 pub mod registry;

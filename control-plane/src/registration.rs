@@ -243,7 +243,9 @@ impl Session {
                     if let Some(lease) = self.lease.take() {
                         match self.store.revoke_lease(lease).await {
                             Ok(()) => info!(endpoints = self.held.len(), "deregistered"),
-                            Err(e) => warn!(error = %e, "revoke on goodbye failed; the lease will expire"),
+                            Err(e) => {
+                                warn!(error = %e, "revoke on goodbye failed; the lease will expire")
+                            }
                         }
                     }
                     return;
@@ -287,7 +289,10 @@ impl Session {
         }
     }
 
-    async fn replace(&mut self, endpoints: Vec<weft_proto::mesh::v1::Endpoint>) -> Result<(), Status> {
+    async fn replace(
+        &mut self,
+        endpoints: Vec<weft_proto::mesh::v1::Endpoint>,
+    ) -> Result<(), Status> {
         if endpoints.len() > MAX_ENDPOINTS_PER_STREAM {
             return Err(Status::invalid_argument(format!(
                 "endpoints: at most {MAX_ENDPOINTS_PER_STREAM} per stream, got {}",
@@ -307,7 +312,11 @@ impl Session {
         let lease = match self.lease {
             Some(l) => l,
             None => {
-                let l = self.store.grant_lease(self.ttl).await.map_err(store_status)?;
+                let l = self
+                    .store
+                    .grant_lease(self.ttl)
+                    .await
+                    .map_err(store_status)?;
                 self.lease = Some(l);
                 l
             }
@@ -327,11 +336,20 @@ impl Session {
             value: codec::encode_endpoint(e),
             lease: Some(lease),
         }));
-        match self.store.txn(Txn { compare: vec![], ops }).await {
+        match self
+            .store
+            .txn(Txn {
+                compare: vec![],
+                ops,
+            })
+            .await
+        {
             Ok(_) => {}
             Err(StoreError::LeaseNotFound(_)) => {
                 self.lease = None;
-                return Err(Status::unavailable("lease expired during registration; retry"));
+                return Err(Status::unavailable(
+                    "lease expired during registration; retry",
+                ));
             }
             Err(e) => return Err(store_status(e)),
         }

@@ -18,14 +18,14 @@ use crate::authz::Authz;
 use crate::config_api::ConfigService;
 use crate::discovery::DiscoveryService;
 use crate::identity::IdentityService;
+use crate::metrics::Metrics;
 use crate::registration::RegistrationService;
 use crate::registry::Registry;
-use crate::store::{EtcdStore, MemoryStore, Store};
+use crate::store::{MemoryStore, Store};
+use crate::transport::{ServingCert, ServingIdentity, tls_incoming};
 use weft_proto::config::v1::config_server::ConfigServer;
 use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscoveryServer;
 use weft_proto::registry::v1::registration_server::RegistrationServer;
-use crate::metrics::Metrics;
-use crate::transport::{ServingCert, ServingIdentity, tls_incoming};
 
 /// Static configuration of one control-plane process.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ pub struct Config {
 pub enum StoreConfig {
     /// Embedded, in memory; with a snapshot file, services and routes survive restarts.
     Memory { snapshot: Option<PathBuf> },
-    Etcd(crate::store::EtcdConfig),
+    // ETCD-MERGE: Etcd(crate::store::EtcdConfig),
 }
 
 impl Config {
@@ -88,6 +88,8 @@ pub enum StartError {
     Tls(#[from] weft_certs::tls::TlsError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("store snapshot: {0}")]
+    Snapshot(#[from] crate::store::memory::SnapshotError),
 }
 
 /// The identity the control plane serves with.
@@ -111,6 +113,8 @@ pub struct ControlPlane {
     identity: SpiffeId,
     bundle: TrustBundle,
     metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    revisions: watch::Receiver<i64>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -172,13 +176,14 @@ impl ControlPlane {
             StoreConfig::Memory {
                 snapshot: Some(path),
             } => Arc::new(MemoryStore::open(path)?),
-            StoreConfig::Etcd(etcd) => Arc::new(EtcdStore::connect(etcd.clone()).await?),
+            // ETCD-MERGE: StoreConfig::Etcd(etcd) => Arc::new(EtcdStore::connect(etcd.clone()).await?),
         };
         let trust_bundle = weft_proto::mesh::v1::TrustBundle {
             trust_domain: td.to_string(),
             roots: bundle.roots().iter().map(|r| r.to_vec()).collect(),
         };
         let (registry, snapshots) = Registry::new(store.clone(), trust_bundle, metrics.clone());
+        let revisions = registry.revisions();
         let registry_task = tokio::spawn(registry.run(shutdown_rx.clone()));
         let admins = if config.admin_identities.is_empty() {
             vec![default_admin_id(&td)]
@@ -199,6 +204,7 @@ impl ControlPlane {
             .await;
         let identity_service = IdentityService::new(ca.clone(), attestor, metrics.clone());
         let discovery_metrics = metrics.clone();
+        let grpc_store = store.clone();
         let registration_metrics = metrics.clone();
         let registration_ttl = config.registration_ttl;
         let snapshots_for_admin = snapshots.clone();
@@ -218,12 +224,12 @@ impl ControlPlane {
                     discovery_metrics,
                 )))
                 .add_service(RegistrationServer::new(RegistrationService::new(
-                    store.clone(),
+                    grpc_store.clone(),
                     authz.clone(),
                     registration_metrics,
                     registration_ttl,
                 )))
-                .add_service(ConfigServer::new(ConfigService::new(store, authz)))
+                .add_service(ConfigServer::new(ConfigService::new(grpc_store, authz)))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_shutdown.changed().await;
                 })
@@ -246,6 +252,8 @@ impl ControlPlane {
             identity,
             bundle,
             metrics,
+            store,
+            revisions,
             shutdown,
             tasks: vec![grpc_task, admin_task, registry_task],
         })
@@ -269,6 +277,16 @@ impl ControlPlane {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Waits until the registry reflects every store write made before this call (so discovery
+    /// serves it).
+    pub async fn wait_synced(&self) -> Result<(), crate::store::StoreError> {
+        let target = self.store.list("\u{0}").await?.revision;
+        let mut revisions = self.revisions.clone();
+        // The sender lives as long as the registry task; if it is gone, so is any progress.
+        let _ = revisions.wait_for(|r| *r >= target).await;
+        Ok(())
     }
 
     /// Stops accepting, lets in-flight RPCs finish, and waits for the tasks to end.

@@ -1,7 +1,6 @@
 //! An in-process control plane on 127.0.0.1:0 with a test CA, and clients that present SVIDs
 //! minted straight from that CA (so a test can be any identity it needs).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -65,9 +64,14 @@ impl TestMesh {
             }
         };
         let addr = cp.grpc_addr().to_string();
-        Ok(weft_control_plane::client::connect(&addr, self.ca.bundle(), cp.identity().clone(), cert)
-            .await
-            .context("connect to the control plane")?)
+        Ok(weft_control_plane::client::connect(
+            &addr,
+            self.ca.bundle(),
+            cp.identity().clone(),
+            cert,
+        )
+        .await
+        .context("connect to the control plane")?)
     }
 
     pub async fn channel(&self, id: Option<&str>) -> anyhow::Result<Channel> {

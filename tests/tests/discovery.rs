@@ -11,7 +11,9 @@ use tonic::Code;
 use weft_proto::config::v1::config_client::ConfigClient;
 use weft_proto::config::v1::{ApplyRequest, DeleteRequest, Document, Kind, ObjectRef, document};
 use weft_proto::discovery::v1::DeltaDiscoveryRequest;
-use weft_proto::mesh::v1::{self as pb, ENDPOINTS_TYPE_URL, SERVICE_TYPE_URL, TRUST_BUNDLE_TYPE_URL};
+use weft_proto::mesh::v1::{
+    self as pb, ENDPOINTS_TYPE_URL, SERVICE_TYPE_URL, TRUST_BUNDLE_TYPE_URL,
+};
 use weft_proto::registry::v1::registration_client::RegistrationClient;
 use weft_proto::registry::v1::{RegisterRequest, RegisterResponse};
 use weft_tests::mesh::{DeltaClient, TD, TestMesh, workload};
@@ -68,8 +70,9 @@ async fn apply(mesh: &TestMesh, docs: Vec<Document>) -> Result<(), tonic::Status
             documents: docs,
             dry_run: false,
         })
-        .await
-        .map(|_| ())
+        .await?;
+    mesh.cp.wait_synced().await.unwrap();
+    Ok(())
 }
 
 fn endpoint(ns: &str, svc: &str, addr: &str, version: &str) -> pb::Endpoint {
@@ -100,7 +103,10 @@ impl Registration {
         Ok(Self { tx, rx })
     }
 
-    async fn send(&mut self, endpoints: Vec<pb::Endpoint>) -> Result<RegisterResponse, tonic::Status> {
+    async fn send(
+        &mut self,
+        endpoints: Vec<pb::Endpoint>,
+    ) -> Result<RegisterResponse, tonic::Status> {
         self.tx.send(RegisterRequest { endpoints }).await.unwrap();
         match tokio::time::timeout(Duration::from_secs(10), self.rx.message()).await {
             Ok(Ok(Some(r))) => Ok(r),
@@ -112,7 +118,15 @@ impl Registration {
 }
 
 fn decode_endpoints(resp: &weft_proto::discovery::v1::DeltaDiscoveryResponse) -> pb::Endpoints {
-    pb::Endpoints::decode(resp.resources[0].resource.as_ref().unwrap().value.as_slice()).unwrap()
+    pb::Endpoints::decode(
+        resp.resources[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .value
+            .as_slice(),
+    )
+    .unwrap()
 }
 
 fn names(resp: &weft_proto::discovery::v1::DeltaDiscoveryResponse) -> Vec<String> {
@@ -122,12 +136,23 @@ fn names(resp: &weft_proto::discovery::v1::DeltaDiscoveryResponse) -> Vec<String
 #[tokio::test]
 async fn wildcard_subscription_gets_services_and_only_what_changes() {
     let mesh = TestMesh::start().await.unwrap();
-    apply(&mesh, vec![service("reviews", &[]), service("reviews-v2", &[("version", "v2")])])
-        .await
-        .unwrap();
-    let mut proxy = DeltaClient::open(mesh.channel(Some(&workload("default", "web"))).await.unwrap(), "web")
-        .await
-        .unwrap();
+    apply(
+        &mesh,
+        vec![
+            service("reviews", &[]),
+            service("reviews-v2", &[("version", "v2")]),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut proxy = DeltaClient::open(
+        mesh.channel(Some(&workload("default", "web")))
+            .await
+            .unwrap(),
+        "web",
+    )
+    .await
+    .unwrap();
     proxy.subscribe(SERVICE_TYPE_URL, &[]).await.unwrap();
     let first = proxy.recv().await.unwrap();
     assert_eq!(names(&first), ["default/reviews", "default/reviews-v2"]);
@@ -135,12 +160,27 @@ async fn wildcard_subscription_gets_services_and_only_what_changes() {
     proxy.ack(&first).await.unwrap();
 
     // A canary split changes only the parent's Service resource.
-    apply(&mesh, vec![split("canary", "reviews", &[("reviews", 90), ("reviews-v2", 10)])])
-        .await
-        .unwrap();
+    apply(
+        &mesh,
+        vec![split(
+            "canary",
+            "reviews",
+            &[("reviews", 90), ("reviews-v2", 10)],
+        )],
+    )
+    .await
+    .unwrap();
     let update = proxy.recv().await.unwrap();
     assert_eq!(names(&update), ["default/reviews"]);
-    let svc = pb::Service::decode(update.resources[0].resource.as_ref().unwrap().value.as_slice()).unwrap();
+    let svc = pb::Service::decode(
+        update.resources[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .value
+            .as_slice(),
+    )
+    .unwrap();
     assert_eq!(svc.routes[0].rules[0].backend_refs[1].weight, Some(10));
     assert_ne!(update.resources[0].version, first.resources[0].version);
     proxy.ack(&update).await.unwrap();
@@ -150,8 +190,16 @@ async fn wildcard_subscription_gets_services_and_only_what_changes() {
     config
         .delete(DeleteRequest {
             objects: vec![
-                ObjectRef { kind: Kind::HttpRoute.into(), namespace: "default".into(), name: "canary".into() },
-                ObjectRef { kind: Kind::Service.into(), namespace: "default".into(), name: "reviews-v2".into() },
+                ObjectRef {
+                    kind: Kind::HttpRoute.into(),
+                    namespace: "default".into(),
+                    name: "canary".into(),
+                },
+                ObjectRef {
+                    kind: Kind::Service.into(),
+                    namespace: "default".into(),
+                    name: "reviews-v2".into(),
+                },
             ],
         })
         .await
@@ -171,12 +219,23 @@ async fn wildcard_subscription_gets_services_and_only_what_changes() {
 #[tokio::test]
 async fn registrations_reach_on_demand_subscribers_and_leave_with_the_stream() {
     let mesh = TestMesh::start().await.unwrap();
-    apply(&mesh, vec![service("reviews", &[]), service("reviews-v2", &[("app", "reviews"), ("version", "v2")])])
-        .await
-        .unwrap();
-    let mut proxy = DeltaClient::open(mesh.channel(Some(&workload("default", "web"))).await.unwrap(), "web")
-        .await
-        .unwrap();
+    apply(
+        &mesh,
+        vec![
+            service("reviews", &[]),
+            service("reviews-v2", &[("app", "reviews"), ("version", "v2")]),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut proxy = DeltaClient::open(
+        mesh.channel(Some(&workload("default", "web")))
+            .await
+            .unwrap(),
+        "web",
+    )
+    .await
+    .unwrap();
     proxy
         .subscribe(ENDPOINTS_TYPE_URL, &["default/reviews-v2", "default/nope"])
         .await
@@ -188,7 +247,9 @@ async fn registrations_reach_on_demand_subscribers_and_leave_with_the_stream() {
     assert_eq!(first.removed_resources, ["default/nope"]);
     proxy.ack(&first).await.unwrap();
 
-    let mut reg = Registration::open(&mesh, &workload("default", "reviews")).await.unwrap();
+    let mut reg = Registration::open(&mesh, &workload("default", "reviews"))
+        .await
+        .unwrap();
     let reply = reg
         .send(vec![endpoint("default", "reviews", "10.1.0.7:9080", "v2")])
         .await
@@ -216,14 +277,18 @@ async fn registrations_reach_on_demand_subscribers_and_leave_with_the_stream() {
 async fn registrations_for_another_identity_or_namespace_are_refused() {
     let mesh = TestMesh::start().await.unwrap();
     apply(&mesh, vec![service("reviews", &[])]).await.unwrap();
-    let mut reg = Registration::open(&mesh, &workload("default", "reviews")).await.unwrap();
+    let mut reg = Registration::open(&mesh, &workload("default", "reviews"))
+        .await
+        .unwrap();
     let mut other = endpoint("default", "reviews", "10.1.0.7:9080", "v1");
     other.identity = workload("default", "admin");
     let err = reg.send(vec![other]).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("only for itself"), "{err:?}");
 
-    let mut reg = Registration::open(&mesh, &workload("shop", "reviews")).await.unwrap();
+    let mut reg = Registration::open(&mesh, &workload("shop", "reviews"))
+        .await
+        .unwrap();
     let err = reg
         .send(vec![endpoint("default", "reviews", "10.1.0.8:9080", "v1")])
         .await
@@ -231,7 +296,9 @@ async fn registrations_for_another_identity_or_namespace_are_refused() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("own namespace"), "{err:?}");
 
-    let mut reg = Registration::open(&mesh, &workload("default", "reviews")).await.unwrap();
+    let mut reg = Registration::open(&mesh, &workload("default", "reviews"))
+        .await
+        .unwrap();
     let err = reg
         .send(vec![endpoint("default", "reviews", "not-an-address", "v1")])
         .await
@@ -243,13 +310,29 @@ async fn registrations_for_another_identity_or_namespace_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nack_is_counted_and_not_resent_and_the_next_change_still_arrives() {
     let mesh = TestMesh::start().await.unwrap();
-    apply(&mesh, vec![service("reviews", &[]), service("reviews-v2", &[])]).await.unwrap();
-    let mut proxy = DeltaClient::open(mesh.channel(Some(&workload("default", "web"))).await.unwrap(), "web")
+    apply(
+        &mesh,
+        vec![service("reviews", &[]), service("reviews-v2", &[])],
+    )
+    .await
+    .unwrap();
+    let mut proxy = DeltaClient::open(
+        mesh.channel(Some(&workload("default", "web")))
+            .await
+            .unwrap(),
+        "web",
+    )
+    .await
+    .unwrap();
+    proxy
+        .subscribe(SERVICE_TYPE_URL, &["default/reviews"])
         .await
         .unwrap();
-    proxy.subscribe(SERVICE_TYPE_URL, &["default/reviews"]).await.unwrap();
     let first = proxy.recv().await.unwrap();
-    proxy.nack(&first, "route table rejected: test").await.unwrap();
+    proxy
+        .nack(&first, "route table rejected: test")
+        .await
+        .unwrap();
 
     let admin = mesh.cp.admin_addr().to_string();
     let nacks = poll(Duration::from_secs(10), || {
@@ -262,16 +345,25 @@ async fn a_nack_is_counted_and_not_resent_and_the_next_change_still_arrives() {
     // No resend loop: the rejected version is not sent again.
     proxy.quiet_for(Duration::from_millis(300)).await.unwrap();
 
-    apply(&mesh, vec![split("canary", "reviews", &[("reviews", 1), ("reviews-v2", 1)])])
-        .await
-        .unwrap();
+    apply(
+        &mesh,
+        vec![split(
+            "canary",
+            "reviews",
+            &[("reviews", 1), ("reviews-v2", 1)],
+        )],
+    )
+    .await
+    .unwrap();
     let next = proxy.recv().await.unwrap();
     assert_eq!(names(&next), ["default/reviews"]);
     assert_ne!(next.resources[0].version, first.resources[0].version);
 }
 
 /// Runs an admin HTTP GET to completion from a sync poll closure.
-fn futures_block<F: std::future::Future<Output = anyhow::Result<(u16, String)>>>(f: F) -> Option<String> {
+fn futures_block<F: std::future::Future<Output = anyhow::Result<(u16, String)>>>(
+    f: F,
+) -> Option<String> {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
         .ok()
         .map(|(_, body)| body)
@@ -280,10 +372,20 @@ fn futures_block<F: std::future::Future<Output = anyhow::Result<(u16, String)>>>
 #[tokio::test]
 async fn unsubscribing_stops_updates_for_that_name() {
     let mesh = TestMesh::start().await.unwrap();
-    apply(&mesh, vec![service("reviews", &[]), service("ratings", &[])]).await.unwrap();
-    let mut proxy = DeltaClient::open(mesh.channel(Some(&workload("default", "web"))).await.unwrap(), "web")
-        .await
-        .unwrap();
+    apply(
+        &mesh,
+        vec![service("reviews", &[]), service("ratings", &[])],
+    )
+    .await
+    .unwrap();
+    let mut proxy = DeltaClient::open(
+        mesh.channel(Some(&workload("default", "web")))
+            .await
+            .unwrap(),
+        "web",
+    )
+    .await
+    .unwrap();
     proxy
         .subscribe(SERVICE_TYPE_URL, &["default/reviews", "default/ratings"])
         .await
@@ -300,9 +402,15 @@ async fn unsubscribing_stops_updates_for_that_name() {
         .await
         .unwrap();
     // Changing both: only ratings arrives.
-    apply(&mesh, vec![service("reviews", &[("v", "2")]), service("ratings", &[("v", "2")])])
-        .await
-        .unwrap();
+    apply(
+        &mesh,
+        vec![
+            service("reviews", &[("v", "2")]),
+            service("ratings", &[("v", "2")]),
+        ],
+    )
+    .await
+    .unwrap();
     let next = proxy.recv().await.unwrap();
     assert_eq!(names(&next), ["default/ratings"]);
 }
@@ -310,10 +418,20 @@ async fn unsubscribing_stops_updates_for_that_name() {
 #[tokio::test]
 async fn a_reconnecting_proxy_gets_only_what_changed() {
     let mesh = TestMesh::start().await.unwrap();
-    apply(&mesh, vec![service("reviews", &[]), service("ratings", &[]), service("details", &[])])
+    apply(
+        &mesh,
+        vec![
+            service("reviews", &[]),
+            service("ratings", &[]),
+            service("details", &[]),
+        ],
+    )
+    .await
+    .unwrap();
+    let channel = mesh
+        .channel(Some(&workload("default", "web")))
         .await
         .unwrap();
-    let channel = mesh.channel(Some(&workload("default", "web"))).await.unwrap();
     let mut proxy = DeltaClient::open(channel.clone(), "web").await.unwrap();
     proxy.subscribe(SERVICE_TYPE_URL, &[]).await.unwrap();
     let first = proxy.recv().await.unwrap();
@@ -326,14 +444,21 @@ async fn a_reconnecting_proxy_gets_only_what_changed() {
     drop(proxy);
 
     // While away: one service changes, one goes.
-    apply(&mesh, vec![service("ratings", &[("v", "2")])]).await.unwrap();
+    apply(&mesh, vec![service("ratings", &[("v", "2")])])
+        .await
+        .unwrap();
     let mut config = ConfigClient::new(mesh.admin().await.unwrap());
     config
         .delete(DeleteRequest {
-            objects: vec![ObjectRef { kind: Kind::Service.into(), namespace: "default".into(), name: "details".into() }],
+            objects: vec![ObjectRef {
+                kind: Kind::Service.into(),
+                namespace: "default".into(),
+                name: "details".into(),
+            }],
         })
         .await
         .unwrap();
+    mesh.cp.wait_synced().await.unwrap();
 
     let mut proxy = DeltaClient::open(channel, "web").await.unwrap();
     proxy
@@ -352,12 +477,25 @@ async fn a_reconnecting_proxy_gets_only_what_changed() {
 #[tokio::test]
 async fn the_trust_bundle_is_a_resource() {
     let mesh = TestMesh::start().await.unwrap();
-    let mut proxy = DeltaClient::open(mesh.channel(Some(&workload("default", "web"))).await.unwrap(), "web")
-        .await
-        .unwrap();
+    let mut proxy = DeltaClient::open(
+        mesh.channel(Some(&workload("default", "web")))
+            .await
+            .unwrap(),
+        "web",
+    )
+    .await
+    .unwrap();
     proxy.subscribe(TRUST_BUNDLE_TYPE_URL, &[TD]).await.unwrap();
     let resp = proxy.recv().await.unwrap();
-    let bundle = pb::TrustBundle::decode(resp.resources[0].resource.as_ref().unwrap().value.as_slice()).unwrap();
+    let bundle = pb::TrustBundle::decode(
+        resp.resources[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .value
+            .as_slice(),
+    )
+    .unwrap();
     assert_eq!(bundle.trust_domain, TD);
     assert_eq!(bundle.roots.len(), 1);
     assert_eq!(bundle.roots[0], mesh.cp.trust_bundle().roots()[0].to_vec());
@@ -374,17 +512,30 @@ async fn streams_without_a_certificate_or_with_bad_requests_are_refused() {
         }
     }
 
-    let mut proxy = DeltaClient::open(mesh.channel(Some(&workload("default", "web"))).await.unwrap(), "web")
+    let mut proxy = DeltaClient::open(
+        mesh.channel(Some(&workload("default", "web")))
+            .await
+            .unwrap(),
+        "web",
+    )
+    .await
+    .unwrap();
+    proxy
+        .subscribe("type.googleapis.com/envoy.config.cluster.v3.Cluster", &[])
         .await
         .unwrap();
-    proxy.subscribe("type.googleapis.com/envoy.config.cluster.v3.Cluster", &[]).await.unwrap();
     let s = proxy.status().await;
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("unknown type_url"), "{s:?}");
 
-    let mut proxy = DeltaClient::open(mesh.channel(Some(&workload("default", "web"))).await.unwrap(), "web")
-        .await
-        .unwrap();
+    let mut proxy = DeltaClient::open(
+        mesh.channel(Some(&workload("default", "web")))
+            .await
+            .unwrap(),
+        "web",
+    )
+    .await
+    .unwrap();
     proxy
         .send(DeltaDiscoveryRequest {
             node: Some(weft_proto::discovery::v1::Node {
@@ -405,16 +556,29 @@ async fn streams_without_a_certificate_or_with_bad_requests_are_refused() {
 #[tokio::test]
 async fn only_admins_change_config() {
     let mesh = TestMesh::start().await.unwrap();
-    let mut config = ConfigClient::new(mesh.channel(Some(&workload("default", "web"))).await.unwrap());
+    let mut config = ConfigClient::new(
+        mesh.channel(Some(&workload("default", "web")))
+            .await
+            .unwrap(),
+    );
     let err = config
-        .apply(ApplyRequest { documents: vec![service("reviews", &[])], dry_run: false })
+        .apply(ApplyRequest {
+            documents: vec![service("reviews", &[])],
+            dry_run: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains(&workload("default", "web")), "{err:?}");
+    assert!(
+        err.message().contains(&workload("default", "web")),
+        "{err:?}"
+    );
     // Reads are open to any mesh identity; nothing was stored.
     let got = config
-        .get(weft_proto::config::v1::GetRequest { kind: Kind::Service.into(), ..Default::default() })
+        .get(weft_proto::config::v1::GetRequest {
+            kind: Kind::Service.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

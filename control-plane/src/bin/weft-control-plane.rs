@@ -9,7 +9,6 @@ use std::time::Duration;
 use clap::Parser;
 use weft_certs::{SpiffeId, TrustDomain};
 use weft_control_plane::attest::K8sConfig;
-use weft_control_plane::store::EtcdConfig;
 use weft_control_plane::{Config, ControlPlane, StoreConfig};
 
 #[derive(Parser)]
@@ -57,7 +56,11 @@ struct Args {
     store_snapshot: Option<PathBuf>,
     /// An identity allowed to change config (repeatable). Default: the one `weftctl login`
     /// mints, spiffe://<trust-domain>/ns/weft-system/sa/weft-admin.
-    #[arg(long = "admin-identity", env = "WEFT_ADMIN_IDENTITIES", value_delimiter = ',')]
+    #[arg(
+        long = "admin-identity",
+        env = "WEFT_ADMIN_IDENTITIES",
+        value_delimiter = ','
+    )]
     admin_identities: Vec<SpiffeId>,
     /// Lease TTL of proxy registrations: how long a dead proxy's endpoints linger.
     #[arg(long, env = "WEFT_REGISTRATION_TTL", default_value = "20s", value_parser = parse_registration_ttl)]
@@ -132,16 +135,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         svid_ttl: args.svid_ttl,
         server_names,
         k8s,
-        store: if args.etcd_endpoints.is_empty() {
-            StoreConfig::Memory {
-                snapshot: args.store_snapshot,
-            }
-        } else {
-            StoreConfig::Etcd(EtcdConfig {
-                endpoints: args.etcd_endpoints,
-                prefix: args.etcd_prefix,
-                ..EtcdConfig::default()
-            })
+        store: StoreConfig::Memory {
+            snapshot: args.store_snapshot,
         },
         admin_identities: args.admin_identities,
         registration_ttl: args.registration_ttl,

@@ -69,7 +69,11 @@ pub fn decode_put(kv: &KeyValue, metrics: &Metrics) -> Option<Change> {
         Key::Service(id) => {
             let s = decode_service(&kv.value)
                 .and_then(|s| {
-                    if s.id == id { Ok(s) } else { Err(format!("its name {} disagrees with the key", s.id)) }
+                    if s.id == id {
+                        Ok(s)
+                    } else {
+                        Err(format!("its name {} disagrees with the key", s.id))
+                    }
                 })
                 .map_err(|e| invalid("service", e))
                 .ok();
@@ -78,7 +82,11 @@ pub fn decode_put(kv: &KeyValue, metrics: &Metrics) -> Option<Change> {
         Key::Route(id) => {
             let r = decode_route(&kv.value)
                 .and_then(|r| {
-                    if r.id == id { Ok(r) } else { Err(format!("its name {} disagrees with the key", r.id)) }
+                    if r.id == id {
+                        Ok(r)
+                    } else {
+                        Err(format!("its name {} disagrees with the key", r.id))
+                    }
                 })
                 .map_err(|e| invalid("route", e))
                 .ok();
@@ -90,7 +98,10 @@ pub fn decode_put(kv: &KeyValue, metrics: &Metrics) -> Option<Change> {
                     if e.service == svc && e.address == addr {
                         Ok(e)
                     } else {
-                        Err(format!("its service and address {}/{} disagree with the key", e.service, e.address))
+                        Err(format!(
+                            "its service and address {}/{} disagree with the key",
+                            e.service, e.address
+                        ))
                     }
                 })
                 .map_err(|e| invalid("endpoint", e))

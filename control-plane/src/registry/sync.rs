@@ -29,6 +29,8 @@ pub struct Registry {
     tx: watch::Sender<Arc<Published>>,
     metrics: Arc<Metrics>,
     revision: i64,
+    /// The store revision the index reflects, updated even when nothing visible changed.
+    revision_tx: watch::Sender<i64>,
 }
 
 impl Registry {
@@ -45,8 +47,14 @@ impl Registry {
             tx,
             metrics,
             revision: 0,
+            revision_tx: watch::channel(0).0,
         };
         (registry, rx)
+    }
+
+    /// Follows the store revision the index reflects (tests and `wait_synced` use it).
+    pub fn revisions(&self) -> watch::Receiver<i64> {
+        self.revision_tx.subscribe()
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
@@ -68,7 +76,9 @@ impl Registry {
                     info!(error = %err, "watch fell behind compaction; listing again");
                     continue;
                 }
-                _ => warn!(error = %err, retry_in = ?backoff, "store unreachable; serving the last state"),
+                _ => {
+                    warn!(error = %err, retry_in = ?backoff, "store unreachable; serving the last state")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -90,7 +100,11 @@ impl Registry {
             .iter()
             .filter_map(|kv| codec::decode_put(kv, &self.metrics))
             .collect();
-        debug!(revision = listing.revision, objects = changes.len(), "listed the store");
+        debug!(
+            revision = listing.revision,
+            objects = changes.len(),
+            "listed the store"
+        );
         self.index.reset(changes);
         self.revision = listing.revision;
         self.publish(listed_at, true);
@@ -147,6 +161,7 @@ impl Registry {
         self.metrics
             .registry_event_lag
             .observe(observed_at.elapsed().as_secs_f64());
+        self.revision_tx.send_replace(self.revision);
     }
 
     fn store_error(&self, op: &'static str) {
