@@ -57,7 +57,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     /// Embedded, in memory; with a snapshot file, services and routes survive restarts.
-    Memory { snapshot: Option<PathBuf> },
+    Memory {
+        snapshot: Option<PathBuf>,
+    },
     Etcd(crate::store::EtcdConfig),
 }
 
