@@ -94,8 +94,8 @@ impl EtcdServer {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
-            // Progress notifications every second, so the watch resume path that relies on
-            // them is exercised within a test's time.
+            // Progress notifications every second (default 10 min), so the store's handling of
+            // them runs within a test's time.
             .args(["--experimental-watch-progress-notify-interval", "1s"])
             .env_remove("ETCD_DATA_DIR")
             .stdout(Stdio::null())

@@ -18,7 +18,7 @@
 //! `Unavailable` ("outcome unknown"): the caller re-reads and retries (its compares then tell
 //! whether the first attempt landed).
 //!
-//! **Watches** are resumed inside the store: see [`watch`].
+//! **Watches** are resumed inside the store: see `etcd/watch.rs`.
 
 use std::fmt;
 use std::future::Future;
@@ -105,6 +105,8 @@ enum CallError {
     Unavailable(String),
     /// etcd answered with an error.
     Rejected(etcd_client::Error),
+    /// etcd answered, but with something the contract cannot hold (a key outside the prefix).
+    Invalid(StoreError),
 }
 
 /// Whether a request may be repeated after it might have reached etcd.
@@ -318,10 +320,9 @@ impl Inner {
                 listing.revision = resp.header().map_or(0, |h| h.revision());
             }
             for kv in resp.kvs() {
-                listing.items.push(
-                    self.key_value(kv)
-                        .map_err(|e| CallError::Unavailable(e.to_string()))?,
-                );
+                listing
+                    .items
+                    .push(self.key_value(kv).map_err(CallError::Invalid)?);
             }
             match resp.kvs().last() {
                 Some(last) if resp.more() => {
@@ -393,6 +394,7 @@ impl From<CallError> for StoreError {
         match e {
             CallError::Unavailable(m) => StoreError::Unavailable(m),
             CallError::Rejected(e) => StoreError::Other(format!("etcd: {e}")),
+            CallError::Invalid(e) => e,
         }
     }
 }

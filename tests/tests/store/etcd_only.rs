@@ -117,11 +117,12 @@ async fn dead_endpoints_first_do_not_fail_requests() {
     let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
     s.keep_alive(lease).await.unwrap();
     s.revoke_lease(lease).await.unwrap();
-    // Once the live member answered, requests go straight to it.
+    // Once the live member answered, requests go straight to it: well under the 1 s a detour
+    // through the blackhole would cost.
     let again = Instant::now();
     commit(&s, vec![put("d/b", "2")]).await;
     assert!(
-        again.elapsed() < Duration::from_millis(500),
+        again.elapsed() < Duration::from_millis(950),
         "{:?}",
         again.elapsed()
     );

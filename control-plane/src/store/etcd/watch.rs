@@ -101,6 +101,7 @@ async fn open(inner: &Inner, full: &str, next: Revision) -> Result<WatchStream, 
         Ok((stream, _created)) => Ok(stream),
         Err(CallError::Unavailable(m)) => Err(m),
         Err(CallError::Rejected(e)) => Err(e.to_string()),
+        Err(CallError::Invalid(e)) => Err(e.to_string()),
     }
 }
 
