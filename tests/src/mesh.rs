@@ -73,14 +73,9 @@ impl TestMesh {
             }
         };
         let addr = cp.grpc_addr().to_string();
-        Ok(weft_control_plane::client::connect(
-            &addr,
-            self.ca.bundle(),
-            cp.identity().clone(),
-            cert,
-        )
-        .await
-        .context("connect to the control plane")?)
+        weft_control_plane::client::connect(&addr, self.ca.bundle(), cp.identity().clone(), cert)
+            .await
+            .context("connect to the control plane")
     }
 
     pub async fn channel(&self, id: Option<&str>) -> anyhow::Result<Channel> {
