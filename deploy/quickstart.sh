@@ -50,6 +50,59 @@ echo "==> weftctl cert request --identity $id"
 echo "==> weftctl cert inspect $work/web/svid.crt"
 "$target/weftctl" cert inspect "$work/web/svid.crt"
 
+export WEFT_CONFIG="$work/weft-config.yaml"
+echo "==> weftctl login --control-plane $addr (admin certificate + context file)"
+"$target/weftctl" login --control-plane "$addr" --ca-dir "$work/ca"
+
+cat > "$work/reviews.yaml" <<'YAML'
+apiVersion: weft.io/v1alpha1
+kind: Service
+metadata: {namespace: default, name: reviews}
+spec:
+  ports: [{name: http, port: 9080, protocol: http1}]
+---
+apiVersion: weft.io/v1alpha1
+kind: Service
+metadata: {namespace: default, name: reviews-v2}
+spec:
+  ports: [{name: http, port: 9080, protocol: http1}]
+  selector: {app: reviews, version: v2}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {namespace: default, name: reviews-canary}
+spec:
+  parentRefs: [{kind: Service, name: reviews, port: 9080}]
+  rules:
+  - backendRefs:
+    - {name: reviews, port: 9080, weight: 90}
+    - {name: reviews-v2, port: 9080, weight: 10}
+    timeouts: {request: 10s}
+    retry: {codes: [503], attempts: 2, backoff: 50ms}
+YAML
+echo "==> weftctl apply -f reviews.yaml (a 90/10 canary split)"
+"$target/weftctl" apply -f "$work/reviews.yaml"
+echo "==> weftctl apply again: nothing changes"
+"$target/weftctl" apply -f "$work/reviews.yaml"
+
+echo "==> weftctl register two endpoints outside the mesh"
+"$target/weftctl" register --service default/reviews --address 10.0.0.11:9080 \
+  --identity "spiffe://$td/ns/default/sa/reviews" --labels app=reviews,version=v1
+"$target/weftctl" register --service default/reviews --address 10.0.0.12:9080 \
+  --identity "spiffe://$td/ns/default/sa/reviews" --labels app=reviews,version=v2 --ttl 10m
+
+echo "==> weftctl get services / routes / endpoints"
+"$target/weftctl" get services
+"$target/weftctl" get routes
+"$target/weftctl" get endpoints
+
+echo "==> a bad weight is refused, naming the field"
+sed 's/weight: 10}/weight: -10}/' "$work/reviews.yaml" > "$work/bad.yaml"
+if "$target/weftctl" apply -f "$work/bad.yaml" 2> "$work/bad.err"; then
+  echo "a negative weight was accepted" >&2; exit 1
+fi
+cat "$work/bad.err"
+
 echo "==> control plane log"
 cat "$work/control-plane.log"
 echo "quickstart: OK"
