@@ -326,3 +326,131 @@ async fn without_login_commands_say_to_log_in() {
     assert!(stderr.contains("run `weftctl login` first"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// An endpoint outside the mesh: registered, listed (table and re-readable YAML), deregistered.
+#[tokio::test]
+async fn register_get_deregister_an_external_endpoint() {
+    let (_ca, _cp, ctl) = start().await;
+    let db = "spiffe://mesh.test/ns/data/sa/postgres";
+    let out = ctl
+        .ok(&[
+            "register",
+            "--service",
+            "data/db",
+            "--address",
+            "10.1.2.3:5432",
+            "--identity",
+            db,
+            "--labels",
+            "app=db,role=primary",
+            "--zone",
+            "z1",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        format!("endpoint data/db 10.1.2.3:5432 ({db}) registered until deregistered\n")
+    );
+    let table = ctl.ok(&["get", "endpoints", "-n", "data"]).await.unwrap();
+    assert_eq!(
+        table,
+        format!(
+            "NAMESPACE   SERVICE   ADDRESS         IDENTITY{}   LABELS                READY\n\
+             data        db        10.1.2.3:5432   {db}   app=db,role=primary   true\n",
+            " ".repeat(db.len() - "IDENTITY".len())
+        )
+    );
+    let yaml = ctl
+        .ok(&["get", "ep", "db", "-n", "data", "-o", "yaml"])
+        .await
+        .unwrap();
+    assert!(
+        yaml.contains("kind: Endpoint") && yaml.contains("zone: z1"),
+        "{yaml}"
+    );
+    // Endpoints are registered, not applied: the YAML says so when someone tries.
+    let file = ctl.file("ep.yaml", &yaml).unwrap();
+    let stderr = ctl.refused(&["apply", "-f", &file]).await.unwrap();
+    assert!(
+        stderr.contains("kind: Endpoint objects are registered"),
+        "{stderr}"
+    );
+
+    let stderr = ctl
+        .refused(&[
+            "register",
+            "--service",
+            "data/db",
+            "--address",
+            "10.1.2.3",
+            "--identity",
+            "db",
+        ])
+        .await
+        .unwrap();
+    assert!(
+        stderr.contains("weftctl: --address: \"10.1.2.3\" is not IP:PORT"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("weftctl: --identity: "), "{stderr}");
+
+    let out = ctl
+        .ok(&[
+            "deregister",
+            "--service",
+            "data/db",
+            "--address",
+            "10.1.2.3:5432",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out, "endpoint data/db 10.1.2.3:5432 deregistered\n");
+    assert_eq!(
+        ctl.ok(&["get", "endpoints", "-A", "-o", "json"])
+            .await
+            .unwrap(),
+        "[]\n"
+    );
+    let stderr = ctl
+        .refused(&[
+            "deregister",
+            "--service",
+            "data/db",
+            "--address",
+            "10.1.2.3:5432",
+        ])
+        .await
+        .unwrap();
+    assert!(
+        stderr.starts_with("weftctl: deregister: NOT_FOUND: "),
+        "{stderr}"
+    );
+}
+
+/// A login as an identity the control plane does not list as admin may read but not change.
+#[tokio::test]
+async fn a_non_admin_identity_is_refused_with_its_code() {
+    let ca = TestCa::init(TD).await.unwrap();
+    let cp = ControlPlaneProcess::start(&ca.path(), &[]).await.unwrap();
+    let ctl = Ctl::login(&ca, &cp).await.unwrap();
+    ctl.ok(&[
+        "login",
+        "--control-plane",
+        &cp.grpc_addr,
+        "--ca-dir",
+        ca.path().to_str().unwrap(),
+        "--identity",
+        "spiffe://mesh.test/ns/ops/sa/mallory",
+    ])
+    .await
+    .unwrap();
+    let file = ctl.file("canary.yaml", CANARY).unwrap();
+    let stderr = ctl.refused(&["apply", "-f", &file]).await.unwrap();
+    assert!(
+        stderr.starts_with("weftctl: apply: PERMISSION_DENIED: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(ctl.ok(&["get", "services"]).await.unwrap(), "");
+}
