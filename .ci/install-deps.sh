@@ -8,6 +8,7 @@ set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/duration.proto ] || need+=(libprotobuf-dev)
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

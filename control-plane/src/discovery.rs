@@ -138,17 +138,17 @@ impl DeltaStream {
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
-                        if node_id.is_empty() {
-                            if let Some(node) = &req.node {
-                                if !node.identity.is_empty() && node.identity != self.identity {
-                                    break End::Refused(Status::invalid_argument(format!(
-                                        "node.identity {} contradicts the client certificate's {}",
-                                        node.identity, self.identity
-                                    )));
-                                }
-                                node_id = node.id.clone();
-                                info!(node = %node_id, "proxy connected");
+                        if node_id.is_empty()
+                            && let Some(node) = &req.node
+                        {
+                            if !node.identity.is_empty() && node.identity != self.identity {
+                                break End::Refused(Status::invalid_argument(format!(
+                                    "node.identity {} contradicts the client certificate's {}",
+                                    node.identity, self.identity
+                                )));
                             }
+                            node_id = node.id.clone();
+                            info!(node = %node_id, "proxy connected");
                         }
                         match self.on_request(req, &current.snapshot).await {
                             Ok(()) => {}

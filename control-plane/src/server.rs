@@ -21,7 +21,7 @@ use crate::identity::IdentityService;
 use crate::metrics::Metrics;
 use crate::registration::RegistrationService;
 use crate::registry::Registry;
-use crate::store::{MemoryStore, Store};
+use crate::store::{EtcdStore, MemoryStore, Store};
 use crate::transport::{ServingCert, ServingIdentity, tls_incoming};
 use weft_proto::config::v1::config_server::ConfigServer;
 use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscoveryServer;
@@ -57,8 +57,10 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     /// Embedded, in memory; with a snapshot file, services and routes survive restarts.
-    Memory { snapshot: Option<PathBuf> },
-    // ETCD-MERGE: Etcd(crate::store::EtcdConfig),
+    Memory {
+        snapshot: Option<PathBuf>,
+    },
+    Etcd(crate::store::EtcdConfig),
 }
 
 impl Config {
@@ -176,7 +178,7 @@ impl ControlPlane {
             StoreConfig::Memory {
                 snapshot: Some(path),
             } => Arc::new(MemoryStore::open(path)?),
-            // ETCD-MERGE: StoreConfig::Etcd(etcd) => Arc::new(EtcdStore::connect(etcd.clone()).await?),
+            StoreConfig::Etcd(etcd) => Arc::new(EtcdStore::connect(etcd.clone()).await?),
         };
         let trust_bundle = weft_proto::mesh::v1::TrustBundle {
             trust_domain: td.to_string(),

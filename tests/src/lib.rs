@@ -14,6 +14,7 @@ use weft_certs::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
 use weft_control_plane::client::{self, Certified};
 
 pub mod ctl;
+pub mod etcd;
 pub mod mesh;
 
 /// Path of a workspace binary, built (once per test process) with the profile this test was

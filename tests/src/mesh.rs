@@ -36,6 +36,15 @@ impl TestMesh {
 
     /// Another control plane (replica) of the same CA, on `store`.
     pub async fn control_plane(ca: &TestCa, store: StoreConfig) -> anyhow::Result<ControlPlane> {
+        Self::control_plane_with_ttl(ca, store, Duration::from_secs(20)).await
+    }
+
+    /// A control plane whose registration leases last `registration_ttl`.
+    pub async fn control_plane_with_ttl(
+        ca: &TestCa,
+        store: StoreConfig,
+        registration_ttl: Duration,
+    ) -> anyhow::Result<ControlPlane> {
         let config = Config {
             ca_dir: ca.path(),
             trust_domain: None,
@@ -46,7 +55,7 @@ impl TestMesh {
             k8s: None,
             store,
             admin_identities: vec![],
-            registration_ttl: Duration::from_secs(20),
+            registration_ttl,
         };
         Ok(ControlPlane::start(config).await?)
     }
@@ -64,14 +73,9 @@ impl TestMesh {
             }
         };
         let addr = cp.grpc_addr().to_string();
-        Ok(weft_control_plane::client::connect(
-            &addr,
-            self.ca.bundle(),
-            cp.identity().clone(),
-            cert,
-        )
-        .await
-        .context("connect to the control plane")?)
+        weft_control_plane::client::connect(&addr, self.ca.bundle(), cp.identity().clone(), cert)
+            .await
+            .context("connect to the control plane")
     }
 
     pub async fn channel(&self, id: Option<&str>) -> anyhow::Result<Channel> {

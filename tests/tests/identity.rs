@@ -210,6 +210,9 @@ impl Mesh {
             svid_ttl: Duration::from_secs(3600),
             server_names: vec!["localhost".into()],
             k8s,
+            store: weft_control_plane::StoreConfig::Memory { snapshot: None },
+            admin_identities: vec![],
+            registration_ttl: Duration::from_secs(20),
         })
         .await
         .unwrap();

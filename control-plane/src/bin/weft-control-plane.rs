@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use weft_certs::{SpiffeId, TrustDomain};
 use weft_control_plane::attest::K8sConfig;
+use weft_control_plane::store::EtcdConfig;
 use weft_control_plane::{Config, ControlPlane, StoreConfig};
 
 #[derive(Parser)]
@@ -135,8 +136,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         svid_ttl: args.svid_ttl,
         server_names,
         k8s,
-        store: StoreConfig::Memory {
-            snapshot: args.store_snapshot,
+        store: if args.etcd_endpoints.is_empty() {
+            StoreConfig::Memory {
+                snapshot: args.store_snapshot,
+            }
+        } else {
+            StoreConfig::Etcd(EtcdConfig {
+                endpoints: args.etcd_endpoints,
+                prefix: args.etcd_prefix,
+                ..EtcdConfig::default()
+            })
         },
         admin_identities: args.admin_identities,
         registration_ttl: args.registration_ttl,

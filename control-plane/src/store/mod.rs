@@ -13,9 +13,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
-// pub mod etcd;
+pub mod etcd;
 pub mod memory;
-// pub use etcd::{EtcdConfig, EtcdStore};
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use memory::MemoryStore;
 
 /// A store revision: increases by one with every successful write transaction, store-wide.
