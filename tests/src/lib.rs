@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 use weft_certs::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
 use weft_control_plane::client::{self, Certified};
 
+pub mod ctl;
 pub mod etcd;
 pub mod mesh;
 

@@ -1,0 +1,287 @@
+//! The document structs: serde's view of each kind, field for field as people write them.
+//! Strings where a closed set is expected (protocol, match types) are checked in
+//! [`super::convert`], so that an unknown value gets a message of ours and stored data with an
+//! unknown value can still be shown.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use weft_proto::config::v1 as cfg;
+use weft_proto::config::v1::document::Kind as DocKind;
+use weft_proto::mesh::v1 as pb;
+
+use super::DEFAULT_NAMESPACE;
+
+/// Every document: `apiVersion`, `kind`, `metadata`, `spec` — and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Object<M, S> {
+    /// `weft.io/v1alpha1` or `gateway.networking.k8s.io/v1`, by kind.
+    pub api_version: String,
+    /// `Service`, `HTTPRoute` or `Endpoint`.
+    pub kind: String,
+    /// Name and namespace.
+    pub metadata: M,
+    /// The kind's content.
+    pub spec: S,
+}
+
+/// `kind: Service`.
+pub type ServiceManifest = Object<Metadata, ServiceSpec>;
+/// `kind: HTTPRoute`.
+pub type HttpRouteManifest = Object<Metadata, HttpRouteSpec>;
+/// `kind: Endpoint`.
+pub type EndpointManifest = Object<EndpointMetadata, EndpointSpec>;
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.into()
+}
+
+/// `metadata` of Services and HTTPRoutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS label, unique per kind within the namespace.
+    pub name: String,
+    /// A DNS label; `default` when left out.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+/// `spec` of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// At least one; numbers and names unique.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// Label selector of extra endpoints (see `weft.mesh.v1.Service.selector`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Optional DNS label.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// 1..=65535 (0 is refused by validation).
+    pub port: u16,
+    /// `http1`, `http2`, `grpc` or `tcp`. A string here, checked in conversion, so that an
+    /// unknown value gets our message and stored data with an unknown value can still be shown.
+    pub protocol: String,
+}
+
+/// `spec` of an HTTPRoute (Gateway API `HTTPRouteSpec`, GAMMA style: parents are Services).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// The Services whose traffic this route shapes.
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRefSpec>,
+    /// Evaluated in order; the first rule with a matching match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// Gateway API `ParentReference`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentRefSpec {
+    /// `""` (core) only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// `Service` only (empty means Service).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Defaults to the route's namespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The Service port the route applies to; absent: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Gateway API `HTTPRouteRule`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleSpec {
+    /// Optional section name (a DNS label).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Any one must match; none means path prefix `/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<MatchSpec>,
+    /// Weighted backends.
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRefSpec>,
+    /// GEP-1742 timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsSpec>,
+    /// GEP-1731 retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// Gateway API `HTTPRouteMatch`: all its conditions must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MatchSpec {
+    /// Absent: prefix `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathSpec>,
+    /// Exact header matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatchSpec>,
+    /// Exact query parameter matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatchSpec>,
+    /// An HTTP method; absent: any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+}
+
+fn path_prefix() -> String {
+    "PathPrefix".into()
+}
+
+fn slash() -> String {
+    "/".into()
+}
+
+/// Gateway API `HTTPPathMatch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSpec {
+    /// `Exact` or `PathPrefix` (the default). `RegularExpression` is refused as unsupported.
+    #[serde(rename = "type", default = "path_prefix")]
+    pub type_: String,
+    /// Starts with `/`; default `/`.
+    #[serde(default = "slash")]
+    pub value: String,
+}
+
+/// Gateway API `HTTPHeaderMatch` / `HTTPQueryParamMatch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatchSpec {
+    /// `Exact` (the default); `RegularExpression` is refused as unsupported.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Header name (case-insensitive) or query parameter name (case-sensitive).
+    pub name: String,
+    /// The exact value.
+    pub value: String,
+}
+
+/// Gateway API `HTTPBackendRef` (without filters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRefSpec {
+    /// `""` (core) only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// `Service` only (empty means Service).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Must be the route's namespace (the default).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// The backend Service; it must exist when the route is applied.
+    pub name: String,
+    /// The backend's port; absent: the port the request came in on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 0..=1,000,000; absent means 1. Signed so that a negative weight reaches validation and
+    /// is refused with its path, rather than as a type error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+}
+
+/// Gateway API `HTTPRouteTimeouts`: durations in GEP-2257 form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TimeoutsSpec {
+    /// The whole request, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// One attempt; at most `request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request: Option<String>,
+}
+
+/// Gateway API `HTTPRouteRetry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Retried status codes, each 500..=599.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<u32>,
+    /// Retries after the first attempt, 0..=10.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Base of the exponential backoff (GEP-2257); absent: 25ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
+/// `metadata` of an Endpoint: endpoints have no name of their own (service + address is the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointMetadata {
+    /// The namespace of the service it is registered under.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+/// `spec` of an Endpoint (see `weft.mesh.v1.Endpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// The service it was registered under.
+    pub service: String,
+    /// `IP:PORT`, IPv6 in brackets.
+    pub address: String,
+    /// The workload's SPIFFE ID.
+    pub identity: String,
+    /// Labels for subset selection.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Topology zone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// Load-balancing weight, 1..=10000 (0: the default, 1).
+    #[serde(default)]
+    pub weight: u32,
+    /// Whether it takes traffic.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// Any one document, for output (`weftctl get -o yaml|json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Manifest {
+    Service(ServiceManifest),
+    HttpRoute(HttpRouteManifest),
+    Endpoint(EndpointManifest),
+}
+
+impl Manifest {
+    /// The manifest form of a config document (`None` for an empty document).
+    pub fn of_document(d: &cfg::Document) -> Option<Self> {
+        match d.kind.as_ref()? {
+            DocKind::Service(s) => Some(Manifest::Service(s.into())),
+            DocKind::HttpRoute(r) => Some(Manifest::HttpRoute(r.into())),
+        }
+    }
+
+    /// The manifest form of an endpoint.
+    pub fn of_endpoint(e: &pb::Endpoint) -> Self {
+        Manifest::Endpoint(e.into())
+    }
+}
