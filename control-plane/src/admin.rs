@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint (localhost by default): `/live`, `/ready`, `/metrics`.
+//! The admin HTTP endpoint (localhost by default): `/live`, `/ready` (503 until the registry has
+//! listed the store once), `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,11 +13,13 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::metrics::Metrics;
+use crate::registry::Published;
 
 /// Serves until `shutdown` flips.
 pub async fn run(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    registry: watch::Receiver<Arc<Published>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -33,10 +36,12 @@ pub async fn run(
             _ = shutdown.changed() => return,
         };
         let metrics = metrics.clone();
+        let registry = registry.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(route(&req, &metrics)) }
+                let synced = registry.borrow().synced;
+                async move { Ok::<_, Infallible>(route(&req, &metrics, synced)) }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             // A client that never finishes its request headers does not hold a task forever.
@@ -49,11 +54,15 @@ pub async fn run(
     }
 }
 
-fn route(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, metrics: &Metrics, synced: bool) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/live") | (&Method::GET, "/ready") => {
-            (StatusCode::OK, "text/plain", "ok\n".to_owned())
-        }
+        (&Method::GET, "/live") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/ready") if synced => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/ready") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "the registry has not listed the store yet\n".to_owned(),
+        ),
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

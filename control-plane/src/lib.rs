@@ -9,14 +9,21 @@
 
 pub mod admin;
 pub mod attest;
+pub mod authz;
 pub mod client;
+pub mod config_api;
 pub mod ctl;
+pub mod discovery;
 pub mod identity;
+pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod registration;
 pub mod registry;
 pub mod server;
 pub mod store;
 pub mod transport;
 
-pub use server::{Config, ControlPlane, StartError, control_plane_id, default_admin_id};
+pub use server::{
+    Config, ControlPlane, StartError, StoreConfig, control_plane_id, default_admin_id,
+};

@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,6 +22,31 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// `service`, `endpoints` or `trust_bundle`.
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `service`, `route` or `endpoint`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The store operation: `list`, `watch`, `txn`, `lease`.
+    pub op: &'static str,
+}
+
+/// Latency buckets from 1 ms to ~16 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
@@ -29,6 +55,17 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub serving_cert_expiration: Gauge,
     pub ca_expiration: Gauge,
+    pub discovery_connected: Gauge,
+    pub discovery_pushes: Family<TypeLabels, Counter>,
+    pub discovery_acks: Family<TypeLabels, Counter>,
+    pub discovery_nacks: Family<TypeLabels, Counter>,
+    pub discovery_push_latency: Histogram,
+    pub registry_event_lag: Histogram,
+    pub registry_revision: Gauge,
+    pub registry_resyncs: Counter,
+    pub registry_invalid_objects: Family<KindLabels, Counter>,
+    pub store_errors: Family<OpLabels, Counter>,
+    pub registrations_active: Gauge,
 }
 
 impl Default for Metrics {
@@ -64,7 +101,84 @@ impl Default for Metrics {
             "When the issuing CA chain expires (Unix seconds)",
             ca_expiration.clone(),
         );
+        let discovery_connected = Gauge::default();
+        registry.register(
+            "discovery_connected_proxies",
+            "Open delta discovery streams",
+            discovery_connected.clone(),
+        );
+        let discovery_pushes = Family::<TypeLabels, Counter>::default();
+        registry.register(
+            "discovery_pushes",
+            "Delta discovery responses sent, by resource type",
+            discovery_pushes.clone(),
+        );
+        let discovery_acks = Family::<TypeLabels, Counter>::default();
+        registry.register(
+            "discovery_acks",
+            "Responses the proxies accepted (ACK)",
+            discovery_acks.clone(),
+        );
+        let discovery_nacks = Family::<TypeLabels, Counter>::default();
+        registry.register(
+            "discovery_nacks",
+            "Responses the proxies rejected (NACK); the log names the proxy and the reason",
+            discovery_nacks.clone(),
+        );
+        let discovery_push_latency = latency_histogram();
+        registry.register(
+            "discovery_push_latency_seconds",
+            "From a store change reaching the control plane to its push being queued on a stream",
+            discovery_push_latency.clone(),
+        );
+        let registry_event_lag = latency_histogram();
+        registry.register(
+            "registry_watch_lag_seconds",
+            "From a store watch event arriving to its snapshot being published (debounce included)",
+            registry_event_lag.clone(),
+        );
+        let registry_revision = Gauge::default();
+        registry.register(
+            "registry_revision",
+            "The last store revision reflected in the published snapshot",
+            registry_revision.clone(),
+        );
+        let registry_resyncs = Counter::default();
+        registry.register(
+            "registry_resyncs",
+            "Full re-lists of the store (start, compaction, lost watch)",
+            registry_resyncs.clone(),
+        );
+        let registry_invalid_objects = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "registry_invalid_objects",
+            "Stored values that failed validation and were ignored",
+            registry_invalid_objects.clone(),
+        );
+        let store_errors = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Failed store (etcd) operations, by operation",
+            store_errors.clone(),
+        );
+        let registrations_active = Gauge::default();
+        registry.register(
+            "registrations_active",
+            "Open endpoint registration streams",
+            registrations_active.clone(),
+        );
         Self {
+            discovery_connected,
+            discovery_pushes,
+            discovery_acks,
+            discovery_nacks,
+            discovery_push_latency,
+            registry_event_lag,
+            registry_revision,
+            registry_resyncs,
+            registry_invalid_objects,
+            store_errors,
+            registrations_active,
             registry,
             certify_issued,
             certify_refused,

@@ -296,7 +296,6 @@ fn labels(errs: &mut Errors, field: &str, map: &BTreeMap<String, String>) {
     }
 }
 
-
 fn port_number(p: u32) -> Result<u16, String> {
     match u16::try_from(p) {
         Ok(0) | Err(_) => Err(format!("{p} is not a port (1 to 65535)")),

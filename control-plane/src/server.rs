@@ -14,9 +14,18 @@ use weft_proto::identity::v1::identity_server::IdentityServer;
 
 use crate::attest::join::TOKEN_KEY_FILE;
 use crate::attest::{Attestor, K8sConfig, K8sVerifier, TokenKey};
+use crate::authz::Authz;
+use crate::config_api::ConfigService;
+use crate::discovery::DiscoveryService;
 use crate::identity::IdentityService;
 use crate::metrics::Metrics;
+use crate::registration::RegistrationService;
+use crate::registry::Registry;
+use crate::store::{MemoryStore, Store};
 use crate::transport::{ServingCert, ServingIdentity, tls_incoming};
+use weft_proto::config::v1::config_server::ConfigServer;
+use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscoveryServer;
+use weft_proto::registry::v1::registration_server::RegistrationServer;
 
 /// Static configuration of one control-plane process.
 #[derive(Debug, Clone)]
@@ -35,6 +44,21 @@ pub struct Config {
     pub server_names: Vec<String>,
     /// Kubernetes service-account token attestation, when configured.
     pub k8s: Option<K8sConfig>,
+    /// Where the registry lives.
+    pub store: StoreConfig,
+    /// Identities allowed to change config and register endpoints for others. Empty: only
+    /// [`default_admin_id`].
+    pub admin_identities: Vec<SpiffeId>,
+    /// TTL of the lease behind a proxy's registration stream.
+    pub registration_ttl: Duration,
+}
+
+/// The registry's store.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// Embedded, in memory; with a snapshot file, services and routes survive restarts.
+    Memory { snapshot: Option<PathBuf> },
+    // ETCD-MERGE: Etcd(crate::store::EtcdConfig),
 }
 
 impl Config {
@@ -62,6 +86,10 @@ pub enum StartError {
     ServingCert(String),
     #[error("TLS: {0}")]
     Tls(#[from] weft_certs::tls::TlsError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("store snapshot: {0}")]
+    Snapshot(#[from] crate::store::memory::SnapshotError),
 }
 
 /// The identity the control plane serves with.
@@ -85,6 +113,8 @@ pub struct ControlPlane {
     identity: SpiffeId,
     bundle: TrustBundle,
     metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    revisions: watch::Receiver<i64>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -141,6 +171,27 @@ impl ControlPlane {
             source,
         })?;
 
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Memory { snapshot: None } => Arc::new(MemoryStore::new()),
+            StoreConfig::Memory {
+                snapshot: Some(path),
+            } => Arc::new(MemoryStore::open(path)?),
+            // ETCD-MERGE: StoreConfig::Etcd(etcd) => Arc::new(EtcdStore::connect(etcd.clone()).await?),
+        };
+        let trust_bundle = weft_proto::mesh::v1::TrustBundle {
+            trust_domain: td.to_string(),
+            roots: bundle.roots().iter().map(|r| r.to_vec()).collect(),
+        };
+        let (registry, snapshots) = Registry::new(store.clone(), trust_bundle, metrics.clone());
+        let revisions = registry.revisions();
+        let registry_task = tokio::spawn(registry.run(shutdown_rx.clone()));
+        let admins = if config.admin_identities.is_empty() {
+            vec![default_admin_id(&td)]
+        } else {
+            config.admin_identities.clone()
+        };
+        let authz = Arc::new(Authz::new(admins));
+
         let incoming = tls_incoming(
             grpc,
             tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
@@ -152,6 +203,11 @@ impl ControlPlane {
             .set_serving::<IdentityServer<IdentityService>>()
             .await;
         let identity_service = IdentityService::new(ca.clone(), attestor, metrics.clone());
+        let discovery_metrics = metrics.clone();
+        let grpc_store = store.clone();
+        let registration_metrics = metrics.clone();
+        let registration_ttl = config.registration_ttl;
+        let snapshots_for_admin = snapshots.clone();
         let mut grpc_shutdown = shutdown_rx.clone();
         let grpc_task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
@@ -163,6 +219,17 @@ impl ControlPlane {
                 .concurrency_limit_per_connection(256)
                 .add_service(health_service)
                 .add_service(IdentityServer::new(identity_service))
+                .add_service(AggregatedDiscoveryServer::new(DiscoveryService::new(
+                    snapshots.clone(),
+                    discovery_metrics,
+                )))
+                .add_service(RegistrationServer::new(RegistrationService::new(
+                    grpc_store.clone(),
+                    authz.clone(),
+                    registration_metrics,
+                    registration_ttl,
+                )))
+                .add_service(ConfigServer::new(ConfigService::new(grpc_store, authz)))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_shutdown.changed().await;
                 })
@@ -171,7 +238,12 @@ impl ControlPlane {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         });
-        let admin_task = tokio::spawn(crate::admin::run(admin, metrics.clone(), shutdown_rx));
+        let admin_task = tokio::spawn(crate::admin::run(
+            admin,
+            metrics.clone(),
+            snapshots_for_admin,
+            shutdown_rx,
+        ));
 
         info!(%grpc_addr, %admin_addr, %identity, trust_domain = %td, "control plane serving");
         Ok(Self {
@@ -180,8 +252,10 @@ impl ControlPlane {
             identity,
             bundle,
             metrics,
+            store,
+            revisions,
             shutdown,
-            tasks: vec![grpc_task, admin_task],
+            tasks: vec![grpc_task, admin_task, registry_task],
         })
     }
 
@@ -203,6 +277,16 @@ impl ControlPlane {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Waits until the registry reflects every store write made before this call (so discovery
+    /// serves it).
+    pub async fn wait_synced(&self) -> Result<(), crate::store::StoreError> {
+        let target = self.store.list("\u{0}").await?.revision;
+        let mut revisions = self.revisions.clone();
+        // The sender lives as long as the registry task; if it is gone, so is any progress.
+        let _ = revisions.wait_for(|r| *r >= target).await;
+        Ok(())
     }
 
     /// Stops accepting, lets in-flight RPCs finish, and waits for the tasks to end.

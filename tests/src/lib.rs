@@ -13,6 +13,8 @@ use tokio::process::{Child, Command};
 use weft_certs::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
 use weft_control_plane::client::{self, Certified};
 
+pub mod mesh;
+
 /// Path of a workspace binary, built (once per test process) with the profile this test was
 /// built with, so a test never runs a stale binary.
 pub fn bin(name: &str) -> PathBuf {

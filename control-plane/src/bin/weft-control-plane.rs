@@ -1,4 +1,5 @@
-//! `weft-control-plane`: the certificate service (and, later, registry and discovery).
+//! `weft-control-plane`: the certificate service, the service registry (embedded or etcd),
+//! delta discovery, endpoint registration and the config API, on one mTLS gRPC port.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use weft_certs::TrustDomain;
+use weft_certs::{SpiffeId, TrustDomain};
 use weft_control_plane::attest::K8sConfig;
-use weft_control_plane::{Config, ControlPlane};
+use weft_control_plane::{Config, ControlPlane, StoreConfig};
 
 #[derive(Parser)]
 #[command(name = "weft-control-plane", version, about = "The Weft control plane")]
@@ -43,6 +44,35 @@ struct Args {
     /// Log format.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// etcd client URLs (comma-separated, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379).
+    /// Without them the registry is embedded in this process.
+    #[arg(long, env = "WEFT_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/")]
+    etcd_prefix: String,
+    /// Embedded store only: a snapshot file that keeps services and routes across restarts.
+    #[arg(long, env = "WEFT_STORE_SNAPSHOT", conflicts_with = "etcd_endpoints")]
+    store_snapshot: Option<PathBuf>,
+    /// An identity allowed to change config (repeatable). Default: the one `weftctl login`
+    /// mints, spiffe://<trust-domain>/ns/weft-system/sa/weft-admin.
+    #[arg(
+        long = "admin-identity",
+        env = "WEFT_ADMIN_IDENTITIES",
+        value_delimiter = ','
+    )]
+    admin_identities: Vec<SpiffeId>,
+    /// Lease TTL of proxy registrations: how long a dead proxy's endpoints linger.
+    #[arg(long, env = "WEFT_REGISTRATION_TTL", default_value = "20s", value_parser = parse_registration_ttl)]
+    registration_ttl: Duration,
+}
+
+fn parse_registration_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(3) || d > Duration::from_secs(3600) {
+        return Err(format!("{s} is outside 3s..=1h"));
+    }
+    Ok(d)
 }
 
 /// `--svid-ttl`: a duration of at least the shortest TTL a client may request.
@@ -105,6 +135,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         svid_ttl: args.svid_ttl,
         server_names,
         k8s,
+        store: StoreConfig::Memory {
+            snapshot: args.store_snapshot,
+        },
+        admin_identities: args.admin_identities,
+        registration_ttl: args.registration_ttl,
     };
     let cp = ControlPlane::start(config).await?;
     shutdown_signal().await;

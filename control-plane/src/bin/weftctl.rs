@@ -7,11 +7,16 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weft_certs::{SpiffeId, TrustDomain};
-use weft_control_plane::ctl;
+use weft_control_plane::ctl::{self, GetKind, Output};
+use weft_control_plane::model::ObjectRef;
+use weft_proto::config::v1 as cfg;
 
 #[derive(Parser)]
 #[command(name = "weftctl", version, about = "Operate a Weft service mesh")]
 struct Cli {
+    /// The context file written by `weftctl login` [default: ~/.config/weft/config.yaml].
+    #[arg(long, global = true, env = "WEFT_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +32,95 @@ enum Command {
     /// Inspect certificates, or request one from the control plane.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Mint an admin certificate from the CA directory and write the context file.
+    Login {
+        /// host:port of the control plane.
+        #[arg(long, env = "WEFT_CONTROL_PLANE")]
+        control_plane: String,
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Lifetime of the admin certificate.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// The admin identity [default: spiffe://<td>/ns/weft-system/sa/weft-admin].
+        #[arg(long)]
+        identity: Option<SpiffeId>,
+    },
+    /// Validate documents and store them in one atomic change.
+    Apply {
+        /// A YAML file, or - for stdin (repeatable).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate on the control plane too, but store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List services, endpoints or routes.
+    Get {
+        /// services (svc), endpoints (ep) or routes (httproutes).
+        kind: GetKind,
+        /// Only this object (for endpoints: this service's).
+        name: Option<String>,
+        #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// table, yaml (re-appliable) or json.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
+    /// Delete the objects a file declares, or one object.
+    Delete {
+        /// A YAML file, or - for stdin (repeatable).
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "target"])]
+        files: Vec<PathBuf>,
+        /// service or route.
+        #[arg(required_unless_present = "files", requires = "target")]
+        kind: Option<DeleteKind>,
+        /// NAMESPACE/NAME.
+        target: Option<String>,
+    },
+    /// Register an endpoint outside the mesh (a database, a VM).
+    Register {
+        /// NAMESPACE/NAME of the service.
+        #[arg(long, value_parser = ObjectRef::parse)]
+        service: ObjectRef,
+        /// IP:PORT (IPv6 in brackets).
+        #[arg(long)]
+        address: String,
+        /// The SPIFFE ID that proxies will require of it.
+        #[arg(long)]
+        identity: String,
+        /// k=v,k2=v2
+        #[arg(long, default_value = "", value_parser = ctl::registry::parse_labels)]
+        labels: Labels,
+        #[arg(long)]
+        zone: Option<String>,
+        /// Load-balancing weight, 1..=10000.
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Expire this long after registering (at least 5s); default: never.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Remove an endpoint registered with `weftctl register`.
+    Deregister {
+        #[arg(long, value_parser = ObjectRef::parse)]
+        service: ObjectRef,
+        #[arg(long)]
+        address: String,
+    },
+}
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeleteKind {
+    #[value(alias = "svc")]
+    Service,
+    #[value(alias = "httproute")]
+    Route,
 }
 
 #[derive(Subcommand)]
@@ -88,15 +182,142 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("weftctl: {e:#}");
+            // Several problems (every violation of an apply) print one per line, each prefixed,
+            // so `grep weftctl:` and people both read them.
+            for line in message(&e).lines() {
+                eprintln!("weftctl: {line}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes joined by ": ", skipping a cause whose text its parent already
+/// includes (many errors print their source inline, which `{:#}` would repeat).
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn config_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match flag {
+        Some(p) => Ok(p),
+        None => Ok(ctl::context::default_path()?),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
+    let context = |flag: Option<PathBuf>| -> anyhow::Result<ctl::Context> {
+        Ok(ctl::Context::load(&config_path(flag)?)?)
+    };
     match cli.command {
+        Command::Login {
+            control_plane,
+            ca_dir,
+            ttl,
+            identity,
+        } => ctl::login(
+            ctl::Login {
+                control_plane: &control_plane,
+                ca_dir: &ca_dir,
+                ttl,
+                identity,
+                config: &config_path(cli.config)?,
+            },
+            &mut out,
+        ),
+        Command::Apply { files, dry_run } => {
+            // Parse before loading the context: a broken file is reported even when logged out.
+            let parsed = ctl::config::parse_files(&files)?;
+            let ctx = context(cli.config)?;
+            let args = ctl::ApplyArgs { parsed, dry_run };
+            runtime()?.block_on(ctl::apply(&ctx, &args, &mut out))
+        }
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+        } => {
+            let ctx = context(cli.config)?;
+            let namespace = if all_namespaces {
+                None
+            } else {
+                Some(namespace.unwrap_or_else(|| "default".into()))
+            };
+            let args = ctl::GetArgs {
+                kind,
+                name,
+                namespace,
+                output,
+            };
+            runtime()?.block_on(ctl::get(&ctx, &args, &mut out))
+        }
+        Command::Delete {
+            files,
+            kind,
+            target,
+        } => {
+            let ctx = context(cli.config)?;
+            if !files.is_empty() {
+                return runtime()?.block_on(ctl::delete_files(&ctx, &files, &mut out));
+            }
+            let (Some(kind), Some(target)) = (kind, target) else {
+                anyhow::bail!("delete: give -f FILE, or a kind and NAMESPACE/NAME");
+            };
+            let id = ObjectRef::parse(&target).map_err(anyhow::Error::msg)?;
+            let kind = match kind {
+                DeleteKind::Service => cfg::Kind::Service,
+                DeleteKind::Route => cfg::Kind::HttpRoute,
+            };
+            let object = cfg::ObjectRef {
+                kind: kind.into(),
+                namespace: id.namespace,
+                name: id.name,
+            };
+            runtime()?.block_on(ctl::delete_objects(&ctx, vec![object], &mut out))
+        }
+        Command::Register {
+            service,
+            address,
+            identity,
+            labels,
+            zone,
+            weight,
+            ttl,
+        } => {
+            let ctx = context(cli.config)?;
+            let r = ctl::Register {
+                service,
+                address,
+                identity,
+                labels,
+                zone,
+                weight,
+                ttl,
+            };
+            runtime()?.block_on(ctl::register(&ctx, &r, &mut out))
+        }
+        Command::Deregister { service, address } => {
+            let ctx = context(cli.config)?;
+            let d = ctl::Deregister { service, address };
+            runtime()?.block_on(ctl::deregister(&ctx, &d, &mut out))
+        }
         Command::Ca(CaCmd::Init {
             trust_domain,
             out: dir,
@@ -119,10 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("read {}", token_file.display()))?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(ctl::cert_request(
+            runtime()?.block_on(ctl::cert_request(
                 ctl::CertRequest {
                     control_plane: &control_plane,
                     trust_bundle: &trust_bundle,

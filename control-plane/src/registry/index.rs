@@ -83,7 +83,10 @@ fn digest(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 fn hash_hex(parts: &[&[u8]]) -> String {
-    digest(parts)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    digest(parts)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What [`Index::apply`] takes: one validated object set or removed.
@@ -162,7 +165,12 @@ impl Index {
             }
             Change::Route(id, route) => {
                 let old = match route {
-                    Some(r) => self.routes.insert(id, r.clone()).into_iter().chain([r]).collect(),
+                    Some(r) => self
+                        .routes
+                        .insert(id, r.clone())
+                        .into_iter()
+                        .chain([r])
+                        .collect(),
                     None => self.routes.remove(&id).into_iter().collect::<Vec<_>>(),
                 };
                 for r in old {
@@ -174,7 +182,12 @@ impl Index {
             Change::Endpoint(svc, addr, ep) => {
                 let key = (svc, addr);
                 let old = match ep {
-                    Some(e) => self.endpoints.insert(key, e.clone()).into_iter().chain([e]).collect(),
+                    Some(e) => self
+                        .endpoints
+                        .insert(key, e.clone())
+                        .into_iter()
+                        .chain([e])
+                        .collect(),
                     None => self.endpoints.remove(&key).into_iter().collect::<Vec<_>>(),
                 };
                 for e in &old {
@@ -312,7 +325,11 @@ impl Index {
         }
         self.published = Snapshot {
             generation: self.published.generation + 1,
-            system_version: self.system_hash.iter().map(|b| format!("{b:02x}")).collect(),
+            system_version: self
+                .system_hash
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
             services: Arc::new(services),
             endpoints: Arc::new(endpoints),
             trust_bundles: Arc::new(trust_bundles),
@@ -331,7 +348,11 @@ impl Index {
 }
 
 fn entry_hash(ty: ResourceType, name: &str, version: &str) -> [u8; 16] {
-    let d = digest(&[ty.type_url().as_bytes(), name.as_bytes(), version.as_bytes()]);
+    let d = digest(&[
+        ty.type_url().as_bytes(),
+        name.as_bytes(),
+        version.as_bytes(),
+    ]);
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);
     out

@@ -79,11 +79,7 @@ mod tests {
             assert_eq!(Key::parse(&k.path()), Some(k.clone()), "{}", k.path());
         }
         assert_eq!(
-            Key::Endpoint(
-                ObjectRef::new("a", "b"),
-                "[fd00::1]:80".parse().unwrap()
-            )
-            .path(),
+            Key::Endpoint(ObjectRef::new("a", "b"), "[fd00::1]:80".parse().unwrap()).path(),
             "endpoints/a/b/[fd00::1]:80"
         );
     }

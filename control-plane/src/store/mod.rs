@@ -13,11 +13,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
-// The implementations land from the `store` branch.
 // pub mod etcd;
-// pub mod memory;
+pub mod memory;
 // pub use etcd::{EtcdConfig, EtcdStore};
-// pub use memory::MemoryStore;
+pub use memory::MemoryStore;
 
 /// A store revision: increases by one with every successful write transaction, store-wide.
 pub type Revision = i64;

@@ -63,7 +63,9 @@ fn endpoint(ns: &str, svc: &str, addr: &str, version: &str) -> Endpoint {
     Endpoint {
         service: ObjectRef::new(ns, svc),
         address: addr.parse().unwrap(),
-        identity: format!("spiffe://example.org/ns/{ns}/sa/{svc}").parse().unwrap(),
+        identity: format!("spiffe://example.org/ns/{ns}/sa/{svc}")
+            .parse()
+            .unwrap(),
         labels: [("app", svc), ("version", version)]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -87,12 +89,21 @@ fn a_subset_service_selects_by_labels_and_updates_with_registrations() {
     ));
     index.apply(Change::Service(
         ObjectRef::new("default", "reviews-v2"),
-        Some(service("default", "reviews-v2", &[("app", "reviews"), ("version", "v2")])),
+        Some(service(
+            "default",
+            "reviews-v2",
+            &[("app", "reviews"), ("version", "v2")],
+        )),
     ));
     let first = index.flush();
     assert_eq!(first.generation, 1);
     assert_eq!(first.trust_bundles.len(), 1);
-    assert_eq!(decode_endpoints(&first.endpoints["default/reviews-v2"]).endpoints.len(), 0);
+    assert_eq!(
+        decode_endpoints(&first.endpoints["default/reviews-v2"])
+            .endpoints
+            .len(),
+        0
+    );
 
     let e = endpoint("default", "reviews", "10.0.0.2:9080", "v2");
     index.apply(Change::Endpoint(e.service.clone(), e.address, Some(e)));
@@ -125,11 +136,19 @@ fn routes_land_in_their_parents_service_resource_only() {
         ));
     }
     index.flush();
-    let r = route("default", "canary", "reviews", &[("reviews", 90), ("reviews-v2", 10)]);
+    let r = route(
+        "default",
+        "canary",
+        "reviews",
+        &[("reviews", 90), ("reviews-v2", 10)],
+    );
     index.apply(Change::Route(r.id.clone(), Some(r.clone())));
     let snap = index.flush();
     let changed: Vec<_> = snap.changed.iter().cloned().collect();
-    assert_eq!(changed, [(ResourceType::Service, "default/reviews".to_owned())]);
+    assert_eq!(
+        changed,
+        [(ResourceType::Service, "default/reviews".to_owned())]
+    );
     let svc = pb::Service::decode(snap.services["default/reviews"].body.value.as_slice()).unwrap();
     assert_eq!(svc.routes.len(), 1);
     assert_eq!(svc.routes[0].rules[0].backend_refs[1].weight, Some(10));
@@ -143,7 +162,10 @@ fn routes_land_in_their_parents_service_resource_only() {
 fn deleting_a_service_removes_both_its_resources() {
     let mut index = Index::new(bundle());
     let id = ObjectRef::new("default", "reviews");
-    index.apply(Change::Service(id.clone(), Some(service("default", "reviews", &[]))));
+    index.apply(Change::Service(
+        id.clone(),
+        Some(service("default", "reviews", &[])),
+    ));
     index.flush();
     index.apply(Change::Service(id, None));
     let snap = index.flush();

@@ -1,0 +1,792 @@
+//! The Kubernetes-style documents people write and read: `weftctl apply` input, `weftctl get -o
+//! yaml|json` output, and the JSON the registry keeps in the store (so `etcdctl get` shows the
+//! same shape a person applied).
+//!
+//! Three kinds:
+//! - `apiVersion: weft.io/v1alpha1`, `kind: Service`
+//! - `apiVersion: gateway.networking.k8s.io/v1`, `kind: HTTPRoute` (Gateway API names, casing
+//!   and durations)
+//! - `apiVersion: weft.io/v1alpha1`, `kind: Endpoint` (output and storage only; endpoints are
+//!   registered, never applied)
+//!
+//! Parsing goes YAML → `serde_json::Value` (one per document) → the typed structs below (with
+//! `deny_unknown_fields` everywhere, so a typo is an error naming its path) → wire types
+//! ([`convert`]) → the domain `TryFrom` in [`crate::model`], the one validation boundary. Every
+//! problem names the file, the document number and the field. This module does no I/O.
+
+mod convert;
+mod duration;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use weft_proto::config::v1 as cfg;
+use weft_proto::config::v1::document::Kind as DocKind;
+use weft_proto::mesh::v1 as pb;
+
+use crate::model::{self, FieldError};
+
+pub use duration::{format_duration, parse_duration};
+
+/// `apiVersion` of Weft's own kinds (Service, Endpoint).
+pub const WEFT_API_VERSION: &str = "weft.io/v1alpha1";
+/// `apiVersion` of HTTPRoute.
+pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
+/// `metadata.namespace` when a document leaves it out.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Every document: `apiVersion`, `kind`, `metadata`, `spec` — and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Object<M, S> {
+    /// `weft.io/v1alpha1` or `gateway.networking.k8s.io/v1`, by kind.
+    pub api_version: String,
+    /// `Service`, `HTTPRoute` or `Endpoint`.
+    pub kind: String,
+    /// Name and namespace.
+    pub metadata: M,
+    /// The kind's content.
+    pub spec: S,
+}
+
+/// `kind: Service`.
+pub type ServiceManifest = Object<Metadata, ServiceSpec>;
+/// `kind: HTTPRoute`.
+pub type HttpRouteManifest = Object<Metadata, HttpRouteSpec>;
+/// `kind: Endpoint`.
+pub type EndpointManifest = Object<EndpointMetadata, EndpointSpec>;
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.into()
+}
+
+/// `metadata` of Services and HTTPRoutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS label, unique per kind within the namespace.
+    pub name: String,
+    /// A DNS label; `default` when left out.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+/// `spec` of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// At least one; numbers and names unique.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// Label selector of extra endpoints (see `weft.mesh.v1.Service.selector`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Optional DNS label.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// 1..=65535 (0 is refused by validation).
+    pub port: u16,
+    /// `http1`, `http2`, `grpc` or `tcp`. A string here, checked in conversion, so that an
+    /// unknown value gets our message and stored data with an unknown value can still be shown.
+    pub protocol: String,
+}
+
+/// `spec` of an HTTPRoute (Gateway API `HTTPRouteSpec`, GAMMA style: parents are Services).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// The Services whose traffic this route shapes.
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRefSpec>,
+    /// Evaluated in order; the first rule with a matching match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// Gateway API `ParentReference`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentRefSpec {
+    /// `""` (core) only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// `Service` only (empty means Service).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Defaults to the route's namespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The Service port the route applies to; absent: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Gateway API `HTTPRouteRule`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleSpec {
+    /// Optional section name (a DNS label).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Any one must match; none means path prefix `/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<MatchSpec>,
+    /// Weighted backends.
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRefSpec>,
+    /// GEP-1742 timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsSpec>,
+    /// GEP-1731 retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// Gateway API `HTTPRouteMatch`: all its conditions must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MatchSpec {
+    /// Absent: prefix `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathSpec>,
+    /// Exact header matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatchSpec>,
+    /// Exact query parameter matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatchSpec>,
+    /// An HTTP method; absent: any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+}
+
+fn path_prefix() -> String {
+    "PathPrefix".into()
+}
+
+fn slash() -> String {
+    "/".into()
+}
+
+/// Gateway API `HTTPPathMatch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSpec {
+    /// `Exact` or `PathPrefix` (the default). `RegularExpression` is refused as unsupported.
+    #[serde(rename = "type", default = "path_prefix")]
+    pub type_: String,
+    /// Starts with `/`; default `/`.
+    #[serde(default = "slash")]
+    pub value: String,
+}
+
+/// Gateway API `HTTPHeaderMatch` / `HTTPQueryParamMatch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatchSpec {
+    /// `Exact` (the default); `RegularExpression` is refused as unsupported.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Header name (case-insensitive) or query parameter name (case-sensitive).
+    pub name: String,
+    /// The exact value.
+    pub value: String,
+}
+
+/// Gateway API `HTTPBackendRef` (without filters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRefSpec {
+    /// `""` (core) only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// `Service` only (empty means Service).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Must be the route's namespace (the default).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// The backend Service; it must exist when the route is applied.
+    pub name: String,
+    /// The backend's port; absent: the port the request came in on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 0..=1,000,000; absent means 1. Signed so that a negative weight reaches validation and
+    /// is refused with its path, rather than as a type error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+}
+
+/// Gateway API `HTTPRouteTimeouts`: durations in GEP-2257 form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TimeoutsSpec {
+    /// The whole request, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// One attempt; at most `request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request: Option<String>,
+}
+
+/// Gateway API `HTTPRouteRetry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Retried status codes, each 500..=599.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<u32>,
+    /// Retries after the first attempt, 0..=10.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Base of the exponential backoff (GEP-2257); absent: 25ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
+/// `metadata` of an Endpoint: endpoints have no name of their own (service + address is the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointMetadata {
+    /// The namespace of the service it is registered under.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+/// `spec` of an Endpoint (see `weft.mesh.v1.Endpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// The service it was registered under.
+    pub service: String,
+    /// `IP:PORT`, IPv6 in brackets.
+    pub address: String,
+    /// The workload's SPIFFE ID.
+    pub identity: String,
+    /// Labels for subset selection.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Topology zone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// Load-balancing weight, 1..=10000 (0: the default, 1).
+    #[serde(default)]
+    pub weight: u32,
+    /// Whether it takes traffic.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// Any one document, for output (`weftctl get -o yaml|json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Manifest {
+    Service(ServiceManifest),
+    HttpRoute(HttpRouteManifest),
+    Endpoint(EndpointManifest),
+}
+
+impl Manifest {
+    /// The manifest form of a config document (`None` for an empty document).
+    pub fn of_document(d: &cfg::Document) -> Option<Self> {
+        match d.kind.as_ref()? {
+            DocKind::Service(s) => Some(Manifest::Service(s.into())),
+            DocKind::HttpRoute(r) => Some(Manifest::HttpRoute(r.into())),
+        }
+    }
+
+    /// The manifest form of an endpoint.
+    pub fn of_endpoint(e: &pb::Endpoint) -> Self {
+        Manifest::Endpoint(e.into())
+    }
+}
+
+// ---- errors ---------------------------------------------------------------------------------
+
+/// Where a document came from: `reviews.yaml: document 2 (HTTPRoute default/reviews)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// File path, or `-` for stdin.
+    pub source: String,
+    /// 1-based, counting non-empty documents.
+    pub number: usize,
+    /// `Kind namespace/name`, when the document got far enough to say.
+    pub label: Option<String>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.source, self.number)?;
+        if let Some(l) = &self.label {
+            write!(f, " ({l})")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem in one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The document.
+    pub origin: Origin,
+    /// Field path in manifest terms, when the problem has one.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}: {field}: {}", self.origin, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+/// Every problem found, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// In document order; never empty.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Rendering output failed (it cannot for these types; the error exists so nothing panics).
+#[derive(Debug, thiserror::Error)]
+#[error("render {format}: {message}")]
+pub struct RenderError {
+    format: &'static str,
+    message: String,
+}
+
+// ---- parsing --------------------------------------------------------------------------------
+
+/// A parsed, locally valid document and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// File and document number, for mapping server-side violations back.
+    pub origin: Origin,
+    /// What goes into `ApplyRequest.documents`.
+    pub document: cfg::Document,
+}
+
+/// Parses multi-document YAML (`---`; empty documents skipped) into config documents, checked
+/// structurally and by the domain validation. Fails with every problem of every document.
+pub fn parse_documents(source: &str, text: &str) -> Result<Vec<cfg::Document>, ManifestError> {
+    Ok(parse_manifests(source, text)?
+        .into_iter()
+        .map(|p| p.document)
+        .collect())
+}
+
+/// [`parse_documents`], keeping each document's [`Origin`].
+pub fn parse_manifests(source: &str, text: &str) -> Result<Vec<Parsed>, ManifestError> {
+    let mut parsed = Vec::new();
+    let mut problems = Vec::new();
+    for_each_document(source, text, &mut problems, |origin, value, problems| {
+        match document_from_value(value) {
+            Ok(document) => parsed.push(Parsed { origin, document }),
+            Err(errs) => problems.extend(errs.into_iter().map(|e| Problem {
+                origin: origin.clone(),
+                field: e.field,
+                message: e.message,
+            })),
+        }
+    });
+    if problems.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(ManifestError { problems })
+    }
+}
+
+/// What `weftctl delete -f` needs of each document: kind, namespace and name, read leniently
+/// (a file that no longer validates can still be deleted by).
+pub fn parse_refs(
+    source: &str,
+    text: &str,
+) -> Result<Vec<(Origin, cfg::ObjectRef)>, ManifestError> {
+    let mut refs = Vec::new();
+    let mut problems = Vec::new();
+    for_each_document(source, text, &mut problems, |origin, value, problems| {
+        let (kind, errs) = check_kind(&value);
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        match kind {
+            Some(kind) if !name.is_empty() => refs.push((
+                origin,
+                cfg::ObjectRef {
+                    kind: kind.into(),
+                    namespace: namespace_of(&value).to_owned(),
+                    name: name.to_owned(),
+                },
+            )),
+            _ => {
+                let mut errs = errs;
+                if errs.is_empty() {
+                    errs.push(Raw::at("metadata.name", "required"));
+                }
+                problems.extend(errs.into_iter().map(|e| Problem {
+                    origin: origin.clone(),
+                    field: e.field,
+                    message: e.message,
+                }));
+            }
+        }
+    });
+    if problems.is_empty() {
+        Ok(refs)
+    } else {
+        Err(ManifestError { problems })
+    }
+}
+
+/// Runs `f` on each non-empty document of `text`. A YAML syntax error ends the walk (the
+/// parser cannot resynchronise reliably) and is recorded against the document it is in.
+fn for_each_document(
+    source: &str,
+    text: &str,
+    problems: &mut Vec<Problem>,
+    mut f: impl FnMut(Origin, serde_json::Value, &mut Vec<Problem>),
+) {
+    let options = serde_saphyr::options! { with_snippet: false };
+    let mut bytes = text.as_bytes();
+    let docs = serde_saphyr::read_with_options::<_, serde_json::Value>(&mut bytes, options);
+    for (i, doc) in docs.enumerate() {
+        let mut origin = Origin {
+            source: source.to_owned(),
+            number: i + 1,
+            label: None,
+        };
+        match doc {
+            Ok(value) => {
+                origin.label = label_of(&value);
+                f(origin, value, problems);
+            }
+            Err(e) => {
+                problems.push(Problem {
+                    origin,
+                    field: None,
+                    message: format!("invalid YAML: {e}"),
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// A problem before it knows its document.
+#[derive(Debug)]
+struct Raw {
+    field: Option<String>,
+    message: String,
+}
+
+impl Raw {
+    fn at(field: &str, message: impl Into<String>) -> Self {
+        Raw {
+            field: Some(field.to_owned()),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FieldError> for Raw {
+    fn from(e: FieldError) -> Self {
+        Raw {
+            field: Some(e.field),
+            message: e.message,
+        }
+    }
+}
+
+fn namespace_of(value: &serde_json::Value) -> &str {
+    value
+        .pointer("/metadata/namespace")
+        .and_then(|v| v.as_str())
+        .unwrap_or(DEFAULT_NAMESPACE)
+}
+
+fn label_of(value: &serde_json::Value) -> Option<String> {
+    let kind = value.get("kind")?.as_str()?;
+    let name = value.pointer("/metadata/name")?.as_str()?;
+    Some(format!("{kind} {}/{name}", namespace_of(value)))
+}
+
+const KNOWN: &str =
+    "weftctl applies Service (weft.io/v1alpha1) and HTTPRoute (gateway.networking.k8s.io/v1)";
+
+/// The config kind of a document, after checking `apiVersion` against `kind`.
+fn check_kind(value: &serde_json::Value) -> (Option<cfg::Kind>, Vec<Raw>) {
+    if !value.is_object() {
+        return (
+            None,
+            vec![Raw {
+                field: None,
+                message: "a document must be a mapping with apiVersion, kind, metadata and spec"
+                    .into(),
+            }],
+        );
+    }
+    let kind = match value.get("kind") {
+        None => return (None, vec![Raw::at("kind", format!("required: {KNOWN}"))]),
+        Some(k) => k.as_str().unwrap_or_default(),
+    };
+    let (want_api, config_kind) = match kind {
+        "Service" => (WEFT_API_VERSION, cfg::Kind::Service),
+        "HTTPRoute" => (GATEWAY_API_VERSION, cfg::Kind::HttpRoute),
+        "Endpoint" => {
+            return (
+                None,
+                vec![Raw::at(
+                    "kind",
+                    "Endpoint objects are registered (weftctl register, or a proxy), not applied",
+                )],
+            );
+        }
+        other => {
+            return (
+                None,
+                vec![Raw::at("kind", format!("unknown kind {other:?}: {KNOWN}"))],
+            );
+        }
+    };
+    match value.get("apiVersion").map(|v| v.as_str()) {
+        Some(Some(api)) if api == want_api => (Some(config_kind), vec![]),
+        None => (
+            None,
+            vec![Raw::at("apiVersion", format!("required: {want_api}"))],
+        ),
+        Some(got) => (
+            None,
+            vec![Raw::at(
+                "apiVersion",
+                format!(
+                    "{:?} does not serve kind {kind}: use {want_api}",
+                    got.unwrap_or_default()
+                ),
+            )],
+        ),
+    }
+}
+
+/// Typed deserialization with the path of the first structural error.
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Raw> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        Raw {
+            field: (path != ".").then_some(path),
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+fn document_from_value(value: serde_json::Value) -> Result<cfg::Document, Vec<Raw>> {
+    let (kind, errs) = check_kind(&value);
+    let Some(kind) = kind else { return Err(errs) };
+    match kind {
+        cfg::Kind::Service => {
+            let m: ServiceManifest = typed(value).map_err(|e| vec![e])?;
+            let (s, conv) = convert::service_to_pb(&m);
+            validated::<model::Service, _>(s, conv).map(|s| document(DocKind::Service(s)))
+        }
+        _ => {
+            let m: HttpRouteManifest = typed(value).map_err(|e| vec![e])?;
+            let (r, conv) = convert::route_to_pb(&m);
+            validated::<model::HttpRoute, _>(r, conv).map(|r| document(DocKind::HttpRoute(r)))
+        }
+    }
+}
+
+/// The manifest `kind` of a config kind.
+pub fn kind_name(kind: cfg::Kind) -> &'static str {
+    match kind {
+        cfg::Kind::Service => "Service",
+        cfg::Kind::HttpRoute => "HTTPRoute",
+        cfg::Kind::Endpoint => "Endpoint",
+        cfg::Kind::Unspecified => "(unspecified kind)",
+    }
+}
+
+fn document(kind: DocKind) -> cfg::Document {
+    cfg::Document { kind: Some(kind) }
+}
+
+/// Runs the domain validation and merges its findings with the conversion's; a field the
+/// conversion already refused (say an unknown protocol) is not reported twice.
+fn validated<T, P>(wire: P, conversion: Vec<FieldError>) -> Result<P, Vec<Raw>>
+where
+    P: Clone,
+    T: TryFrom<P, Error = model::Invalid>,
+{
+    let mut errs = conversion;
+    if let Err(invalid) = T::try_from(wire.clone()) {
+        for e in invalid.0 {
+            let covered = errs.iter().any(|c| {
+                e.field == c.field
+                    || e.field.starts_with(&format!("{}.", c.field))
+                    || e.field.starts_with(&format!("{}[", c.field))
+            });
+            if !covered {
+                errs.push(e);
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(wire)
+    } else {
+        Err(errs.into_iter().map(Raw::from).collect())
+    }
+}
+
+// ---- JSON (the store) and output -------------------------------------------------------------
+
+fn json_error(kind: &str, e: Vec<Raw>) -> ManifestError {
+    ManifestError {
+        problems: e
+            .into_iter()
+            .map(|r| Problem {
+                origin: Origin {
+                    source: format!("stored {kind} JSON"),
+                    number: 1,
+                    label: None,
+                },
+                field: r.field,
+                message: r.message,
+            })
+            .collect(),
+    }
+}
+
+/// The stored JSON of a config document: its manifest form.
+pub fn document_to_json(d: &cfg::Document) -> Vec<u8> {
+    match Manifest::of_document(d) {
+        // Serializing these plain structs (string keys only) cannot fail.
+        Some(m) => serde_json::to_vec(&m).unwrap_or_default(),
+        None => b"null".to_vec(),
+    }
+}
+
+/// Reads a stored document of `kind`. Structural checks and conversion only: the caller's
+/// `TryFrom` into the domain types is the validation.
+pub fn document_from_json(kind: cfg::Kind, bytes: &[u8]) -> Result<cfg::Document, ManifestError> {
+    let err = |e| json_error(kind_name(kind), e);
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        err(vec![Raw {
+            field: None,
+            message: e.to_string(),
+        }])
+    })?;
+    let (found, errs) = check_kind(&value);
+    if found != Some(kind) {
+        let mut errs = errs;
+        if errs.is_empty() {
+            errs.push(Raw::at("kind", format!("expected {}", kind_name(kind))));
+        }
+        return Err(err(errs));
+    }
+    let fields = |v: Vec<FieldError>| v.into_iter().map(Raw::from).collect::<Vec<_>>();
+    match kind {
+        cfg::Kind::Service => {
+            let m: ServiceManifest = typed(value).map_err(|e| err(vec![e]))?;
+            let (s, conv) = convert::service_to_pb(&m);
+            if !conv.is_empty() {
+                return Err(err(fields(conv)));
+            }
+            Ok(document(DocKind::Service(s)))
+        }
+        _ => {
+            let m: HttpRouteManifest = typed(value).map_err(|e| err(vec![e]))?;
+            let (r, conv) = convert::route_to_pb(&m);
+            if !conv.is_empty() {
+                return Err(err(fields(conv)));
+            }
+            Ok(document(DocKind::HttpRoute(r)))
+        }
+    }
+}
+
+/// The stored JSON of a registered endpoint: its manifest form.
+pub fn endpoint_to_json(e: &pb::Endpoint) -> Vec<u8> {
+    // Serializing these plain structs (string keys only) cannot fail.
+    serde_json::to_vec(&EndpointManifest::from(e)).unwrap_or_default()
+}
+
+/// Reads a stored endpoint (structure only; `model::Endpoint::try_from` validates).
+pub fn endpoint_from_json(bytes: &[u8]) -> Result<pb::Endpoint, ManifestError> {
+    let err = |e| json_error("Endpoint", e);
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        err(vec![Raw {
+            field: None,
+            message: e.to_string(),
+        }])
+    })?;
+    let m: EndpointManifest = typed(value).map_err(|e| err(vec![e]))?;
+    if m.api_version != WEFT_API_VERSION || m.kind != "Endpoint" {
+        return Err(err(vec![Raw::at(
+            "kind",
+            format!(
+                "expected {WEFT_API_VERSION} Endpoint, got {} {}",
+                m.api_version, m.kind
+            ),
+        )]));
+    }
+    Ok(convert::endpoint_to_pb(&m))
+}
+
+/// Multi-document YAML (`---` between documents), re-appliable for Services and HTTPRoutes.
+pub fn to_yaml(items: &[Manifest]) -> Result<String, RenderError> {
+    let mut out = String::new();
+    for (i, m) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        let doc = serde_saphyr::to_string(m).map_err(|e| RenderError {
+            format: "YAML",
+            message: e.to_string(),
+        })?;
+        out.push_str(&doc);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// A pretty-printed JSON array of the documents.
+pub fn to_json(items: &[Manifest]) -> Result<String, RenderError> {
+    serde_json::to_string_pretty(items)
+        .map(|mut s| {
+            s.push('\n');
+            s
+        })
+        .map_err(|e| RenderError {
+            format: "JSON",
+            message: e.to_string(),
+        })
+}
