@@ -130,6 +130,9 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
         svid_ttl: Duration::from_secs(3600),
         server_names: vec![],
         k8s: None,
+        store: weft_control_plane::StoreConfig::Memory { snapshot: None },
+        admin_identities: vec![],
+        registration_ttl: Duration::from_secs(20),
     })
     .await?;
     let addr = cp.grpc_addr().to_string();
