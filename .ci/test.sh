@@ -38,6 +38,7 @@ cargo test --workspace --locked --doc
 step "benchmark smoke run (numbers from a debug build mean nothing; see docs/benchmarks.md)"
 cargo run --quiet --locked -p weft-bench -- csr-sign --duration 1s
 cargo run --quiet --locked -p weft-bench -- certify --duration 1s --clients 2
+cargo build --quiet --locked -p weft-control-plane && cargo run --quiet --locked -p weft-bench -- discovery --proxies 50 --services 10 --changes 2
 
 step "the README's main command (debug build)"
 WEFT_PROFILE=debug bash deploy/quickstart.sh

@@ -4,6 +4,8 @@
 //! - `csr-sign`: CSRs verified and signed per second on one core (the CA's hot path).
 //! - `certify`: Certify RPCs per second end to end (gRPC over mTLS, token check, signing) against
 //!   an in-process control plane on loopback.
+//! - `discovery`: delta-discovery fan-out to N simulated proxies against the real control-plane
+//!   binary: initial sync time, route-change convergence, control-plane memory per proxy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +14,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weft_certs::{CertificateAuthority, SpiffeId, TrustDomain, WorkloadKey};
 use weft_control_plane::{Config, ControlPlane, client, control_plane_id};
+
+mod discovery;
 
 #[derive(Parser)]
 #[command(name = "weft-bench", about = "Weft benchmark programs")]
@@ -41,6 +45,9 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         clients: usize,
     },
+    /// Delta-discovery convergence and memory with N simulated proxies against the
+    /// weft-control-plane binary.
+    Discovery(discovery::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +59,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(certify(duration, clients, cli.json))
+        }
+        Cmd::Discovery(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(discovery::run(args, cli.json))
         }
     }
 }
