@@ -648,10 +648,18 @@ fn print(args: &Args, r: &Results, json: bool) {
         r.rss_after_kib as f64 / 1024.0,
         r.bench_rss_kib as f64 / 1024.0,
     );
-    for (what, h) in [
-        ("whole run", &r.push_all),
-        ("route changes", &r.push_changes),
-    ] {
+    // Pushes answering a new subscription carry no store change, so they are not observed;
+    // when the whole run saw nothing else, one line says it all.
+    let same = matches!((&r.push_all, &r.push_changes), (Some(a), Some(c)) if a.count == c.count);
+    let hists: &[(&str, &Option<Histogram>)] = if same {
+        &[("route changes", &r.push_changes)]
+    } else {
+        &[
+            ("whole run", &r.push_all),
+            ("route changes", &r.push_changes),
+        ]
+    };
+    for &(what, h) in hists {
         match (h, push(h, 0.50), push(h, 0.99)) {
             (Some(h), Some(p50), Some(p99)) => println!(
                 "  {PUSH_LATENCY} ({what}): {} pushes, p50 ≈ {:.2} ms, p99 ≈ {:.2} ms (bucket ≤ {} ms)",
