@@ -82,6 +82,12 @@ impl TestMesh {
         self.channel_to(&self.cp, id).await
     }
 
+    /// A delta discovery client as the workload `default/<sa>` (node id `sa`).
+    pub async fn proxy(&self, sa: &str) -> anyhow::Result<DeltaClient> {
+        let channel = self.channel(Some(&workload("default", sa))).await?;
+        Ok(DeltaClient::open(channel, sa).await?)
+    }
+
     /// A channel as the default admin identity (what `weftctl login` mints).
     pub async fn admin(&self) -> anyhow::Result<Channel> {
         let id = weft_control_plane::default_admin_id(&self.ca.trust_domain);

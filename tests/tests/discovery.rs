@@ -145,14 +145,7 @@ async fn wildcard_subscription_gets_services_and_only_what_changes() {
     )
     .await
     .unwrap();
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy.subscribe(SERVICE_TYPE_URL, &[]).await.unwrap();
     let first = proxy.recv().await.unwrap();
     assert_eq!(names(&first), ["default/reviews", "default/reviews-v2"]);
@@ -228,14 +221,7 @@ async fn registrations_reach_on_demand_subscribers_and_leave_with_the_stream() {
     )
     .await
     .unwrap();
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy
         .subscribe(ENDPOINTS_TYPE_URL, &["default/reviews-v2", "default/nope"])
         .await
@@ -316,14 +302,7 @@ async fn a_nack_is_counted_and_not_resent_and_the_next_change_still_arrives() {
     )
     .await
     .unwrap();
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy
         .subscribe(SERVICE_TYPE_URL, &["default/reviews"])
         .await
@@ -378,14 +357,7 @@ async fn unsubscribing_stops_updates_for_that_name() {
     )
     .await
     .unwrap();
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy
         .subscribe(SERVICE_TYPE_URL, &["default/reviews", "default/ratings"])
         .await
@@ -477,14 +449,7 @@ async fn a_reconnecting_proxy_gets_only_what_changed() {
 #[tokio::test]
 async fn the_trust_bundle_is_a_resource() {
     let mesh = TestMesh::start().await.unwrap();
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy.subscribe(TRUST_BUNDLE_TYPE_URL, &[TD]).await.unwrap();
     let resp = proxy.recv().await.unwrap();
     let bundle = pb::TrustBundle::decode(
@@ -512,14 +477,7 @@ async fn streams_without_a_certificate_or_with_bad_requests_are_refused() {
         }
     }
 
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy
         .subscribe("type.googleapis.com/envoy.config.cluster.v3.Cluster", &[])
         .await
@@ -528,14 +486,7 @@ async fn streams_without_a_certificate_or_with_bad_requests_are_refused() {
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("unknown type_url"), "{s:?}");
 
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy
         .send(DeltaDiscoveryRequest {
             node: Some(weft_proto::discovery::v1::Node {

@@ -127,14 +127,7 @@ async fn an_endpoint_written_with_etcdctl_is_picked_up() {
     let etcd = EtcdServer::start().await.unwrap();
     let mesh = TestMesh::start_with(etcd_store(&etcd)).await.unwrap();
     apply(&mesh, vec![service("db", 5432)]).await;
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy
         .subscribe(ENDPOINTS_TYPE_URL, &["default/db"])
         .await
@@ -187,14 +180,7 @@ async fn a_dead_registrant_disappears_when_its_lease_expires() {
         .unwrap();
     let mesh = TestMesh { ca, cp };
     apply(&mesh, vec![service("reviews", 9080)]).await;
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy
         .subscribe(ENDPOINTS_TYPE_URL, &["default/reviews"])
         .await
@@ -248,14 +234,7 @@ async fn the_control_plane_serves_its_last_state_through_an_etcd_restart() {
 
     etcd.stop().await.unwrap();
     // While etcd is down, a new proxy still gets the last state.
-    let mut proxy = DeltaClient::open(
-        mesh.channel(Some(&workload("default", "web")))
-            .await
-            .unwrap(),
-        "web",
-    )
-    .await
-    .unwrap();
+    let mut proxy = mesh.proxy("web").await.unwrap();
     proxy.subscribe(SERVICE_TYPE_URL, &[]).await.unwrap();
     let first = proxy.recv().await.unwrap();
     assert_eq!(versions(&first).len(), 1);
