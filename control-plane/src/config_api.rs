@@ -176,37 +176,26 @@ impl Config for ConfigService {
         let revision_of = |id: &ObjectRef| services.get(id).map_or(0, |(_, rev)| *rev);
         for (i, o) in &objects {
             let Object::Route(r) = o else { continue };
-            for (p, parent) in r.parents.iter().enumerate() {
-                let field = format!("spec.parentRefs[{p}]");
-                check_ref(
-                    &proposed,
+            let parents = r.parents.iter().enumerate().map(|(p, parent)| {
+                (
+                    format!("spec.parentRefs[{p}]"),
                     &parent.service,
                     parent.port,
-                    *i,
-                    &field,
-                    &mut violations,
-                );
-                compare.insert(
-                    Key::Service(parent.service.clone()).path(),
-                    revision_of(&parent.service),
-                );
-            }
-            for (k, rule) in r.rules.iter().enumerate() {
-                for (b, backend) in rule.backends.iter().enumerate() {
-                    let field = format!("spec.rules[{k}].backendRefs[{b}]");
-                    check_ref(
-                        &proposed,
+                )
+            });
+            let backends = r.rules.iter().enumerate().flat_map(|(k, rule)| {
+                rule.backends.iter().enumerate().map(move |(b, backend)| {
+                    (
+                        format!("spec.rules[{k}].backendRefs[{b}]"),
                         &backend.service,
                         backend.port,
-                        *i,
-                        &field,
-                        &mut violations,
-                    );
-                    compare.insert(
-                        Key::Service(backend.service.clone()).path(),
-                        revision_of(&backend.service),
-                    );
-                }
+                    )
+                })
+            });
+            for (field, target, port) in parents.chain(backends) {
+                check_ref(&proposed, target, port, *i, &field, &mut violations);
+                // The referenced service must not change under the apply.
+                compare.insert(Key::Service(target.clone()).path(), revision_of(target));
             }
         }
         if !violations.is_empty() {
@@ -358,7 +347,8 @@ impl Config for ConfigService {
             targets.push((o.kind, key));
         }
         let routes = load(&*self.store, keys::ROUTES, codec::decode_route).await?;
-        let mut compare = Vec::new();
+        // key → the mod revision it must still have at commit (deduplicated across targets).
+        let mut guarded: BTreeMap<String, i64> = BTreeMap::new();
         let mut ops = Vec::new();
         let mut outcomes = Vec::new();
         for (kind, key) in &targets {
@@ -384,16 +374,10 @@ impl Config for ConfigService {
                     )));
                 }
                 for (rid, (_, rev)) in &routes {
-                    compare.push(Compare::ModRevision {
-                        key: Key::Route(rid.clone()).path(),
-                        revision: *rev,
-                    });
+                    guarded.insert(Key::Route(rid.clone()).path(), *rev);
                 }
             }
-            compare.push(Compare::ModRevision {
-                key: path.clone(),
-                revision: kv.mod_revision,
-            });
+            guarded.insert(path.clone(), kv.mod_revision);
             ops.push(Op::Delete { key: path });
             let id = match key {
                 Key::Service(id) | Key::Route(id) | Key::Endpoint(id, _) => id,
@@ -405,6 +389,10 @@ impl Config for ConfigService {
                 action: Action::Deleted.into(),
             });
         }
+        let compare = guarded
+            .into_iter()
+            .map(|(key, revision)| Compare::ModRevision { key, revision })
+            .collect();
         match self
             .store
             .txn(Txn { compare, ops })

@@ -103,6 +103,7 @@ pub fn workload(ns: &str, sa: &str) -> String {
 /// A delta discovery stream driven by hand, as a proxy would.
 #[derive(Debug)]
 pub struct DeltaClient {
+    node: String,
     tx: mpsc::Sender<DeltaDiscoveryRequest>,
     rx: tonic::Streaming<DeltaDiscoveryResponse>,
 }
@@ -111,13 +112,16 @@ impl DeltaClient {
     pub async fn open(channel: Channel, node: &str) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
         let mut client = AggregatedDiscoveryClient::new(channel);
-        // The node goes on the first request, which the caller sends with `subscribe`.
-        let _ = node;
         let rx = client
             .delta_resources(ReceiverStream::new(rx))
             .await?
             .into_inner();
-        Ok(Self { tx, rx })
+        // The node goes on the first request, which the caller sends with `subscribe`.
+        Ok(Self {
+            node: node.to_owned(),
+            tx,
+            rx,
+        })
     }
 
     pub async fn send(&self, req: DeltaDiscoveryRequest) -> anyhow::Result<()> {
@@ -127,7 +131,7 @@ impl DeltaClient {
     pub async fn subscribe(&self, type_url: &str, names: &[&str]) -> anyhow::Result<()> {
         self.send(DeltaDiscoveryRequest {
             node: Some(Node {
-                id: "test-node".into(),
+                id: self.node.clone(),
                 ..Default::default()
             }),
             type_url: type_url.into(),
