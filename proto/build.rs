@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Ordered maps encode deterministically: resource versions are hashes of the encoding
         // and must agree across replicas.
         .btree_map(".")
+        // Small per-RPC buffers: see src/codec.rs.
+        .codec_path("crate::codec::LeanCodec")
         // Carries a bearer token: its Debug is written by hand in lib.rs and redacts it.
         .skip_debug(["weft.identity.v1.CertifyRequest"])
         .compile_protos(&protos, &["."])?;

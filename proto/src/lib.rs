@@ -3,6 +3,8 @@
 //! Wire types only. Each consumer converts them into its domain types through one `TryFrom`
 //! per type (the validation boundary); nothing past that boundary sees `pb` types.
 
+pub mod codec;
+
 /// `weft.identity.v1`: the certificate service.
 pub mod identity {
     pub mod v1 {

@@ -114,7 +114,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn resources(&self, ty: ResourceType) -> &ResourceMap {
+    pub fn resources(&self, ty: ResourceType) -> &Arc<ResourceMap> {
         match ty {
             ResourceType::Service => &self.services,
             ResourceType::Endpoints => &self.endpoints,
