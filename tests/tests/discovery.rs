@@ -535,3 +535,54 @@ async fn only_admins_change_config() {
         .into_inner();
     assert!(got.documents.is_empty());
 }
+
+/// A wildcard sync larger than one response arrives split, each part within the bound, and
+/// together complete; acknowledging them all leaves the stream quiet.
+#[tokio::test]
+async fn a_large_initial_sync_arrives_in_bounded_responses() {
+    use weft_control_plane::discovery::RESPONSE_BYTES;
+
+    let mesh = TestMesh::start().await.unwrap();
+    let all: Vec<String> = (0..120).map(|i| format!("svc-{i:03}")).collect();
+    let docs = all
+        .iter()
+        .map(|n| service(n, &[("app.kubernetes.io/name", n), ("version", "v1")]))
+        .collect();
+    apply(&mesh, docs).await.unwrap();
+
+    let mut proxy = mesh.proxy("web").await.unwrap();
+    proxy.subscribe(SERVICE_TYPE_URL, &[]).await.unwrap();
+    let mut held = std::collections::BTreeSet::new();
+    let mut responses = 0;
+    while held.len() < all.len() {
+        let resp = proxy.recv().await.unwrap();
+        responses += 1;
+        let bytes: usize = resp
+            .resources
+            .iter()
+            .map(|r| {
+                r.name.len()
+                    + r.version.len()
+                    + r.resource
+                        .as_ref()
+                        .map_or(0, |a| a.type_url.len() + a.value.len())
+            })
+            .sum();
+        assert!(
+            bytes <= RESPONSE_BYTES,
+            "response {responses}: {bytes} bytes"
+        );
+        for name in names(&resp) {
+            assert!(held.insert(name.clone()), "{name} sent twice");
+        }
+        proxy.ack(&resp).await.unwrap();
+    }
+    let expected: std::collections::BTreeSet<String> =
+        all.iter().map(|n| format!("default/{n}")).collect();
+    assert_eq!(held, expected);
+    assert!(
+        responses > 1,
+        "120 services fit one response: the test proves nothing"
+    );
+    proxy.quiet_for(Duration::from_millis(300)).await.unwrap();
+}

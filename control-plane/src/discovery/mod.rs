@@ -1,0 +1,289 @@
+//! Delta discovery: `weft.discovery.v1.AggregatedDiscovery/DeltaResources`, the incremental-xDS
+//! transport over the registry's published [`Snapshot`](crate::registry::Snapshot)s.
+//!
+//! Each stream is a state machine that tonic polls for its next response: it wakes on a request
+//! or a new snapshot and queues only the difference ([`subscriptions`]). There is no task or
+//! channel per stream, and a stream computes nothing while its client is not reading: snapshots
+//! come through a `watch` channel, so a slow client skips intermediate snapshots and gets the
+//! latest state, and nothing queues without bound. When a client is exactly one generation
+//! behind, only the snapshot's `changed` set is examined, so a change costs each stream
+//! O(changed), not O(resources).
+//!
+//! NACK handling: a sent version is recorded as held whether or not the client accepts it, so a
+//! rejected version is never resent; the client keeps its last good one and the next change to
+//! the resource is pushed as usual.
+
+mod subscriptions;
+
+pub use subscriptions::RESPONSE_BYTES;
+use subscriptions::{Outgoing, Subscriptions};
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::Stream;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
+use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscovery;
+use weft_proto::discovery::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+
+use crate::metrics::{Metrics, TypeLabels};
+use crate::registry::{Published, ResourceType, Snapshot};
+use crate::transport::PeerInfo;
+
+#[derive(Debug, Clone)]
+pub struct DiscoveryService {
+    snapshots: watch::Receiver<Arc<Published>>,
+    metrics: Arc<Metrics>,
+}
+
+impl DiscoveryService {
+    pub fn new(snapshots: watch::Receiver<Arc<Published>>, metrics: Arc<Metrics>) -> Self {
+        Self { snapshots, metrics }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscovery for DiscoveryService {
+    type DeltaResourcesStream = ResponseStream;
+
+    async fn delta_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaResourcesStream>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let Some((remote, identity)) = peer.and_then(|p| {
+            let id = p.spiffe_id()?.to_string();
+            Some((p.remote_addr, id))
+        }) else {
+            return Err(Status::unauthenticated(
+                "delta discovery needs a client certificate (an X509-SVID)",
+            ));
+        };
+        let span = info_span!("discovery", %remote, %identity);
+        let stream = DeltaStream::new(
+            identity,
+            request.into_inner(),
+            self.snapshots.clone(),
+            self.metrics.clone(),
+            span,
+        );
+        Ok(Response::new(Box::pin(stream.into_responses())))
+    }
+}
+
+struct DeltaStream {
+    identity: String,
+    node_id: String,
+    span: Span,
+    inbound: Streaming<DeltaDiscoveryRequest>,
+    snapshots: watch::Receiver<Arc<Published>>,
+    /// The snapshot every subscription is up to date with; `None` before the registry's first
+    /// listing (answering from an empty index would tell proxies everything was removed).
+    current: Option<Arc<Published>>,
+    subscriptions: Subscriptions,
+    nonce: u64,
+    /// The last nonce sent and when (ACK latency in the debug log).
+    last_sent: Option<(u64, Instant)>,
+    /// The stream has ended and said why.
+    ended: bool,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a stream ended (for the log).
+enum End {
+    ClientClosed,
+    Refused(Status),
+    Transport(Status),
+}
+
+impl DeltaStream {
+    fn new(
+        identity: String,
+        inbound: Streaming<DeltaDiscoveryRequest>,
+        snapshots: watch::Receiver<Arc<Published>>,
+        metrics: Arc<Metrics>,
+        span: Span,
+    ) -> Self {
+        metrics.discovery_connected.inc();
+        Self {
+            identity,
+            node_id: String::new(),
+            span,
+            inbound,
+            snapshots,
+            current: None,
+            subscriptions: Subscriptions::default(),
+            nonce: 0,
+            last_sent: None,
+            ended: false,
+            metrics,
+        }
+    }
+
+    fn into_responses(self) -> impl Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send {
+        futures_util::stream::unfold(self, |mut stream| async move {
+            let span = stream.span.clone();
+            let item = stream.next_response().instrument(span).await?;
+            Some((item, stream))
+        })
+    }
+
+    async fn next_response(&mut self) -> Option<Result<DeltaDiscoveryResponse, Status>> {
+        loop {
+            if let Some(out) = self.subscriptions.pop() {
+                return Some(Ok(self.send(out)));
+            }
+            if self.ended {
+                return None;
+            }
+            let Err(end) = self.step().await else {
+                continue;
+            };
+            self.ended = true;
+            let node = &self.node_id;
+            match end {
+                End::ClientClosed => info!(%node, "proxy disconnected"),
+                End::Transport(s) => info!(%node, error = %s.message(), "stream broken"),
+                End::Refused(s) => {
+                    warn!(%node, code = ?s.code(), error = %s.message(), "stream refused");
+                    return Some(Err(s));
+                }
+            }
+        }
+    }
+
+    /// Waits for one request or snapshot and queues what it calls for.
+    async fn step(&mut self) -> Result<(), End> {
+        let Some(current) = self.current.clone() else {
+            let first = self
+                .snapshots
+                .wait_for(|p| p.synced)
+                .await
+                .map_err(|_| shutting_down())?;
+            self.current = Some(first.clone());
+            return Ok(());
+        };
+        tokio::select! {
+            msg = self.inbound.message() => match msg {
+                Ok(Some(req)) => self.on_request(req, &current.snapshot),
+                Ok(None) => Err(End::ClientClosed),
+                Err(status) => Err(End::Transport(status)),
+            },
+            changed = self.snapshots.changed() => {
+                changed.map_err(|_| shutting_down())?;
+                let next = self.snapshots.borrow_and_update().clone();
+                let fast = next.snapshot.generation == current.snapshot.generation + 1;
+                self.subscriptions.on_snapshot(&next.snapshot, fast, next.observed_at);
+                self.current = Some(next);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: DeltaDiscoveryRequest, snap: &Snapshot) -> Result<(), End> {
+        if self.node_id.is_empty()
+            && let Some(node) = &req.node
+        {
+            if !node.identity.is_empty() && node.identity != self.identity {
+                return Err(End::Refused(Status::invalid_argument(format!(
+                    "node.identity {} contradicts the client certificate's {}",
+                    node.identity, self.identity
+                ))));
+            }
+            self.node_id = node.id.clone();
+            info!(node = %self.node_id, "proxy connected");
+        }
+        let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
+            return Err(End::Refused(Status::invalid_argument(format!(
+                "unknown type_url {:?}; known: {}",
+                req.type_url,
+                ResourceType::ALL.map(ResourceType::type_url).join(", ")
+            ))));
+        };
+        let labels = TypeLabels {
+            r#type: ty.as_str(),
+        };
+        if !req.response_nonce.is_empty() {
+            match &req.error_detail {
+                Some(err) => {
+                    self.metrics.discovery_nacks.get_or_create(&labels).inc();
+                    warn!(
+                        r#type = ty.as_str(),
+                        nonce = %req.response_nonce,
+                        error = %err.message,
+                        "proxy rejected a response (NACK); it keeps its previous version"
+                    );
+                }
+                None => {
+                    self.metrics.discovery_acks.get_or_create(&labels).inc();
+                    if let Some((nonce, at)) = self.last_sent
+                        && req.response_nonce == nonce.to_string()
+                    {
+                        debug!(r#type = ty.as_str(), after = ?at.elapsed(), "ACK");
+                    }
+                }
+            }
+        }
+
+        self.subscriptions.on_request(
+            ty,
+            req.resource_names_subscribe,
+            req.resource_names_unsubscribe,
+            req.initial_resource_versions,
+            snap,
+        );
+        Ok(())
+    }
+
+    /// Turns a queued response into the message tonic sends now.
+    fn send(&mut self, out: Outgoing) -> DeltaDiscoveryResponse {
+        self.nonce += 1;
+        self.last_sent = Some((self.nonce, Instant::now()));
+        self.metrics
+            .discovery_pushes
+            .get_or_create(&TypeLabels {
+                r#type: out.ty.as_str(),
+            })
+            .inc();
+        if let Some(at) = out.observed_at {
+            self.metrics
+                .discovery_push_latency
+                .observe(at.elapsed().as_secs_f64());
+        }
+        DeltaDiscoveryResponse {
+            system_version_info: out.system_version,
+            resources: out
+                .resources
+                .iter()
+                .map(|r| weft_proto::discovery::v1::Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                })
+                .collect(),
+            type_url: out.ty.type_url().to_owned(),
+            removed_resources: out.removed,
+            nonce: self.nonce.to_string(),
+        }
+    }
+}
+
+impl Drop for DeltaStream {
+    fn drop(&mut self) {
+        self.metrics.discovery_connected.dec();
+        if !self.ended {
+            // The connection went away (or the client reset the stream) mid-stream.
+            let _entered = self.span.enter();
+            info!(node = %self.node_id, "proxy disconnected");
+        }
+    }
+}
+
+fn shutting_down() -> End {
+    End::Refused(Status::unavailable("control plane shutting down"))
+}
