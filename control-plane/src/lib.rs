@@ -17,7 +17,7 @@ pub mod discovery;
 pub mod identity;
 pub mod manifest;
 pub mod metrics;
-pub mod model;
+pub use weft_proto::model;
 pub mod registration;
 pub mod registry;
 pub mod server;

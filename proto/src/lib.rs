@@ -1,9 +1,13 @@
 //! Weft's gRPC API: generated tonic/prost code for the `.proto` files beside this crate.
 //!
-//! Wire types only. Each consumer converts them into its domain types through one `TryFrom`
-//! per type (the validation boundary); nothing past that boundary sees `pb` types.
+//! The generated wire types, and [`model`]: the validated domain types the control plane and the
+//! proxy both convert them into, through one `TryFrom` per type (the validation boundary, shared
+//! so both sides accept exactly the same resources); nothing past that boundary sees `pb` types.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod codec;
+pub mod model;
 
 /// `weft.identity.v1`: the certificate service.
 pub mod identity {

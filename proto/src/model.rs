@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use weft_certs::SpiffeId;
-use weft_proto::mesh::v1 as pb;
+use crate::mesh::v1 as pb;
 
 /// The largest backendRef weight (Gateway API's limit).
 pub const MAX_BACKEND_WEIGHT: i64 = 1_000_000;
