@@ -152,7 +152,7 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                client::certify(channel.clone(), &key, &id, &token, None).await?;
+                client::certify(channel.clone(), &key, Some(&id), &token, None).await?;
                 latencies.push(t.elapsed());
             }
             anyhow::Ok(latencies)

@@ -129,12 +129,20 @@ impl WorkloadKey {
 
     /// A DER CSR asking for `id` (the CA checks it against the attested identity).
     pub fn csr(&self, id: &SpiffeId) -> Result<Vec<u8>, TlsError> {
+        self.csr_for(Some(id))
+    }
+
+    /// A CSR naming `id`, or no identity at all: the CA issues the attested identity either way,
+    /// and an unnamed CSR is how a workload that does not know its identity yet asks for one.
+    pub fn csr_for(&self, id: Option<&SpiffeId>) -> Result<Vec<u8>, TlsError> {
         let mut params = CertificateParams::default();
-        let uri = id
-            .as_str()
-            .try_into()
-            .map_err(|e: rcgen::Error| TlsError::KeyGen(e.to_string()))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        if let Some(id) = id {
+            let uri = id
+                .as_str()
+                .try_into()
+                .map_err(|e: rcgen::Error| TlsError::KeyGen(e.to_string()))?;
+            params.subject_alt_names = vec![SanType::URI(uri)];
+        }
         let csr = params
             .serialize_request(&self.key)
             .map_err(|e| TlsError::KeyGen(e.to_string()))?;

@@ -10,7 +10,7 @@
 pub mod admin;
 pub mod attest;
 pub mod authz;
-pub mod client;
+pub use weft_proto::client;
 pub mod config_api;
 pub mod ctl;
 pub mod discovery;

@@ -604,7 +604,7 @@ async fn renews_with_the_current_svid_and_only_for_itself() {
     )
     .await
     .unwrap();
-    let renewed = client::certify(ch, &WorkloadKey::generate().unwrap(), &id(WEB), "", None)
+    let renewed = client::certify(ch, &WorkloadKey::generate().unwrap(), Some(&id(WEB)), "", None)
         .await
         .unwrap();
     assert_eq!(renewed.svid.id, id(WEB));
@@ -618,7 +618,7 @@ async fn renews_with_the_current_svid_and_only_for_itself() {
     )
     .await
     .unwrap();
-    let err = client::certify(ch, &WorkloadKey::generate().unwrap(), &id(API), "", None)
+    let err = client::certify(ch, &WorkloadKey::generate().unwrap(), Some(&id(API)), "", None)
         .await
         .unwrap_err();
     match err {

@@ -1,4 +1,4 @@
-//! A gRPC client channel to the control plane over mTLS (used by weftctl and the tests): TCP,
+//! A gRPC client channel to the control plane over mTLS (used by weftctl, the proxy and the tests): TCP,
 //! then rustls with the SPIFFE server verifier, then tonic over HTTP/2.
 
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use hyper_util::rt::TokioIo;
 use rustls::sign::CertifiedKey;
 use tonic::transport::{Channel, Endpoint, Uri};
 use weft_certs::{ExpectedPeer, SpiffeId, TrustBundle};
-use weft_proto::identity::v1::CertifyRequest;
-use weft_proto::identity::v1::identity_client::IdentityClient;
+use crate::identity::v1::CertifyRequest;
+use crate::identity::v1::identity_client::IdentityClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -90,16 +90,16 @@ pub struct Certified {
     pub bundle: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
-/// Sends a CSR for `key` asking for `id`, attested by `token` (empty: renew with the channel's
-/// client certificate).
+/// Sends a CSR for `key` asking for `id` (`None`: whatever the token attests), attested by
+/// `token` (empty: renew with the channel's client certificate).
 pub async fn certify(
     channel: Channel,
     key: &weft_certs::WorkloadKey,
-    id: &SpiffeId,
+    id: Option<&SpiffeId>,
     token: &str,
     ttl: Option<Duration>,
 ) -> Result<Certified, ClientError> {
-    let csr_der = key.csr(id)?;
+    let csr_der = key.csr_for(id)?;
     let requested_ttl = ttl.map(|d| prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: d.subsec_nanos() as i32,
@@ -127,7 +127,9 @@ pub async fn certify(
         .ok_or_else(|| ClientError::BadResponse("empty certificate chain".into()))?;
     let got = weft_certs::verify::spiffe_id_of(leaf)
         .map_err(|e| ClientError::BadResponse(e.to_string()))?;
-    if &got != id {
+    if let Some(id) = id
+        && &got != id
+    {
         return Err(ClientError::BadResponse(format!(
             "issued for {got}, asked for {id}"
         )));
