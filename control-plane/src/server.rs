@@ -96,8 +96,7 @@ pub enum StartError {
 
 /// The identity the control plane serves with.
 pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
-    td.workload("weft-system", "weft-control-plane")
-        .unwrap_or_else(|_| td.id())
+    weft_proto::client::control_plane_id(td)
 }
 
 /// The identity `weftctl login` mints, and the control plane's default `--admin-identity`.

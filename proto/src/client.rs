@@ -4,12 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::identity::v1::CertifyRequest;
+use crate::identity::v1::identity_client::IdentityClient;
 use hyper_util::rt::TokioIo;
 use rustls::sign::CertifiedKey;
 use tonic::transport::{Channel, Endpoint, Uri};
 use weft_certs::{ExpectedPeer, SpiffeId, TrustBundle};
-use crate::identity::v1::CertifyRequest;
-use crate::identity::v1::identity_client::IdentityClient;
+
+/// The identity the control plane serves with, which clients require of it.
+pub fn control_plane_id(td: &weft_certs::TrustDomain) -> SpiffeId {
+    td.workload("weft-system", "weft-control-plane")
+        .unwrap_or_else(|_| td.id())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -12,8 +12,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weft_certs::SpiffeId;
 use crate::mesh::v1 as pb;
+use weft_certs::SpiffeId;
 
 /// The largest backendRef weight (Gateway API's limit).
 pub const MAX_BACKEND_WEIGHT: i64 = 1_000_000;

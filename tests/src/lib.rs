@@ -249,7 +249,14 @@ pub async fn certify(
     let id = SpiffeId::parse(id).unwrap();
     let cp = weft_control_plane::control_plane_id(&id.trust_domain());
     let channel = client::connect(addr, bundle, cp, None).await?;
-    client::certify(channel, &WorkloadKey::generate().unwrap(), Some(&id), token, None).await
+    client::certify(
+        channel,
+        &WorkloadKey::generate().unwrap(),
+        Some(&id),
+        token,
+        None,
+    )
+    .await
 }
 
 /// GET `http://{addr}{path}` over plain HTTP/1.1 (the admin endpoints).

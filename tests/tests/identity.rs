@@ -604,9 +604,15 @@ async fn renews_with_the_current_svid_and_only_for_itself() {
     )
     .await
     .unwrap();
-    let renewed = client::certify(ch, &WorkloadKey::generate().unwrap(), Some(&id(WEB)), "", None)
-        .await
-        .unwrap();
+    let renewed = client::certify(
+        ch,
+        &WorkloadKey::generate().unwrap(),
+        Some(&id(WEB)),
+        "",
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(renewed.svid.id, id(WEB));
     assert_ne!(renewed.chain[0], first.chain[0]);
 
@@ -618,9 +624,15 @@ async fn renews_with_the_current_svid_and_only_for_itself() {
     )
     .await
     .unwrap();
-    let err = client::certify(ch, &WorkloadKey::generate().unwrap(), Some(&id(API)), "", None)
-        .await
-        .unwrap_err();
+    let err = client::certify(
+        ch,
+        &WorkloadKey::generate().unwrap(),
+        Some(&id(API)),
+        "",
+        None,
+    )
+    .await
+    .unwrap_err();
     match err {
         ClientError::Certify(s) => assert_status(
             &s,

@@ -198,7 +198,8 @@ pub async fn cert_request(req: CertRequest<'_>, w: &mut impl Write) -> anyhow::R
     )
     .await?;
     let key = WorkloadKey::generate()?;
-    let got = crate::client::certify(channel, &key, Some(req.identity), &req.token, req.ttl).await?;
+    let got =
+        crate::client::certify(channel, &key, Some(req.identity), &req.token, req.ttl).await?;
     create_private_dir(req.out)?;
     let paths = [
         req.out.join("svid.crt"),

@@ -1,0 +1,200 @@
+//! The admin HTTP endpoint (127.0.0.1:4191 by default): `/live`, `/ready` (200 only with a valid
+//! certificate and a first configuration), `/metrics`, `/config_dump` (the configuration held
+//! and its versions, JSON), `/certs` (identity, expiry, bundle fingerprints: never a key) and
+//! `POST /shutdown`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::resources::MeshConfig;
+
+/// What the admin endpoint reads from.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub identity: Arc<Identity>,
+    pub config: watch::Receiver<Arc<MeshConfig>>,
+    /// Flipped by `POST /shutdown`.
+    pub shutdown: watch::Sender<bool>,
+}
+
+/// Serves until `shutdown` flips.
+pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&req, &state)) }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {
+                debug!(%remote, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain";
+    const JSON: &str = "application/json";
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+        (&Method::GET, "/ready") => match not_ready(state) {
+            None => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
+        },
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.encode(),
+        ),
+        (&Method::GET, "/config_dump") => {
+            (StatusCode::OK, JSON, config_dump(&state.config.borrow()))
+        }
+        (&Method::GET, "/certs") => (StatusCode::OK, JSON, certs(&state.identity)),
+        (&Method::POST, "/shutdown") => {
+            info!("shutdown requested on the admin port");
+            state.shutdown.send_replace(true);
+            (StatusCode::OK, TEXT, "shutting down\n".to_owned())
+        }
+        (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/certs") => {
+            (StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n".into())
+        }
+        (_, "/shutdown") => (StatusCode::METHOD_NOT_ALLOWED, TEXT, "use POST\n".into()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: try /live, /ready, /metrics, /config_dump, /certs or POST /shutdown\n"
+                .into(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn not_ready(state: &AdminState) -> Option<&'static str> {
+    if !state.identity.is_valid() {
+        return Some("the certificate has expired");
+    }
+    if state.config.borrow().generation == 0 {
+        return Some("no configuration from the control plane yet");
+    }
+    None
+}
+
+fn config_dump(config: &MeshConfig) -> String {
+    let services: serde_json::Map<String, serde_json::Value> = config
+        .services
+        .iter()
+        .map(|(name, held)| {
+            let s = &held.value.service;
+            let ports: Vec<_> = s
+                .ports
+                .iter()
+                .map(|p| json!({"port": p.port, "name": p.name, "protocol": format!("{:?}", p.protocol).to_lowercase()}))
+                .collect();
+            let routes: Vec<_> = held
+                .value
+                .routes
+                .iter()
+                .map(|r| {
+                    let rules: Vec<_> = r
+                        .rules
+                        .iter()
+                        .map(|rule| {
+                            let backends: Vec<_> = rule
+                                .backends
+                                .iter()
+                                .map(|b| json!({"service": b.service.to_string(), "port": b.port, "weight": b.weight}))
+                                .collect();
+                            json!({"name": rule.name, "backends": backends})
+                        })
+                        .collect();
+                    json!({"name": r.id.to_string(), "rules": rules})
+                })
+                .collect();
+            (
+                name.clone(),
+                json!({"version": held.version, "ports": ports, "routes": routes}),
+            )
+        })
+        .collect();
+    let endpoints: serde_json::Map<String, serde_json::Value> = config
+        .endpoints
+        .iter()
+        .map(|(name, held)| {
+            let eps: Vec<_> = held
+                .value
+                .endpoints
+                .iter()
+                .map(|e| json!({"address": e.address.to_string(), "identity": e.identity.as_str(), "labels": e.labels, "zone": e.zone, "weight": e.weight, "ready": e.ready}))
+                .collect();
+            (name.clone(), json!({"version": held.version, "endpoints": eps}))
+        })
+        .collect();
+    let bundle = config.trust_bundle.as_ref().map(|b| {
+        json!({"version": b.version, "trust_domain": b.value.trust_domain().as_str(), "fingerprints": b.value.fingerprints()})
+    });
+    let dump = json!({
+        "generation": config.generation,
+        "system_version": config.system_version,
+        "services": services,
+        "endpoints": endpoints,
+        "trust_bundle": bundle,
+    });
+    format!("{dump:#}\n")
+}
+
+fn certs(identity: &Identity) -> String {
+    let svid = identity.svid();
+    let bundle = identity.bundle();
+    let not_after = svid
+        .not_after
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let leaf = svid
+        .certified
+        .cert
+        .first()
+        .map(|c| weft_certs::pem::fingerprint_sha256(c.as_ref()));
+    let body = json!({
+        "identity": svid.id.as_str(),
+        "not_after_unix": not_after,
+        "not_after": humantime::format_rfc3339_seconds(svid.not_after).to_string(),
+        "certificate_sha256": leaf,
+        "trust_domain": bundle.trust_domain().as_str(),
+        "bundle_sha256": bundle.fingerprints(),
+    });
+    format!("{body:#}\n")
+}

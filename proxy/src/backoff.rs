@@ -1,0 +1,67 @@
+//! Exponential backoff with full jitter, for reconnects and retries of control-plane calls.
+
+use std::time::Duration;
+
+/// Delays that double from `base` up to `max`, each drawn uniformly from [delay/2, delay].
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            current: base,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.max);
+        delay.mul_f64(0.5 + 0.5 * random_fraction())
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.base;
+    }
+}
+
+/// A uniformly random number in [0, 1).
+pub fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    // The system RNG does not fail on supported platforms; if it did, no jitter is acceptable.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_cap_within_their_jitter_window() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        for ceiling in [100, 200, 400, 800, 800, 800] {
+            let d = b.next_delay();
+            let ceiling = Duration::from_millis(ceiling);
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{d:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn fractions_are_in_range_and_vary() {
+        let xs: Vec<f64> = (0..64).map(|_| random_fraction()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(xs.iter().any(|x| *x != xs[0]));
+    }
+}

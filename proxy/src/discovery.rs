@@ -1,0 +1,240 @@
+//! The delta discovery client: one stream to the control plane over mTLS (its identity
+//! verified), wildcard subscriptions to Services, Endpoints and the TrustBundle. Each response
+//! is converted whole through `TryFrom` into a new [`MeshConfig`] and published, or refused
+//! whole with a NACK naming the resource and field, keeping the last good configuration. On a
+//! broken stream it reconnects with backoff and reports what it holds
+//! (`initial_resource_versions`), so it gets only what changed. Meanwhile it keeps serving on
+//! the last configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, warn};
+use weft_proto::client;
+use weft_proto::discovery::v1::aggregated_discovery_client::AggregatedDiscoveryClient;
+use weft_proto::discovery::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
+use weft_proto::mesh::v1 as pb;
+
+use crate::backoff::Backoff;
+use crate::identity::{ControlPlane, Identity};
+use crate::metrics::{Metrics, TypeLabels};
+use crate::resources::{EndpointSet, Held, MeshConfig, ServiceConfig, trust_bundle};
+
+/// The types subscribed to, in the order they are requested.
+pub const TYPES: [&str; 3] = [
+    pb::TRUST_BUNDLE_TYPE_URL,
+    pb::SERVICE_TYPE_URL,
+    pb::ENDPOINTS_TYPE_URL,
+];
+
+#[derive(Debug)]
+pub struct Discovery {
+    pub cp: ControlPlane,
+    pub node_id: String,
+    pub identity: Arc<Identity>,
+    pub config: watch::Sender<Arc<MeshConfig>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Discovery {
+    /// Keeps a stream open until `shutdown` flips.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
+        loop {
+            let result = tokio::select! {
+                r = self.session(&mut backoff) => r,
+                _ = shutdown.changed() => return,
+            };
+            self.metrics.discovery_connected.set(0);
+            match result {
+                Ok(()) => info!("the control plane closed the discovery stream; reconnecting"),
+                Err(e) => {
+                    warn!(error = %e, "discovery stream failed; serving the last configuration")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn session(&self, backoff: &mut Backoff) -> anyhow::Result<()> {
+        let bundle = self.identity.bundle();
+        let td = bundle.trust_domain().clone();
+        let channel = client::connect(
+            &self.cp.addr,
+            bundle,
+            client::control_plane_id(&td),
+            Some(self.identity.svid().certified),
+        )
+        .await?;
+        let (tx, rx) = mpsc::channel(16);
+        let held = self.config.borrow().clone();
+        for (i, type_url) in TYPES.iter().enumerate() {
+            tx.send(DeltaDiscoveryRequest {
+                node: (i == 0).then(|| Node {
+                    id: self.node_id.clone(),
+                    identity: self.identity.svid().id.to_string(),
+                    ..Default::default()
+                }),
+                type_url: (*type_url).to_owned(),
+                initial_resource_versions: held.versions(type_url),
+                ..Default::default()
+            })
+            .await?;
+        }
+        let mut inbound = AggregatedDiscoveryClient::new(channel)
+            .delta_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        self.metrics.discovery_connected.set(1);
+        info!(control_plane = %self.cp.addr, "discovery stream open");
+        while let Some(resp) = inbound.message().await? {
+            backoff.reset();
+            let labels = TypeLabels {
+                r#type: type_name(&resp.type_url),
+            };
+            let nonce = resp.nonce.clone();
+            let type_url = resp.type_url.clone();
+            let error_detail = match self.apply(resp) {
+                Ok(()) => {
+                    self.metrics.discovery_acks.get_or_create(&labels).inc();
+                    None
+                }
+                Err(reason) => {
+                    self.metrics.discovery_nacks.get_or_create(&labels).inc();
+                    warn!(r#type = labels.r#type, %nonce, error = %reason, "refused a discovery response (NACK); keeping the last good configuration");
+                    Some(Status {
+                        code: tonic::Code::InvalidArgument as i32,
+                        message: reason,
+                    })
+                }
+            };
+            tx.send(DeltaDiscoveryRequest {
+                type_url,
+                response_nonce: nonce,
+                error_detail,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Converts a whole response into the next configuration and publishes it; on any error
+    /// nothing changes.
+    fn apply(&self, resp: DeltaDiscoveryResponse) -> Result<(), String> {
+        let current = self.config.borrow().clone();
+        let mut next = (*current).clone();
+        match resp.type_url.as_str() {
+            pb::SERVICE_TYPE_URL => {
+                for r in resp.resources {
+                    let (name, held) = convert::<pb::Service, ServiceConfig>(r, &resp.type_url)?;
+                    let id = &held.value.service.id;
+                    check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
+                    next.services.insert(name, held);
+                }
+                for name in &resp.removed_resources {
+                    next.services.remove(name);
+                }
+            }
+            pb::ENDPOINTS_TYPE_URL => {
+                for r in resp.resources {
+                    let (name, held) = convert::<pb::Endpoints, EndpointSet>(r, &resp.type_url)?;
+                    let id = &held.value.service;
+                    check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
+                    next.endpoints.insert(name, held);
+                }
+                for name in &resp.removed_resources {
+                    next.endpoints.remove(name);
+                }
+            }
+            pb::TRUST_BUNDLE_TYPE_URL => {
+                let td = self.identity.bundle().trust_domain().clone();
+                for r in resp.resources {
+                    let (name, version, msg) = decode::<pb::TrustBundle>(r, &resp.type_url)?;
+                    let bundle =
+                        trust_bundle(msg, &td).map_err(|e| format!("resource {name}: {e}"))?;
+                    next.trust_bundle = Some(Held {
+                        version,
+                        value: Arc::new(bundle),
+                    });
+                }
+                // The roots are never dropped: a removal leaves the last bundle in place.
+            }
+            other => return Err(format!("type_url {other:?} was not subscribed to")),
+        }
+        next.system_version = resp.system_version_info;
+        next.generation += 1;
+        if let Some(b) = &next.trust_bundle
+            && current.trust_bundle.as_ref().map(|c| &c.version) != Some(&b.version)
+        {
+            info!(version = %b.version, roots = b.value.roots().len(), "trust bundle updated");
+            self.identity.set_bundle((*b.value).clone());
+        }
+        self.metrics
+            .config_generation
+            .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
+        debug!(generation = next.generation, system_version = %next.system_version, "configuration accepted");
+        self.config.send_replace(Arc::new(next));
+        Ok(())
+    }
+}
+
+fn decode<M: Message + Default>(
+    r: weft_proto::discovery::v1::Resource,
+    type_url: &str,
+) -> Result<(String, String, M), String> {
+    let name = r.name;
+    let any = r
+        .resource
+        .ok_or_else(|| format!("resource {name}: no body"))?;
+    if any.type_url != type_url {
+        return Err(format!(
+            "resource {name}: body is {:?}, the response is {type_url:?}",
+            any.type_url
+        ));
+    }
+    let msg = M::decode(any.value.as_slice()).map_err(|e| format!("resource {name}: {e}"))?;
+    Ok((name, r.version, msg))
+}
+
+fn convert<M, T>(
+    r: weft_proto::discovery::v1::Resource,
+    type_url: &str,
+) -> Result<(String, Held<T>), String>
+where
+    M: Message + Default,
+    T: TryFrom<M, Error = weft_proto::model::Invalid>,
+{
+    let (name, version, msg) = decode::<M>(r, type_url)?;
+    let value = T::try_from(msg).map_err(|e| format!("resource {name}: {e}"))?;
+    Ok((
+        name,
+        Held {
+            version,
+            value: Arc::new(value),
+        },
+    ))
+}
+
+fn check_name(name: &str, content: &str) -> Result<(), String> {
+    if name == content {
+        Ok(())
+    } else {
+        Err(format!("resource {name}: its body is for {content}"))
+    }
+}
+
+fn type_name(type_url: &str) -> &'static str {
+    match type_url {
+        pb::SERVICE_TYPE_URL => "service",
+        pb::ENDPOINTS_TYPE_URL => "endpoints",
+        pb::TRUST_BUNDLE_TYPE_URL => "trust_bundle",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,197 @@
+//! The proxy's identity. The key pair is made in memory and never leaves it; the control plane
+//! certifies it (join token first, then renewal by the current certificate), and it is renewed
+//! at 70 % of its lifetime with jitter. A failed renewal keeps the current certificate and
+//! retries with backoff; once the certificate has expired the join token is used again.
+//! Connections pick up the current certificate when they are made; existing ones are untouched.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+use weft_certs::{Svid, TrustBundle, WorkloadKey};
+use weft_proto::client::{self, ClientError};
+
+use crate::backoff::Backoff;
+use crate::metrics::Metrics;
+
+/// Where and how to reach the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// `host:port` of its gRPC port.
+    pub addr: String,
+    /// The join token (or Kubernetes service account token) file, read at each token use.
+    pub token_file: PathBuf,
+    /// Requested SVID lifetime (`None`: the control plane's default).
+    pub cert_ttl: Option<Duration>,
+}
+
+/// The current SVID and trust bundle, swapped whole.
+#[derive(Debug)]
+pub struct Identity {
+    svid: RwLock<(Svid, Instant)>,
+    bundle: RwLock<Arc<TrustBundle>>,
+    renewed: watch::Sender<u64>,
+}
+
+impl Identity {
+    pub fn svid(&self) -> Svid {
+        self.svid
+            .read()
+            .map(|s| s.0.clone())
+            .unwrap_or_else(|e| e.into_inner().0.clone())
+    }
+
+    pub fn bundle(&self) -> Arc<TrustBundle> {
+        self.bundle
+            .read()
+            .map(|b| b.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Roots from discovery (a rotation): used for every connection made from now on.
+    pub fn set_bundle(&self, bundle: TrustBundle) {
+        if let Ok(mut b) = self.bundle.write() {
+            *b = Arc::new(bundle);
+        }
+    }
+
+    /// Counts renewals; changes on each.
+    pub fn renewals(&self) -> watch::Receiver<u64> {
+        self.renewed.subscribe()
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.svid().not_after > SystemTime::now()
+    }
+
+    fn replace(&self, svid: Svid, metrics: &Metrics) {
+        metrics.set_cert_expiry(svid.not_after);
+        if let Ok(mut s) = self.svid.write() {
+            *s = (svid, Instant::now());
+        }
+        self.renewed.send_modify(|n| *n += 1);
+    }
+
+    /// When to renew: 70 % into the lifetime left at issuance, ±10 % jitter.
+    fn renew_in(&self) -> Duration {
+        let (svid, received) = match self.svid.read() {
+            Ok(s) => (s.0.clone(), s.1),
+            Err(e) => (e.get_ref().0.clone(), e.get_ref().1),
+        };
+        let lifetime = svid
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            + received.elapsed();
+        let jitter = 0.9 + 0.2 * crate::backoff::random_fraction();
+        lifetime
+            .mul_f64(0.7 * jitter)
+            .saturating_sub(received.elapsed())
+    }
+}
+
+/// Gets the first SVID with the join token.
+pub async fn bootstrap(
+    cp: &ControlPlane,
+    bundle: Arc<TrustBundle>,
+    metrics: &Metrics,
+) -> Result<Arc<Identity>, IdentityError> {
+    let svid = certify_with_token(cp, bundle.clone()).await?;
+    info!(identity = %svid.id, not_after = ?svid.not_after, "certified");
+    metrics.set_cert_expiry(svid.not_after);
+    let (renewed, _) = watch::channel(0);
+    Ok(Arc::new(Identity {
+        svid: RwLock::new((svid, Instant::now())),
+        bundle: RwLock::new(bundle),
+        renewed,
+    }))
+}
+
+/// Renews the SVID until `shutdown` flips.
+pub async fn renew_forever(
+    identity: Arc<Identity>,
+    cp: ControlPlane,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(identity.renew_in()) => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            match renew(&identity, &cp).await {
+                Ok(svid) => {
+                    info!(identity = %svid.id, not_after = ?svid.not_after, "certificate renewed");
+                    metrics.renewals.inc();
+                    identity.replace(svid, &metrics);
+                    break;
+                }
+                Err(e) => {
+                    metrics.renewal_failures.inc();
+                    warn!(error = %e, "certificate renewal failed; keeping the current one");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+async fn renew(identity: &Identity, cp: &ControlPlane) -> Result<Svid, IdentityError> {
+    let bundle = identity.bundle();
+    if !identity.is_valid() {
+        // Expired: the certificate no longer proves anything; start over with the token.
+        return certify_with_token(cp, bundle).await;
+    }
+    let current = identity.svid();
+    let td = bundle.trust_domain().clone();
+    let channel = client::connect(
+        &cp.addr,
+        bundle,
+        client::control_plane_id(&td),
+        Some(current.certified.clone()),
+    )
+    .await?;
+    let key = WorkloadKey::generate().map_err(ClientError::from)?;
+    let got = client::certify(channel, &key, Some(&current.id), "", cp.cert_ttl).await?;
+    Ok(got.svid)
+}
+
+async fn certify_with_token(
+    cp: &ControlPlane,
+    bundle: Arc<TrustBundle>,
+) -> Result<Svid, IdentityError> {
+    let token = tokio::fs::read_to_string(&cp.token_file)
+        .await
+        .map_err(|source| IdentityError::Token {
+            path: cp.token_file.clone(),
+            source,
+        })?;
+    let td = bundle.trust_domain().clone();
+    let channel = client::connect(&cp.addr, bundle, client::control_plane_id(&td), None).await?;
+    let key = WorkloadKey::generate().map_err(ClientError::from)?;
+    let got = client::certify(channel, &key, None, token.trim(), cp.cert_ttl).await?;
+    if !got.svid.id.is_member_of(&td) {
+        return Err(IdentityError::Foreign(got.svid.id.to_string()));
+    }
+    Ok(got.svid)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("read the token file {}: {source}", path.display())]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("the control plane issued {0}, outside the trust bundle's trust domain")]
+    Foreign(String),
+}

@@ -1,0 +1,163 @@
+//! The proxy's configuration path against a real control plane (embedded store): it certifies
+//! with a join token, becomes ready with its first configuration, follows changes, renews its
+//! certificate, and never shows a key.
+
+use std::time::Duration;
+
+use weft_proto::config::v1::config_client::ConfigClient;
+use weft_proto::config::v1::{ApplyRequest, Document, document};
+use weft_proto::mesh::v1 as pb;
+use weft_proxy::identity::ControlPlane;
+use weft_proxy::{Config, Proxy};
+use weft_tests::http_get;
+use weft_tests::mesh::{TD, TestMesh, workload};
+
+fn service(name: &str, port: u32) -> Document {
+    Document {
+        kind: Some(document::Kind::Service(pb::Service {
+            namespace: "default".into(),
+            name: name.into(),
+            ports: vec![pb::Port {
+                name: "http".into(),
+                port,
+                protocol: pb::Protocol::Http1.into(),
+            }],
+            ..Default::default()
+        })),
+    }
+}
+
+async fn apply(mesh: &TestMesh, docs: Vec<Document>) {
+    ConfigClient::new(mesh.admin().await.unwrap())
+        .apply(ApplyRequest {
+            documents: docs,
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    mesh.cp.wait_synced().await.unwrap();
+}
+
+/// A proxy for `default/<sa>` with a join token in `dir`.
+async fn start_proxy(
+    mesh: &TestMesh,
+    dir: &tempfile::TempDir,
+    sa: &str,
+    ttl: Option<Duration>,
+) -> anyhow::Result<Proxy> {
+    let token = mesh.ca.token(&workload("default", sa), "10m").await?;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token)?;
+    Ok(Proxy::start(Config {
+        control_plane: ControlPlane {
+            addr: mesh.cp.grpc_addr().to_string(),
+            token_file,
+            cert_ttl: ttl,
+        },
+        trust_bundle: mesh.ca.bundle_file(),
+        trust_domain: weft_certs::TrustDomain::parse(TD)?,
+        admin: "127.0.0.1:0".parse()?,
+        node_id: sa.to_owned(),
+    })
+    .await?)
+}
+
+/// GETs `path` on the admin port until `ok` accepts the answer, or fails after 10 s.
+async fn admin_until(proxy: &Proxy, path: &str, ok: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let addr = proxy.admin_addr.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http_get(&addr, path).await.unwrap();
+        if ok(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never matched; last answer {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_certifies_becomes_ready_and_follows_the_configuration() {
+    let mesh = TestMesh::start().await.unwrap();
+    apply(&mesh, vec![service("reviews", 9080)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&mesh, &dir, "web", None).await.unwrap();
+    assert_eq!(
+        proxy.identity.svid().id.as_str(),
+        workload("default", "web")
+    );
+
+    admin_until(&proxy, "/ready", |s, _| s == 200).await;
+    let (_, dump) = admin_until(&proxy, "/config_dump", |_, b| b.contains("default/reviews")).await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(
+        dump["services"]["default/reviews"]["ports"][0]["port"],
+        9080
+    );
+    assert_eq!(dump["trust_bundle"]["trust_domain"], TD);
+
+    // A change reaches the proxy; a removal too.
+    apply(&mesh, vec![service("ratings", 9090)]).await;
+    admin_until(&proxy, "/config_dump", |_, b| b.contains("default/ratings")).await;
+
+    let (_, certs) = admin_until(&proxy, "/certs", |s, _| s == 200).await;
+    assert!(certs.contains(&workload("default", "web")), "{certs}");
+    assert!(!certs.contains("PRIVATE KEY"), "{certs}");
+    let (_, metrics) = admin_until(&proxy, "/metrics", |s, _| s == 200).await;
+    assert!(metrics.contains("discovery_connected 1"), "{metrics}");
+    assert!(
+        metrics.contains("identity_cert_expiration_timestamp_seconds"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("discovery_nacks_total{"), "{metrics}");
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_refused_token_fails_the_start_with_the_reason() {
+    let mesh = TestMesh::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "not-a-token").unwrap();
+    let err = Proxy::start(Config {
+        control_plane: ControlPlane {
+            addr: mesh.cp.grpc_addr().to_string(),
+            token_file,
+            cert_ttl: None,
+        },
+        trust_bundle: mesh.ca.bundle_file(),
+        trust_domain: weft_certs::TrustDomain::parse(TD).unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        node_id: "web".into(),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("Certify refused"), "{err}");
+}
+
+#[tokio::test]
+async fn the_certificate_is_renewed_before_it_expires_and_the_proxy_stays_ready() {
+    let mesh = TestMesh::start().await.unwrap();
+    apply(&mesh, vec![service("reviews", 9080)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The control plane's shortest lifetime: renewed ~7 s in.
+    let proxy = start_proxy(&mesh, &dir, "web", Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let first = proxy.identity.svid();
+    let mut renewals = proxy.identity.renewals();
+    tokio::time::timeout(Duration::from_secs(15), renewals.changed())
+        .await
+        .expect("no renewal within 15 s of a 10 s certificate")
+        .unwrap();
+    let now = proxy.identity.svid();
+    assert_eq!(now.id, first.id);
+    assert!(now.not_after > first.not_after);
+    assert_ne!(now.certified.cert[0], first.certified.cert[0]);
+    admin_until(&proxy, "/ready", |s, _| s == 200).await;
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
