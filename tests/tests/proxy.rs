@@ -1,6 +1,7 @@
 //! The proxy's configuration path against a real control plane (embedded store): it certifies
 //! with a join token, becomes ready with its first configuration, follows changes, renews its
 //! certificate, and never shows a key.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
