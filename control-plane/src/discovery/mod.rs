@@ -86,8 +86,7 @@ struct DeltaStream {
     /// listing (answering from an empty index would tell proxies everything was removed).
     current: Option<Arc<Published>>,
     subscriptions: Subscriptions,
-    nonce: u64,
-    /// The last nonce sent and when (ACK latency in the debug log).
+    /// The last nonce sent (nonces count up from 1) and when (ACK latency in the debug log).
     last_sent: Option<(u64, Instant)>,
     /// The stream has ended and said why.
     ended: bool,
@@ -118,7 +117,6 @@ impl DeltaStream {
             snapshots,
             current: None,
             subscriptions: Subscriptions::default(),
-            nonce: 0,
             last_sent: None,
             ended: false,
             metrics,
@@ -222,7 +220,7 @@ impl DeltaStream {
                 None => {
                     self.metrics.discovery_acks.get_or_create(&labels).inc();
                     if let Some((nonce, at)) = self.last_sent
-                        && req.response_nonce == nonce.to_string()
+                        && req.response_nonce.parse() == Ok(nonce)
                     {
                         debug!(r#type = ty.as_str(), after = ?at.elapsed(), "ACK");
                     }
@@ -242,8 +240,8 @@ impl DeltaStream {
 
     /// Turns a queued response into the message tonic sends now.
     fn send(&mut self, out: Outgoing) -> DeltaDiscoveryResponse {
-        self.nonce += 1;
-        self.last_sent = Some((self.nonce, Instant::now()));
+        let nonce = self.last_sent.map_or(1, |(n, _)| n + 1);
+        self.last_sent = Some((nonce, Instant::now()));
         self.metrics
             .discovery_pushes
             .get_or_create(&TypeLabels {
@@ -268,7 +266,7 @@ impl DeltaStream {
                 .collect(),
             type_url: out.ty.type_url().to_owned(),
             removed_resources: out.removed,
-            nonce: self.nonce.to_string(),
+            nonce: nonce.to_string(),
         }
     }
 }
