@@ -157,6 +157,7 @@ impl Discovery {
                 let td = self.identity.bundle().trust_domain().clone();
                 for r in resp.resources {
                     let (name, version, msg) = decode::<pb::TrustBundle>(r, &resp.type_url)?;
+                    check_name(&name, &msg.trust_domain)?;
                     let bundle =
                         trust_bundle(msg, &td).map_err(|e| format!("resource {name}: {e}"))?;
                     next.trust_bundle = Some(Held {

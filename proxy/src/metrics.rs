@@ -28,8 +28,8 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::default(),
             cert_expiration: Gauge::default(),
             renewals: Counter::default(),
             renewal_failures: Counter::default(),
@@ -37,44 +37,44 @@ impl Metrics {
             config_generation: Gauge::default(),
             discovery_acks: Family::default(),
             discovery_nacks: Family::default(),
-            registry: Registry::default(),
         };
-        registry.register(
+        let r = &mut m.registry;
+        r.register(
             "identity_cert_expiration_timestamp_seconds",
             "When the proxy's current certificate expires (Unix seconds)",
             m.cert_expiration.clone(),
         );
-        registry.register(
+        r.register(
             "identity_cert_renewals",
             "Certificates renewed",
             m.renewals.clone(),
         );
-        registry.register(
+        r.register(
             "identity_cert_renewal_failures",
             "Failed renewal attempts (the current certificate is kept)",
             m.renewal_failures.clone(),
         );
-        registry.register(
+        r.register(
             "discovery_connected",
             "1 while a discovery stream to the control plane is open",
             m.discovery_connected.clone(),
         );
-        registry.register(
+        r.register(
             "config_generation",
             "Discovery responses accepted since start (the configuration's version here)",
             m.config_generation.clone(),
         );
-        registry.register(
+        r.register(
             "discovery_acks",
             "Discovery responses accepted",
             m.discovery_acks.clone(),
         );
-        registry.register(
+        r.register(
             "discovery_nacks",
             "Discovery responses rejected (the last good configuration stays)",
             m.discovery_nacks.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     pub fn set_cert_expiry(&self, not_after: SystemTime) {

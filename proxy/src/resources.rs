@@ -117,20 +117,14 @@ impl MeshConfig {
         match type_url {
             pb::SERVICE_TYPE_URL => versions(&self.services),
             pb::ENDPOINTS_TYPE_URL => versions(&self.endpoints),
+            // The bundle's resource name is its trust domain (checked on receipt).
             pb::TRUST_BUNDLE_TYPE_URL => self
                 .trust_bundle
                 .iter()
-                .map(|b| (self.trust_bundle_name(), b.version.clone()))
+                .map(|b| (b.value.trust_domain().to_string(), b.version.clone()))
                 .collect(),
             _ => BTreeMap::new(),
         }
-    }
-
-    fn trust_bundle_name(&self) -> String {
-        self.trust_bundle
-            .as_ref()
-            .map(|b| b.value.trust_domain().to_string())
-            .unwrap_or_default()
     }
 }
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use weft_proto::config::v1::config_client::ConfigClient;
-use weft_proto::config::v1::{ApplyRequest, Document, document};
+use weft_proto::config::v1::{ApplyRequest, DeleteRequest, Document, Kind, ObjectRef, document};
 use weft_proto::mesh::v1 as pb;
 use weft_proxy::identity::ControlPlane;
 use weft_proxy::{Config, Proxy};
@@ -103,6 +103,21 @@ async fn a_proxy_certifies_becomes_ready_and_follows_the_configuration() {
     // A change reaches the proxy; a removal too.
     apply(&mesh, vec![service("ratings", 9090)]).await;
     admin_until(&proxy, "/config_dump", |_, b| b.contains("default/ratings")).await;
+    ConfigClient::new(mesh.admin().await.unwrap())
+        .delete(DeleteRequest {
+            objects: vec![ObjectRef {
+                kind: Kind::Service.into(),
+                namespace: "default".into(),
+                name: "ratings".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let (_, dump) = admin_until(&proxy, "/config_dump", |_, b| {
+        !b.contains("default/ratings")
+    })
+    .await;
+    assert!(dump.contains("default/reviews"), "{dump}");
 
     let (_, certs) = admin_until(&proxy, "/certs", |s, _| s == 200).await;
     assert!(certs.contains(&workload("default", "web")), "{certs}");
