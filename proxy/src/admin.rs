@@ -26,7 +26,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
     pub config: watch::Receiver<Arc<MeshConfig>>,
-    /// Flipped by `POST /shutdown`.
+    /// Flipped by `POST /shutdown` (or SIGTERM): the proxy drains and `/ready` says so.
     pub shutdown: watch::Sender<bool>,
 }
 
@@ -103,6 +103,9 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 fn not_ready(state: &AdminState) -> Option<&'static str> {
+    if *state.shutdown.borrow() {
+        return Some("draining");
+    }
     if !state.identity.is_valid() {
         return Some("the certificate has expired");
     }

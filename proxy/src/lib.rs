@@ -1,17 +1,37 @@
-//! `weft-proxy`, the sidecar. This crate holds its configuration path: the identity
-//! ([`identity`]), the delta discovery client that keeps a validated [`resources::MeshConfig`]
-//! ([`discovery`]), and the admin endpoint ([`admin`]). The data path (inbound and outbound
-//! listeners) builds on these.
+//! `weft-proxy`, the sidecar.
+//!
+//! Configuration path (writes the state the data path reads): the identity ([`identity`]), the
+//! delta discovery client that keeps a validated [`resources::MeshConfig`] ([`discovery`]), the
+//! registration of the inbound endpoint ([`registration`]), and the admin endpoint ([`admin`]).
+//!
+//! Data path (only reads that state): [`outbound`] (the application's connections out: plan with
+//! [`plan`], mTLS to the peer with [`peers`] and [`tls`]) and [`inbound`] (mTLS from peers to the
+//! application), on the shared plumbing in [`listen`], [`http`], [`detect`] and [`tcp`], with
+//! one [`drain`] signal for shutdown.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod backoff;
+pub mod body;
+pub mod detect;
 pub mod discovery;
+pub mod drain;
+pub mod error;
+pub mod http;
 pub mod identity;
+pub mod inbound;
+pub mod listen;
 pub mod metrics;
+pub mod outbound;
+pub mod peers;
+pub mod plan;
+pub mod registration;
 pub mod resources;
+pub mod tcp;
+pub mod tls;
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +39,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 use weft_certs::TrustBundle;
+use weft_proto::model::ObjectRef;
 
 use crate::identity::{ControlPlane, Identity, IdentityError};
+use crate::listen::{App, Ctx, DataPathConfig};
 use crate::metrics::Metrics;
 use crate::resources::MeshConfig;
 
@@ -37,32 +59,80 @@ pub struct Config {
     pub admin: SocketAddr,
     /// This proxy instance's name in the control plane's logs (e.g. the pod name).
     pub node_id: String,
+    /// The inbound side; `None` for a proxy with no application to serve (a client only).
+    pub inbound: Option<InboundConfig>,
+    /// The outbound listener (redirected connections and HTTP-proxy requests); `None`: off.
+    pub outbound: Option<SocketAddr>,
+    /// `--upstream` listeners: local address → `service.namespace:port`.
+    pub upstreams: Vec<(SocketAddr, String)>,
+    pub data: DataPathConfig,
+    /// How long a drain may take before the proxy exits anyway.
+    pub drain_timeout: Duration,
+}
+
+/// The inbound listener and what it registers.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    pub listen: SocketAddr,
+    /// The application's port on 127.0.0.1.
+    pub app_port: u16,
+    /// The service to register the endpoint under; `None`: not registered.
+    pub service: Option<ObjectRef>,
+    pub labels: BTreeMap<String, String>,
+    /// The IP peers reach this proxy on; default: the listen IP, or when that is unspecified,
+    /// the local IP the control plane is reached from.
+    pub advertise: Option<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("trust bundle {}: {reason}", path.display())]
     Bundle { path: PathBuf, reason: String },
-    #[error("admin address {0}: {1}")]
-    Admin(SocketAddr, std::io::Error),
+    #[error("listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
+    #[error("advertised address: {0}")]
+    Advertise(String),
+}
+
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Listen { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
 }
 
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
     pub admin_addr: SocketAddr,
+    pub inbound_addr: Option<SocketAddr>,
+    pub outbound_addr: Option<SocketAddr>,
+    pub upstream_addrs: Vec<SocketAddr>,
     pub identity: Arc<Identity>,
     pub config: watch::Receiver<Arc<MeshConfig>>,
     pub metrics: Arc<Metrics>,
-    shutdown: watch::Sender<bool>,
+    drain_requested: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    deregister: watch::Sender<bool>,
+    registrar: Option<JoinHandle<()>>,
+    drain: drain::Drain,
+    drain_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Proxy {
-    /// Gets a certificate (failing if the control plane refuses the token), then starts the
-    /// renewal, discovery and admin tasks. Readiness follows on `/ready`.
+    /// Binds every listener, gets a certificate (failing if the control plane refuses the
+    /// token), then starts the renewal, discovery, registration, admin and data path tasks.
+    /// Readiness follows on `/ready`.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let pem = std::fs::read(&config.trust_bundle).map_err(|e| StartError::Bundle {
             path: config.trust_bundle.clone(),
@@ -74,15 +144,27 @@ impl Proxy {
                 reason: e.to_string(),
             })?;
         let metrics = Arc::new(Metrics::new());
-        let admin = TcpListener::bind(config.admin)
-            .await
-            .map_err(|e| StartError::Admin(config.admin, e))?;
-        let admin_addr = admin
-            .local_addr()
-            .map_err(|e| StartError::Admin(config.admin, e))?;
+        // Bind first: a taken port fails start before anything is asked of the control plane.
+        let (admin, admin_addr) = bind("admin", config.admin).await?;
+        let inbound = match &config.inbound {
+            Some(i) => Some(bind("inbound", i.listen).await?),
+            None => None,
+        };
+        let outbound = match config.outbound {
+            Some(addr) => Some(bind("outbound", addr).await?),
+            None => None,
+        };
+        let mut upstreams = Vec::new();
+        for (addr, authority) in &config.upstreams {
+            upstreams.push((
+                bind("upstream", *addr).await?,
+                Arc::<str>::from(authority.as_str()),
+            ));
+        }
         let identity =
             identity::bootstrap(&config.control_plane, Arc::new(bundle), &metrics).await?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let (drain_requested, _) = watch::channel(false);
         let (config_tx, config_rx) = watch::channel(Arc::new(MeshConfig::default()));
         let discovery = discovery::Discovery {
             cp: config.control_plane.clone(),
@@ -91,47 +173,169 @@ impl Proxy {
             config: config_tx,
             metrics: metrics.clone(),
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(identity::renew_forever(
                 identity.clone(),
                 config.control_plane.clone(),
                 metrics.clone(),
-                shutdown_rx.clone(),
+                stop_rx.clone(),
             )),
-            tokio::spawn(discovery.run(shutdown_rx.clone())),
+            tokio::spawn(discovery.run(stop_rx.clone())),
             tokio::spawn(admin::run(
                 admin,
                 admin::AdminState {
                     metrics: metrics.clone(),
                     identity: identity.clone(),
                     config: config_rx.clone(),
-                    shutdown: shutdown.clone(),
+                    shutdown: drain_requested.clone(),
                 },
-                shutdown_rx,
+                stop_rx,
             )),
         ];
-        info!(identity = %identity.svid().id, %admin_addr, "proxy started");
+
+        let (drain, drain_watch) = drain::Drain::new();
+        let tls = Arc::new(tls::MeshTls::new(identity.clone()));
+        let ctx = Arc::new(Ctx {
+            config: config_rx.clone(),
+            peers: peers::Peers::new(tls.clone(), config.data.connect_timeout),
+            tls,
+            settings: config.data.clone(),
+            metrics: metrics.clone(),
+            drain: drain_watch,
+            app: config
+                .inbound
+                .as_ref()
+                .map(|i| App::new(SocketAddr::from(([127, 0, 0, 1], i.app_port)))),
+            outside: listen::outside_client(),
+        });
+        let (deregister, deregister_rx) = watch::channel(false);
+        let mut registrar = None;
+        let inbound_addr = inbound.as_ref().map(|(_, a)| *a);
+        if let (Some((listener, local)), Some(cfg)) = (inbound, &config.inbound) {
+            tasks.push(tokio::spawn(listen::accept(
+                listener,
+                "inbound",
+                ctx.clone(),
+                inbound::connection,
+            )));
+            if let Some(service) = &cfg.service {
+                let ip = match cfg.advertise {
+                    Some(ip) => ip,
+                    None if !local.ip().is_unspecified() => local.ip(),
+                    None => local_ip_towards(&config.control_plane.addr).await?,
+                };
+                let registrar_task = registration::Registrar {
+                    cp: config.control_plane.clone(),
+                    identity: identity.clone(),
+                    registration: registration::Registration {
+                        service: service.clone(),
+                        address: SocketAddr::new(ip, local.port()),
+                        labels: cfg.labels.clone(),
+                    },
+                    metrics: metrics.clone(),
+                };
+                registrar = Some(tokio::spawn(registrar_task.run(deregister_rx)));
+            }
+        }
+        let outbound_addr = outbound.as_ref().map(|(_, a)| *a);
+        if let Some((listener, _)) = outbound {
+            tasks.push(tokio::spawn(listen::accept(
+                listener,
+                "outbound",
+                ctx.clone(),
+                outbound::connection,
+            )));
+        }
+        let mut upstream_addrs = Vec::new();
+        for ((listener, local), authority) in upstreams {
+            upstream_addrs.push(local);
+            tasks.push(tokio::spawn(listen::accept(
+                listener,
+                "outbound",
+                ctx.clone(),
+                move |ctx, tcp, _| outbound::upstream_connection(ctx, tcp, authority.clone()),
+            )));
+        }
+        info!(identity = %identity.svid().id, %admin_addr, ?inbound_addr, ?outbound_addr, "proxy started");
         Ok(Self {
             admin_addr,
+            inbound_addr,
+            outbound_addr,
+            upstream_addrs,
             identity,
             config: config_rx,
             metrics,
-            shutdown,
+            drain_requested,
+            stop,
+            deregister,
+            registrar,
+            drain,
+            drain_timeout: config.drain_timeout,
             tasks,
         })
     }
 
-    /// Resolves when shutdown was asked for (`POST /shutdown` or [`Proxy::shutdown`]).
+    /// Resolves when a drain was asked for on the admin port (`POST /shutdown`).
     pub async fn shutdown_requested(&self) {
-        let mut rx = self.shutdown.subscribe();
+        let mut rx = self.drain_requested.subscribe();
         let _ = rx.wait_for(|s| *s).await;
     }
 
-    /// Stops every task, waiting up to `deadline` for them.
-    pub async fn shutdown(self, deadline: Duration) {
-        self.shutdown.send_replace(true);
+    /// Drains and stops: deregisters (peers stop choosing this endpoint), keeps serving for a
+    /// moment while that reaches them, stops accepting, lets open connections finish their
+    /// requests until the drain timeout, then stops every task.
+    pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        self.drain_requested.send_replace(true);
+        self.deregister.send_replace(true);
+        if let Some(registrar) = self.registrar {
+            let _ = tokio::time::timeout_at(deadline, registrar).await;
+            // The deregistration reaches peers through the control plane within milliseconds;
+            // new requests from them keep being served meanwhile.
+            let grace = DEREGISTER_GRACE.min(self.drain_timeout / 4);
+            tokio::time::sleep(grace).await;
+        }
+        self.drain.start();
+        let open = self.drain.open_connections();
+        info!(open, "draining");
+        if tokio::time::timeout_at(deadline, self.drain.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.drain.open_connections(),
+                "drain timeout: closing the remaining connections"
+            );
+        }
+        self.stop.send_replace(true);
         let all = futures_util::future::join_all(self.tasks);
-        let _ = tokio::time::timeout(deadline, all).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
         info!("proxy stopped");
     }
+}
+
+/// How long a draining proxy keeps serving new requests after deregistering.
+const DEREGISTER_GRACE: Duration = Duration::from_secs(1);
+
+/// The local IP of the route to `addr` (a connected UDP socket sends nothing).
+async fn local_ip_towards(addr: &str) -> Result<IpAddr, StartError> {
+    let target = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| StartError::Advertise(format!("resolve {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| StartError::Advertise(format!("{addr} resolves to nothing")))?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| StartError::Advertise(e.to_string()))?;
+    sock.connect(target)
+        .await
+        .map_err(|e| StartError::Advertise(format!("no route to {target}: {e}")))?;
+    sock.local_addr()
+        .map(|a| a.ip())
+        .map_err(|e| StartError::Advertise(e.to_string()))
 }

@@ -6,12 +6,45 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
     /// `service`, `endpoints` or `trust_bundle`.
     pub r#type: &'static str,
+}
+
+/// Labels of `request_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// `name.namespace:port` for mesh services; the request's authority otherwise.
+    pub authority: String,
+    /// Whether the hop between proxies was mTLS (`true`) or plaintext (`false`).
+    pub tls: &'static str,
+}
+
+/// Labels of `response_total` and `response_latency_ms`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub direction: &'static str,
+    pub authority: String,
+    pub status_code: u16,
+    pub tls: &'static str,
+    /// Inbound: the client's verified SPIFFE ID (empty for plaintext).
+    pub client_id: String,
+    /// Outbound: the server's verified SPIFFE ID (empty when not mTLS).
+    pub server_id: String,
+    /// The `x-weft-error` reason when the proxy answered itself; empty otherwise.
+    pub error: &'static str,
+}
+
+/// Labels of the TCP metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: &'static str,
 }
 
 #[derive(Debug)]
@@ -24,6 +57,20 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub discovery_acks: Family<TypeLabels, Counter>,
     pub discovery_nacks: Family<TypeLabels, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub latency: Family<ResponseLabels, Histogram>,
+    pub tcp_open: Family<TcpLabels, Gauge>,
+    pub tcp_read: Family<TcpLabels, Counter>,
+    pub tcp_write: Family<TcpLabels, Counter>,
+    pub registered: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0,
+        5000.0, 10000.0, 30000.0,
+    ])
 }
 
 impl Metrics {
@@ -37,6 +84,13 @@ impl Metrics {
             config_generation: Gauge::default(),
             discovery_acks: Family::default(),
             discovery_nacks: Family::default(),
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            tcp_open: Family::default(),
+            tcp_read: Family::default(),
+            tcp_write: Family::default(),
+            registered: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -73,6 +127,41 @@ impl Metrics {
             "discovery_nacks",
             "Discovery responses rejected (the last good configuration stays)",
             m.discovery_nacks.clone(),
+        );
+        r.register(
+            "request",
+            "HTTP requests received, by direction and authority",
+            m.requests.clone(),
+        );
+        r.register(
+            "response",
+            "HTTP responses sent, by direction, authority, status code, TLS and peer identity",
+            m.responses.clone(),
+        );
+        r.register(
+            "response_latency_ms",
+            "Time from a request's arrival to its response's headers, in milliseconds",
+            m.latency.clone(),
+        );
+        r.register(
+            "tcp_open_connections",
+            "Connections open now, by direction (inbound includes plaintext)",
+            m.tcp_open.clone(),
+        );
+        r.register(
+            "tcp_read_bytes",
+            "Bytes read from the accepted side of proxied connections",
+            m.tcp_read.clone(),
+        );
+        r.register(
+            "tcp_write_bytes",
+            "Bytes written to the accepted side of proxied connections",
+            m.tcp_write.clone(),
+        );
+        r.register(
+            "registered_endpoints",
+            "Inbound endpoints this proxy holds registered with the control plane",
+            m.registered.clone(),
         );
         m
     }

@@ -1,14 +1,17 @@
 //! `weft-proxy run`: the sidecar.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use weft_certs::TrustDomain;
+use weft_proto::model::{self, ObjectRef};
 use weft_proxy::identity::ControlPlane;
-use weft_proxy::{Config, Proxy};
+use weft_proxy::listen::{DataPathConfig, MtlsMode};
+use weft_proxy::{Config, InboundConfig, Proxy};
 
 #[derive(Parser)]
 #[command(name = "weft-proxy", version, about = "The Weft sidecar proxy")]
@@ -49,6 +52,104 @@ struct RunArgs {
     node_id: Option<String>,
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// The service this workload's inbound endpoint is registered under (NAMESPACE/NAME).
+    /// Without it nothing is registered.
+    #[arg(long, env = "WEFT_SERVICE", value_parser = parse_service)]
+    service: Option<ObjectRef>,
+    /// Labels of the registered endpoint (k=v,k2=v2), e.g. version=v2.
+    #[arg(long, env = "WEFT_LABELS", value_parser = parse_labels, default_value = "")]
+    labels: Labels,
+    /// The application's port on 127.0.0.1. Without it there is no inbound listener.
+    #[arg(long, env = "WEFT_APP_PORT")]
+    app_port: Option<u16>,
+    /// Inbound listener: mTLS from peer proxies (and plaintext in permissive mode).
+    #[arg(long, env = "WEFT_INBOUND", default_value = "0.0.0.0:4143")]
+    inbound: SocketAddr,
+    /// The IP registered for the inbound endpoint; default: the inbound IP, or if that is
+    /// 0.0.0.0, the local IP that reaches the control plane.
+    #[arg(long, env = "WEFT_ADVERTISE_IP")]
+    advertise_ip: Option<IpAddr>,
+    /// Outbound listener: iptables-redirected connections and HTTP-proxy requests.
+    #[arg(long, env = "WEFT_OUTBOUND", default_value = "127.0.0.1:4140")]
+    outbound: SocketAddr,
+    /// A local port that forwards to one service: LOCAL_ADDR=SERVICE.NAMESPACE:PORT
+    /// (LOCAL_ADDR may be a bare port on 127.0.0.1). Repeatable; comma-separated in the env.
+    #[arg(long, env = "WEFT_UPSTREAM", value_parser = parse_upstream, value_delimiter = ',')]
+    upstream: Vec<(SocketAddr, String)>,
+    /// How long SIGTERM or POST /shutdown waits for open connections before exiting.
+    #[arg(long, env = "WEFT_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    drain_timeout: Duration,
+    /// Inbound: accept plaintext from clients outside the mesh (permissive) or only mTLS (strict).
+    #[arg(long, env = "WEFT_MTLS", value_enum, default_value = "permissive")]
+    mtls: Mtls,
+    /// Destinations outside the mesh: pass through as plain TCP/HTTP, or refuse.
+    #[arg(
+        long,
+        env = "WEFT_OUTSIDE_MESH",
+        value_enum,
+        default_value = "passthrough"
+    )]
+    outside_mesh: OutsideMesh,
+    /// How long to wait for a client's first bytes on a port whose protocol is not declared
+    /// before treating the connection as opaque TCP.
+    #[arg(long, env = "WEFT_DETECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "100ms")]
+    detect_timeout: Duration,
+    /// Opaque TCP connections idle (no bytes either way) this long are closed.
+    #[arg(long, env = "WEFT_TCP_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1h")]
+    tcp_idle_timeout: Duration,
+    /// Connecting to a peer proxy or destination, TCP and TLS each.
+    #[arg(long, env = "WEFT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
+    connect_timeout: Duration,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mtls {
+    Permissive,
+    Strict,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutsideMesh {
+    Passthrough,
+    Refuse,
+}
+
+type Labels = BTreeMap<String, String>;
+
+fn parse_service(s: &str) -> Result<ObjectRef, String> {
+    let r = ObjectRef::parse(s)?;
+    model::dns_label(&r.namespace).map_err(|e| format!("namespace {:?}: {e}", r.namespace))?;
+    model::dns_label(&r.name).map_err(|e| format!("name {:?}: {e}", r.name))?;
+    Ok(r)
+}
+
+fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut labels = Labels::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        model::label_key(k).map_err(|e| format!("label key {k:?}: {e}"))?;
+        model::label_value(v).map_err(|e| format!("label value {v:?}: {e}"))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(labels)
+}
+
+fn parse_upstream(s: &str) -> Result<(SocketAddr, String), String> {
+    let (local, target) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not LOCAL_ADDR=SERVICE.NAMESPACE:PORT"))?;
+    let local: SocketAddr = match local.parse::<u16>() {
+        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        Err(_) => local
+            .parse()
+            .map_err(|_| format!("{local:?} is not an address (ip:port) or a port"))?,
+    };
+    match weft_proxy::plan::parse_authority(target) {
+        Some((_, Some(_))) => Ok((local, target.to_owned())),
+        _ => Err(format!("{target:?} is not SERVICE.NAMESPACE:PORT")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -58,7 +159,22 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let Command::Run(args) = Cli::parse().command;
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming what is wrong (clap's first line), then exit 2.
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("weft-proxy: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let Command::Run(args) = cli.command;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -94,6 +210,26 @@ async fn run(args: RunArgs) -> ExitCode {
         trust_domain: args.trust_domain,
         admin: args.admin,
         node_id,
+        inbound: args.app_port.map(|app_port| InboundConfig {
+            listen: args.inbound,
+            app_port,
+            service: args.service,
+            labels: args.labels,
+            advertise: args.advertise_ip,
+        }),
+        outbound: Some(args.outbound),
+        upstreams: args.upstream,
+        data: DataPathConfig {
+            detect_timeout: args.detect_timeout,
+            tcp_idle_timeout: args.tcp_idle_timeout,
+            connect_timeout: args.connect_timeout,
+            passthrough: matches!(args.outside_mesh, OutsideMesh::Passthrough),
+            mtls: match args.mtls {
+                Mtls::Permissive => MtlsMode::Permissive,
+                Mtls::Strict => MtlsMode::Strict,
+            },
+        },
+        drain_timeout: args.drain_timeout,
     };
     let proxy = match Proxy::start(config).await {
         Ok(p) => p,
@@ -106,7 +242,7 @@ async fn run(args: RunArgs) -> ExitCode {
         () = terminated() => {}
         () = proxy.shutdown_requested() => {}
     }
-    proxy.shutdown(Duration::from_secs(5)).await;
+    proxy.shutdown().await;
     ExitCode::SUCCESS
 }
 

@@ -1,0 +1,79 @@
+//! Why the proxy could not carry a request, and the one place that turns that into a response:
+//! a status code, an `x-weft-error: <reason>` header, and the reason as the `error` label of
+//! `response_total`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::{Body, full};
+
+/// The header naming why the proxy answered itself.
+pub const ERROR_HEADER: &str = "x-weft-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no service or route for {0}")]
+    NoRoute(String),
+    #[error("{0} has no ready endpoints")]
+    NoEndpoints(String),
+    #[error("connect to {addr}: {reason}")]
+    ConnectFailed { addr: String, reason: String },
+    #[error("{addr} is not {expected}: {reason}")]
+    TlsIdentityMismatch {
+        addr: String,
+        expected: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("upstream {addr}: {reason}")]
+    Upstream { addr: String, reason: String },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("{0} is outside the mesh and passthrough is off")]
+    Denied(String),
+}
+
+impl ProxyError {
+    /// The `x-weft-error` reason and metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute(_) => "no-route",
+            ProxyError::NoEndpoints(_) => "no-endpoints",
+            ProxyError::ConnectFailed { .. } => "connect-failed",
+            ProxyError::TlsIdentityMismatch { .. } => "tls-identity-mismatch",
+            ProxyError::Timeout(_) => "timeout",
+            ProxyError::Upstream { .. } => "upstream-failed",
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::Denied(_) => "denied",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::TlsIdentityMismatch { .. }
+            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The response the proxy sends in place of the upstream's.
+    pub fn into_response(self) -> Response<Body> {
+        let mut body = self.to_string();
+        body.push('\n');
+        let mut resp = Response::new(full(Bytes::from(body)));
+        *resp.status_mut() = self.status();
+        resp.headers_mut()
+            .insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}

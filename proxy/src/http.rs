@@ -1,0 +1,271 @@
+//! HTTP plumbing shared by both directions: serving a connection (HTTP/1.1 with upgrades or
+//! HTTP/2) until it ends or a drain asks it to close, hop-by-hop headers (RFC 9110 §7.6.1),
+//! carrying HTTP/1.1 over HTTP/2 between proxies, and passing `Upgrade` exchanges through.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use crate::body::{Body, streamed};
+use crate::drain;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+
+/// Set by the client proxy on a request that arrived as HTTP/1.1 and travels as HTTP/2, so
+/// the server proxy gives it to the application as HTTP/1.1 again.
+pub const ORIG_PROTO: &str = "weft-orig-proto";
+/// The verified SPIFFE ID of the client, set by the server proxy for the application (and
+/// removed from whatever the client sent).
+pub const CLIENT_ID: &str = "x-weft-client-id";
+
+/// Which HTTP a plaintext or TLS connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http {
+    Http1,
+    Http2,
+}
+
+/// Serves HTTP on `io` with `handler` until the connection ends; on drain, finishes in-flight
+/// requests and closes.
+pub async fn serve<IO, F, Fut>(io: IO, http: Http, drain: &drain::Watch, handler: F)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req).await) }
+    });
+    let io = TokioIo::new(io);
+    let result = match http {
+        Http::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            let conn = builder.serve_connection(io, svc).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        Http::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .max_concurrent_streams(1024);
+            let conn = builder.serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, plus the fixed list.
+/// `TE: trailers` is kept (gRPC needs it end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if n != header::TE {
+            headers.remove(n);
+        }
+    }
+    for n in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(n);
+    }
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` with `Upgrade:`).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// The request's authority: the URI's (absolute-form, HTTP/2), else the `Host` header.
+pub fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+/// Rewrites the URI to `http://authority/path?query`, keeping the path.
+pub fn set_absolute_uri<B>(req: &mut Request<B>, authority: &str) -> Result<(), ProxyError> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    *req.uri_mut() = format!("http://{authority}{pq}")
+        .parse()
+        .map_err(|e| ProxyError::BadRequest(format!("authority {authority:?}: {e}")))?;
+    Ok(())
+}
+
+/// Sends an `Upgrade` request over a fresh HTTP/1.1 connection on `io` and, when the server
+/// switches protocols, splices the two upgraded connections. Returns the server's response.
+pub async fn forward_upgrade<IO>(
+    mut req: Request<Incoming>,
+    io: IO,
+    metrics: std::sync::Arc<Metrics>,
+    direction: &'static str,
+    idle: Duration,
+) -> Result<Response<Body>, ProxyError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client_side = hyper::upgrade::on(&mut req);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| upstream("handshake", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "upgrade connection ended with an error");
+        }
+    });
+    // HTTP/1 on the wire: origin-form request target, the authority in Host.
+    if let Some(authority) = req.uri().authority().cloned() {
+        req.headers_mut().entry(header::HOST).or_insert(
+            HeaderValue::from_str(authority.as_str())
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
+        );
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        *req.uri_mut() = pq
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let mut resp = sender
+        .send_request(req.map(streamed))
+        .await
+        .map_err(|e| upstream("upgrade request", e))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let server_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, server_side) {
+                Ok((client, server)) => {
+                    let r = crate::tcp::splice(
+                        TokioIo::new(client),
+                        TokioIo::new(server),
+                        idle,
+                        &metrics,
+                        direction,
+                    )
+                    .await;
+                    debug!(result = ?r, "upgraded connection closed");
+                }
+                Err(e) => debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
+    Ok(resp.map(streamed))
+}
+
+fn upstream(what: &str, e: hyper::Error) -> ProxyError {
+    ProxyError::Upstream {
+        addr: what.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::TE, "gzip, trailers".parse().unwrap());
+        h.insert("x-end-to-end", "kept".parse().unwrap());
+        h.insert(header::TRAILER, "grpc-status".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "trailer", "x-end-to-end"]);
+        assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn upgrade_requests_are_recognised() {
+        let req = Request::builder()
+            .header(header::CONNECTION, "keep-alive, Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade(&req));
+        let plain = Request::builder()
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(!is_upgrade(&plain));
+    }
+}

@@ -1,0 +1,208 @@
+//! What the data path shares: the configuration snapshot (read once per connection or
+//! request), the peer connections, the clients to the local application and to destinations
+//! outside the mesh, the drain signal; and the accept loop every listener runs.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::body::Body;
+use crate::drain;
+use crate::metrics::{Metrics, RequestLabels, ResponseLabels, TcpLabels};
+use crate::peers::Peers;
+use crate::resources::MeshConfig;
+use crate::tls::MeshTls;
+
+/// Whether the inbound port accepts plaintext from clients outside the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// mTLS from proxies, plaintext from anyone else (the default while workloads join).
+    Permissive,
+    /// mTLS only: plaintext connections are closed.
+    Strict,
+}
+
+/// Data path settings (the `weft-proxy run` flags).
+#[derive(Debug, Clone)]
+pub struct DataPathConfig {
+    /// How long to wait for a client's first bytes on a port whose protocol is not declared.
+    pub detect_timeout: Duration,
+    /// An opaque connection with no bytes either way for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Destinations outside the mesh: pass through as plain TCP/HTTP (`true`) or refuse.
+    pub passthrough: bool,
+    pub mtls: MtlsMode,
+}
+
+impl Default for DataPathConfig {
+    fn default() -> Self {
+        Self {
+            detect_timeout: Duration::from_millis(100),
+            tcp_idle_timeout: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(5),
+            passthrough: true,
+            mtls: MtlsMode::Permissive,
+        }
+    }
+}
+
+/// Connects every request to the local application, whatever its URI's authority says (the
+/// authority is kept for the application to see).
+#[derive(Debug, Clone, Copy)]
+pub struct AppConnector(pub SocketAddr);
+
+impl tower::Service<http::Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            Ok(TokioIo::new(tcp))
+        })
+    }
+}
+
+/// Keep-alive pools to the local application, one per HTTP version it may speak.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub addr: SocketAddr,
+    pub http1: Client<AppConnector, Body>,
+    pub http2: Client<AppConnector, Body>,
+}
+
+impl App {
+    pub fn new(addr: SocketAddr) -> Self {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60));
+        let http1 = builder.build(AppConnector(addr));
+        let http2 = builder.http2_only(true).build(AppConnector(addr));
+        Self { addr, http1, http2 }
+    }
+}
+
+/// Everything a connection handler reads.
+#[derive(Debug)]
+pub struct Ctx {
+    pub config: watch::Receiver<Arc<MeshConfig>>,
+    pub tls: Arc<MeshTls>,
+    pub peers: Peers,
+    pub settings: DataPathConfig,
+    pub metrics: Arc<Metrics>,
+    pub drain: drain::Watch,
+    /// The local application (inbound), if this proxy has one.
+    pub app: Option<App>,
+    /// Plain HTTP to destinations outside the mesh (outbound passthrough).
+    pub outside: Client<HttpConnector, Body>,
+}
+
+impl Ctx {
+    pub fn snapshot(&self) -> Arc<MeshConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// Counts a request as it arrives.
+    pub fn count_request(&self, direction: &'static str, authority: &str, tls: bool) {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction,
+                authority: authority.to_owned(),
+                tls: tls_label(tls),
+            })
+            .inc();
+    }
+
+    /// Counts a response and its latency since `start`.
+    pub fn count_response(&self, labels: ResponseLabels, start: Instant) {
+        self.metrics
+            .latency
+            .get_or_create(&labels)
+            .observe(start.elapsed().as_secs_f64() * 1000.0);
+        self.metrics.responses.get_or_create(&labels).inc();
+    }
+}
+
+pub fn tls_label(tls: bool) -> &'static str {
+    if tls { "true" } else { "false" }
+}
+
+pub fn outside_client() -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// Accepts until the drain starts, running `handle` for each connection in its own task with a
+/// `conn` span; each connection is tracked for the drain and counted in `tcp_open_connections`.
+pub async fn accept<F, Fut>(
+    listener: TcpListener,
+    direction: &'static str,
+    ctx: Arc<Ctx>,
+    handle: F,
+) where
+    F: Fn(Arc<Ctx>, TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let local = listener.local_addr().ok();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors, mostly: back off instead of spinning.
+                    warn!(error = %e, ?local, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = ctx.drain.signaled() => {
+                debug!(?local, "stopped accepting");
+                return;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let tracked = ctx.drain.track();
+        let open = ctx
+            .metrics
+            .tcp_open
+            .get_or_create(&TcpLabels { direction })
+            .clone();
+        open.inc();
+        let span = info_span!("conn", direction, %peer);
+        let task = handle(ctx.clone(), tcp, peer);
+        tokio::spawn(
+            async move {
+                task.await;
+                open.dec();
+                drop(tracked);
+            }
+            .instrument(span),
+        );
+    }
+}

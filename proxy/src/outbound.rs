@@ -1,0 +1,461 @@
+//! The outbound side: the application's connections out.
+//!
+//! One listener takes (a) connections redirected by iptables, whose original destination comes
+//! from `SO_ORIGINAL_DST`, and (b) HTTP-proxy requests (`HTTP_PROXY=http://127.0.0.1:4140`),
+//! routed by authority `service.namespace[:port]`. `--upstream` listeners (c) send everything to
+//! one service. Mesh destinations go over mTLS to the chosen endpoint's proxy, which must
+//! present the endpoint's registered identity; HTTP travels as HTTP/2 however it arrived.
+//! Anything else passes through as plain TCP or HTTP, unless passthrough is off.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, debug_span};
+use weft_certs::SpiffeId;
+use weft_proto::model::{Endpoint, ObjectRef, Protocol, Timeouts};
+
+use crate::backoff::random_fraction;
+use crate::body::{Body, empty, streamed};
+use crate::detect::{Detected, detect};
+use crate::error::ProxyError;
+use crate::http::{
+    Http, ORIG_PROTO, authority_of, forward_upgrade, is_upgrade, serve, set_absolute_uri,
+    strip_hop_by_hop,
+};
+use crate::listen::Ctx;
+use crate::metrics::ResponseLabels;
+use crate::plan::{self, Plan, RequestFacts};
+use crate::tls::{ALPN_HTTP1, ALPN_OPAQUE};
+
+const DIRECTION: &str = "outbound";
+
+/// How a connection's requests find their destination.
+#[derive(Debug, Clone)]
+enum Mode {
+    /// HTTP-proxy requests: by each request's authority.
+    Proxy,
+    /// A redirected connection to a mesh endpoint's address: by authority when it names a mesh
+    /// service, else to that endpoint.
+    Direct(ObjectRef, Endpoint),
+    /// An `--upstream` port: every request to this authority.
+    Fixed(String),
+}
+
+/// The original destination of a redirected connection; `None` when it was not redirected.
+fn original_dst(tcp: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
+    let sock = SockRef::from(tcp);
+    let dst = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    }
+    .ok()?
+    .as_socket()?;
+    (dst != local).then_some(dst)
+}
+
+/// Handles one connection accepted on the main outbound listener.
+pub async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, _peer: SocketAddr) {
+    let Ok(local) = tcp.local_addr() else { return };
+    match original_dst(&tcp, local) {
+        None => match detect(&tcp, ctx.settings.detect_timeout).await {
+            Ok(Detected::Http1) => serve_http(ctx, tcp, Http::Http1, Mode::Proxy).await,
+            Ok(Detected::Http2) => serve_http(ctx, tcp, Http::Http2, Mode::Proxy).await,
+            Ok(other) => debug!(
+                ?other,
+                "not HTTP on the proxy port and not redirected; closing"
+            ),
+            Err(e) => debug!(error = %e, "detection failed"),
+        },
+        Some(dst) => transparent(ctx, tcp, dst).await,
+    }
+}
+
+async fn transparent(ctx: Arc<Ctx>, tcp: TcpStream, dst: SocketAddr) {
+    let config = ctx.snapshot();
+    let Some((service, endpoint)) = plan::endpoint_by_ip(&config, dst.ip()) else {
+        return passthrough_tcp(&ctx, tcp, &dst.to_string()).await;
+    };
+    let declared = config
+        .services
+        .get(&service.to_string())
+        .and_then(|s| s.value.service.port(dst.port()).map(|p| p.protocol));
+    let http = match declared {
+        Some(Protocol::Tcp) => None,
+        Some(Protocol::Http1) => Some(Http::Http1),
+        Some(Protocol::Http2 | Protocol::Grpc) => Some(Http::Http2),
+        None => match detect(&tcp, ctx.settings.detect_timeout).await {
+            Ok(Detected::Http1) => Some(Http::Http1),
+            Ok(Detected::Http2) => Some(Http::Http2),
+            _ => None,
+        },
+    };
+    match http {
+        Some(http) => serve_http(ctx, tcp, http, Mode::Direct(service, endpoint)).await,
+        None => {
+            let plan = Plan {
+                route: None,
+                backend: service,
+                backend_port: dst.port(),
+                addr: endpoint.address,
+                identity: endpoint.identity,
+                protocol: Protocol::Tcp,
+                timeouts: Timeouts::default(),
+            };
+            opaque_to_peer(&ctx, tcp, &plan).await
+        }
+    }
+}
+
+/// Handles one connection on an `--upstream` listener for `authority`.
+pub async fn upstream_connection(ctx: Arc<Ctx>, tcp: TcpStream, authority: Arc<str>) {
+    let config = ctx.snapshot();
+    let target = plan::target_for(&config, &authority);
+    let http = match target.as_ref().map(|t| t.port.protocol) {
+        Some(Protocol::Tcp) => None,
+        Some(Protocol::Http1) => Some(Http::Http1),
+        Some(Protocol::Http2 | Protocol::Grpc) => Some(Http::Http2),
+        None => match detect(&tcp, ctx.settings.detect_timeout).await {
+            Ok(Detected::Http1) => Some(Http::Http1),
+            Ok(Detected::Http2) => Some(Http::Http2),
+            _ => None,
+        },
+    };
+    match (http, target) {
+        (Some(http), _) => serve_http(ctx, tcp, http, Mode::Fixed(authority.to_string())).await,
+        (None, Some(target)) => match plan::plan_tcp(&config, &target, &mut random_fraction) {
+            Ok(plan) => opaque_to_peer(&ctx, tcp, &plan).await,
+            Err(e) => debug!(error = %e, "no destination for an opaque connection; closing"),
+        },
+        (None, None) => debug!(%authority, "{authority} is not a mesh service (yet); closing"),
+    }
+}
+
+async fn opaque_to_peer(ctx: &Ctx, tcp: TcpStream, plan: &Plan) {
+    match ctx
+        .peers
+        .connect(plan.addr, &plan.identity, ALPN_OPAQUE)
+        .await
+    {
+        Ok(upstream) => {
+            let r = crate::tcp::splice(
+                tcp,
+                upstream,
+                ctx.settings.tcp_idle_timeout,
+                &ctx.metrics,
+                DIRECTION,
+            )
+            .await;
+            debug!(result = ?r, backend = %plan.backend, "opaque connection closed");
+        }
+        Err(e) => debug!(error = %e, reason = e.reason(), "opaque connection refused"),
+    }
+}
+
+async fn passthrough_tcp(ctx: &Ctx, tcp: TcpStream, dst: &str) {
+    if !ctx.settings.passthrough {
+        debug!(%dst, "outside the mesh and passthrough is off; closing");
+        return;
+    }
+    match TcpStream::connect(dst).await {
+        Ok(upstream) => {
+            let r = crate::tcp::splice(
+                tcp,
+                upstream,
+                ctx.settings.tcp_idle_timeout,
+                &ctx.metrics,
+                DIRECTION,
+            )
+            .await;
+            debug!(result = ?r, %dst, "passthrough connection closed");
+        }
+        Err(e) => debug!(%dst, error = %e, "passthrough connect failed"),
+    }
+}
+
+async fn serve_http(ctx: Arc<Ctx>, tcp: TcpStream, http: Http, mode: Mode) {
+    let drain = ctx.drain.clone();
+    serve(tcp, http, &drain, move |req| {
+        let ctx = ctx.clone();
+        let mode = mode.clone();
+        async move { request(ctx, mode, req).await }
+    })
+    .await;
+}
+
+/// Where one request went, for its metrics.
+struct Outcome {
+    authority: String,
+    tls: bool,
+    server_id: Option<SpiffeId>,
+}
+
+async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let authority = match &mode {
+        Mode::Fixed(a) => a.clone(),
+        _ => authority_of(&req).unwrap_or_default(),
+    };
+    let span = debug_span!("req", method = %req.method(), %authority, path = req.uri().path());
+    let mut outcome = Outcome {
+        authority: authority.clone(),
+        tls: false,
+        server_id: None,
+    };
+    let result = route(&ctx, &mode, &authority, req, &mut outcome)
+        .instrument(span)
+        .await;
+    let (resp, error) = match result {
+        Ok(resp) => (resp, ""),
+        Err(e) => {
+            debug!(error = %e, reason = e.reason(), "request failed in the proxy");
+            let reason = e.reason();
+            (e.into_response(), reason)
+        }
+    };
+    ctx.count_response(
+        ResponseLabels {
+            direction: DIRECTION,
+            authority: outcome.authority,
+            status_code: resp.status().as_u16(),
+            tls: crate::listen::tls_label(outcome.tls),
+            client_id: String::new(),
+            server_id: outcome.server_id.map(|i| i.to_string()).unwrap_or_default(),
+            error,
+        },
+        start,
+    );
+    resp
+}
+
+async fn route(
+    ctx: &Ctx,
+    mode: &Mode,
+    authority: &str,
+    req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let config = ctx.snapshot();
+    if req.method() == Method::CONNECT {
+        ctx.count_request(DIRECTION, authority, false);
+        return connect_tunnel(ctx, &config, authority, req, outcome).await;
+    }
+    let target = plan::target_for(&config, authority);
+    let facts = RequestFacts {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let plan = match (&target, mode) {
+        (Some(t), _) => {
+            outcome.authority = t.authority();
+            Some(plan::plan_http(&config, t, &facts, &mut random_fraction))
+        }
+        (None, Mode::Direct(service, endpoint)) => Some(Ok(Plan {
+            route: None,
+            backend: service.clone(),
+            backend_port: endpoint.address.port(),
+            addr: endpoint.address,
+            identity: endpoint.identity.clone(),
+            protocol: Protocol::Http1,
+            timeouts: Timeouts::default(),
+        })),
+        (None, Mode::Fixed(_)) => Some(Err(ProxyError::NoRoute(authority.to_owned()))),
+        (None, Mode::Proxy) => None,
+    };
+    match plan {
+        Some(plan) => {
+            ctx.count_request(DIRECTION, &outcome.authority, true);
+            let plan = plan?;
+            outcome.tls = true;
+            outcome.server_id = Some(plan.identity.clone());
+            to_peer(ctx, &plan, authority, req).await
+        }
+        None => {
+            ctx.count_request(DIRECTION, authority, false);
+            outside(ctx, authority, req).await
+        }
+    }
+}
+
+/// Sends a request to the planned endpoint's proxy: upgrades on their own HTTP/1.1 connection,
+/// everything else on the shared HTTP/2 connection.
+async fn to_peer(
+    ctx: &Ctx,
+    plan: &Plan,
+    authority: &str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    if is_upgrade(&req) {
+        let tls = ctx
+            .peers
+            .connect(plan.addr, &plan.identity, ALPN_HTTP1)
+            .await?;
+        set_absolute_uri(&mut req, authority)?;
+        return forward_upgrade(
+            req,
+            tls,
+            ctx.metrics.clone(),
+            DIRECTION,
+            ctx.settings.tcp_idle_timeout,
+        )
+        .await;
+    }
+    let from_http1 = req.version() < Version::HTTP_2;
+    set_absolute_uri(&mut req, authority)?;
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(http::header::HOST);
+    parts.headers.remove(ORIG_PROTO);
+    if from_http1 {
+        parts
+            .headers
+            .insert(ORIG_PROTO, http::HeaderValue::from_static("HTTP/1.1"));
+    }
+    parts.version = Version::HTTP_2;
+    let send = ctx.peers.send(
+        plan.addr,
+        &plan.identity,
+        Request::from_parts(parts, streamed(body)),
+    );
+    let resp = match plan.timeouts.request {
+        Some(limit) => tokio::time::timeout(limit, send).await.map_err(|_| {
+            ProxyError::Timeout(format!(
+                "no response from {} within {limit:?}",
+                plan.backend
+            ))
+        })??,
+        None => send.await?,
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, streamed(body)))
+}
+
+/// A request for a destination outside the mesh (HTTP-proxy mode).
+async fn outside(
+    ctx: &Ctx,
+    authority: &str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    if !ctx.settings.passthrough {
+        return Err(ProxyError::Denied(authority.to_owned()));
+    }
+    if authority.is_empty() {
+        return Err(ProxyError::BadRequest(
+            "no authority (Host header or absolute URI)".into(),
+        ));
+    }
+    if is_upgrade(&req) {
+        let tcp = connect_outside(authority).await?;
+        return forward_upgrade(
+            req,
+            tcp,
+            ctx.metrics.clone(),
+            DIRECTION,
+            ctx.settings.tcp_idle_timeout,
+        )
+        .await;
+    }
+    set_absolute_uri(&mut req, authority)?;
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    let resp = ctx
+        .outside
+        .request(Request::from_parts(parts, streamed(body)))
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                ProxyError::ConnectFailed {
+                    addr: authority.to_owned(),
+                    reason: format!("{e:#}"),
+                }
+            } else {
+                ProxyError::Upstream {
+                    addr: authority.to_owned(),
+                    reason: format!("{e:#}"),
+                }
+            }
+        })?;
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, streamed(body)))
+}
+
+async fn connect_outside(authority: &str) -> Result<TcpStream, ProxyError> {
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    TcpStream::connect(&with_port)
+        .await
+        .map_err(|e| ProxyError::ConnectFailed {
+            addr: with_port,
+            reason: e.to_string(),
+        })
+}
+
+/// `CONNECT host:port`: a tunnel, over mTLS when the authority is a mesh service.
+async fn connect_tunnel(
+    ctx: &Ctx,
+    config: &crate::resources::MeshConfig,
+    authority: &str,
+    req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let idle = ctx.settings.tcp_idle_timeout;
+    let metrics = ctx.metrics.clone();
+    let upgraded = hyper::upgrade::on(req);
+    let spawn_splice = |upstream: Box<dyn Stream>| {
+        tokio::spawn(async move {
+            match upgraded.await {
+                Ok(client) => {
+                    let r = crate::tcp::splice(
+                        TokioIo::new(client),
+                        upstream,
+                        idle,
+                        &metrics,
+                        DIRECTION,
+                    )
+                    .await;
+                    debug!(result = ?r, "tunnel closed");
+                }
+                Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        });
+    };
+    match plan::target_for(config, authority) {
+        Some(target) => {
+            outcome.authority = target.authority();
+            let plan = plan::plan_tcp(config, &target, &mut random_fraction)?;
+            outcome.tls = true;
+            outcome.server_id = Some(plan.identity.clone());
+            let tls = ctx
+                .peers
+                .connect(plan.addr, &plan.identity, ALPN_OPAQUE)
+                .await?;
+            spawn_splice(Box::new(tls));
+        }
+        None if ctx.settings.passthrough => {
+            spawn_splice(Box::new(connect_outside(authority).await?))
+        }
+        None => return Err(ProxyError::Denied(authority.to_owned())),
+    }
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}

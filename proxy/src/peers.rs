@@ -1,0 +1,176 @@
+//! Connections to peer proxies: mTLS that requires the peer to present the endpoint's registered
+//! SPIFFE ID, and one multiplexed HTTP/2 connection per (address, identity), shared by every
+//! request to that endpoint and replaced when it closes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tracing::{Instrument, debug, info_span};
+use weft_certs::SpiffeId;
+
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::tls::{ALPN_H2, MeshTls};
+
+type Key = (SocketAddr, SpiffeId);
+type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+
+#[derive(Debug)]
+pub struct Peers {
+    tls: Arc<MeshTls>,
+    connect_timeout: Duration,
+    conns: Mutex<HashMap<Key, Slot>>,
+}
+
+impl Peers {
+    pub fn new(tls: Arc<MeshTls>, connect_timeout: Duration) -> Self {
+        Self {
+            tls,
+            connect_timeout,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A TLS connection to `addr` that has proven to be `identity`, speaking `alpn`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        alpn: &'static [u8],
+    ) -> Result<TlsStream<TcpStream>, ProxyError> {
+        let failed = |reason: String| ProxyError::ConnectFailed {
+            addr: addr.to_string(),
+            reason,
+        };
+        let config = self
+            .tls
+            .client(identity, alpn)
+            .map_err(|e| failed(e.to_string()))?;
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                ProxyError::Timeout(format!(
+                    "connect to {addr}: no answer within {:?}",
+                    self.connect_timeout
+                ))
+            })?
+            .map_err(|e| failed(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        // The name is not checked (the SPIFFE ID is); rustls needs one for SNI.
+        let name = ServerName::IpAddress(addr.ip().into());
+        let tls = tokio::time::timeout(
+            self.connect_timeout,
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| ProxyError::Timeout(format!("TLS handshake with {addr}")))?
+        .map_err(|e| handshake_error(addr, identity, e))?;
+        if tls.get_ref().1.alpn_protocol() != Some(alpn) {
+            return Err(failed(format!(
+                "the peer did not agree to {}",
+                String::from_utf8_lossy(alpn)
+            )));
+        }
+        Ok(tls)
+    }
+
+    /// Sends `req` on the shared HTTP/2 connection to the endpoint. A request the connection
+    /// refused before sending (it was closing) is sent once more on a new connection.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut sender = self.sender(addr, identity, false).await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(req) => {
+                    debug!(%addr, error = %e.error(), "connection closed before the request was sent; reconnecting");
+                    let mut sender = self.sender(addr, identity, true).await?;
+                    sender
+                        .send_request(req)
+                        .await
+                        .map_err(|e| upstream(addr, &e))
+                }
+                None => Err(upstream(addr, e.error())),
+            },
+        }
+    }
+
+    async fn sender(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        fresh: bool,
+    ) -> Result<SendRequest<Body>, ProxyError> {
+        let slot = {
+            let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget connections that have closed (their endpoints may be gone for good).
+            conns.retain(|_, s| {
+                s.try_lock()
+                    .map_or(true, |s| s.as_ref().is_some_and(|s| !s.is_closed()))
+            });
+            conns.entry((addr, identity.clone())).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if !fresh && let Some(s) = slot.as_ref().filter(|s| s.is_ready()) {
+            return Ok(s.clone());
+        }
+        let tls = self.connect(addr, identity, ALPN_H2).await?;
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .adaptive_window(true);
+        let (sender, conn) = builder
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| upstream(addr, &e))?;
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "peer connection ended with an error");
+                }
+            }
+            .instrument(info_span!("peer", %addr)),
+        );
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+fn upstream(addr: SocketAddr, e: &hyper::Error) -> ProxyError {
+    ProxyError::Upstream {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// A handshake failure the certificate caused is an identity mismatch; anything else, a failed
+/// connection.
+fn handshake_error(addr: SocketAddr, expected: &SpiffeId, e: std::io::Error) -> ProxyError {
+    let tls = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::InvalidCertificate(reason)) => ProxyError::TlsIdentityMismatch {
+            addr: addr.to_string(),
+            expected: expected.to_string(),
+            reason: format!("{reason:?}"),
+        },
+        _ => ProxyError::ConnectFailed {
+            addr: addr.to_string(),
+            reason: format!("TLS handshake: {e}"),
+        },
+    }
+}

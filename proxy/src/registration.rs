@@ -1,0 +1,124 @@
+//! Registers this workload's inbound endpoint with the control plane and keeps it alive: one
+//! `Register` stream, a heartbeat every third of the lease TTL, reconnects with backoff. The
+//! identity is our certificate's (the control plane checks). Draining ends the stream first,
+//! which deregisters at once, so peers stop picking this endpoint before it stops serving.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+use weft_proto::client;
+use weft_proto::mesh::v1 as pb;
+use weft_proto::model::ObjectRef;
+use weft_proto::registry::v1::RegisterRequest;
+use weft_proto::registry::v1::registration_client::RegistrationClient;
+
+use crate::backoff::Backoff;
+use crate::identity::{ControlPlane, Identity};
+use crate::metrics::Metrics;
+
+/// What this proxy registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub service: ObjectRef,
+    pub address: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct Registrar {
+    pub cp: ControlPlane,
+    pub identity: Arc<Identity>,
+    pub registration: Registration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Registrar {
+    /// Keeps the endpoint registered until `stop` flips, then ends the stream (deregisters) and
+    /// returns once the control plane has seen the end, or after a short wait.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            let (tx, rx) = mpsc::channel(4);
+            let result = tokio::select! {
+                r = self.session(tx, rx, &mut backoff) => r,
+                _ = stop.wait_for(|s| *s) => {
+                    self.metrics.registered.set(0);
+                    info!(service = %self.registration.service, "deregistered");
+                    return;
+                }
+            };
+            self.metrics.registered.set(0);
+            if let Err(e) = result {
+                warn!(error = %e, "registration stream failed; retrying");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        tx: mpsc::Sender<RegisterRequest>,
+        rx: mpsc::Receiver<RegisterRequest>,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<()> {
+        let bundle = self.identity.bundle();
+        let td = bundle.trust_domain().clone();
+        let channel = client::connect(
+            &self.cp.addr,
+            bundle,
+            client::control_plane_id(&td),
+            Some(self.identity.svid().certified),
+        )
+        .await?;
+        let r = &self.registration;
+        tx.send(RegisterRequest {
+            endpoints: vec![pb::Endpoint {
+                namespace: r.service.namespace.clone(),
+                service: r.service.name.clone(),
+                address: r.address.to_string(),
+                identity: self.identity.svid().id.to_string(),
+                labels: r.labels.clone().into_iter().collect(),
+                weight: 1,
+                ready: true,
+                ..Default::default()
+            }],
+        })
+        .await?;
+        let mut responses = RegistrationClient::new(channel)
+            .register(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut heartbeat = Duration::from_secs(5);
+        let mut next = tokio::time::Instant::now() + heartbeat;
+        loop {
+            tokio::select! {
+                msg = responses.message() => match msg? {
+                    Some(resp) => {
+                        backoff.reset();
+                        if let Some(ttl) = resp.ttl.and_then(|t| Duration::try_from(t).ok()) {
+                            heartbeat = (ttl / 3).max(Duration::from_millis(500));
+                        }
+                        if self.metrics.registered.get() == 0 {
+                            info!(service = %r.service, address = %r.address, "registered");
+                        }
+                        self.metrics.registered.set(i64::from(resp.registered));
+                        next = tokio::time::Instant::now() + heartbeat;
+                    }
+                    None => anyhow::bail!("the control plane ended the stream"),
+                },
+                () = tokio::time::sleep_until(next) => {
+                    tx.send(RegisterRequest::default()).await?;
+                    next = tokio::time::Instant::now() + heartbeat;
+                }
+            }
+        }
+    }
+}
