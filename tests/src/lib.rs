@@ -14,6 +14,7 @@ use weft_certs::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
 use weft_control_plane::client::{self, Certified};
 
 pub mod ctl;
+pub mod dataplane;
 pub mod etcd;
 pub mod mesh;
 

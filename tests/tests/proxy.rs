@@ -59,6 +59,11 @@ async fn start_proxy(
         trust_domain: weft_certs::TrustDomain::parse(TD)?,
         admin: "127.0.0.1:0".parse()?,
         node_id: sa.to_owned(),
+        inbound: None,
+        outbound: None,
+        upstreams: vec![],
+        data: Default::default(),
+        drain_timeout: Duration::from_secs(5),
     })
     .await?)
 }
@@ -129,7 +134,7 @@ async fn a_proxy_certifies_becomes_ready_and_follows_the_configuration() {
         "{metrics}"
     );
     assert!(!metrics.contains("discovery_nacks_total{"), "{metrics}");
-    proxy.shutdown(Duration::from_secs(5)).await;
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -148,6 +153,11 @@ async fn a_refused_token_fails_the_start_with_the_reason() {
         trust_domain: weft_certs::TrustDomain::parse(TD).unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         node_id: "web".into(),
+        inbound: None,
+        outbound: None,
+        upstreams: vec![],
+        data: Default::default(),
+        drain_timeout: Duration::from_secs(5),
     })
     .await
     .unwrap_err()
@@ -175,5 +185,5 @@ async fn the_certificate_is_renewed_before_it_expires_and_the_proxy_stays_ready(
     assert!(now.not_after > first.not_after);
     assert_ne!(now.certified.cert[0], first.certified.cert[0]);
     admin_until(&proxy, "/ready", |s, _| s == 200).await;
-    proxy.shutdown(Duration::from_secs(5)).await;
+    proxy.shutdown().await;
 }
