@@ -62,6 +62,12 @@ impl TestMesh {
 
     /// A gRPC channel to `cp` presenting an SVID for `id` (None: no client certificate).
     pub async fn channel_to(&self, cp: &ControlPlane, id: Option<&str>) -> anyhow::Result<Channel> {
+        self.channel_at(&cp.grpc_addr().to_string(), id).await
+    }
+
+    /// A gRPC channel to the control plane at `addr` (in-process or a process) presenting an
+    /// SVID for `id`.
+    pub async fn channel_at(&self, addr: &str, id: Option<&str>) -> anyhow::Result<Channel> {
         let cert = match id {
             None => None,
             Some(id) => {
@@ -72,8 +78,8 @@ impl TestMesh {
                 Some(key.certified(issued.chain)?)
             }
         };
-        let addr = cp.grpc_addr().to_string();
-        weft_control_plane::client::connect(&addr, self.ca.bundle(), cp.identity().clone(), cert)
+        let cp_id = weft_control_plane::control_plane_id(&self.ca.trust_domain);
+        weft_control_plane::client::connect(addr, self.ca.bundle(), cp_id, cert)
             .await
             .context("connect to the control plane")
     }
@@ -86,6 +92,12 @@ impl TestMesh {
     pub async fn proxy(&self, sa: &str) -> anyhow::Result<DeltaClient> {
         let channel = self.channel(Some(&workload("default", sa))).await?;
         Ok(DeltaClient::open(channel, sa).await?)
+    }
+
+    /// A channel to the control plane at `addr` as the default admin identity.
+    pub async fn admin_at(&self, addr: &str) -> anyhow::Result<Channel> {
+        let id = weft_control_plane::default_admin_id(&self.ca.trust_domain);
+        self.channel_at(addr, Some(id.as_str())).await
     }
 
     /// A channel as the default admin identity (what `weftctl login` mints).
