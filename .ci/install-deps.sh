@@ -9,6 +9,10 @@ need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/duration.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+# iproute2 + iptables: the transparent interception test makes a network namespace with a
+# REDIRECT rule (tests/tests/transparent.rs).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
