@@ -111,7 +111,9 @@ async fn answer(name: &str, mut req: Request<Incoming>) -> Response<Body> {
                 }
                 let n = (total - sent).min(chunk.len() as u64);
                 Some((
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.slice(..n as usize))),
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(
+                        chunk.slice(..n as usize),
+                    )),
                     sent + n,
                 ))
             }
@@ -135,7 +137,8 @@ async fn answer(name: &str, mut req: Request<Incoming>) -> Response<Body> {
         });
         let mut r = Response::new(full(""));
         *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
         r.headers_mut().insert("upgrade", "echo".parse().unwrap());
         r
     } else {
@@ -167,13 +170,16 @@ pub async fn tcp_echo() -> anyhow::Result<SocketAddr> {
 
 /// A gRPC echo backend (h2c).
 pub async fn grpc_echo() -> anyhow::Result<SocketAddr> {
-    use echo::echo_server::{Echo, EchoServer};
     use echo::Msg;
+    use echo::echo_server::{Echo, EchoServer};
     #[derive(Debug)]
     struct Server;
     #[tonic::async_trait]
     impl Echo for Server {
-        async fn unary(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, tonic::Status> {
+        async fn unary(
+            &self,
+            req: tonic::Request<Msg>,
+        ) -> Result<tonic::Response<Msg>, tonic::Status> {
             let client = req
                 .metadata()
                 .get("x-weft-client-id")
@@ -184,7 +190,8 @@ pub async fn grpc_echo() -> anyhow::Result<SocketAddr> {
                 text: format!("{} from {client}", req.into_inner().text),
             }))
         }
-        type ChatStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Msg, tonic::Status>> + Send>>;
+        type ChatStream =
+            Pin<Box<dyn tokio_stream::Stream<Item = Result<Msg, tonic::Status>> + Send>>;
         async fn chat(
             &self,
             req: tonic::Request<tonic::Streaming<Msg>>,
@@ -194,13 +201,21 @@ pub async fn grpc_echo() -> anyhow::Result<SocketAddr> {
                 let mut n = 0;
                 while let Some(Ok(m)) = inbound.next().await {
                     n += 1;
-                    if tx.send(Ok(Msg { text: format!("echo {}", m.text) })).await.is_err() {
+                    if tx
+                        .send(Ok(Msg {
+                            text: format!("echo {}", m.text),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
                 // The status travels in the trailers.
                 let _ = tx
-                    .send(Err(tonic::Status::resource_exhausted(format!("done after {n}"))))
+                    .send(Err(tonic::Status::resource_exhausted(format!(
+                        "done after {n}"
+                    ))))
                     .await;
             });
             Ok(tonic::Response::new(Box::pin(out)))
@@ -265,7 +280,11 @@ pub struct ProxyOpts {
 }
 
 /// Writes a join token for `default/<sa>` into `dir`.
-pub async fn token_file(mesh: &TestMesh, dir: &Path, sa: &str) -> anyhow::Result<std::path::PathBuf> {
+pub async fn token_file(
+    mesh: &TestMesh,
+    dir: &Path,
+    sa: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let token = mesh.ca.token(&workload("default", sa), "10m").await?;
     let file = dir.join(format!("{sa}.token"));
     std::fs::write(&file, token)?;
@@ -274,7 +293,13 @@ pub async fn token_file(mesh: &TestMesh, dir: &Path, sa: &str) -> anyhow::Result
 
 /// An in-process proxy for `default/<sa>`: outbound on 127.0.0.1:0, inbound on 127.0.0.1:0
 /// when it has an app.
-pub async fn start_proxy(mesh: &TestMesh, cp_addr: &str, dir: &Path, sa: &str, opts: ProxyOpts) -> anyhow::Result<Proxy> {
+pub async fn start_proxy(
+    mesh: &TestMesh,
+    cp_addr: &str,
+    dir: &Path,
+    sa: &str,
+    opts: ProxyOpts,
+) -> anyhow::Result<Proxy> {
     let token_file = token_file(mesh, dir, sa).await?;
     let proxy = Proxy::start(Config {
         control_plane: ControlPlane {
@@ -300,7 +325,11 @@ pub async fn start_proxy(mesh: &TestMesh, cp_addr: &str, dir: &Path, sa: &str, o
             .map(|a| ("127.0.0.1:0".parse().unwrap(), a.clone()))
             .collect(),
         data: DataPathConfig {
-            mtls: if opts.strict { MtlsMode::Strict } else { MtlsMode::Permissive },
+            mtls: if opts.strict {
+                MtlsMode::Strict
+            } else {
+                MtlsMode::Permissive
+            },
             ..DataPathConfig::default()
         },
         drain_timeout: Duration::from_secs(5),
@@ -346,7 +375,10 @@ pub async fn proxy_request(
 }
 
 /// GET through an HTTP proxy; returns status, headers and the body as text.
-pub async fn proxy_get(proxy: SocketAddr, url: &str) -> anyhow::Result<(u16, hyper::HeaderMap, String)> {
+pub async fn proxy_get(
+    proxy: SocketAddr,
+    url: &str,
+) -> anyhow::Result<(u16, hyper::HeaderMap, String)> {
     let resp = proxy_request(proxy, "GET", url, &[], full("")).await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -368,7 +400,12 @@ pub fn generated(total: u64) -> Body {
                 return None;
             }
             let n = (total - sent).min(chunk.len() as u64);
-            Some((Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.slice(..n as usize))), sent + n))
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(
+                    chunk.slice(..n as usize),
+                )),
+                sent + n,
+            ))
         }
     });
     BodyExt::boxed(StreamBody::new(stream))
@@ -386,7 +423,13 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Starts `weft-proxy run` for `default/<sa>` with free ports; returns once it is ready.
-    pub async fn start(mesh: &TestMesh, cp_addr: &str, dir: &Path, sa: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start(
+        mesh: &TestMesh,
+        cp_addr: &str,
+        dir: &Path,
+        sa: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let token = token_file(mesh, dir, sa).await?;
         let free = || -> anyhow::Result<SocketAddr> {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;

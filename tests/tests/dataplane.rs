@@ -18,19 +18,30 @@ use weft_tests::metric_value;
 /// A mesh with `api` (HTTP/1.1 backend behind its proxy) and a client proxy `web`.
 async fn api_and_web(
     strict: bool,
-) -> (TestMesh, tempfile::TempDir, weft_proxy::Proxy, weft_proxy::Proxy) {
+) -> (
+    TestMesh,
+    tempfile::TempDir,
+    weft_proxy::Proxy,
+    weft_proxy::Proxy,
+) {
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cp = mesh.cp.grpc_addr().to_string();
-    apply(&mesh, vec![service("api", 80, Protocol::Http1)]).await.unwrap();
+    apply(&mesh, vec![service("api", 80, Protocol::Http1)])
+        .await
+        .unwrap();
     let backend = http_backend("api-v1", false).await.unwrap();
     let opts = ProxyOpts {
         app: Some((backend.port(), "api".into())),
         strict,
         ..Default::default()
     };
-    let api = start_proxy(&mesh, &cp, dir.path(), "api", opts).await.unwrap();
-    let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts::default()).await.unwrap();
+    let api = start_proxy(&mesh, &cp, dir.path(), "api", opts)
+        .await
+        .unwrap();
+    let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts::default())
+        .await
+        .unwrap();
     wait_endpoints(&web, "api", 1).await.unwrap();
     (mesh, dir, api, web)
 }
@@ -60,10 +71,19 @@ async fn http1_through_two_proxies_carries_the_verified_client_identity() {
     assert_eq!(&text[..], b"api-v1 /hello");
 
     // A POST body streams both ways.
-    let resp = proxy_request(out, "POST", "http://api.default:80/echo", &[], body("ping-pong"))
-        .await
-        .unwrap();
-    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ping-pong");
+    let resp = proxy_request(
+        out,
+        "POST",
+        "http://api.default:80/echo",
+        &[],
+        body("ping-pong"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "ping-pong"
+    );
 
     // Both proxies counted it, with the identities on each side.
     let metrics = web.metrics.encode();
@@ -73,8 +93,14 @@ async fn http1_through_two_proxies_carries_the_verified_client_identity() {
     );
     assert_eq!(metric_value(&metrics, &line), Some(2.0), "{metrics}");
     let metrics = api.metrics.encode();
-    assert!(metrics.contains(&format!("client_id=\"{}\"", workload("default", "web"))), "{metrics}");
-    assert!(metrics.contains("response_latency_ms_count{direction=\"inbound\""), "{metrics}");
+    assert!(
+        metrics.contains(&format!("client_id=\"{}\"", workload("default", "web"))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("response_latency_ms_count{direction=\"inbound\""),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -82,9 +108,15 @@ async fn proxy_generated_errors_say_why() {
     let (mesh, _dir, _api, web) = api_and_web(false).await;
     let out = web.outbound_addr.unwrap();
     // A mesh service with no endpoints.
-    apply(&mesh, vec![service("empty", 80, Protocol::Http1)]).await.unwrap();
+    apply(&mesh, vec![service("empty", 80, Protocol::Http1)])
+        .await
+        .unwrap();
     weft_tests::poll(Duration::from_secs(10), || {
-        web.config.borrow().services.contains_key("default/empty").then_some(())
+        web.config
+            .borrow()
+            .services
+            .contains_key("default/empty")
+            .then_some(())
     })
     .await
     .unwrap();
@@ -105,20 +137,48 @@ async fn http2_and_grpc_streaming_with_trailers() {
     let cp = mesh.cp.grpc_addr().to_string();
     apply(
         &mesh,
-        vec![service("h2", 80, Protocol::Http2), service("grpc", 50051, Protocol::Grpc)],
+        vec![
+            service("h2", 80, Protocol::Http2),
+            service("grpc", 50051, Protocol::Grpc),
+        ],
     )
     .await
     .unwrap();
     let h2_backend = http_backend("h2", true).await.unwrap();
     let grpc_backend = grpc_echo().await.unwrap();
-    let _h2 = start_proxy(&mesh, &cp, dir.path(), "h2", ProxyOpts { app: Some((h2_backend.port(), "h2".into())), ..Default::default() }).await.unwrap();
-    let _grpc = start_proxy(&mesh, &cp, dir.path(), "grpc", ProxyOpts { app: Some((grpc_backend.port(), "grpc".into())), ..Default::default() }).await.unwrap();
+    let _h2 = start_proxy(
+        &mesh,
+        &cp,
+        dir.path(),
+        "h2",
+        ProxyOpts {
+            app: Some((h2_backend.port(), "h2".into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _grpc = start_proxy(
+        &mesh,
+        &cp,
+        dir.path(),
+        "grpc",
+        ProxyOpts {
+            app: Some((grpc_backend.port(), "grpc".into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let web = start_proxy(
         &mesh,
         &cp,
         dir.path(),
         "web",
-        ProxyOpts { upstreams: vec!["grpc.default:50051".into()], ..Default::default() },
+        ProxyOpts {
+            upstreams: vec!["grpc.default:50051".into()],
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -126,7 +186,9 @@ async fn http2_and_grpc_streaming_with_trailers() {
     wait_endpoints(&web, "grpc", 1).await.unwrap();
 
     // HTTP/2 prior knowledge from the app to the outbound port.
-    let tcp = TcpStream::connect(web.outbound_addr.unwrap()).await.unwrap();
+    let tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
@@ -134,7 +196,9 @@ async fn http2_and_grpc_streaming_with_trailers() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    let req = hyper::Request::get("http://h2.default/x").body(body("")).unwrap();
+    let req = hyper::Request::get("http://h2.default/x")
+        .body(body(""))
+        .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-seen-version"], "HTTP/2.0");
@@ -143,9 +207,14 @@ async fn http2_and_grpc_streaming_with_trailers() {
     // gRPC through an --upstream port: unary, then a bidirectional stream whose status
     // arrives in the trailers.
     let upstream = format!("http://{}", web.upstream_addrs[0]);
-    let mut client = echo::echo_client::EchoClient::connect(upstream).await.unwrap();
+    let mut client = echo::echo_client::EchoClient::connect(upstream)
+        .await
+        .unwrap();
     let r = client.unary(echo::Msg { text: "hi".into() }).await.unwrap();
-    assert_eq!(r.into_inner().text, format!("hi from {}", workload("default", "web")));
+    assert_eq!(
+        r.into_inner().text,
+        format!("hi from {}", workload("default", "web"))
+    );
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut stream = client
         .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -153,7 +222,11 @@ async fn http2_and_grpc_streaming_with_trailers() {
         .unwrap()
         .into_inner();
     for i in 0..3 {
-        tx.send(echo::Msg { text: format!("m{i}") }).await.unwrap();
+        tx.send(echo::Msg {
+            text: format!("m{i}"),
+        })
+        .await
+        .unwrap();
         let got = stream.message().await.unwrap().unwrap();
         assert_eq!(got.text, format!("echo m{i}"));
     }
@@ -168,15 +241,31 @@ async fn tcp_echo_with_half_close() {
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cp = mesh.cp.grpc_addr().to_string();
-    apply(&mesh, vec![service("db", 5432, Protocol::Tcp)]).await.unwrap();
+    apply(&mesh, vec![service("db", 5432, Protocol::Tcp)])
+        .await
+        .unwrap();
     let backend = tcp_echo().await.unwrap();
-    let db = start_proxy(&mesh, &cp, dir.path(), "db", ProxyOpts { app: Some((backend.port(), "db".into())), ..Default::default() }).await.unwrap();
+    let db = start_proxy(
+        &mesh,
+        &cp,
+        dir.path(),
+        "db",
+        ProxyOpts {
+            app: Some((backend.port(), "db".into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let web = start_proxy(
         &mesh,
         &cp,
         dir.path(),
         "web",
-        ProxyOpts { upstreams: vec!["db.default:5432".into()], ..Default::default() },
+        ProxyOpts {
+            upstreams: vec!["db.default:5432".into()],
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -191,7 +280,8 @@ async fn tcp_echo_with_half_close() {
     assert!(back == payload);
     let m = db.metrics.encode();
     assert!(
-        metric_value(&m, "tcp_read_bytes_total{direction=\"inbound\"}").unwrap() >= payload.len() as f64,
+        metric_value(&m, "tcp_read_bytes_total{direction=\"inbound\"}").unwrap()
+            >= payload.len() as f64,
         "{m}"
     );
 }
@@ -203,7 +293,9 @@ async fn upgrade_and_connect_pass_through() {
     // Upgrade: a 101 from the backend, then raw bytes both ways.
     let tcp = TcpStream::connect(out).await.unwrap();
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn.with_upgrades());
     let req = hyper::Request::get("http://api.default/upgrade")
         .header("host", "api.default")
@@ -221,7 +313,9 @@ async fn upgrade_and_connect_pass_through() {
 
     // CONNECT to a mesh service: a tunnel over mTLS to its backend (plain HTTP inside).
     let mut tcp = TcpStream::connect(out).await.unwrap();
-    tcp.write_all(b"CONNECT api.default:80 HTTP/1.1\r\nhost: api.default:80\r\n\r\n").await.unwrap();
+    tcp.write_all(b"CONNECT api.default:80 HTTP/1.1\r\nhost: api.default:80\r\n\r\n")
+        .await
+        .unwrap();
     let mut head = [0u8; 19];
     tcp.read_exact(&mut head).await.unwrap();
     assert_eq!(&head[..12], b"HTTP/1.1 200");
@@ -231,7 +325,9 @@ async fn upgrade_and_connect_pass_through() {
         tcp.read_exact(&mut b).await.unwrap();
         rest.push(b[0]);
     }
-    tcp.write_all(b"GET /tunnelled HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET /tunnelled HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).await.unwrap();
     assert!(answer.ends_with("api-v1 /tunnelled"), "{answer}");
@@ -240,7 +336,9 @@ async fn upgrade_and_connect_pass_through() {
 #[tokio::test]
 async fn strict_mode_refuses_plaintext_and_permissive_serves_it_without_identity() {
     let (_mesh, _dir, api, _web) = api_and_web(false).await;
-    let (status, headers, _) = proxy_get(api.inbound_addr.unwrap(), "http://api.default/").await.unwrap();
+    let (status, headers, _) = proxy_get(api.inbound_addr.unwrap(), "http://api.default/")
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     assert_eq!(headers["x-seen-client-id"], "none");
 
@@ -248,7 +346,9 @@ async fn strict_mode_refuses_plaintext_and_permissive_serves_it_without_identity
     let err = proxy_get(api.inbound_addr.unwrap(), "http://api.default/").await;
     assert!(err.is_err(), "plaintext was served in strict mode: {err:?}");
     // mTLS from the mesh still works.
-    let (status, _, _) = proxy_get(web.outbound_addr.unwrap(), "http://api.default/").await.unwrap();
+    let (status, _, _) = proxy_get(web.outbound_addr.unwrap(), "http://api.default/")
+        .await
+        .unwrap();
     assert_eq!(status, 200);
 }
 
@@ -256,11 +356,15 @@ async fn strict_mode_refuses_plaintext_and_permissive_serves_it_without_identity
 async fn a_client_certificate_from_another_ca_is_refused() {
     let (mesh, _dir, api, _web) = api_and_web(false).await;
     // Same trust domain, another CA: the name matches, the signature does not.
-    let foreign = weft_tests::TestCa::init(weft_tests::mesh::TD).await.unwrap();
+    let foreign = weft_tests::TestCa::init(weft_tests::mesh::TD)
+        .await
+        .unwrap();
     let ca = weft_certs::CertificateAuthority::load_dir(&foreign.path(), None).unwrap();
     let key = weft_certs::WorkloadKey::generate().unwrap();
     let id = weft_certs::SpiffeId::parse(&workload("default", "web")).unwrap();
-    let issued = ca.issue(key.key_pair(), &id, &[], Some(Duration::from_secs(600))).unwrap();
+    let issued = ca
+        .issue(key.key_pair(), &id, &[], Some(Duration::from_secs(600)))
+        .unwrap();
     let cert = key.certified(issued.chain).unwrap();
     let config = weft_certs::tls::client_config(
         mesh.ca.bundle(),
@@ -270,7 +374,10 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     .unwrap();
     let tcp = TcpStream::connect(api.inbound_addr.unwrap()).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("api").unwrap();
-    let refused = match tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await {
+    let refused = match tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+    {
         Err(_) => true,
         // TLS 1.3: the server's verdict on the client certificate arrives after the client
         // finished; it shows as an alert or a closed connection on the first read.

@@ -25,24 +25,48 @@ async fn a_gigabyte_each_way_streams_with_bounded_proxy_memory() {
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cp = mesh.cp.grpc_addr().to_string();
-    apply(&mesh, vec![service("api", 80, Protocol::Http1)]).await.unwrap();
+    apply(&mesh, vec![service("api", 80, Protocol::Http1)])
+        .await
+        .unwrap();
     let backend = http_backend("api", false).await.unwrap();
     let port = backend.port().to_string();
-    let api = ProxyProcess::start(&mesh, &cp, dir.path(), "api", &["--app-port", &port, "--service", "default/api"]).await.unwrap();
-    let web = ProxyProcess::start(&mesh, &cp, dir.path(), "web", &[]).await.unwrap();
+    let api = ProxyProcess::start(
+        &mesh,
+        &cp,
+        dir.path(),
+        "api",
+        &["--app-port", &port, "--service", "default/api"],
+    )
+    .await
+    .unwrap();
+    let web = ProxyProcess::start(&mesh, &cp, dir.path(), "web", &[])
+        .await
+        .unwrap();
     web.wait_endpoints("api", 1).await.unwrap();
     let before = (api.peak_rss_kib().unwrap(), web.peak_rss_kib().unwrap());
 
-    let resp = proxy_request(web.outbound, "POST", "http://api.default/count", &[], generated(GIB))
-        .await
-        .unwrap();
+    let resp = proxy_request(
+        web.outbound,
+        "POST",
+        "http://api.default/count",
+        &[],
+        generated(GIB),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
     let count = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(count, GIB.to_string());
 
-    let resp = proxy_request(web.outbound, "GET", &format!("http://api.default/bytes/{GIB}"), &[], body(""))
-        .await
-        .unwrap();
+    let resp = proxy_request(
+        web.outbound,
+        "GET",
+        &format!("http://api.default/bytes/{GIB}"),
+        &[],
+        body(""),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
     let mut stream = resp.into_body();
     let mut received = 0u64;
@@ -56,7 +80,10 @@ async fn a_gigabyte_each_way_streams_with_bounded_proxy_memory() {
     for (name, p, start) in [("api", &api, before.0), ("web", &web, before.1)] {
         let peak = p.peak_rss_kib().unwrap();
         eprintln!("{name}: peak RSS {start} KiB before, {peak} KiB after 2 GiB");
-        assert!(peak < 64 * 1024, "{name} proxy peaked at {peak} KiB while streaming 1 GiB bodies");
+        assert!(
+            peak < 64 * 1024,
+            "{name} proxy peaked at {peak} KiB while streaming 1 GiB bodies"
+        );
     }
 }
 
@@ -75,7 +102,9 @@ fn traffic(
                 Ok((200, _, _)) => {
                     counted.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok((status, headers, text)) => failures.push(format!("{status} {headers:?} {text}")),
+                Ok((status, headers, text)) => {
+                    failures.push(format!("{status} {headers:?} {text}"))
+                }
                 Err(e) => failures.push(e.to_string()),
             }
         }
@@ -87,16 +116,20 @@ fn traffic(
 /// Waits until `ok` has grown by `n` from now.
 async fn more_successes(ok: &AtomicU64, n: u64) {
     let start = ok.load(Ordering::Relaxed);
-    poll(Duration::from_secs(30), || (ok.load(Ordering::Relaxed) >= start + n).then_some(()))
-        .await
-        .unwrap();
+    poll(Duration::from_secs(30), || {
+        (ok.load(Ordering::Relaxed) >= start + n).then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_keeps_flowing_when_the_control_plane_is_killed() {
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlaneProcess::start(&mesh.ca.path(), &[]).await.unwrap();
+    let cp = ControlPlaneProcess::start(&mesh.ca.path(), &[])
+        .await
+        .unwrap();
     ConfigClient::new(mesh.admin_at(&cp.grpc_addr).await.unwrap())
         .apply(ApplyRequest {
             documents: vec![service("api", 80, Protocol::Http1)],
@@ -105,16 +138,32 @@ async fn traffic_keeps_flowing_when_the_control_plane_is_killed() {
         .await
         .unwrap();
     let backend = http_backend("api", false).await.unwrap();
-    let opts = ProxyOpts { app: Some((backend.port(), "api".into())), ..Default::default() };
-    let api = start_proxy(&mesh, &cp.grpc_addr, dir.path(), "api", opts).await.unwrap();
-    let web = start_proxy(&mesh, &cp.grpc_addr, dir.path(), "web", ProxyOpts::default()).await.unwrap();
+    let opts = ProxyOpts {
+        app: Some((backend.port(), "api".into())),
+        ..Default::default()
+    };
+    let api = start_proxy(&mesh, &cp.grpc_addr, dir.path(), "api", opts)
+        .await
+        .unwrap();
+    let web = start_proxy(
+        &mesh,
+        &cp.grpc_addr,
+        dir.path(),
+        "web",
+        ProxyOpts::default(),
+    )
+    .await
+    .unwrap();
     wait_endpoints(&web, "api", 1).await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, task) = traffic(web.outbound_addr.unwrap(), stop.clone());
     more_successes(&ok, 50).await;
     let pid = cp.pid().unwrap().to_string();
-    let killed = std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap();
     assert!(killed.success());
     // Both proxies notice, and keep serving on the last configuration.
     for p in [&api, &web] {
@@ -127,7 +176,12 @@ async fn traffic_keeps_flowing_when_the_control_plane_is_killed() {
     more_successes(&ok, 200).await;
     stop.store(true, Ordering::Relaxed);
     let failures = task.await.unwrap();
-    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,14 +189,31 @@ async fn certificates_rotate_under_traffic_without_a_failed_request() {
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cp = mesh.cp.grpc_addr().to_string();
-    apply(&mesh, vec![service("api", 80, Protocol::Http1)]).await.unwrap();
-    let backend = http_backend("api", false).await.unwrap();
-    let ttl = Some(Duration::from_secs(30));
-    let opts = ProxyOpts { app: Some((backend.port(), "api".into())), cert_ttl: ttl, ..Default::default() };
-    let api = start_proxy(&mesh, &cp, dir.path(), "api", opts).await.unwrap();
-    let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts { cert_ttl: ttl, ..Default::default() })
+    apply(&mesh, vec![service("api", 80, Protocol::Http1)])
         .await
         .unwrap();
+    let backend = http_backend("api", false).await.unwrap();
+    let ttl = Some(Duration::from_secs(30));
+    let opts = ProxyOpts {
+        app: Some((backend.port(), "api".into())),
+        cert_ttl: ttl,
+        ..Default::default()
+    };
+    let api = start_proxy(&mesh, &cp, dir.path(), "api", opts)
+        .await
+        .unwrap();
+    let web = start_proxy(
+        &mesh,
+        &cp,
+        dir.path(),
+        "web",
+        ProxyOpts {
+            cert_ttl: ttl,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     wait_endpoints(&web, "api", 1).await.unwrap();
     let first = api.identity.svid().not_after;
 
@@ -156,7 +227,14 @@ async fn certificates_rotate_under_traffic_without_a_failed_request() {
         async move {
             let mut failures = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let r = proxy_request(out, "GET", "http://api.default/upgrade", &[("connection", "upgrade"), ("upgrade", "echo")], body("")).await;
+                let r = proxy_request(
+                    out,
+                    "GET",
+                    "http://api.default/upgrade",
+                    &[("connection", "upgrade"), ("upgrade", "echo")],
+                    body(""),
+                )
+                .await;
                 match r {
                     Ok(r) if r.status() == 101 => {}
                     Ok(r) => failures.push(format!("upgrade answered {}", r.status())),
@@ -169,10 +247,14 @@ async fn certificates_rotate_under_traffic_without_a_failed_request() {
     });
     // Renewal at ~70 % of 30 s: two renewals each take about 45 s.
     for p in [&api, &web] {
-        let renewals = || metric_value(&p.metrics.encode(), "identity_cert_renewals_total").unwrap_or(0.0);
+        let renewals =
+            || metric_value(&p.metrics.encode(), "identity_cert_renewals_total").unwrap_or(0.0);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         while renewals() < 2.0 {
-            assert!(tokio::time::Instant::now() < deadline, "fewer than 2 renewals in 90 s");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fewer than 2 renewals in 90 s"
+            );
             more_successes(&ok, 1).await;
         }
     }
@@ -180,9 +262,19 @@ async fn certificates_rotate_under_traffic_without_a_failed_request() {
     more_successes(&ok, 20).await;
     stop.store(true, Ordering::Relaxed);
     let failures = task.await.unwrap();
-    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let failures = handshakes.await.unwrap();
-    assert!(failures.is_empty(), "{} upgrades failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} upgrades failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(ok.load(Ordering::Relaxed) > 100);
 }
 
@@ -191,7 +283,9 @@ async fn sigterm_deregisters_then_lets_in_flight_requests_finish() {
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cp = mesh.cp.grpc_addr().to_string();
-    apply(&mesh, vec![service("api", 80, Protocol::Http1)]).await.unwrap();
+    apply(&mesh, vec![service("api", 80, Protocol::Http1)])
+        .await
+        .unwrap();
     let backend = http_backend("api", false).await.unwrap();
     let port = backend.port().to_string();
     let mut api = ProxyProcess::start(
@@ -199,11 +293,20 @@ async fn sigterm_deregisters_then_lets_in_flight_requests_finish() {
         &cp,
         dir.path(),
         "api",
-        &["--app-port", &port, "--service", "default/api", "--drain-timeout", "20s"],
+        &[
+            "--app-port",
+            &port,
+            "--service",
+            "default/api",
+            "--drain-timeout",
+            "20s",
+        ],
     )
     .await
     .unwrap();
-    let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts::default()).await.unwrap();
+    let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts::default())
+        .await
+        .unwrap();
     wait_endpoints(&web, "api", 1).await.unwrap();
     let out = web.outbound_addr.unwrap();
 
@@ -223,11 +326,20 @@ async fn sigterm_deregisters_then_lets_in_flight_requests_finish() {
         if seen >= 5.0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "requests never arrived: {m}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests never arrived: {m}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pid = api.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
 
     // The endpoint is deregistered first: the client proxy drops it.
     poll(Duration::from_secs(10), || {
@@ -243,7 +355,10 @@ async fn sigterm_deregisters_then_lets_in_flight_requests_finish() {
         let (status, _, text) = r.await.unwrap().unwrap();
         assert_eq!((status, text.as_str()), (200, "slow done"));
     }
-    let exit = tokio::time::timeout(Duration::from_secs(20), api.child.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), api.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "exit {exit:?}; log:\n{}", api.log());
     assert!(api.log().contains("draining"), "{}", api.log());
 }

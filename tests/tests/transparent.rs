@@ -23,7 +23,11 @@ fn redirected_connections_reach_the_endpoint_behind_their_original_destination()
     let ns = format!("weft-test-{}", std::process::id());
     let run = |args: &[&str]| {
         let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     run(&["ip", "netns", "add", &ns]);
     struct Cleanup(String);
@@ -38,31 +42,66 @@ fn redirected_connections_reach_the_endpoint_behind_their_original_destination()
     let out = Command::new("ip")
         .args(["netns", "exec", &ns])
         .arg(exe)
-        .args(["--ignored", "--exact", "inside_the_namespace", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "inside_the_namespace",
+            "--nocapture",
+        ])
         .env("WEFT_TEST_NETNS", &ns)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "inner test failed:\n{text}");
-    assert!(text.contains("1 passed"), "the inner test did not run:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the inner test did not run:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by the test above, inside its network namespace"]
 async fn inside_the_namespace() {
-    assert!(std::env::var("WEFT_TEST_NETNS").is_ok(), "run only inside the test namespace");
+    assert!(
+        std::env::var("WEFT_TEST_NETNS").is_ok(),
+        "run only inside the test namespace"
+    );
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cp = mesh.cp.grpc_addr().to_string();
-    apply(&mesh, vec![service("api", 80, Protocol::Http1)]).await.unwrap();
+    apply(&mesh, vec![service("api", 80, Protocol::Http1)])
+        .await
+        .unwrap();
     let backend = http_backend("api", false).await.unwrap();
-    let opts = ProxyOpts { app: Some((backend.port(), "api".into())), ..Default::default() };
-    let _api = start_proxy(&mesh, &cp, dir.path(), "api", opts).await.unwrap();
-    let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts::default()).await.unwrap();
+    let opts = ProxyOpts {
+        app: Some((backend.port(), "api".into())),
+        ..Default::default()
+    };
+    let _api = start_proxy(&mesh, &cp, dir.path(), "api", opts)
+        .await
+        .unwrap();
+    let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts::default())
+        .await
+        .unwrap();
     wait_endpoints(&web, "api", 1).await.unwrap();
     let outbound = web.outbound_addr.unwrap().port().to_string();
     let status = Command::new("iptables")
-        .args(["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "127.0.0.1", "--dport", &DIALED.to_string()])
+        .args([
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            "127.0.0.1",
+            "--dport",
+            &DIALED.to_string(),
+        ])
         .args(["-j", "REDIRECT", "--to-ports", &outbound])
         .status()
         .unwrap();
@@ -77,7 +116,10 @@ async fn inside_the_namespace() {
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains(&format!("x-seen-client-id: {}", workload("default", "web"))), "{answer}");
+    assert!(
+        answer.contains(&format!("x-seen-client-id: {}", workload("default", "web"))),
+        "{answer}"
+    );
     assert!(answer.ends_with("api /direct"), "{answer}");
     let m = web.metrics.encode();
     assert!(m.contains("direction=\"outbound\""), "{m}");
