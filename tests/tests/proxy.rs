@@ -187,3 +187,25 @@ async fn the_certificate_is_renewed_before_it_expires_and_the_proxy_stays_ready(
     admin_until(&proxy, "/ready", |s, _| s == 200).await;
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bad_flag_is_one_line_and_exit_2() {
+    for (args, names) in [
+        (vec!["--mtls", "sometimes"], "--mtls"),
+        (vec!["--upstream", "5000=api"], "--upstream"),
+        (vec!["--service", "no-slash"], "--service"),
+        (vec!["--labels", "version"], "--labels"),
+    ] {
+        let out = tokio::process::Command::new(weft_tests::bin("weft-proxy"))
+            .args(["run", "--control-plane", "127.0.0.1:1", "--trust-bundle", "/nonexistent"])
+            .args(["--trust-domain", "mesh.test", "--token-file", "/nonexistent"])
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("weft-proxy: ") && stderr.contains(names), "{args:?}: {stderr}");
+    }
+}
