@@ -197,8 +197,19 @@ async fn a_bad_flag_is_one_line_and_exit_2() {
         (vec!["--labels", "version"], "--labels"),
     ] {
         let out = tokio::process::Command::new(weft_tests::bin("weft-proxy"))
-            .args(["run", "--control-plane", "127.0.0.1:1", "--trust-bundle", "/nonexistent"])
-            .args(["--trust-domain", "mesh.test", "--token-file", "/nonexistent"])
+            .args([
+                "run",
+                "--control-plane",
+                "127.0.0.1:1",
+                "--trust-bundle",
+                "/nonexistent",
+            ])
+            .args([
+                "--trust-domain",
+                "mesh.test",
+                "--token-file",
+                "/nonexistent",
+            ])
             .args(&args)
             .output()
             .await
@@ -206,6 +217,9 @@ async fn a_bad_flag_is_one_line_and_exit_2() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
-        assert!(stderr.starts_with("weft-proxy: ") && stderr.contains(names), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("weft-proxy: ") && stderr.contains(names),
+            "{args:?}: {stderr}"
+        );
     }
 }
