@@ -50,13 +50,22 @@ enum Mode {
 /// The original destination of a redirected connection; `None` when it was not redirected.
 fn original_dst(tcp: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
     let sock = SockRef::from(tcp);
+    // A dual-stack listener ([::]) sees IPv4 clients as v4-mapped IPv6 addresses; their
+    // original destination is in the IPv4 table.
     let dst = match local {
-        SocketAddr::V4(_) => sock.original_dst_v4(),
-        SocketAddr::V6(_) => sock.original_dst_v6(),
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none() => sock.original_dst_v6(),
+        _ => sock.original_dst_v4(),
     }
     .ok()?
     .as_socket()?;
-    (dst != local).then_some(dst)
+    let unmapped = |a: SocketAddr| match a {
+        SocketAddr::V6(v6) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(a, |ip| SocketAddr::new(ip.into(), v6.port())),
+        v4 => v4,
+    };
+    (unmapped(dst) != unmapped(local)).then_some(unmapped(dst))
 }
 
 /// Handles one connection accepted on the main outbound listener.

@@ -277,6 +277,8 @@ pub struct ProxyOpts {
     pub upstreams: Vec<String>,
     pub strict: bool,
     pub cert_ttl: Option<Duration>,
+    /// Listen on [::1] instead of 127.0.0.1.
+    pub ipv6: bool,
 }
 
 /// Writes a join token for `default/<sa>` into `dir`.
@@ -301,6 +303,8 @@ pub async fn start_proxy(
     opts: ProxyOpts,
 ) -> anyhow::Result<Proxy> {
     let token_file = token_file(mesh, dir, sa).await?;
+    let any_port: std::net::SocketAddr =
+        if opts.ipv6 { "[::1]:0" } else { "127.0.0.1:0" }.parse()?;
     let proxy = Proxy::start(Config {
         control_plane: ControlPlane {
             addr: cp_addr.to_owned(),
@@ -312,13 +316,13 @@ pub async fn start_proxy(
         admin: "127.0.0.1:0".parse()?,
         node_id: sa.to_owned(),
         inbound: opts.app.map(|(port, service)| InboundConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: any_port,
             app_port: port,
             service: Some(weft_proto::model::ObjectRef::new("default", service)),
             labels: Default::default(),
             advertise: None,
         }),
-        outbound: Some("127.0.0.1:0".parse()?),
+        outbound: Some(any_port),
         upstreams: opts
             .upstreams
             .iter()

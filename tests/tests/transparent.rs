@@ -1,4 +1,4 @@
-//! Transparent interception: an iptables REDIRECT sends the application's connection to the
+//! Transparent interception: an iptables (and ip6tables) REDIRECT sends the application's connection to the
 //! outbound port, and the proxy finds the original destination with `SO_ORIGINAL_DST`.
 //!
 //! iptables rules are per network namespace, so the scenario runs in a namespace of its own:
@@ -123,4 +123,63 @@ async fn inside_the_namespace() {
     assert!(answer.ends_with("api /direct"), "{answer}");
     let m = web.metrics.encode();
     assert!(m.contains("direction=\"outbound\""), "{m}");
+
+    // The same over IPv6: SO_ORIGINAL_DST's IPv6 form (IP6T_SO_ORIGINAL_DST).
+    apply(&mesh, vec![service("api6", 80, Protocol::Http1)])
+        .await
+        .unwrap();
+    let opts = ProxyOpts {
+        app: Some((backend.port(), "api6".into())),
+        ipv6: true,
+        ..Default::default()
+    };
+    let _api6 = start_proxy(&mesh, &cp, dir.path(), "api6", opts)
+        .await
+        .unwrap();
+    let web6 = start_proxy(
+        &mesh,
+        &cp,
+        dir.path(),
+        "web6",
+        ProxyOpts {
+            ipv6: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_endpoints(&web6, "api6", 1).await.unwrap();
+    let outbound = web6.outbound_addr.unwrap().port().to_string();
+    let status = Command::new("ip6tables")
+        .args([
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            "::1",
+            "--dport",
+            &DIALED.to_string(),
+        ])
+        .args(["-j", "REDIRECT", "--to-ports", &outbound])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut tcp = TcpStream::connect(("::1", DIALED)).await.unwrap();
+    tcp.write_all(b"GET /v6 HTTP/1.1\r\nhost: [::1]:9999\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!(
+            "x-seen-client-id: {}",
+            workload("default", "web6")
+        )),
+        "{answer}"
+    );
+    assert!(answer.ends_with("api /v6"), "{answer}");
 }
