@@ -214,6 +214,7 @@ fn http_route(i: usize, services: usize, canary: i64) -> mesh::HttpRoute {
             backend_refs,
             ..Default::default()
         }],
+        retry_policy: None,
     }
 }
 

@@ -15,6 +15,9 @@ use std::time::Duration;
 use crate::mesh::v1 as pb;
 use weft_certs::SpiffeId;
 
+mod traffic;
+pub use traffic::*;
+
 /// The largest backendRef weight (Gateway API's limit).
 pub const MAX_BACKEND_WEIGHT: i64 = 1_000_000;
 /// The largest endpoint weight.
@@ -135,6 +138,8 @@ pub struct Service {
     pub ports: Vec<Port>,
     /// Empty: only endpoints registered under this service's name.
     pub selector: BTreeMap<String, String>,
+    /// How proxies balance, eject and cap requests to its endpoints.
+    pub traffic: TrafficPolicy,
 }
 
 impl Service {
@@ -172,6 +177,8 @@ pub struct HttpRoute {
     pub id: ObjectRef,
     pub parents: Vec<ParentRef>,
     pub rules: Vec<Rule>,
+    /// Applies to the rules that have `retry`.
+    pub retry_policy: RetryPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,10 +428,12 @@ impl TryFrom<pb::Service> for Service {
             }
         }
         labels(&mut errs, "spec.selector", &s.selector);
+        let traffic = traffic::traffic_policy(&mut errs, s.traffic_policy.as_ref());
         errs.finish(|| Service {
             id: ObjectRef::new(s.namespace, s.name),
             ports,
             selector: s.selector,
+            traffic,
         })
     }
 }
@@ -534,10 +543,12 @@ impl TryFrom<pb::HttpRoute> for HttpRoute {
             let f = format!("spec.rules[{i}]");
             rules.push(self::rule(&mut errs, &f, rule, &ns_or(""), &ns_or));
         }
+        let retry_policy = traffic::retry_policy(&mut errs, r.retry_policy.as_ref());
         errs.finish(|| HttpRoute {
             id: ObjectRef::new(r.namespace.clone(), r.name.clone()),
             parents,
             rules,
+            retry_policy,
         })
     }
 }
@@ -793,6 +804,8 @@ impl From<&Service> for pb::Service {
                 .collect(),
             selector: s.selector.clone(),
             routes: vec![],
+            traffic_policy: (s.traffic != TrafficPolicy::default())
+                .then(|| pb::TrafficPolicy::from(&s.traffic)),
         }
     }
 }
@@ -829,6 +842,8 @@ impl From<&HttpRoute> for pb::HttpRoute {
                 })
                 .collect(),
             rules: r.rules.iter().map(pb::HttpRouteRule::from).collect(),
+            retry_policy: (r.retry_policy != RetryPolicy::default())
+                .then(|| pb::RetryPolicy::from(&r.retry_policy)),
         }
     }
 }

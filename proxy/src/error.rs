@@ -27,11 +27,24 @@ pub enum ProxyError {
     #[error("{0}")]
     Timeout(String),
     #[error("upstream {addr}: {reason}")]
-    Upstream { addr: String, reason: String },
+    Upstream {
+        addr: String,
+        reason: String,
+        /// The peer refused the stream (nothing was processed).
+        refused: bool,
+    },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("{0} is outside the mesh and passthrough is off")]
     Denied(String),
+    #[error("{0}")]
+    AllEndpointsEjected(String),
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// A retry was due and the route's budget refused it: the original failure goes back
+    /// with its own status.
+    #[error("{original} (not retried: the route's retry budget is exhausted)")]
+    RetryBudgetExhausted { original: Box<ProxyError> },
 }
 
 impl ProxyError {
@@ -46,13 +59,19 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream-failed",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::Denied(_) => "denied",
+            ProxyError::AllEndpointsEjected(_) => "all-endpoints-ejected",
+            ProxyError::Overloaded(_) => "overloaded",
+            ProxyError::RetryBudgetExhausted { .. } => "retry-budget-exhausted",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints(_)
+            | ProxyError::AllEndpointsEjected(_)
+            | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RetryBudgetExhausted { original } => original.status(),
             ProxyError::ConnectFailed { .. }
             | ProxyError::TlsIdentityMismatch { .. }
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,

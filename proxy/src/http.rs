@@ -230,6 +230,7 @@ fn upstream(what: &str, e: hyper::Error) -> ProxyError {
     ProxyError::Upstream {
         addr: what.to_owned(),
         reason: e.to_string(),
+        refused: false,
     }
 }
 

@@ -210,6 +210,7 @@ async fn to_app(
                 ProxyError::Upstream {
                     addr: app.addr.to_string(),
                     reason: format!("{e:#}"),
+                    refused: false,
                 }
             }
         })?;

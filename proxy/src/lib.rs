@@ -12,11 +12,13 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod balance;
 pub mod body;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod error;
+pub mod forward;
 pub mod http;
 pub mod identity;
 pub mod inbound;
@@ -27,6 +29,7 @@ pub mod peers;
 pub mod plan;
 pub mod registration;
 pub mod resources;
+pub mod retry;
 pub mod tcp;
 pub mod tls;
 
@@ -207,6 +210,8 @@ impl Proxy {
                 .as_ref()
                 .map(|i| App::new(SocketAddr::from(([127, 0, 0, 1], i.app_port)))),
             outside: listen::outside_client(),
+            balancers: balance::Balancers::default(),
+            budgets: retry::Budgets::default(),
         });
         let (deregister, deregister_rx) = watch::channel(false);
         let mut registrar = None;

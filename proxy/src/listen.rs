@@ -14,11 +14,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::balance::Balancers;
 use crate::body::Body;
 use crate::drain;
 use crate::metrics::{Metrics, RequestLabels, ResponseLabels, TcpLabels};
 use crate::peers::Peers;
 use crate::resources::MeshConfig;
+use crate::retry::Budgets;
 use crate::tls::MeshTls;
 
 /// Whether the inbound port accepts plaintext from clients outside the mesh.
@@ -115,6 +117,10 @@ pub struct Ctx {
     pub app: Option<App>,
     /// Plain HTTP to destinations outside the mesh (outbound passthrough).
     pub outside: Client<HttpConnector, Body>,
+    /// How endpoints have behaved: latency, requests in flight, ejections.
+    pub balancers: Balancers,
+    /// Retry budgets, by route.
+    pub budgets: Budgets,
 }
 
 impl Ctx {

@@ -47,6 +47,21 @@ pub struct TcpLabels {
     pub direction: &'static str,
 }
 
+/// Labels of `retries_total` and `retry_budget_exhausted_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// The backend service, `namespace/name`.
+    pub backend: String,
+    /// The route, `namespace/name`.
+    pub route: String,
+}
+
+/// Labels of `outlier_ejections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EjectionLabels {
+    pub backend: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
@@ -64,6 +79,9 @@ pub struct Metrics {
     pub tcp_read: Family<TcpLabels, Counter>,
     pub tcp_write: Family<TcpLabels, Counter>,
     pub registered: Gauge,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retry_budget_exhausted: Family<RetryLabels, Counter>,
+    pub ejections: Family<EjectionLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -91,6 +109,9 @@ impl Metrics {
             tcp_read: Family::default(),
             tcp_write: Family::default(),
             registered: Gauge::default(),
+            retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
+            ejections: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -162,6 +183,21 @@ impl Metrics {
             "registered_endpoints",
             "Inbound endpoints this proxy holds registered with the control plane",
             m.registered.clone(),
+        );
+        r.register(
+            "retries",
+            "Retries sent (attempts after the first), by backend and route",
+            m.retries.clone(),
+        );
+        r.register(
+            "retry_budget_exhausted",
+            "Retries the route's retry budget refused (the original response went back)",
+            m.retry_budget_exhausted.clone(),
+        );
+        r.register(
+            "outlier_ejections",
+            "Endpoints taken out of rotation after consecutive failures, by backend",
+            m.ejections.clone(),
         );
         m
     }

@@ -18,12 +18,14 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span};
 use weft_certs::SpiffeId;
-use weft_proto::model::{Endpoint, ObjectRef, Protocol, Timeouts};
+use weft_proto::model::{Endpoint, ObjectRef, Protocol};
 
 use crate::backoff::random_fraction;
+use crate::balance::Outcome as AttemptOutcome;
 use crate::body::{Body, empty, streamed};
 use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
+use crate::forward;
 use crate::http::{
     Http, ORIG_PROTO, authority_of, forward_upgrade, is_upgrade, serve, set_absolute_uri,
     strip_hop_by_hop,
@@ -107,15 +109,8 @@ async fn transparent(ctx: Arc<Ctx>, tcp: TcpStream, dst: SocketAddr) {
     match http {
         Some(http) => serve_http(ctx, tcp, http, Mode::Direct(service, endpoint)).await,
         None => {
-            let plan = Plan {
-                route: None,
-                backend: service,
-                backend_port: dst.port(),
-                addr: endpoint.address,
-                identity: endpoint.identity,
-                protocol: Protocol::Tcp,
-                timeouts: Timeouts::default(),
-            };
+            let mut plan = Plan::to_endpoint(service, endpoint, Protocol::Tcp);
+            plan.backend_port = dst.port();
             opaque_to_peer(&ctx, tcp, &plan).await
         }
     }
@@ -145,12 +140,35 @@ pub async fn upstream_connection(ctx: Arc<Ctx>, tcp: TcpStream, authority: Arc<s
     }
 }
 
-async fn opaque_to_peer(ctx: &Ctx, tcp: TcpStream, plan: &Plan) {
-    match ctx
+/// Connects to an endpoint of the plan's backend that the balancer picks, for an opaque
+/// stream or an upgrade; the connection's outcome feeds outlier detection.
+async fn connect_planned(
+    ctx: &Ctx,
+    plan: &Plan,
+    alpn: &'static [u8],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+    let lease = ctx.balancers.service(&plan.backend).pick(
+        &plan.traffic,
+        &plan.endpoints.endpoints,
+        &[],
+        Instant::now(),
+        &mut random_fraction,
+    )?;
+    let result = ctx
         .peers
-        .connect(plan.addr, &plan.identity, ALPN_OPAQUE)
-        .await
-    {
+        .connect(lease.endpoint.address, &lease.endpoint.identity, alpn)
+        .await;
+    let outcome = if result.is_ok() {
+        AttemptOutcome::Success
+    } else {
+        AttemptOutcome::Failure
+    };
+    lease.finish(outcome, &plan.traffic.outlier_detection, Instant::now());
+    result
+}
+
+async fn opaque_to_peer(ctx: &Ctx, tcp: TcpStream, plan: &Plan) {
+    match connect_planned(ctx, plan, ALPN_OPAQUE).await {
         Ok(upstream) => {
             let r = crate::tcp::splice(
                 tcp,
@@ -202,6 +220,8 @@ struct Outcome {
     authority: String,
     tls: bool,
     server_id: Option<SpiffeId>,
+    /// The route's retry budget withheld a retry.
+    budget_exhausted: bool,
 }
 
 async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Incoming>) -> Response<Body> {
@@ -215,11 +235,13 @@ async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Incoming>) -> Response<
         authority: authority.clone(),
         tls: false,
         server_id: None,
+        budget_exhausted: false,
     };
     let result = route(&ctx, &mode, &authority, req, &mut outcome)
         .instrument(span)
         .await;
     let (resp, error) = match result {
+        Ok(resp) if outcome.budget_exhausted => (resp, "retry-budget-exhausted"),
         Ok(resp) => (resp, ""),
         Err(e) => {
             debug!(error = %e, reason = e.reason(), "request failed in the proxy");
@@ -266,15 +288,11 @@ async fn route(
             outcome.authority = t.authority();
             Some(plan::plan_http(&config, t, &facts, &mut random_fraction))
         }
-        (None, Mode::Direct(service, endpoint)) => Some(Ok(Plan {
-            route: None,
-            backend: service.clone(),
-            backend_port: endpoint.address.port(),
-            addr: endpoint.address,
-            identity: endpoint.identity.clone(),
-            protocol: Protocol::Http1,
-            timeouts: Timeouts::default(),
-        })),
+        (None, Mode::Direct(service, endpoint)) => Some(Ok(Plan::to_endpoint(
+            service.clone(),
+            endpoint.clone(),
+            Protocol::Http1,
+        ))),
         (None, Mode::Fixed(_)) => Some(Err(ProxyError::NoRoute(authority.to_owned()))),
         (None, Mode::Proxy) => None,
     };
@@ -283,8 +301,7 @@ async fn route(
             ctx.count_request(DIRECTION, &outcome.authority, true);
             let plan = plan?;
             outcome.tls = true;
-            outcome.server_id = Some(plan.identity.clone());
-            to_peer(ctx, &plan, authority, req).await
+            to_peer(ctx, &plan, authority, req, outcome).await
         }
         None => {
             ctx.count_request(DIRECTION, authority, false);
@@ -293,19 +310,19 @@ async fn route(
     }
 }
 
-/// Sends a request to the planned endpoint's proxy: upgrades on their own HTTP/1.1 connection,
-/// everything else on the shared HTTP/2 connection.
+/// Sends a request as the plan says: upgrades on their own HTTP/1.1 connection, everything
+/// else on the endpoint's shared HTTP/2 connection, with the route's retries and timeouts
+/// (`crate::forward`).
 async fn to_peer(
     ctx: &Ctx,
     plan: &Plan,
     authority: &str,
     mut req: Request<Incoming>,
+    outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     if is_upgrade(&req) {
-        let tls = ctx
-            .peers
-            .connect(plan.addr, &plan.identity, ALPN_HTTP1)
-            .await?;
+        let tls = connect_planned(ctx, plan, ALPN_HTTP1).await?;
+        outcome.server_id = crate::tls::peer_id(&tls);
         set_absolute_uri(&mut req, authority)?;
         return forward_upgrade(
             req,
@@ -328,23 +345,14 @@ async fn to_peer(
             .insert(ORIG_PROTO, http::HeaderValue::from_static("HTTP/1.1"));
     }
     parts.version = Version::HTTP_2;
-    let send = ctx.peers.send(
-        plan.addr,
-        &plan.identity,
-        Request::from_parts(parts, streamed(body)),
-    );
-    let resp = match plan.timeouts.request {
-        Some(limit) => tokio::time::timeout(limit, send).await.map_err(|_| {
-            ProxyError::Timeout(format!(
-                "no response from {} within {limit:?}",
-                plan.backend
-            ))
-        })??,
-        None => send.await?,
-    };
+    let head = Request::from_parts(parts, ());
+    let forwarded = forward::forward(ctx, plan, head, streamed(body)).await;
+    outcome.server_id = forwarded.server_id;
+    outcome.budget_exhausted = forwarded.budget_exhausted;
+    let resp = forwarded.result?;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, streamed(body)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// A request for a destination outside the mesh (HTTP-proxy mode).
@@ -390,6 +398,7 @@ async fn outside(
                 ProxyError::Upstream {
                     addr: authority.to_owned(),
                     reason: format!("{e:#}"),
+                    refused: false,
                 }
             }
         })?;
@@ -449,11 +458,8 @@ async fn connect_tunnel(
             outcome.authority = target.authority();
             let plan = plan::plan_tcp(config, &target, &mut random_fraction)?;
             outcome.tls = true;
-            outcome.server_id = Some(plan.identity.clone());
-            let tls = ctx
-                .peers
-                .connect(plan.addr, &plan.identity, ALPN_OPAQUE)
-                .await?;
+            let tls = connect_planned(ctx, &plan, ALPN_OPAQUE).await?;
+            outcome.server_id = crate::tls::peer_id(&tls);
             spawn_splice(Box::new(tls));
         }
         None if ctx.settings.passthrough => {

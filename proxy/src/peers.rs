@@ -152,9 +152,20 @@ impl Peers {
 }
 
 fn upstream(addr: SocketAddr, e: &hyper::Error) -> ProxyError {
+    // REFUSED_STREAM guarantees the peer processed nothing (RFC 9113 §8.7): safe to retry.
+    let mut source = std::error::Error::source(e);
+    let mut refused = false;
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            refused = h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            break;
+        }
+        source = s.source();
+    }
     ProxyError::Upstream {
         addr: addr.to_string(),
         reason: e.to_string(),
+        refused,
     }
 }
 

@@ -1,19 +1,21 @@
 //! Where a request or connection goes: a plain function of (configuration, request facts,
 //! random draws) → [`Plan`], with no I/O. The outbound path executes plans.
 //!
-//! Authority → service port → route rule (Gateway API precedence) → weighted backend →
-//! weighted endpoint, with the endpoint's registered identity as the peer to require.
+//! Authority → service port → route rule (Gateway API precedence) → weighted backend → that
+//! backend's ready endpoints, traffic policy, timeouts and retry policy. Which endpoint (and so
+//! which identity to require of the peer) is the balancer's choice per attempt
+//! (`crate::balance`), since it depends on what earlier requests saw.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use weft_certs::SpiffeId;
 use weft_proto::model::{
-    Backend, Endpoint, HttpRoute, ObjectRef, PathMatch, Port, Protocol, Rule, Timeouts,
+    Backend, Endpoint, HttpRoute, ObjectRef, PathMatch, Port, Protocol, Retry, RetryPolicy, Rule,
+    Timeouts, TrafficPolicy,
 };
 
 use crate::error::ProxyError;
-use crate::resources::{MeshConfig, ServiceConfig};
+use crate::resources::{EndpointSet, MeshConfig, ServiceConfig};
 
 /// A mesh service and one of its ports, named by a client.
 #[derive(Debug, Clone)]
@@ -31,18 +33,71 @@ impl Target {
 }
 
 /// Where to send one request or connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// The route and rule index chosen, if the service has routes.
-    pub route: Option<(ObjectRef, usize)>,
+    /// The route and rule chosen, if the service has routes.
+    pub route: Option<RuleRef>,
     pub backend: ObjectRef,
     pub backend_port: u16,
-    /// The peer proxy's inbound address.
-    pub addr: SocketAddr,
-    /// The identity the peer must present.
-    pub identity: SpiffeId,
+    /// The backend's endpoints (the balancer takes the ready ones).
+    pub endpoints: Arc<EndpointSet>,
+    /// The backend service's load balancing, outlier detection and pending cap.
+    pub traffic: TrafficPolicy,
     pub protocol: Protocol,
     pub timeouts: Timeouts,
+}
+
+/// One rule of one route of a service, shared with the snapshot (no copy per request).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleRef {
+    pub service: Arc<ServiceConfig>,
+    pub route: usize,
+    pub rule: usize,
+}
+
+impl RuleRef {
+    pub fn route(&self) -> &HttpRoute {
+        &self.service.routes[self.route]
+    }
+
+    pub fn rule(&self) -> &Rule {
+        &self.route().rules[self.rule]
+    }
+
+    /// The rule's retry settings with the route's policy, if the rule retries at all.
+    pub fn retry(&self) -> Option<(&Retry, &RetryPolicy)> {
+        let route = self.route();
+        route.rules[self.rule]
+            .retry
+            .as_ref()
+            .map(|r| (r, &route.retry_policy))
+    }
+}
+
+impl Plan {
+    /// `namespace/name` of the route, or "" when the service has none.
+    pub fn route_label(&self) -> String {
+        self.route
+            .as_ref()
+            .map(|r| r.route().id.to_string())
+            .unwrap_or_default()
+    }
+
+    /// A plan to one endpoint (a connection redirected to that endpoint's address).
+    pub fn to_endpoint(service: ObjectRef, endpoint: Endpoint, protocol: Protocol) -> Self {
+        Plan {
+            route: None,
+            backend_port: endpoint.address.port(),
+            endpoints: Arc::new(EndpointSet {
+                service: service.clone(),
+                endpoints: vec![endpoint],
+            }),
+            backend: service,
+            traffic: TrafficPolicy::default(),
+            protocol,
+            timeouts: Timeouts::default(),
+        }
+    }
 }
 
 /// The facts of a request that routing reads.
@@ -112,11 +167,12 @@ pub fn plan_http(
     req: &RequestFacts<'_>,
     draw: &mut dyn FnMut() -> f64,
 ) -> Result<Plan, ProxyError> {
-    let routes: Vec<&HttpRoute> = target
+    let routes: Vec<(usize, &HttpRoute)> = target
         .service
         .routes
         .iter()
-        .filter(|r| attaches(r, target))
+        .enumerate()
+        .filter(|(_, r)| attaches(r, target))
         .collect();
     if routes.is_empty() {
         return plan_backend(
@@ -125,22 +181,27 @@ pub fn plan_http(
             None,
             &default_backend(target),
             Timeouts::default(),
-            draw,
         );
     }
     let (route, index, rule) = best_rule(&routes, req).ok_or_else(|| {
         ProxyError::NoRoute(format!("{} {}{}", req.method, target.authority(), req.path))
     })?;
     let backend = pick_backend(&rule.backends, draw).ok_or_else(|| {
-        ProxyError::NoEndpoints(format!("route {} (every backend weight is 0)", route.id))
+        ProxyError::NoEndpoints(format!(
+            "route {} (every backend weight is 0)",
+            target.service.routes[route].id
+        ))
     })?;
     plan_backend(
         config,
         target,
-        Some((route.id.clone(), index)),
+        Some(RuleRef {
+            service: target.service.clone(),
+            route,
+            rule: index,
+        }),
         backend,
         rule.timeouts.clone(),
-        draw,
     )
 }
 
@@ -155,14 +216,15 @@ pub fn plan_tcp(
         .service
         .routes
         .iter()
-        .filter(|r| attaches(r, target))
-        .flat_map(|r| {
+        .enumerate()
+        .filter(|(_, r)| attaches(r, target))
+        .flat_map(|(ri, r)| {
             r.rules
                 .iter()
                 .enumerate()
-                .map(move |(i, rule)| (r, i, rule))
+                .map(move |(i, rule)| (ri, r, i, rule))
         })
-        .find(|(_, _, rule)| {
+        .find(|(_, _, _, rule)| {
             rule.matches.iter().any(|m| {
                 m.path == PathMatch::Prefix("/".into())
                     && m.method.is_none()
@@ -177,19 +239,21 @@ pub fn plan_tcp(
             None,
             &default_backend(target),
             Timeouts::default(),
-            draw,
         ),
-        Some((route, i, rule)) => {
+        Some((ri, route, i, rule)) => {
             let backend = pick_backend(&rule.backends, draw).ok_or_else(|| {
                 ProxyError::NoEndpoints(format!("route {} (every backend weight is 0)", route.id))
             })?;
             plan_backend(
                 config,
                 target,
-                Some((route.id.clone(), i)),
+                Some(RuleRef {
+                    service: target.service.clone(),
+                    route: ri,
+                    rule: i,
+                }),
                 backend,
                 Timeouts::default(),
-                draw,
             )
         }
     }
@@ -212,31 +276,30 @@ fn attaches(route: &HttpRoute, target: &Target) -> bool {
 fn plan_backend(
     config: &MeshConfig,
     target: &Target,
-    route: Option<(ObjectRef, usize)>,
+    route: Option<RuleRef>,
     backend: &Backend,
     timeouts: Timeouts,
-    draw: &mut dyn FnMut() -> f64,
 ) -> Result<Plan, ProxyError> {
     let backend_port = backend.port.unwrap_or(target.port.port);
+    let key = backend.service.to_string();
+    let declared = config.services.get(&key).map(|s| &s.value.service);
     // The backend service's own declaration of the port wins; else the client-facing one's.
-    let protocol = config
-        .services
-        .get(&backend.service.to_string())
-        .and_then(|s| s.value.service.port(backend_port).map(|p| p.protocol))
+    let protocol = declared
+        .and_then(|s| s.port(backend_port).map(|p| p.protocol))
         .unwrap_or(target.port.protocol);
+    let traffic = declared.map(|s| s.traffic.clone()).unwrap_or_default();
     let endpoints = config
         .endpoints
-        .get(&backend.service.to_string())
-        .map(|e| e.value.endpoints.as_slice())
-        .unwrap_or_default();
-    let endpoint = pick_endpoint(endpoints, draw)
+        .get(&key)
+        .map(|e| e.value.clone())
+        .filter(|e| e.endpoints.iter().any(|e| e.ready))
         .ok_or_else(|| ProxyError::NoEndpoints(backend.service.to_string()))?;
     Ok(Plan {
         route,
         backend: backend.service.clone(),
         backend_port,
-        addr: endpoint.address,
-        identity: endpoint.identity.clone(),
+        endpoints,
+        traffic,
         protocol,
         timeouts,
     })
@@ -248,14 +311,6 @@ pub fn pick_backend<'a>(
     draw: &mut dyn FnMut() -> f64,
 ) -> Option<&'a Backend> {
     weighted(backends, |b| b.weight, draw)
-}
-
-/// Weighted random choice among ready endpoints.
-pub fn pick_endpoint<'a>(
-    endpoints: &'a [Endpoint],
-    draw: &mut dyn FnMut() -> f64,
-) -> Option<&'a Endpoint> {
-    weighted(endpoints, |e| if e.ready { e.weight } else { 0 }, draw)
 }
 
 fn weighted<'a, T>(
@@ -282,13 +337,13 @@ fn weighted<'a, T>(
 /// prefix, then a method, then the most header matches, then the most query matches; ties go
 /// to the earlier route and rule.
 fn best_rule<'r>(
-    routes: &[&'r HttpRoute],
+    routes: &[(usize, &'r HttpRoute)],
     req: &RequestFacts<'_>,
-) -> Option<(&'r HttpRoute, usize, &'r Rule)> {
+) -> Option<(usize, usize, &'r Rule)> {
     // (exact, prefix length, has method, headers, query params): compared in that order.
     type Rank = (u8, usize, u8, usize, usize);
-    let mut best: Option<(Rank, (&HttpRoute, usize, &Rule))> = None;
-    for route in routes {
+    let mut best: Option<(Rank, (usize, usize, &Rule))> = None;
+    for &(ri, route) in routes {
         for (i, rule) in route.rules.iter().enumerate() {
             for m in &rule.matches {
                 let path_rank = match &m.path {
@@ -322,7 +377,7 @@ fn best_rule<'r>(
                     m.query_params.len(),
                 );
                 if best.as_ref().is_none_or(|(b, _)| rank > *b) {
-                    best = Some((rank, (route, i, rule)));
+                    best = Some((rank, (ri, i, rule)));
                 }
             }
         }

@@ -126,3 +126,8 @@ impl MeshTls {
         })
     }
 }
+
+/// The verified SPIFFE ID of the server at the other end of a mesh connection.
+pub fn peer_id<T>(tls: &tokio_rustls::client::TlsStream<T>) -> Option<SpiffeId> {
+    weft_certs::verify::peer_spiffe_id(tls.get_ref().1.peer_certificates()).ok()
+}

@@ -34,6 +34,7 @@ fn service(name: &str, selector: &[(&str, &str)]) -> Document {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             routes: vec![],
+            traffic_policy: None,
         })),
     }
 }
@@ -59,6 +60,7 @@ fn split(name: &str, parent: &str, backends: &[(&str, i64)]) -> Document {
                     .collect(),
                 ..Default::default()
             }],
+            retry_policy: None,
         })),
     }
 }

@@ -37,6 +37,7 @@ fn route(rules: Vec<pb::HttpRouteRule>) -> pb::HttpRoute {
             ..Default::default()
         }],
         rules,
+        retry_policy: None,
     }
 }
 

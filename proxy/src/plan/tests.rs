@@ -2,6 +2,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use weft_certs::SpiffeId;
 use weft_proto::model::{ParentRef, RouteMatch};
 
 use super::*;
@@ -17,6 +18,7 @@ fn svc(name: &str, port: u16, protocol: Protocol, routes: Vec<HttpRoute>) -> Ser
                 protocol,
             }],
             selector: BTreeMap::new(),
+            traffic: Default::default(),
         },
         routes,
     }
@@ -93,6 +95,7 @@ fn route(name: &str, rules: Vec<Rule>) -> HttpRoute {
             port: None,
         }],
         rules,
+        retry_policy: Default::default(),
     }
 }
 
@@ -146,15 +149,21 @@ fn no_route_goes_to_the_service_and_skips_unready_endpoints() {
     };
     for d in [0.0, 0.5, 0.99] {
         let plan = plan_http(&c, &t, &facts, &mut || d).unwrap();
-        assert_eq!(plan.addr, "10.0.0.2:4143".parse().unwrap());
-        assert_eq!(
-            plan.identity.as_str(),
-            "spiffe://mesh.test/ns/default/sa/api"
-        );
+        assert_eq!(plan.backend, ObjectRef::new("default", "api"));
+        // The balancer chooses among the ready ones (crate::balance).
+        assert_eq!(plan.endpoints.endpoints.len(), 2);
         assert_eq!(plan.route, None);
+        assert_eq!(plan.traffic, TrafficPolicy::default());
     }
     let empty = config(vec![svc("api", 80, Protocol::Http1, vec![])], vec![]);
     let err = plan_http(&empty, &t, &facts, &mut || 0.0).unwrap_err();
+    assert_eq!(err.reason(), "no-endpoints");
+    // Only unready endpoints: no endpoints either.
+    let unready = config(
+        vec![svc("api", 80, Protocol::Http1, vec![])],
+        vec![ep("api", "10.0.0.1:4143", false)],
+    );
+    let err = plan_http(&unready, &t, &facts, &mut || 0.0).unwrap_err();
     assert_eq!(err.reason(), "no-endpoints");
 }
 

@@ -27,6 +27,7 @@ fn service(ns: &str, name: &str, selector: &[(&str, &str)]) -> Service {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        traffic: Default::default(),
     }
 }
 
@@ -56,6 +57,7 @@ fn route(ns: &str, name: &str, parent: &str, backends: &[(&str, u32)]) -> HttpRo
             timeouts: Timeouts::default(),
             retry: None,
         }],
+        retry_policy: Default::default(),
     }
 }
 

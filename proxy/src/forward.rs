@@ -1,0 +1,288 @@
+//! Executes an HTTP plan: the backend's pending cap, then attempts — each to an endpoint the
+//! balancer picks, bounded by the per-try timeout — retried as the route says while its budget
+//! allows, all within the request timeout. Each attempt's outcome feeds the balancer's latency
+//! estimate and outlier detection.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use futures_util::StreamExt as _;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use tracing::{debug, info};
+use weft_certs::SpiffeId;
+use weft_proto::model::{Retry, RetryPolicy};
+
+use crate::balance::{Ejection, Lease, Outcome};
+use crate::body::Body;
+use crate::error::{ERROR_HEADER, ProxyError};
+use crate::listen::Ctx;
+use crate::metrics::{EjectionLabels, RetryLabels};
+use crate::plan::Plan;
+use crate::retry::{self, Failure, RequestBody};
+
+/// What the attempts produced: the response (or the error the proxy answers with), the
+/// identity of the endpoint that answered, and whether the budget withheld a retry.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub result: Result<Response<Body>, ProxyError>,
+    pub server_id: Option<SpiffeId>,
+    /// A retry was due and the budget refused it.
+    pub budget_exhausted: bool,
+}
+
+/// Sends `head` + `body` as the plan says. `head` is ready for the peer (HTTP/2, absolute URI,
+/// hop-by-hop headers gone); its body is ignored.
+pub async fn forward(ctx: &Ctx, plan: &Plan, head: Request<()>, body: Body) -> Forwarded {
+    let mut server_id = None;
+    let mut budget_exhausted = false;
+    let attempts = attempts(ctx, plan, head, body, &mut server_id, &mut budget_exhausted);
+    let result = match plan.timeouts.request {
+        Some(limit) => match tokio::time::timeout(limit, attempts).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::Timeout(format!(
+                "no response from {} within the request timeout {}",
+                plan.backend,
+                humantime::format_duration(limit)
+            ))),
+        },
+        None => attempts.await,
+    };
+    let result = match result {
+        Ok(mut resp) if budget_exhausted => {
+            // The application's own response goes back; the header says why it was not retried.
+            resp.headers_mut().insert(
+                ERROR_HEADER,
+                HeaderValue::from_static("retry-budget-exhausted"),
+            );
+            Ok(resp)
+        }
+        Err(e) if budget_exhausted => Err(ProxyError::RetryBudgetExhausted {
+            original: Box::new(e),
+        }),
+        other => other,
+    };
+    Forwarded {
+        result,
+        server_id,
+        budget_exhausted,
+    }
+}
+
+async fn attempts(
+    ctx: &Ctx,
+    plan: &Plan,
+    head: Request<()>,
+    body: Body,
+    server_id: &mut Option<SpiffeId>,
+    budget_exhausted: &mut bool,
+) -> Result<Response<Body>, ProxyError> {
+    let state = ctx.balancers.service(&plan.backend);
+    let _pending = state.admit(plan.traffic.max_pending_requests)?;
+    let retry: Option<(&Retry, &RetryPolicy)> = plan.route.as_ref().and_then(|r| r.retry());
+    let Some((retry, policy)) = retry.filter(|(r, _)| r.attempts > 0) else {
+        // No retries: one attempt, the body streamed straight through.
+        let lease = pick(ctx, plan, &[])?;
+        *server_id = Some(lease.endpoint.identity.clone());
+        let (result, _) = attempt(ctx, plan, lease, head, body).await;
+        return result;
+    };
+    let route = plan.route.as_ref().map(|r| r.route().id.clone());
+    let budget = route.as_ref().map(|id| ctx.budgets.route(id));
+    if let Some(b) = &budget {
+        b.deposit(Instant::now());
+    }
+    let mut body = RequestBody::prepare(body)
+        .await
+        .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
+    let mut tried = Vec::new();
+    let mut n = 0;
+    loop {
+        let lease = pick(ctx, plan, &tried)?;
+        tried.push(lease.endpoint.address);
+        *server_id = Some(lease.endpoint.identity.clone());
+        let Some(b) = body.take() else {
+            return Err(ProxyError::BadRequest(
+                "the request body was consumed".into(),
+            ));
+        };
+        let (result, failure) = attempt(ctx, plan, lease, clone_head(&head), b).await;
+        let Some(failure) = failure else {
+            return result;
+        };
+        let again = n < retry.attempts
+            && retry::retryable(failure, retry, policy, head.method())
+            && body.replayable();
+        if !again {
+            return result;
+        }
+        if let Some(b) = &budget
+            && !b.try_withdraw(&policy.budget, Instant::now())
+        {
+            *budget_exhausted = true;
+            ctx.metrics
+                .retry_budget_exhausted
+                .get_or_create(&retry_labels(plan))
+                .inc();
+            debug!(?failure, "retry budget exhausted: not retrying");
+            return result;
+        }
+        n += 1;
+        ctx.metrics.retries.get_or_create(&retry_labels(plan)).inc();
+        debug!(?failure, attempt = n + 1, "retrying");
+        // The failed response is dropped here; its connection stays pooled.
+        drop(result);
+        tokio::time::sleep(retry::backoff(
+            retry.backoff,
+            n,
+            crate::backoff::random_fraction(),
+        ))
+        .await;
+    }
+}
+
+fn retry_labels(plan: &Plan) -> RetryLabels {
+    RetryLabels {
+        backend: plan.backend.to_string(),
+        route: plan.route_label(),
+    }
+}
+
+fn pick(ctx: &Ctx, plan: &Plan, tried: &[SocketAddr]) -> Result<Lease, ProxyError> {
+    ctx.balancers.service(&plan.backend).pick(
+        &plan.traffic,
+        &plan.endpoints.endpoints,
+        tried,
+        Instant::now(),
+        &mut crate::backoff::random_fraction,
+    )
+}
+
+fn clone_head(head: &Request<()>) -> Request<()> {
+    let mut r = Request::new(());
+    *r.method_mut() = head.method().clone();
+    *r.uri_mut() = head.uri().clone();
+    *r.version_mut() = head.version();
+    *r.headers_mut() = head.headers().clone();
+    r
+}
+
+/// One attempt: send to the leased endpoint, wait for the response headers within the per-try
+/// timeout, classify. Returns the result and, if it failed, how.
+async fn attempt(
+    ctx: &Ctx,
+    plan: &Plan,
+    lease: Lease,
+    head: Request<()>,
+    body: Body,
+) -> (Result<Response<Body>, ProxyError>, Option<Failure>) {
+    let endpoint = lease.endpoint.clone();
+    let (parts, ()) = head.into_parts();
+    let send = ctx.peers.send(
+        endpoint.address,
+        &endpoint.identity,
+        Request::from_parts(parts, body),
+    );
+    let grpc_codes = plan
+        .route
+        .as_ref()
+        .and_then(|r| r.retry())
+        .map(|(_, p)| !p.grpc_on.is_empty())
+        .unwrap_or(false);
+    let exchange = async {
+        let resp = send.await?;
+        if grpc_codes {
+            Ok(peek_grpc_status(resp).await)
+        } else {
+            Ok((resp.map(crate::body::streamed), None))
+        }
+    };
+    let outcome: Result<(Response<Body>, Option<u16>), ProxyError> =
+        match plan.timeouts.backend_request {
+            Some(limit) => match tokio::time::timeout(limit, exchange).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::Timeout(format!(
+                    "{} ({}) sent no response within the per-try timeout {}",
+                    plan.backend,
+                    endpoint.address,
+                    humantime::format_duration(limit)
+                ))),
+            },
+            None => exchange.await,
+        };
+    let (result, failure) = match outcome {
+        Ok((resp, grpc)) => {
+            let status = resp.status().as_u16();
+            let failure = match grpc {
+                Some(code) if code != 0 => Some(Failure::Grpc(code)),
+                _ if status >= 500 => Some(Failure::Status(status)),
+                _ => None,
+            };
+            (Ok(resp), failure)
+        }
+        Err(e) => {
+            let failure = match &e {
+                ProxyError::ConnectFailed { .. } | ProxyError::TlsIdentityMismatch { .. } => {
+                    Failure::ConnectFailure
+                }
+                ProxyError::Upstream { refused: true, .. } => Failure::RefusedStream,
+                ProxyError::Timeout(_) => Failure::Timeout,
+                _ => Failure::Reset,
+            };
+            (Err(e), Some(failure))
+        }
+    };
+    // Outlier detection counts transport failures and 5xx (not gRPC statuses: the server
+    // answered).
+    let bad = match failure {
+        None | Some(Failure::Grpc(_)) => Outcome::Success,
+        Some(_) => Outcome::Failure,
+    };
+    let ejection = lease.finish(bad, &plan.traffic.outlier_detection, Instant::now());
+    match ejection {
+        Ejection::Ejected { for_ } => {
+            info!(
+                backend = %plan.backend,
+                endpoint = %endpoint.address,
+                for_ = %humantime::format_duration(for_),
+                "endpoint ejected after consecutive failures"
+            );
+            ctx.metrics
+                .ejections
+                .get_or_create(&EjectionLabels {
+                    backend: plan.backend.to_string(),
+                })
+                .inc();
+        }
+        Ejection::Returned => {
+            info!(backend = %plan.backend, endpoint = %endpoint.address, "endpoint returned to rotation after a successful probe");
+        }
+        Ejection::None => {}
+    }
+    (result, failure)
+}
+
+/// A gRPC status from the response headers (a trailers-only response), or else from the
+/// trailers if they are the body's first frame (an error without messages). The body is given
+/// back whole either way.
+async fn peek_grpc_status(resp: Response<Incoming>) -> (Response<Body>, Option<u16>) {
+    let parse = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u16>().ok())
+    };
+    if let Some(code) = parse(resp.headers()) {
+        return (resp.map(crate::body::streamed), Some(code));
+    }
+    let (parts, mut body) = resp.into_parts();
+    let first = body.frame().await;
+    let code = match &first {
+        Some(Ok(f)) => f.trailers_ref().and_then(parse),
+        _ => None,
+    };
+    let rest = http_body_util::BodyStream::new(body);
+    let stream = futures_util::stream::iter(first).chain(rest);
+    let body = BodyExt::boxed(StreamBody::new(stream));
+    (Response::from_parts(parts, body), code)
+}
