@@ -186,6 +186,10 @@ spec:
   selector:
     app: reviews
     version: v1
+  trafficPolicy:
+    loadBalancer: round-robin
+    outlierDetection:
+      baseEjectionTime: 10s
 ---
 apiVersion: weft.io/v1alpha1
 kind: Service
@@ -204,6 +208,9 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
   name: reviews-canary
+  annotations:
+    retry.weft.io/on: 5xx,reset
+    retry.weft.io/budget-percent: \"50\"
 spec:
   parentRefs:
   - kind: Service
@@ -250,6 +257,13 @@ async fn apply_get_reapply_delete() {
     let routes = ctl.ok(&["get", "routes", "-o", "yaml"]).await.unwrap();
     assert!(routes.contains("weight: 10"), "{routes}");
     assert!(routes.contains("request: 10s"), "{routes}");
+    // Policies come back with every default written out, and still re-apply unchanged.
+    assert!(services.contains("loadBalancer: round-robin"), "{services}");
+    assert!(services.contains("maxEjectionPercent: 50"), "{services}");
+    assert!(
+        routes.contains("retry.weft.io/budget-window: 10s"),
+        "{routes}"
+    );
     let exported = ctl
         .file("exported.yaml", &format!("{services}---\n{routes}"))
         .unwrap();

@@ -5,6 +5,10 @@
 
 use weft_proto::mesh::v1 as pb;
 
+use super::traffic::{
+    retry_annotations_of, retry_policy_to_pb, service_annotations, traffic_policy_of,
+    traffic_policy_to_pb,
+};
 use super::{
     BackendRefSpec, EndpointManifest, EndpointMetadata, EndpointSpec, GATEWAY_API_VERSION,
     HttpRouteManifest, HttpRouteSpec, MatchSpec, Metadata, ParentRefSpec, PathSpec, PortSpec,
@@ -14,17 +18,21 @@ use super::{
 use crate::model::FieldError;
 
 #[derive(Default)]
-struct Errs(Vec<FieldError>);
+pub(super) struct Errs(Vec<FieldError>);
 
 impl Errs {
-    fn add(&mut self, field: String, message: impl Into<String>) {
+    pub(super) fn add(&mut self, field: String, message: impl Into<String>) {
         self.0.push(FieldError {
             field,
             message: message.into(),
         });
     }
 
-    fn duration(&mut self, field: String, s: &Option<String>) -> Option<prost_types::Duration> {
+    pub(super) fn duration(
+        &mut self,
+        field: String,
+        s: &Option<String>,
+    ) -> Option<prost_types::Duration> {
         let s = s.as_ref()?;
         parse_duration(s).map_err(|m| self.add(field, m)).ok()
     }
@@ -81,12 +89,19 @@ pub(super) fn service_to_pb(m: &ServiceManifest) -> (pb::Service, Vec<FieldError
             }
         })
         .collect();
+    service_annotations(&mut errs, &m.metadata.annotations);
+    let traffic_policy = m
+        .spec
+        .traffic_policy
+        .as_ref()
+        .map(|t| traffic_policy_to_pb(&mut errs, t));
     let s = pb::Service {
         namespace: m.metadata.namespace.clone(),
         name: m.metadata.name.clone(),
         ports,
         selector: m.spec.selector.clone(),
         routes: vec![],
+        traffic_policy,
     };
     (s, errs.0)
 }
@@ -113,11 +128,13 @@ pub(super) fn route_to_pb(m: &HttpRouteManifest) -> (pb::HttpRoute, Vec<FieldErr
         .enumerate()
         .map(|(i, r)| rule_to_pb(&mut errs, &format!("spec.rules[{i}]"), r))
         .collect();
+    let retry_policy = retry_policy_to_pb(&mut errs, &m.metadata.annotations);
     let r = pb::HttpRoute {
         namespace: m.metadata.namespace.clone(),
         name: m.metadata.name.clone(),
         parent_refs,
         rules,
+        retry_policy,
     };
     (r, errs.0)
 }
@@ -255,6 +272,7 @@ impl From<&pb::Service> for ServiceManifest {
             metadata: Metadata {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
+                annotations: Default::default(),
             },
             spec: ServiceSpec {
                 ports: s
@@ -270,6 +288,7 @@ impl From<&pb::Service> for ServiceManifest {
                     })
                     .collect(),
                 selector: s.selector.clone(),
+                traffic_policy: s.traffic_policy.as_ref().map(traffic_policy_of),
             },
         }
     }
@@ -283,6 +302,7 @@ impl From<&pb::HttpRoute> for HttpRouteManifest {
             metadata: Metadata {
                 name: r.name.clone(),
                 namespace: r.namespace.clone(),
+                annotations: retry_annotations_of(r.retry_policy.as_ref()),
             },
             spec: HttpRouteSpec {
                 parent_refs: r

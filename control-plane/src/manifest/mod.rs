@@ -11,13 +11,16 @@
 //!
 //! Parsing goes YAML → `serde_json::Value` (one per document) → the typed structs below (with
 //! `deny_unknown_fields` everywhere, so a typo is an error naming its path) → wire types
-//! ([`convert`]) → the domain `TryFrom` in [`crate::model`], the one validation boundary. Every
-//! problem names the file, the document number and the field. This module does no I/O.
+//! ([`convert`]; [`traffic`] for a Service's `spec.trafficPolicy` and an HTTPRoute's
+//! `retry.weft.io/` annotations) → the domain `TryFrom` in [`crate::model`], the one validation
+//! boundary. Every problem names the file, the document number and the field. This module does
+//! no I/O.
 
 mod convert;
 mod duration;
 #[cfg(test)]
 mod tests;
+mod traffic;
 mod types;
 
 use std::fmt;

@@ -2,6 +2,8 @@ use proptest::prelude::*;
 
 use super::*;
 
+mod traffic;
+
 const CANARY: &str = "\
 apiVersion: weft.io/v1alpha1
 kind: Service
@@ -171,7 +173,7 @@ fn structural_errors_name_their_path() {
         (
             "  name: reviews-canary\n",
             "  nam: reviews-canary\n",
-            "metadata.nam: unknown field `nam`, expected `name` or `namespace`",
+            "metadata.nam: unknown field `nam`, expected one of `name`, `namespace`, `annotations`",
         ),
     ] {
         let got = problems(&canary_with(from, to));
@@ -400,32 +402,108 @@ fn duration_ms(max_ms: i64) -> impl Strategy<Value = prost_types::Duration> {
     })
 }
 
+fn duration_ms_between(min_ms: i64, max_ms: i64) -> impl Strategy<Value = prost_types::Duration> {
+    (min_ms..=max_ms).prop_map(|ms| prost_types::Duration {
+        seconds: ms / 1000,
+        nanos: (ms % 1000) as i32 * 1_000_000,
+    })
+}
+
+/// Valid traffic policies, every field present or absent (0 and Unspecified are "absent").
+fn traffic_policy() -> impl Strategy<Value = pb::TrafficPolicy> {
+    let outlier = (
+        prop::option::of(0u32..=1000),
+        prop::option::of(duration_ms_between(100, 3_600_000)),
+        prop::option::of(0u32..=100),
+    )
+        .prop_map(
+            |(consecutive_failures, base_ejection_time, max_ejection_percent)| {
+                pb::OutlierDetection {
+                    consecutive_failures,
+                    base_ejection_time,
+                    max_ejection_percent,
+                }
+            },
+        );
+    (
+        0i32..=3,
+        prop::option::of(outlier),
+        prop_oneof![Just(0u32), 1u32..=1_000_000],
+    )
+        .prop_map(|(load_balancer, outlier_detection, max_pending_requests)| {
+            pb::TrafficPolicy {
+                load_balancer,
+                outlier_detection,
+                max_pending_requests,
+            }
+        })
+}
+
+/// Valid retry policies. A budget whose every field is absent is generated as no budget: the
+/// annotations cannot tell the two apart, and they mean the same.
+fn retry_policy() -> impl Strategy<Value = pb::RetryPolicy> {
+    let on = prop::collection::vec(
+        prop::sample::select(model::RetryOn::ALL.map(model::RetryOn::as_str).to_vec()),
+        0..4,
+    );
+    let grpc_on = prop::collection::vec(
+        prop::sample::select(model::GRPC_CODES.map(|(name, _)| name).to_vec()),
+        0..3,
+    );
+    let budget = (
+        prop::option::of(0u32..=1000),
+        prop::option::of(0u32..=100_000),
+        prop::option::of((1i64..=60).prop_map(|s| prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        })),
+    );
+    (on, grpc_on, any::<bool>(), budget).prop_map(
+        |(on, grpc_on, non_idempotent, (percent, min_per_second, window))| pb::RetryPolicy {
+            on: on.into_iter().map(str::to_owned).collect(),
+            grpc_on: grpc_on.into_iter().map(str::to_owned).collect(),
+            non_idempotent,
+            budget: (percent.is_some() || min_per_second.is_some() || window.is_some()).then_some(
+                pb::RetryBudget {
+                    percent,
+                    min_per_second,
+                    window,
+                },
+            ),
+        },
+    )
+}
+
 fn service() -> impl Strategy<Value = pb::Service> {
     (
         label(),
         label(),
         prop::collection::btree_map(1u32..=65535, (0usize..4, any::<bool>()), 1..4),
         prop::collection::btree_map("[a-z]{1,5}", "[a-z0-9]{0,5}", 0..3),
+        prop::option::of(traffic_policy()),
     )
-        .prop_map(|(namespace, name, ports, selector)| pb::Service {
-            namespace,
-            name,
-            ports: ports
-                .into_iter()
-                .enumerate()
-                .map(|(i, (port, (proto, named)))| pb::Port {
-                    name: if named {
-                        format!("p{i}")
-                    } else {
-                        String::new()
-                    },
-                    port,
-                    protocol: PROTOCOL_VALUES[proto],
-                })
-                .collect(),
-            selector,
-            routes: vec![],
-        })
+        .prop_map(
+            |(namespace, name, ports, selector, traffic_policy)| pb::Service {
+                namespace,
+                name,
+                ports: ports
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (port, (proto, named)))| pb::Port {
+                        name: if named {
+                            format!("p{i}")
+                        } else {
+                            String::new()
+                        },
+                        port,
+                        protocol: PROTOCOL_VALUES[proto],
+                    })
+                    .collect(),
+                selector,
+                routes: vec![],
+                traffic_policy,
+            },
+        )
 }
 
 const PROTOCOL_VALUES: [i32; 4] = [1, 2, 3, 4];
@@ -523,20 +601,24 @@ fn route() -> impl Strategy<Value = pb::HttpRoute> {
     (label(), label()).prop_flat_map(|(namespace, name)| {
         let parents = prop::collection::vec((label(), prop::option::of(1u32..=65535)), 1..3);
         let rules = prop::collection::vec(rule(namespace.clone()), 1..4);
-        (parents, rules).prop_map(move |(parents, rules)| pb::HttpRoute {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            parent_refs: parents
-                .into_iter()
-                .map(|(name, port)| pb::ParentRef {
-                    group: String::new(),
-                    kind: "Service".into(),
-                    namespace: String::new(),
-                    name,
-                    port: port.unwrap_or(0),
-                })
-                .collect(),
-            rules,
+        let retry_policy = prop::option::of(retry_policy());
+        (parents, rules, retry_policy).prop_map(move |(parents, rules, retry_policy)| {
+            pb::HttpRoute {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                parent_refs: parents
+                    .into_iter()
+                    .map(|(name, port)| pb::ParentRef {
+                        group: String::new(),
+                        kind: "Service".into(),
+                        namespace: String::new(),
+                        name,
+                        port: port.unwrap_or(0),
+                    })
+                    .collect(),
+                rules,
+                retry_policy,
+            }
         })
     })
 }
@@ -577,6 +659,21 @@ proptest! {
         let manifests: Vec<_> = docs.iter().filter_map(Manifest::of_document).collect();
         let yaml = to_yaml(&manifests).unwrap();
         prop_assert_eq!(parse_documents("-", &yaml).unwrap(), docs);
+    }
+
+    /// What the store serves (the model's own wire form: defaults omitted, the rest explicit)
+    /// prints as YAML that applies back to the same objects, so re-applying `get -o yaml` is
+    /// `unchanged`.
+    #[test]
+    fn served_documents_reapply_unchanged(d in document()) {
+        let served = match d.kind {
+            Some(DocKind::Service(s)) => DocKind::Service(pb::Service::from(&model::Service::try_from(s).unwrap())),
+            Some(DocKind::HttpRoute(r)) => DocKind::HttpRoute(pb::HttpRoute::from(&model::HttpRoute::try_from(r).unwrap())),
+            None => unreachable!(),
+        };
+        let served = cfg::Document { kind: Some(served) };
+        let yaml = to_yaml(&[Manifest::of_document(&served).unwrap()]).unwrap();
+        prop_assert_eq!(parse_documents("-", &yaml).unwrap(), vec![served], "{}", yaml);
     }
 
     #[test]

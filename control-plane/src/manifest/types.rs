@@ -46,11 +46,18 @@ pub struct Metadata {
     /// A DNS label; `default` when left out.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// HTTPRoutes only: Weft's retry policy, under the `retry.weft.io/` keys of
+    /// [`weft_proto::model`] (`ANNOTATION_ON` and its siblings). Any other key, and any
+    /// annotation on a Service, is refused in conversion: nothing here may be silently dropped.
+    /// Values are strings, as in Kubernetes; any JSON value is accepted here so that an unquoted
+    /// number or boolean is refused with its path and a message of ours, not as a type error.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, serde_json::Value>,
 }
 
 /// `spec` of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// At least one; numbers and names unique.
     #[serde(default)]
@@ -58,6 +65,42 @@ pub struct ServiceSpec {
     /// Label selector of extra endpoints (see `weft.mesh.v1.Service.selector`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: BTreeMap<String, String>,
+    /// How proxies balance, eject and cap requests to this service's endpoints; absent: every
+    /// field's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+}
+
+/// `spec.trafficPolicy` of a Service (see `weft.mesh.v1.TrafficPolicy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    /// `peak-ewma` (the default), `round-robin` or `least-request`. A string, checked in
+    /// conversion, so that an unknown value gets our message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<String>,
+    /// Requests one proxy may have in flight to the service, 1..=1,000,000; absent: 10,000.
+    /// An explicit 0 is refused rather than read as the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Passive health checking; absent: its defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+}
+
+/// `spec.trafficPolicy.outlierDetection` (see `weft.mesh.v1.OutlierDetection`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetectionSpec {
+    /// Failures in a row that eject an endpoint, 0..=1000 (0: never eject); absent: 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// The first ejection's length (GEP-2257), 100ms..=1h; absent: 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    /// The largest share of endpoints ejected at once, 0..=100; absent: 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// One port of a Service.
