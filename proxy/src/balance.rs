@@ -21,6 +21,8 @@ use crate::error::ProxyError;
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast old latency observations fade (peak-EWMA's time constant).
 const DECAY: Duration = Duration::from_secs(10);
+/// The latency a failed attempt counts as, so an endpoint that fails fast does not look fast.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// The longest ejection: the base time doubled at most this many times.
 const MAX_EJECTION_DOUBLINGS: u32 = 4;
 
@@ -265,7 +267,12 @@ impl Lease {
             return Ejection::None;
         };
         s.in_flight = s.in_flight.saturating_sub(1);
-        observe(s, now.saturating_duration_since(self.started), now);
+        let rtt = now.saturating_duration_since(self.started);
+        let rtt = match outcome {
+            Outcome::Success => rtt,
+            Outcome::Failure => rtt.max(FAILURE_PENALTY),
+        };
+        observe(s, rtt, now);
         record(s, outcome, outlier, now, ejected_now, total)
     }
 }
@@ -327,13 +334,14 @@ fn record(
     }
 }
 
-/// How many of `total` endpoints may be ejected at once: the configured share, but at least
-/// one unless the share is 0 (so a service of one endpoint can still shed a dead one).
+/// How many of `total` endpoints may be ejected at once: the configured share, rounded down.
+/// A lone endpoint is kept at the default 50 %: answers from a flaky endpoint (which retries
+/// can hide) beat none at all.
 pub fn max_ejected(outlier: &OutlierDetection, total: usize) -> usize {
-    if outlier.max_ejection_percent == 0 || outlier.consecutive_failures == 0 {
+    if outlier.consecutive_failures == 0 {
         return 0;
     }
-    (total * outlier.max_ejection_percent as usize / 100).max(1)
+    total * outlier.max_ejection_percent as usize / 100
 }
 
 /// Peak-EWMA: a slower response replaces the estimate at once; faster ones pull it down

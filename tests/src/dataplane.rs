@@ -279,6 +279,8 @@ pub struct ProxyOpts {
     pub cert_ttl: Option<Duration>,
     /// Listen on [::1] instead of 127.0.0.1.
     pub ipv6: bool,
+    /// Refuse destinations outside the mesh (`--outside-mesh refuse`).
+    pub refuse_outside: bool,
 }
 
 /// Writes a join token for `default/<sa>` into `dir`.
@@ -334,6 +336,7 @@ pub async fn start_proxy(
             } else {
                 MtlsMode::Permissive
             },
+            passthrough: !opts.refuse_outside,
             ..DataPathConfig::default()
         },
         drain_timeout: Duration::from_secs(5),

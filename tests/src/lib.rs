@@ -17,6 +17,7 @@ pub mod ctl;
 pub mod dataplane;
 pub mod etcd;
 pub mod mesh;
+pub mod traffic;
 
 /// Path of a workspace binary, built (once per test process) with the profile this test was
 /// built with, so a test never runs a stale binary.

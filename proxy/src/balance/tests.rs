@@ -137,6 +137,14 @@ fn a_retry_avoids_the_endpoint_already_tried_when_it_can() {
     assert_eq!(lease.endpoint.address, eps[0].address);
 }
 
+/// Outlier detection that may eject every endpoint (the default keeps a lone one).
+fn all_out() -> OutlierDetection {
+    OutlierDetection {
+        max_ejection_percent: 100,
+        ..OutlierDetection::default()
+    }
+}
+
 fn fail(s: &Arc<ServiceState>, eps: &[Endpoint], addr: SocketAddr, now: Instant) -> Ejection {
     // Every other endpoint is "already tried", so the pick lands on `addr`.
     let others: Vec<_> = eps
@@ -148,7 +156,7 @@ fn fail(s: &Arc<ServiceState>, eps: &[Endpoint], addr: SocketAddr, now: Instant)
         .pick(&TrafficPolicy::default(), eps, &others, now, &mut rng(7))
         .unwrap();
     assert_eq!(lease.endpoint.address, addr);
-    lease.finish(Outcome::Failure, &OutlierDetection::default(), now)
+    lease.finish(Outcome::Failure, &all_out(), now)
 }
 
 #[test]
@@ -162,7 +170,7 @@ fn consecutive_failures_eject_then_probation_decides() {
     }
     let base = OutlierDetection::default().base_ejection_time;
     assert_eq!(fail(&s, &eps, a, t0), Ejection::Ejected { for_: base });
-    // One endpoint, ejected: at least one may always be ejected.
+    // One endpoint, ejected (the policy allows 100 %).
     let err = s
         .pick(&TrafficPolicy::default(), &eps, &[], t0, &mut rng(1))
         .unwrap_err();
@@ -179,7 +187,7 @@ fn consecutive_failures_eject_then_probation_decides() {
     );
     // It fails: ejected again, for twice as long.
     assert_eq!(
-        probe.finish(Outcome::Failure, &OutlierDetection::default(), t1),
+        probe.finish(Outcome::Failure, &all_out(), t1),
         Ejection::Ejected { for_: base * 2 }
     );
     let t2 = t1 + base * 2;
@@ -187,12 +195,28 @@ fn consecutive_failures_eject_then_probation_decides() {
         .pick(&TrafficPolicy::default(), &eps, &[], t2, &mut rng(1))
         .unwrap();
     assert_eq!(
-        probe.finish(Outcome::Success, &OutlierDetection::default(), t2),
+        probe.finish(Outcome::Success, &all_out(), t2),
         Ejection::Returned
     );
     // Back in rotation, with its history cleared: four failures do not eject it.
     for _ in 0..4 {
         assert_eq!(fail(&s, &eps, a, t2), Ejection::None);
+    }
+}
+
+#[test]
+fn a_lone_endpoint_is_kept_at_the_default_share() {
+    let s = service();
+    let eps = [ep("10.0.0.1:1", 1)];
+    let now = Instant::now();
+    for _ in 0..20 {
+        let lease = s
+            .pick(&TrafficPolicy::default(), &eps, &[], now, &mut rng(1))
+            .unwrap();
+        assert_eq!(
+            lease.finish(Outcome::Failure, &OutlierDetection::default(), now),
+            Ejection::None
+        );
     }
 }
 
@@ -223,7 +247,8 @@ fn never_more_than_the_maximum_share_is_ejected() {
     // 50 % of 4: the last two fail five times each and stay in rotation.
     assert_eq!(ejected, 2);
     assert_eq!(max_ejected(&OutlierDetection::default(), 4), 2);
-    assert_eq!(max_ejected(&OutlierDetection::default(), 1), 1);
+    assert_eq!(max_ejected(&OutlierDetection::default(), 1), 0);
+    assert_eq!(max_ejected(&OutlierDetection::default(), 3), 1);
     let off = OutlierDetection {
         max_ejection_percent: 0,
         ..OutlierDetection::default()
