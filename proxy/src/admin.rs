@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use http_body_util::BodyExt;
+
+use crate::balance::Balancers;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::resources::MeshConfig;
@@ -28,6 +31,8 @@ pub struct AdminState {
     pub config: watch::Receiver<Arc<MeshConfig>>,
     /// Flipped by `POST /shutdown` (or SIGTERM): the proxy drains and `/ready` says so.
     pub shutdown: watch::Sender<bool>,
+    /// The data path's endpoint state, for `/explain`.
+    pub balancers: Arc<Balancers>,
 }
 
 /// Serves until `shutdown` flips.
@@ -48,7 +53,12 @@ pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/explain" {
+                        return Ok::<_, Infallible>(explain(req, &state).await);
+                    }
+                    Ok::<_, Infallible>(route(&req, &state))
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
@@ -86,11 +96,13 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/certs") => {
             (StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n".into())
         }
-        (_, "/shutdown") => (StatusCode::METHOD_NOT_ALLOWED, TEXT, "use POST\n".into()),
+        (_, "/shutdown" | "/explain") => {
+            (StatusCode::METHOD_NOT_ALLOWED, TEXT, "use POST\n".into())
+        }
         _ => (
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found: try /live, /ready, /metrics, /config_dump, /certs or POST /shutdown\n"
+            "not found: try /live, /ready, /metrics, /config_dump, /certs, POST /explain or POST /shutdown\n"
                 .into(),
         ),
     };
@@ -100,6 +112,45 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+/// `POST /explain` with a JSON [`crate::explain::Query`]: what the data path would do with such
+/// a request now.
+async fn explain(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, body: String| {
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        resp
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("reading the body: {e}")}).to_string(),
+            );
+        }
+    };
+    let query: crate::explain::Query = match serde_json::from_slice(&body) {
+        Ok(q) => q,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("expected {{\"authority\", \"path\", \"method\", \"headers\"}}: {e}")})
+                    .to_string(),
+            );
+        }
+    };
+    let config = state.config.borrow().clone();
+    let out = crate::explain::explain(&config, &state.balancers, &query);
+    reply(StatusCode::OK, format!("{out:#}\n"))
 }
 
 fn not_ready(state: &AdminState) -> Option<&'static str> {

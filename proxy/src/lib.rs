@@ -18,6 +18,7 @@ pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod error;
+pub mod explain;
 pub mod forward;
 pub mod http;
 pub mod identity;
@@ -169,6 +170,7 @@ impl Proxy {
         let (stop, stop_rx) = watch::channel(false);
         let (drain_requested, _) = watch::channel(false);
         let (config_tx, config_rx) = watch::channel(Arc::new(MeshConfig::default()));
+        let balancers = Arc::new(balance::Balancers::default());
         let discovery = discovery::Discovery {
             cp: config.control_plane.clone(),
             node_id: config.node_id.clone(),
@@ -191,6 +193,7 @@ impl Proxy {
                     identity: identity.clone(),
                     config: config_rx.clone(),
                     shutdown: drain_requested.clone(),
+                    balancers: balancers.clone(),
                 },
                 stop_rx,
             )),
@@ -210,7 +213,7 @@ impl Proxy {
                 .as_ref()
                 .map(|i| App::new(SocketAddr::from(([127, 0, 0, 1], i.app_port)))),
             outside: listen::outside_client(),
-            balancers: balance::Balancers::default(),
+            balancers: balancers.clone(),
             budgets: retry::Budgets::default(),
         });
         let (deregister, deregister_rx) = watch::channel(false);

@@ -118,7 +118,7 @@ pub struct Ctx {
     /// Plain HTTP to destinations outside the mesh (outbound passthrough).
     pub outside: Client<HttpConnector, Body>,
     /// How endpoints have behaved: latency, requests in flight, ejections.
-    pub balancers: Balancers,
+    pub balancers: Arc<Balancers>,
     /// Retry budgets, by route.
     pub budgets: Budgets,
 }

@@ -160,13 +160,9 @@ pub fn endpoint_by_ip(config: &MeshConfig, ip: IpAddr) -> Option<(ObjectRef, End
     })
 }
 
-/// Plans an HTTP request to `target`. `draw` returns uniform numbers in [0, 1).
-pub fn plan_http(
-    config: &MeshConfig,
-    target: &Target,
-    req: &RequestFacts<'_>,
-    draw: &mut dyn FnMut() -> f64,
-) -> Result<Plan, ProxyError> {
+/// The rule an HTTP request to `target` matches: `Ok(None)` when no route attaches to the
+/// target (requests go to the service itself), `no-route` when routes attach and none matches.
+pub fn match_rule(target: &Target, req: &RequestFacts<'_>) -> Result<Option<RuleRef>, ProxyError> {
     let routes: Vec<(usize, &HttpRoute)> = target
         .service
         .routes
@@ -175,6 +171,26 @@ pub fn plan_http(
         .filter(|(_, r)| attaches(r, target))
         .collect();
     if routes.is_empty() {
+        return Ok(None);
+    }
+    let (route, rule, _) = best_rule(&routes, req).ok_or_else(|| {
+        ProxyError::NoRoute(format!("{} {}{}", req.method, target.authority(), req.path))
+    })?;
+    Ok(Some(RuleRef {
+        service: target.service.clone(),
+        route,
+        rule,
+    }))
+}
+
+/// Plans an HTTP request to `target`. `draw` returns uniform numbers in [0, 1).
+pub fn plan_http(
+    config: &MeshConfig,
+    target: &Target,
+    req: &RequestFacts<'_>,
+    draw: &mut dyn FnMut() -> f64,
+) -> Result<Plan, ProxyError> {
+    let Some(rule_ref) = match_rule(target, req)? else {
         return plan_backend(
             config,
             target,
@@ -182,24 +198,18 @@ pub fn plan_http(
             &default_backend(target),
             Timeouts::default(),
         );
-    }
-    let (route, index, rule) = best_rule(&routes, req).ok_or_else(|| {
-        ProxyError::NoRoute(format!("{} {}{}", req.method, target.authority(), req.path))
-    })?;
+    };
+    // Borrow the rule from our own handle on the snapshot, so `rule_ref` can move into the plan.
+    let service = rule_ref.service.clone();
+    let route = &service.routes[rule_ref.route];
+    let rule = &route.rules[rule_ref.rule];
     let backend = pick_backend(&rule.backends, draw).ok_or_else(|| {
-        ProxyError::NoEndpoints(format!(
-            "route {} (every backend weight is 0)",
-            target.service.routes[route].id
-        ))
+        ProxyError::NoEndpoints(format!("route {} (every backend weight is 0)", route.id))
     })?;
     plan_backend(
         config,
         target,
-        Some(RuleRef {
-            service: target.service.clone(),
-            route,
-            rule: index,
-        }),
+        Some(rule_ref),
         backend,
         rule.timeouts.clone(),
     )
@@ -259,7 +269,8 @@ pub fn plan_tcp(
     }
 }
 
-fn default_backend(target: &Target) -> Backend {
+/// The backend a request goes to when no route attaches to its service: the service itself.
+pub fn default_backend(target: &Target) -> Backend {
     Backend {
         service: target.service.service.id.clone(),
         port: Some(target.port.port),

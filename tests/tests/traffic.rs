@@ -155,6 +155,21 @@ async fn a_90_10_split_lands_within_3_percent() {
     let v2 = share(&answers, "v2");
     assert!((v2 - 0.10).abs() <= 0.03, "v2 got {:.1} %", v2 * 100.0);
     assert!((share(&answers, "v1") + v2 - 1.0).abs() < 1e-9);
+
+    // `weftctl explain` shows the route, the split and the endpoints the proxy has used.
+    let admin = m.web.admin_addr.to_string();
+    let text = weft_tests::weftctl(&["explain", "--admin", &admin, "http://api.default/split"])
+        .await
+        .unwrap();
+    for want in [
+        "route:     default/api-split rule 0",
+        "backend:   default/api-v1 weight 90 (90.0 %), peak-ewma",
+        "backend:   default/api-v2 weight 10 (10.0 %)",
+        "spiffe://mesh.test/ns/default/sa/api-v2 [active] ewma",
+        "retries:   none",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -476,6 +491,15 @@ async fn a_killed_endpoint_is_ejected_and_then_no_request_fails() {
         Some(1.0),
         "{metrics}"
     );
+    let admin = m.web.admin_addr.to_string();
+    let text = weft_tests::weftctl(&["explain", "--admin", &admin, "api.default/"])
+        .await
+        .unwrap();
+    assert!(
+        text.contains("spiffe://mesh.test/ns/default/sa/api-doomed [ejected for"),
+        "{text}"
+    );
+    assert!(text.contains("sa/api [active]"), "{text}");
     // Once ejected, it is not tried again: no more retries while it is out.
     let retries = |m: &Mesh| {
         metric_value(

@@ -104,6 +104,23 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
     },
+    /// Ask a proxy what it would do with a request: the route rule that matches, backends and
+    /// weights, timeouts, retries, and each endpoint with its latency and ejection state.
+    Explain {
+        /// http://NAME.NAMESPACE[:PORT]/PATH (the scheme may be left out).
+        url: String,
+        /// The proxy's admin address (the client side's, which makes the choice).
+        #[arg(long, env = "WEFT_PROXY_ADMIN", default_value = "127.0.0.1:4191")]
+        admin: String,
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// "Name: value" (repeatable), for routes that match on headers.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// text or json (the proxy's answer as it is).
+        #[arg(short = 'o', long, default_value = "text")]
+        output: String,
+    },
     /// Remove an endpoint registered with `weftctl register`.
     Deregister {
         #[arg(long, value_parser = ObjectRef::parse)]
@@ -312,6 +329,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ttl,
             };
             runtime()?.block_on(ctl::register(&ctx, &r, &mut out))
+        }
+        Command::Explain {
+            url,
+            admin,
+            method,
+            headers,
+            output,
+        } => {
+            let json = match output.as_str() {
+                "json" => true,
+                "text" => false,
+                other => anyhow::bail!("-o {other}: use text or json"),
+            };
+            let e = ctl::explain::Explain {
+                admin,
+                url,
+                method,
+                headers,
+                json,
+            };
+            runtime()?.block_on(ctl::explain::explain(&e, &mut out))
         }
         Command::Deregister { service, address } => {
             let ctx = context(cli.config)?;

@@ -5,9 +5,11 @@
 //! - [`context`]: `weftctl login` and the context file every control-plane command reads.
 //! - [`config`]: `apply`, `get`, `delete` over the config API (documents from [`crate::manifest`]).
 //! - [`registry`]: `register` / `deregister` of endpoints outside the mesh.
+//! - [`explain`]: `explain`, asking a proxy's admin port what it would do with a request.
 
 pub mod config;
 pub mod context;
+pub mod explain;
 pub mod pki;
 pub mod registry;
 mod table;

@@ -1,0 +1,266 @@
+//! `weftctl explain URL`: asks a proxy's admin port (`POST /explain`) what it would do with a
+//! request — which route rule matches, the backends and their weights, timeouts and retries,
+//! and each endpoint with its balancer and ejection state — and prints it for a person, or as
+//! the proxy's JSON with `-o json`.
+
+use std::io::Write;
+
+use anyhow::{Context as _, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::{Value, json};
+
+/// What to explain.
+#[derive(Debug)]
+pub struct Explain {
+    /// The proxy's admin address (host:port).
+    pub admin: String,
+    /// `http://name.namespace[:port]/path?query`, or without the scheme.
+    pub url: String,
+    pub method: String,
+    /// `Name: value` each.
+    pub headers: Vec<String>,
+    pub json: bool,
+}
+
+/// Splits a URL into authority and path (with its query).
+fn split_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        bail!("{url:?}: no authority (expected e.g. http://api.default/path)");
+    }
+    Ok((authority.to_owned(), path.to_owned()))
+}
+
+pub async fn explain(e: &Explain, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (authority, path) = split_url(&e.url)?;
+    let mut headers = Vec::new();
+    for h in &e.headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?}: expected \"Name: value\""))?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let query = json!({
+        "authority": authority,
+        "path": path,
+        "method": e.method.to_uppercase(),
+        "headers": headers,
+    });
+    let tcp = tokio::net::TcpStream::connect(&e.admin)
+        .await
+        .with_context(|| format!("connect to the proxy's admin port {}", e.admin))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/explain")
+        .header("host", &e.admin)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(query.to_string())))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("POST /explain to {}", e.admin))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "the proxy at {} answered {status}: {}",
+            e.admin,
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    let v: Value = serde_json::from_slice(&body).context("the proxy's answer is not JSON")?;
+    if e.json {
+        writeln!(out, "{v:#}")?;
+    } else {
+        write!(out, "{}", render(&v, &e.method.to_uppercase(), &path))?;
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The proxy's explanation as text.
+pub fn render(v: &Value, method: &str, path: &str) -> String {
+    let mut t = String::new();
+    let line = |t: &mut String, l: String| {
+        t.push_str(&l);
+        t.push('\n');
+    };
+    line(
+        &mut t,
+        format!("request:   {method} {}{path}", s(&v["authority"])),
+    );
+    if v["mesh"] == false {
+        line(&mut t, format!("result:    {}", s(&v["error"]["message"])));
+        return t;
+    }
+    line(
+        &mut t,
+        format!(
+            "service:   {} port {} ({})",
+            s(&v["service"]),
+            s(&v["port"]),
+            s(&v["protocol"])
+        ),
+    );
+    if !v["error"].is_null() {
+        line(
+            &mut t,
+            format!(
+                "result:    the proxy answers itself: x-weft-error: {} ({})",
+                s(&v["error"]["reason"]),
+                s(&v["error"]["message"])
+            ),
+        );
+        return t;
+    }
+    match &v["route"] {
+        Value::Null => line(&mut t, format!("route:     none ({})", s(&v["note"]))),
+        r => line(
+            &mut t,
+            format!(
+                "route:     {} rule {}{}",
+                s(r),
+                s(&v["rule"]["index"]),
+                v["rule"]["name"]
+                    .as_str()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+    if !v["timeouts"].is_null() {
+        line(
+            &mut t,
+            format!(
+                "timeouts:  request {}, per try {}",
+                s(&v["timeouts"]["request"]),
+                s(&v["timeouts"]["backend_request"])
+            ),
+        );
+    }
+    let r = &v["retry"];
+    if r.is_null() {
+        line(&mut t, "retries:   none".into());
+    } else {
+        let list = |x: &Value| {
+            x.as_array()
+                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| "-".into())
+        };
+        line(
+            &mut t,
+            format!(
+                "retries:   {} after the first, backoff {}, on {} codes {} grpc {}{}",
+                s(&r["attempts"]),
+                s(&r["backoff"]),
+                list(&r["on"]),
+                list(&r["codes"]),
+                list(&r["grpc_on"]),
+                if r["non_idempotent"] == true {
+                    ", non-idempotent methods too"
+                } else {
+                    ", idempotent methods only"
+                }
+            ),
+        );
+        line(
+            &mut t,
+            format!(
+                "budget:    {} % of requests + {}/s over {}",
+                s(&r["budget"]["percent"]),
+                s(&r["budget"]["min_per_second"]),
+                s(&r["budget"]["window"])
+            ),
+        );
+    }
+    for b in v["backends"].as_array().into_iter().flatten() {
+        let share = b["share"].as_f64().unwrap_or(0.0) * 100.0;
+        let p = &b["traffic_policy"];
+        line(
+            &mut t,
+            format!(
+                "backend:   {} weight {} ({share:.1} %), {}, eject after {} failures (≤ {} %), ≤ {} pending",
+                s(&b["service"]),
+                s(&b["weight"]),
+                s(&p["load_balancer"]),
+                s(&p["outlier_detection"]["consecutive_failures"]),
+                s(&p["outlier_detection"]["max_ejection_percent"]),
+                s(&p["max_pending_requests"])
+            ),
+        );
+        let eps = b["endpoints"].as_array().cloned().unwrap_or_default();
+        if eps.is_empty() {
+            line(&mut t, "             no endpoints".into());
+        }
+        for e in eps {
+            let detail = if e["latency_ewma_ms"].is_null() {
+                "no requests yet".to_owned()
+            } else {
+                format!(
+                    "ewma {} ms, {} in flight, {} failures in a row",
+                    s(&e["latency_ewma_ms"]),
+                    s(&e["in_flight"]),
+                    s(&e["consecutive_failures"])
+                )
+            };
+            line(
+                &mut t,
+                format!(
+                    "  endpoint {} {} [{}] {}",
+                    s(&e["address"]),
+                    s(&e["identity"]),
+                    s(&e["state"]),
+                    detail
+                ),
+            );
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn urls_split_into_authority_and_path() {
+        assert_eq!(
+            split_url("http://api.default/a?b=1").unwrap(),
+            ("api.default".into(), "/a?b=1".into())
+        );
+        assert_eq!(
+            split_url("api.default:8080").unwrap(),
+            ("api.default:8080".into(), "/".into())
+        );
+        assert!(split_url("http:///x").is_err());
+    }
+
+    #[test]
+    fn a_proxy_generated_answer_is_shown_with_its_reason() {
+        let v = json!({
+            "authority": "api.default:80", "mesh": true, "service": "default/api", "port": 80,
+            "protocol": "http1",
+            "error": {"reason": "no-route", "message": "no service or route for GET api.default:80/x"},
+        });
+        let text = render(&v, "GET", "/x");
+        assert!(text.contains("x-weft-error: no-route"), "{text}");
+    }
+}
