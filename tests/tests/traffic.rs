@@ -550,7 +550,7 @@ async fn every_reason_the_proxy_answers_itself() {
     m.apply(vec![
         service_with("api", None),
         route("api-route", "api", &[("api", 1)], api_only, None),
-        service_with("solo", Some(tight.clone())),
+        service_with("solo", Some(tight)),
         service_with("busy", Some(tight)),
         service_with("empty", None),
         service_with("impostor", None),
