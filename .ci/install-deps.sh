@@ -9,6 +9,8 @@ need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/duration.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need+=(etcd-server)
+# etcd-client (etcdctl): a registry test writes an endpoint the way an operator would.
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 # iproute2 + iptables: the transparent interception test makes a network namespace with a
 # REDIRECT rule (tests/tests/transparent.rs).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

@@ -36,6 +36,7 @@ fi
 cargo test --workspace --locked --doc
 
 step "benchmark smoke run (numbers from a debug build mean nothing; see docs/benchmarks.md)"
+cargo test --quiet --locked -p weft-bench --benches  # criterion benches, each run once
 cargo run --quiet --locked -p weft-bench -- csr-sign --duration 1s
 cargo run --quiet --locked -p weft-bench -- certify --duration 1s --clients 2
 cargo build --quiet --locked -p weft-control-plane && cargo run --quiet --locked -p weft-bench -- discovery --proxies 50 --services 10 --changes 2
