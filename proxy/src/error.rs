@@ -10,6 +10,14 @@ use crate::body::{Body, full};
 /// The header naming why the proxy answered itself.
 pub const ERROR_HEADER: &str = "x-weft-error";
 
+/// Whether a request is a gRPC call (its answers must be gRPC statuses).
+pub fn is_grpc(request_headers: &http::HeaderMap) -> bool {
+    request_headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no service or route for {0}")]
@@ -79,6 +87,53 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
         }
+    }
+
+    /// The response the proxy sends in place of the upstream's: for a gRPC request (its
+    /// `content-type` is `application/grpc…`), a trailers-only gRPC response whose status maps
+    /// the HTTP one as the gRPC spec does, so gRPC clients see a status and not a broken call.
+    pub fn into_response_for(self, grpc: bool) -> Response<Body> {
+        if grpc {
+            self.into_grpc_response()
+        } else {
+            self.into_response()
+        }
+    }
+
+    fn into_grpc_response(self) -> Response<Body> {
+        // HTTP → gRPC status as in gRPC's "HTTP to gRPC Status Code Mapping".
+        let code: u16 = match self.status().as_u16() {
+            400 => 13, // INTERNAL
+            403 => 7,  // PERMISSION_DENIED
+            404 => 12, // UNIMPLEMENTED
+            504 => 4,  // DEADLINE_EXCEEDED: our own timeout ran out
+            _ => 14,   // UNAVAILABLE: 502, 503
+        };
+        // grpc-message is percent-encoded text; keep it to visible ASCII.
+        let message: String = self
+            .to_string()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .map(|c| if c == '%' { '?' } else { c })
+            .collect();
+        let mut resp = Response::new(crate::body::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(code));
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert("grpc-message", v);
+        }
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        resp
     }
 
     /// The response the proxy sends in place of the upstream's.

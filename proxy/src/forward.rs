@@ -93,18 +93,17 @@ async fn attempts(
     if let Some(b) = &budget {
         b.deposit(Instant::now());
     }
-    let mut body = RequestBody::prepare(body)
-        .await
-        .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
+    let mut body = RequestBody::new(body);
     let mut tried = Vec::new();
     let mut n = 0;
     loop {
         let lease = pick(ctx, plan, &tried)?;
         tried.push(lease.endpoint.address);
         *server_id = Some(lease.endpoint.identity.clone());
+        // The first attempt always has the body; later ones only when `replayable` said so.
         let Some(b) = body.take() else {
             return Err(ProxyError::BadRequest(
-                "the request body was consumed".into(),
+                "the request body cannot be sent again".into(),
             ));
         };
         let (result, failure) = attempt(ctx, plan, lease, clone_head(&head), b).await;

@@ -129,6 +129,7 @@ async fn request(
     let tls = client.is_some();
     ctx.count_request(DIRECTION, &authority, tls);
     let span = debug_span!("req", method = %req.method(), %authority, path = req.uri().path());
+    let grpc = crate::error::is_grpc(req.headers());
     let result = to_app(&ctx, &app, client.as_deref(), &authority, req)
         .instrument(span)
         .await;
@@ -137,7 +138,7 @@ async fn request(
         Err(e) => {
             debug!(error = %e, "request to the application failed");
             let reason = e.reason();
-            (e.into_response(), reason)
+            (e.into_response_for(grpc), reason)
         }
     };
     ctx.count_response(

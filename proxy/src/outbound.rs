@@ -231,6 +231,7 @@ async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Incoming>) -> Response<
         _ => authority_of(&req).unwrap_or_default(),
     };
     let span = debug_span!("req", method = %req.method(), %authority, path = req.uri().path());
+    let grpc = crate::error::is_grpc(req.headers());
     let mut outcome = Outcome {
         authority: authority.clone(),
         tls: false,
@@ -246,7 +247,7 @@ async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Incoming>) -> Response<
         Err(e) => {
             debug!(error = %e, reason = e.reason(), "request failed in the proxy");
             let reason = e.reason();
-            (e.into_response(), reason)
+            (e.into_response_for(grpc), reason)
         }
     };
     ctx.count_response(

@@ -47,8 +47,9 @@ pub fn idempotent(method: &Method) -> bool {
 }
 
 /// Whether `failure` is one the rule retries for this method. Failures before the request
-/// reached the application (connect failure, refused stream) are safe for any method; the rest
-/// only for idempotent methods unless the route opts in.
+/// reached the application (connect failure, refused stream) are safe for any method, and so
+/// are the gRPC statuses the route lists; the rest only for idempotent methods unless the route
+/// opts in.
 pub fn retryable(failure: Failure, retry: &Retry, policy: &RetryPolicy, method: &Method) -> bool {
     let on = |r: RetryOn| policy.on.contains(&r);
     let method_ok = idempotent(method) || policy.non_idempotent;
@@ -64,7 +65,9 @@ pub fn retryable(failure: Failure, retry: &Retry, policy: &RetryPolicy, method: 
                     || (on(RetryOn::ServerError) && (500..=599).contains(&s))
                     || (on(RetryOn::GatewayError) && (502..=504).contains(&s)))
         }
-        Failure::Grpc(code) => method_ok && policy.grpc_on.contains(&code),
+        // Every gRPC call is a POST: listing a status in `grpc_on` is the route's statement that
+        // its methods may be called again on it.
+        Failure::Grpc(code) => policy.grpc_on.contains(&code),
     }
 }
 
@@ -166,62 +169,125 @@ impl Budget {
     }
 }
 
-/// A request body as the attempts see it.
+/// A request body as the attempts see it: the first attempt streams the original through
+/// (never waiting for it, so streams and large uploads are not delayed) while keeping a copy of
+/// up to [`REPLAY_LIMIT`] bytes; a retry replays the copy if the original ended within the
+/// limit before the retry was decided.
 #[derive(Debug)]
-pub enum RequestBody {
-    /// Small and complete: every attempt gets a copy.
-    Replayable {
-        data: Bytes,
-        trailers: Option<HeaderMap>,
-    },
-    /// Sent once; `None` after that.
-    Once(Option<Body>),
+pub struct RequestBody {
+    original: Option<Body>,
+    copy: Arc<Mutex<Copy>>,
+}
+
+#[derive(Debug, Default)]
+struct Copy {
+    chunks: Vec<Bytes>,
+    len: u64,
+    trailers: Option<HeaderMap>,
+    /// The original has ended: the copy is whole.
+    complete: bool,
+    /// The original outgrew the limit: no copy.
+    overflow: bool,
 }
 
 impl RequestBody {
-    /// Keeps `body` for replay when its length is known to be at most [`REPLAY_LIMIT`] (reading
-    /// it whole first); otherwise passes it through, to be sent once.
-    pub async fn prepare(body: Body) -> Result<Self, hyper::Error> {
-        let small = body.is_end_stream()
-            || body
-                .size_hint()
-                .upper()
-                .is_some_and(|upper| upper <= REPLAY_LIMIT);
-        if !small {
-            return Ok(RequestBody::Once(Some(body)));
+    pub fn new(body: Body) -> Self {
+        let copy = Copy {
+            complete: body.is_end_stream(),
+            overflow: body.size_hint().lower().gt(&REPLAY_LIMIT),
+            ..Copy::default()
+        };
+        Self {
+            original: Some(body),
+            copy: Arc::new(Mutex::new(copy)),
         }
-        let collected = body.collect().await?;
-        let trailers = collected.trailers().cloned();
-        Ok(RequestBody::Replayable {
-            data: collected.to_bytes(),
-            trailers,
-        })
     }
 
-    /// The body for the next attempt, or `None` when it has been sent already and cannot be
-    /// sent again.
+    /// The body for the next attempt: the original (teed) the first time, then the copy; `None`
+    /// when the copy is incomplete or was too large.
     pub fn take(&mut self) -> Option<Body> {
-        match self {
-            RequestBody::Replayable {
-                data,
-                trailers: None,
-            } => Some(crate::body::full(data.clone())),
-            RequestBody::Replayable { data, trailers } => {
-                let mut frames: Vec<Result<Frame<Bytes>, hyper::Error>> = Vec::with_capacity(2);
-                if !data.is_empty() {
-                    frames.push(Ok(Frame::data(data.clone())));
-                }
-                if let Some(t) = trailers {
-                    frames.push(Ok(Frame::trailers(t.clone())));
-                }
-                Some(StreamBody::new(futures_util::stream::iter(frames)).boxed())
-            }
-            RequestBody::Once(body) => body.take(),
+        if let Some(inner) = self.original.take() {
+            return Some(BodyExt::boxed(Tee {
+                inner,
+                copy: self.copy.clone(),
+            }));
         }
+        let copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
+        if !copy.complete || copy.overflow {
+            return None;
+        }
+        let mut frames: Vec<Result<Frame<Bytes>, hyper::Error>> = copy
+            .chunks
+            .iter()
+            .map(|c| Ok(Frame::data(c.clone())))
+            .collect();
+        if let Some(t) = &copy.trailers {
+            frames.push(Ok(Frame::trailers(t.clone())));
+        }
+        if frames.is_empty() {
+            return Some(crate::body::empty());
+        }
+        Some(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
     }
 
+    /// Whether another attempt can get the body.
     pub fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Replayable { .. })
+        if self.original.is_some() {
+            return true;
+        }
+        let copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
+        copy.complete && !copy.overflow
+    }
+}
+
+/// The original body on its way to the first attempt, copied as it passes.
+struct Tee {
+    inner: Body,
+    copy: Arc<Mutex<Copy>>,
+}
+
+impl hyper::body::Body for Tee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(frame) = &polled {
+            let ended = self.inner.is_end_stream();
+            let mut copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
+            match frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        copy.len += data.len() as u64;
+                        if copy.len > REPLAY_LIMIT {
+                            copy.overflow = true;
+                            copy.chunks = Vec::new();
+                        } else if !copy.overflow {
+                            copy.chunks.push(data.clone());
+                        }
+                    } else if let Some(t) = f.trailers_ref() {
+                        copy.trailers = Some(t.clone());
+                    }
+                    copy.complete = ended;
+                }
+                Some(Err(_)) => copy.overflow = true,
+                None => copy.complete = true,
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

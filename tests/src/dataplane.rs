@@ -168,18 +168,27 @@ pub async fn tcp_echo() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// A gRPC echo backend (h2c).
+/// A gRPC echo backend (h2c). A unary message `unavailable-once:<id>` fails with UNAVAILABLE
+/// the first time each id is seen (for retry tests).
 pub async fn grpc_echo() -> anyhow::Result<SocketAddr> {
     use echo::Msg;
     use echo::echo_server::{Echo, EchoServer};
-    #[derive(Debug)]
-    struct Server;
+    #[derive(Debug, Default)]
+    struct Server {
+        seen: Mutex<std::collections::HashSet<String>>,
+    }
     #[tonic::async_trait]
     impl Echo for Server {
         async fn unary(
             &self,
             req: tonic::Request<Msg>,
         ) -> Result<tonic::Response<Msg>, tonic::Status> {
+            let text = &req.get_ref().text;
+            if text.starts_with("unavailable-once:")
+                && self.seen.lock().unwrap().insert(text.clone())
+            {
+                return Err(tonic::Status::unavailable(format!("{text}: try again")));
+            }
             let client = req
                 .metadata()
                 .get("x-weft-client-id")
@@ -225,7 +234,7 @@ pub async fn grpc_echo() -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(EchoServer::new(Server))
+            .add_service(EchoServer::new(Server::default()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     Ok(addr)

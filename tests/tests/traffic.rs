@@ -667,3 +667,97 @@ async fn every_reason_the_proxy_answers_itself() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_routes_match_methods_and_retry_on_status_in_trailers() {
+    use weft_tests::dataplane::{echo, grpc_echo};
+    let mut m = Mesh::start(ProxyOpts {
+        upstreams: vec!["grpc.default:50051".into()],
+        ..Default::default()
+    })
+    .await;
+    let grpc_service = |name: &str| weft_proto::config::v1::Document {
+        kind: Some(weft_proto::config::v1::document::Kind::Service(
+            pb::Service {
+                namespace: "default".into(),
+                name: name.into(),
+                ports: vec![pb::Port {
+                    name: String::new(),
+                    port: 50051,
+                    protocol: pb::Protocol::Grpc.into(),
+                }],
+                ..Default::default()
+            },
+        )),
+    };
+    // Unary calls retry UNAVAILABLE; the route matches the method's path.
+    let unary = pb::HttpRouteRule {
+        matches: vec![pb::HttpRouteMatch {
+            path: Some(pb::PathMatch {
+                r#type: pb::path_match::Type::Exact.into(),
+                value: "/weft.test.v1.Echo/Unary".into(),
+            }),
+            ..Default::default()
+        }],
+        retry: retry(2, &[]),
+        ..Default::default()
+    };
+    m.apply(vec![
+        grpc_service("grpc"),
+        route(
+            "grpc-route",
+            "grpc",
+            &[("grpc", 1)],
+            unary,
+            Some(pb::RetryPolicy {
+                grpc_on: vec!["unavailable".into()],
+                ..Default::default()
+            }),
+        ),
+    ])
+    .await;
+    let backend = grpc_echo().await.unwrap();
+    let opts = ProxyOpts {
+        app: Some((backend.port(), "grpc".into())),
+        ..Default::default()
+    };
+    let p = start_proxy(&m.mesh, &m.cp, m.dir.path(), "grpc", opts)
+        .await
+        .unwrap();
+    m.endpoints.push(p);
+    wait_endpoints(&m.web, "grpc", 1).await.unwrap();
+    m.wait_weights("grpc", &[1]).await;
+
+    let upstream = format!("http://{}", m.web.upstream_addrs[0]);
+    let mut client = echo::echo_client::EchoClient::connect(upstream)
+        .await
+        .unwrap();
+    // The first try fails UNAVAILABLE (a trailers-only response); the retry succeeds.
+    let r = client
+        .unary(echo::Msg {
+            text: "unavailable-once:a".into(),
+        })
+        .await
+        .unwrap();
+    assert!(r.into_inner().text.starts_with("unavailable-once:a from"));
+    let retries = metric_value(
+        &m.metrics(),
+        "retries_total{backend=\"default/grpc\",route=\"default/grpc-route\"}",
+    );
+    assert_eq!(retries, Some(1.0));
+    // Streaming calls match no rule of this route: the proxy answers no-route.
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let status = client
+        .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    // As a gRPC status: HTTP 404 maps to UNIMPLEMENTED.
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-weft-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-route")
+    );
+}

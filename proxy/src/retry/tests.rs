@@ -43,7 +43,8 @@ fn what_is_retried_for_which_method() {
         (Status(504), &[], &gateway, &put, true),
         (Status(500), &[], &gateway, &get, false),
         (Reset, &[], &gateway, &get, true),
-        (Grpc(14), &[], &gateway, &post, false),
+        // gRPC calls are POSTs: a listed status is retried whatever the method.
+        (Grpc(14), &[], &gateway, &post, true),
         (Grpc(14), &[], &gateway, &get, true),
         (Grpc(8), &[], &gateway, &get, false),
         // 5xx, and POST only with the opt-in.
@@ -109,20 +110,42 @@ fn backoff_doubles_within_jitter_and_is_capped() {
 
 #[tokio::test]
 async fn small_bodies_replay_large_ones_go_once() {
-    let mut small = RequestBody::prepare(crate::body::full("hello"))
-        .await
-        .unwrap();
+    let mut small = RequestBody::new(crate::body::full("hello"));
     assert!(small.replayable());
     for _ in 0..3 {
         let b = small.take().unwrap().collect().await.unwrap().to_bytes();
         assert_eq!(&b[..], b"hello");
+        assert!(small.replayable());
     }
     let big = Bytes::from(vec![0u8; REPLAY_LIMIT as usize + 1]);
-    let mut once = RequestBody::prepare(crate::body::full(big)).await.unwrap();
+    let mut once = RequestBody::new(crate::body::full(big));
+    let sent = once.take().unwrap().collect().await.unwrap().to_bytes();
+    assert_eq!(sent.len(), REPLAY_LIMIT as usize + 1);
     assert!(!once.replayable());
-    assert!(once.take().is_some());
     assert!(once.take().is_none());
-    // An empty body (a GET) is replayable and ends at once.
-    let mut empty = RequestBody::prepare(crate::body::empty()).await.unwrap();
+    // An empty body (a GET) is replayable at once, and ends at once.
+    let mut empty = RequestBody::new(crate::body::empty());
     assert!(empty.take().unwrap().is_end_stream());
+    assert!(empty.replayable());
+    assert!(empty.take().unwrap().is_end_stream());
+}
+
+#[tokio::test]
+async fn a_stream_not_yet_ended_cannot_be_replayed() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
+    let stream = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut body = RequestBody::new(BodyExt::boxed(stream));
+    let mut first = body.take().unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
+        .await
+        .unwrap();
+    let got = first.frame().await.unwrap().unwrap();
+    assert_eq!(got.data_ref().unwrap().as_ref(), b"part");
+    // The client has not finished: a retry now could not send the whole body.
+    assert!(!body.replayable());
+    drop(tx);
+    assert!(first.frame().await.is_none());
+    assert!(body.replayable());
+    let again = body.take().unwrap().collect().await.unwrap().to_bytes();
+    assert_eq!(&again[..], b"part");
 }
