@@ -4,6 +4,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,18 +34,58 @@ pub enum Http {
     Http2,
 }
 
-/// Serves HTTP on `io` with `handler` until the connection ends; on drain, finishes in-flight
-/// requests and closes.
-pub async fn serve<IO, F, Fut>(io: IO, http: Http, drain: &drain::Watch, handler: F)
+/// Requests in flight on one connection and when the last one ended, for the idle timeout.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    /// When the connection will have been idle for `idle`, if it is idle now.
+    fn idle_deadline(&self, idle: Duration) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(*self.last.lock().unwrap_or_else(|e| e.into_inner()) + idle)
+    }
+}
+
+/// Serves HTTP on `io` with `handler` until the connection ends; on drain, or after `idle` with
+/// no request in flight, finishes in-flight requests and closes.
+pub async fn serve<IO, F, Fut>(io: IO, http: Http, drain: &drain::Watch, idle: Duration, handler: F)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        last: std::sync::Mutex::new(tokio::time::Instant::now()),
+    });
+    let seen = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler(req).await) }
+        let seen = seen.clone();
+        async move {
+            seen.in_flight.fetch_add(1, Ordering::AcqRel);
+            let resp = handler(req).await;
+            *seen.last.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+            seen.in_flight.fetch_sub(1, Ordering::AcqRel);
+            Ok::<_, Infallible>(resp)
+        }
     });
+    // Resolves once the connection has had no request in flight for `idle`.
+    let idle_out = async move {
+        loop {
+            match activity.idle_deadline(idle) {
+                Some(at) if at <= tokio::time::Instant::now() => return,
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => tokio::time::sleep(idle.min(Duration::from_secs(1))).await,
+            }
+        }
+    };
+    tokio::pin!(idle_out);
     let io = TokioIo::new(io);
     let result = match http {
         Http::Http1 => {
@@ -56,6 +98,11 @@ where
             tokio::select! {
                 r = conn.as_mut() => r,
                 () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = &mut idle_out => {
+                    debug!(?idle, "closing an idle HTTP connection");
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -72,6 +119,11 @@ where
             tokio::select! {
                 r = conn.as_mut() => r,
                 () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = &mut idle_out => {
+                    debug!(?idle, "closing an idle HTTP connection");
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -236,7 +288,55 @@ fn upstream(what: &str, e: hyper::Error) -> ProxyError {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn an_idle_http_connection_is_closed_and_a_busy_one_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_drain, watch) = drain::Drain::new();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let watch = watch.clone();
+                tokio::spawn(async move {
+                    serve(
+                        tcp,
+                        Http::Http1,
+                        &watch,
+                        Duration::from_millis(200),
+                        |req| async move {
+                            if req.uri().path() == "/slow" {
+                                tokio::time::sleep(Duration::from_millis(600)).await;
+                            }
+                            Response::new(crate::body::full("ok"))
+                        },
+                    )
+                    .await;
+                });
+            }
+        });
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // A request longer than the idle timeout is not cut off...
+        tcp.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        // ...and once idle, the connection is closed by the server (EOF), well before 5 s.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the idle connection stayed open");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

@@ -109,7 +109,8 @@ where
 {
     let drain = ctx.drain.clone();
     let client: Option<Arc<SpiffeId>> = client.map(Arc::new);
-    serve(stream, http, &drain, move |req| {
+    let idle = ctx.settings.http_idle_timeout;
+    serve(stream, http, &drain, idle, move |req| {
         let ctx = ctx.clone();
         let app = app.clone();
         let client = client.clone();

@@ -39,6 +39,8 @@ pub struct DataPathConfig {
     pub detect_timeout: Duration,
     /// An opaque connection with no bytes either way for this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// An accepted HTTP connection with no request in flight for this long is closed.
+    pub http_idle_timeout: Duration,
     pub connect_timeout: Duration,
     /// Destinations outside the mesh: pass through as plain TCP/HTTP (`true`) or refuse.
     pub passthrough: bool,
@@ -50,6 +52,7 @@ impl Default for DataPathConfig {
         Self {
             detect_timeout: Duration::from_millis(100),
             tcp_idle_timeout: Duration::from_secs(3600),
+            http_idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             passthrough: true,
             mtls: MtlsMode::Permissive,

@@ -207,7 +207,8 @@ async fn passthrough_tcp(ctx: &Ctx, tcp: TcpStream, dst: &str) {
 
 async fn serve_http(ctx: Arc<Ctx>, tcp: TcpStream, http: Http, mode: Mode) {
     let drain = ctx.drain.clone();
-    serve(tcp, http, &drain, move |req| {
+    let idle = ctx.settings.http_idle_timeout;
+    serve(tcp, http, &drain, idle, move |req| {
         let ctx = ctx.clone();
         let mode = mode.clone();
         async move { request(ctx, mode, req).await }

@@ -97,6 +97,10 @@ struct RunArgs {
     /// Opaque TCP connections idle (no bytes either way) this long are closed.
     #[arg(long, env = "WEFT_TCP_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1h")]
     tcp_idle_timeout: Duration,
+    /// Accepted HTTP connections (from the application, from peer proxies) with no request in
+    /// flight for this long are closed gracefully.
+    #[arg(long, env = "WEFT_HTTP_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5m")]
+    http_idle_timeout: Duration,
     /// Connecting to a peer proxy or destination, TCP and TLS each.
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
     connect_timeout: Duration,
@@ -222,6 +226,7 @@ async fn run(args: RunArgs) -> ExitCode {
         data: DataPathConfig {
             detect_timeout: args.detect_timeout,
             tcp_idle_timeout: args.tcp_idle_timeout,
+            http_idle_timeout: args.http_idle_timeout,
             connect_timeout: args.connect_timeout,
             passthrough: matches!(args.outside_mesh, OutsideMesh::Passthrough),
             mtls: match args.mtls {
