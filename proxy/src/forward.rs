@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
@@ -192,25 +192,31 @@ async fn attempt(
     let exchange = async {
         let resp = send.await?;
         if grpc_codes {
-            Ok(peek_grpc_status(resp).await)
+            Ok(peek_grpc_status(resp))
         } else {
             Ok((resp.map(crate::body::streamed), None))
         }
     };
-    let outcome: Result<(Response<Body>, Option<u16>), ProxyError> =
+    // `Err(None)`: the per-try timeout ran out; `Err(Some(e))`: the exchange failed.
+    let outcome: Result<(Response<Body>, Option<u16>), Option<ProxyError>> =
         match plan.timeouts.backend_request {
             Some(limit) => match tokio::time::timeout(limit, exchange).await {
-                Ok(r) => r,
-                Err(_) => Err(ProxyError::Timeout(format!(
-                    "{} ({}) sent no response within the per-try timeout {}",
-                    plan.backend,
-                    endpoint.address,
-                    humantime::format_duration(limit)
-                ))),
+                Ok(r) => r.map_err(Some),
+                Err(_) => Err(None),
             },
-            None => exchange.await,
+            None => exchange.await.map_err(Some),
         };
     let (result, failure) = match outcome {
+        Err(None) => {
+            let limit = plan.timeouts.backend_request.unwrap_or_default();
+            let e = ProxyError::Timeout(format!(
+                "{} ({}) sent no response within the per-try timeout {}",
+                plan.backend,
+                endpoint.address,
+                humantime::format_duration(limit)
+            ));
+            (Err(e), Some(Failure::Timeout))
+        }
         Ok((resp, grpc)) => {
             let status = resp.status().as_u16();
             let failure = match grpc {
@@ -220,13 +226,13 @@ async fn attempt(
             };
             (Ok(resp), failure)
         }
-        Err(e) => {
+        Err(Some(e)) => {
             let failure = match &e {
-                ProxyError::ConnectFailed { .. } | ProxyError::TlsIdentityMismatch { .. } => {
-                    Failure::ConnectFailure
-                }
+                // A connect or handshake timeout: nothing was sent either.
+                ProxyError::ConnectFailed { .. }
+                | ProxyError::TlsIdentityMismatch { .. }
+                | ProxyError::Timeout(_) => Failure::ConnectFailure,
                 ProxyError::Upstream { refused: true, .. } => Failure::RefusedStream,
-                ProxyError::Timeout(_) => Failure::Timeout,
                 _ => Failure::Reset,
             };
             (Err(e), Some(failure))
@@ -263,9 +269,10 @@ async fn attempt(
 }
 
 /// A gRPC status from the response headers (a trailers-only response), or else from the
-/// trailers if they are the body's first frame (an error without messages). The body is given
-/// back whole either way.
-async fn peek_grpc_status(resp: Response<Incoming>) -> (Response<Body>, Option<u16>) {
+/// trailers if they are the body's first frame and already here (an error without messages).
+/// Never waits for the body: a streaming call's first message may be far off, and its headers
+/// must reach the client now. The body is given back whole either way.
+fn peek_grpc_status(resp: Response<Incoming>) -> (Response<Body>, Option<u16>) {
     let parse = |h: &http::HeaderMap| {
         h.get("grpc-status")
             .and_then(|v| v.to_str().ok())
@@ -275,7 +282,13 @@ async fn peek_grpc_status(resp: Response<Incoming>) -> (Response<Body>, Option<u
         return (resp.map(crate::body::streamed), Some(code));
     }
     let (parts, mut body) = resp.into_parts();
-    let first = body.frame().await;
+    // Only what is already here: `None` means nothing has arrived yet.
+    let Some(first) = body.frame().now_or_never() else {
+        return (
+            Response::from_parts(parts, crate::body::streamed(body)),
+            None,
+        );
+    };
     let code = match &first {
         Some(Ok(f)) => f.trailers_ref().and_then(parse),
         _ => None,

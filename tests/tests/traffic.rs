@@ -760,4 +760,63 @@ async fn grpc_routes_match_methods_and_retry_on_status_in_trailers() {
             .and_then(|v| v.to_str().ok()),
         Some("no-route")
     );
+
+    // A route for the stream that retries gRPC statuses too: the response headers still reach
+    // the client at once (nothing waits for the first message), and messages flow both ways.
+    let chat = pb::HttpRouteRule {
+        matches: vec![pb::HttpRouteMatch {
+            path: Some(pb::PathMatch {
+                r#type: pb::path_match::Type::Exact.into(),
+                value: "/weft.test.v1.Echo/Chat".into(),
+            }),
+            ..Default::default()
+        }],
+        retry: retry(2, &[]),
+        ..Default::default()
+    };
+    m.apply(vec![route(
+        "grpc-chat",
+        "grpc",
+        &[("grpc", 1)],
+        chat,
+        Some(pb::RetryPolicy {
+            grpc_on: vec!["unavailable".into()],
+            ..Default::default()
+        }),
+    )])
+    .await;
+    weft_tests::poll(Duration::from_secs(10), || {
+        (m.web.config.borrow().services["default/grpc"]
+            .value
+            .routes
+            .len()
+            == 2)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.chat(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("the stream's headers were held back")
+    .unwrap()
+    .into_inner();
+    for i in 0..3 {
+        tx.send(echo::Msg {
+            text: format!("m{i}"),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            stream.message().await.unwrap().unwrap().text,
+            format!("echo m{i}")
+        );
+    }
+    drop(tx);
+    // Its final status (in the trailers, after messages) goes back as it is: not retried.
+    let status = stream.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
 }
