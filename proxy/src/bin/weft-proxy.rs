@@ -76,6 +76,10 @@ struct RunArgs {
     /// (LOCAL_ADDR may be a bare port on 127.0.0.1). Repeatable; comma-separated in the env.
     #[arg(long, env = "WEFT_UPSTREAM", value_parser = parse_upstream, value_delimiter = ',')]
     upstream: Vec<(SocketAddr, String)>,
+    /// Threads that run the proxy (1..=64). One serves a sidecar's traffic with the fewest
+    /// wake-ups; raise it only for a proxy that needs more than one core.
+    #[arg(long, env = "WEFT_PROXY_CORES", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    cores: u16,
     /// How long SIGTERM or POST /shutdown waits for open connections before exiting.
     #[arg(long, env = "WEFT_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
@@ -188,7 +192,18 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One core (the default) runs everything on one thread: a sidecar has less than a core of
+    // work, and a second worker only adds wake-ups (futexes, work stealing) per request.
+    let runtime = match args.cores {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("weft-proxy: start the runtime: {e}");
