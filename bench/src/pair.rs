@@ -100,6 +100,7 @@ impl Lab {
             .prefix("weft-bench-pair.")
             .tempdir()
             .context("create a temp dir")?;
+        process::remove_on_signal(dir.path());
         let backend = Backend::start(&tools.nginx, dir.path())?;
         let mesh = Mesh::start(bins, dir.path())?;
         let server_token = mesh.token("api")?;
@@ -192,6 +193,9 @@ pub(crate) struct ProxyMemory {
     pub(crate) role: &'static str,
     /// VmRSS once ready and routable, before any load.
     pub(crate) rss_idle_kib: u64,
+    /// Of that, anonymous memory (heap, stacks) and file-backed pages (the mapped binary).
+    pub(crate) rss_anon_idle_kib: u64,
+    pub(crate) rss_file_idle_kib: u64,
     /// VmHWM at the end: the peak over the proxy's life, closed-loop runs included.
     pub(crate) hwm_kib: u64,
 }
@@ -226,6 +230,8 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
         bail!("--duration must be at least 1s (wrk and oha count whole seconds)");
     }
     let mut machine = tools::Machine::read();
+    process::cleanup_on_signal()?;
+    let cpu_before = process::CpuAccount::read()?;
     let bins = Bins::in_dir(&args.bin_dir)?;
     let tools = tools::ensure()?;
     let mut lab = Lab::start(&tools, &bins)?;
@@ -249,6 +255,8 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
                         Ok(ProxyMemory {
                             role: p.role,
                             rss_idle_kib: process::status_kib(p.pid, "VmRSS")?,
+                            rss_anon_idle_kib: process::status_kib(p.pid, "RssAnon")?,
+                            rss_file_idle_kib: process::status_kib(p.pid, "RssFile")?,
                             hwm_kib: 0,
                         })
                     })
@@ -305,6 +313,7 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
     let start_to_ready = lab.start_to_ready(args.starts)?;
     machine.loadavg_end = tools::loadavg();
     drop(lab);
+    machine.other_vcpu = process::CpuAccount::read()?.other_vcpu_since(&cpu_before);
     report::print(
         &Results {
             args,

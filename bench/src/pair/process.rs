@@ -6,12 +6,63 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 /// Lines of a log kept in error messages.
 const TAIL_LINES: usize = 30;
+
+/// What a SIGINT or SIGTERM to the bench cleans up, since it skips every `Drop`: the PIDs of
+/// live [`Proc`]s and the temp dirs.
+static LIVE: Mutex<(Vec<u32>, Vec<PathBuf>)> = Mutex::new((Vec::new(), Vec::new()));
+
+/// On SIGINT or SIGTERM: SIGKILL every live [`Proc`], remove the registered temp dirs, exit 130.
+pub(crate) fn cleanup_on_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("start the signal watcher's runtime")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            let (pids, dirs) = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+            eprintln!("pair: interrupted: killing {} child processes", pids.len());
+            if !pids.is_empty() {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .args(pids.iter().map(u32::to_string))
+                    .status();
+            }
+            for d in dirs {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            std::process::exit(130);
+        })
+        .context("start the signal watcher")?;
+    Ok(())
+}
+
+/// Registers a temp dir for removal on SIGINT/SIGTERM (its `TempDir` removes it otherwise).
+pub(crate) fn remove_on_signal(dir: &Path) {
+    if let Ok(mut l) = LIVE.lock() {
+        l.1.push(dir.to_owned());
+    }
+}
 
 /// A child process, killed (SIGKILL) and reaped on drop. Its stdout and stderr go to `log`.
 #[derive(Debug)]
@@ -34,6 +85,9 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("spawn {name} ({:?})", cmd.get_program()))?;
+        if let Ok(mut l) = LIVE.lock() {
+            l.0.push(child.id());
+        }
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -120,6 +174,10 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let pid = self.child.id();
+        if let Ok(mut l) = LIVE.lock() {
+            l.0.retain(|&p| p != pid);
+        }
     }
 }
 
@@ -206,6 +264,64 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// Busy CPU time of the whole machine and of the bench's process tree, to tell how much of the
+/// machine something else used during a run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuAccount {
+    at: Instant,
+    /// user + nice + system + irq + softirq + steal of all CPUs (/proc/stat), in ticks.
+    machine_busy: u64,
+    /// utime + stime + cutime + cstime of this process (children once reaped), in ticks.
+    bench_tree: u64,
+}
+
+impl CpuAccount {
+    pub(crate) fn read() -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+        let machine_busy = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("cpu "))
+            .map(|l| {
+                let f: Vec<u64> = l
+                    .split_whitespace()
+                    .map(|x| x.parse().unwrap_or(0))
+                    .collect();
+                // user nice system idle iowait irq softirq steal
+                [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
+            })
+            .context("no cpu line in /proc/stat")?;
+        let own = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
+        let bench_tree = own
+            .rfind(')')
+            .map(|i| &own[i + 1..])
+            .map(|rest| {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                (11..=14)
+                    .filter_map(|i| f.get(i)?.parse::<u64>().ok())
+                    .sum()
+            })
+            .context("no utime/stime/cutime/cstime in /proc/self/stat")?;
+        Ok(Self {
+            at: Instant::now(),
+            machine_busy,
+            bench_tree,
+        })
+    }
+
+    /// Average cores busy outside the bench's tree since `earlier` (meaningful once every
+    /// child has been reaped).
+    pub(crate) fn other_vcpu_since(&self, earlier: &CpuAccount) -> f64 {
+        let secs = (self.at - earlier.at).as_secs_f64();
+        let busy = self.machine_busy.saturating_sub(earlier.machine_busy) as f64;
+        let ours = self.bench_tree.saturating_sub(earlier.bench_tree) as f64;
+        if secs > 0.0 {
+            ((busy - ours) / clock_ticks_per_second() / secs).max(0.0)
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we know of).

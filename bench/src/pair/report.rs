@@ -92,8 +92,14 @@ fn markdown(r: &Results) -> String {
         a.rounds, a.connections, a.rate
     );
     s += &format!(
-        "Machine: {} × {}, {} MiB, Linux {}. Load average (1/5/15 min) at start {}, at end {}.\n",
-        m.nproc, m.cpu_model, m.mem_total_mib, m.kernel, m.loadavg_start, m.loadavg_end
+        "Machine: {} × {}, {} MiB, Linux {}. Load average (1/5/15 min) at start {}, at end {}. CPU busy outside the bench's processes during the run: {:.2} vCPU on average.\n",
+        m.nproc,
+        m.cpu_model,
+        m.mem_total_mib,
+        m.kernel,
+        m.loadavg_start,
+        m.loadavg_end,
+        m.other_vcpu
     );
     s += &format!(
         "Tools: {}, {}, {}; Weft binaries from {}.\n\n",
@@ -129,7 +135,7 @@ fn markdown(r: &Results) -> String {
     }
 
     s += &format!(
-        "\n| proxy | RSS idle | RSS max at {} rps | VmHWM (life) | vCPU at {} rps | vCPU per 1,000 rps at {} rps | vCPU closed loop | vCPU per 1,000 rps closed loop |\n|---|---|---|---|---|---|---|---|\n",
+        "\n| proxy | RSS idle (anon + file) | RSS max at {} rps | VmHWM (life) | vCPU at {} rps | vCPU per 1,000 rps at {} rps | vCPU closed loop | vCPU per 1,000 rps closed loop |\n|---|---|---|---|---|---|---|---|\n",
         a.rate, a.rate, a.rate
     );
     for t in &r.targets {
@@ -137,10 +143,12 @@ fn markdown(r: &Results) -> String {
             let (fixed, fixed_k) = cpu(t, i, true);
             let (closed, closed_k) = cpu(t, i, false);
             s += &format!(
-                "| {} {} | {} | {} | {} | {fixed:.3} | {fixed_k:.4} | {closed:.3} | {closed_k:.4} |\n",
+                "| {} {} | {} ({} + {}) | {} | {} | {fixed:.3} | {fixed_k:.4} | {closed:.3} | {closed_k:.4} |\n",
                 t.kind.name(),
                 p.role,
                 mib(p.rss_idle_kib),
+                mib(p.rss_anon_idle_kib),
+                mib(p.rss_file_idle_kib),
                 mib(rss_under_load(t, i)),
                 mib(p.hwm_kib),
             );
@@ -232,6 +240,7 @@ fn to_json(r: &Results) -> serde_json::Value {
                     let (closed, closed_k) = cpu(t, i, false);
                     json!({
                         "role": p.role, "rss_idle_kib": p.rss_idle_kib,
+                        "rss_anon_idle_kib": p.rss_anon_idle_kib, "rss_file_idle_kib": p.rss_file_idle_kib,
                         "rss_max_fixed_rate_kib": rss_under_load(t, i), "vm_hwm_kib": p.hwm_kib,
                         "vcpu_fixed_rate_median": vcpu, "vcpu_per_1000_rps_fixed_rate_median": per_k,
                         "vcpu_closed_loop_median": closed, "vcpu_per_1000_rps_closed_loop_median": closed_k,
@@ -257,7 +266,7 @@ fn to_json(r: &Results) -> serde_json::Value {
         "machine": {
             "nproc": r.machine.nproc, "cpu_model": r.machine.cpu_model, "kernel": r.machine.kernel,
             "mem_total_mib": r.machine.mem_total_mib, "loadavg_start": r.machine.loadavg_start,
-            "loadavg_end": r.machine.loadavg_end,
+            "loadavg_end": r.machine.loadavg_end, "other_vcpu": r.machine.other_vcpu,
         },
         "tools": {"wrk": r.tools.wrk_version, "oha": r.tools.oha_version, "nginx": r.tools.nginx_version},
         "targets": targets,

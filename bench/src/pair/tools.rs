@@ -157,6 +157,9 @@ pub(crate) struct Machine {
     /// /proc/loadavg when the bench started and when it ended.
     pub(crate) loadavg_start: String,
     pub(crate) loadavg_end: String,
+    /// Cores busy on average during the run outside the bench's own process tree (other
+    /// processes, and interrupt time charged to no process).
+    pub(crate) other_vcpu: f64,
 }
 
 impl Machine {
@@ -187,6 +190,7 @@ impl Machine {
             mem_total_mib,
             loadavg_start: loadavg(),
             loadavg_end: String::new(),
+            other_vcpu: 0.0,
         }
     }
 }
