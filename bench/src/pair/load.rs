@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use super::process::{clock_ticks_per_second, cpu_ticks, status_kib};
+use super::process::{self, clock_ticks_per_second, cpu_ticks, status_kib};
 use super::tools::Tools;
 
 /// Closed loop: `wrk -t1 -c<conns> -d<secs>s --latency URL`.
@@ -37,10 +37,9 @@ pub(crate) fn wrk(
         "--latency".to_owned(),
         url.to_owned(),
     ];
-    let out = Command::new(&tools.wrk)
-        .args(&args)
-        .output()
-        .with_context(|| format!("run wrk {}", args.join(" ")))?;
+    let mut cmd = Command::new(&tools.wrk);
+    cmd.args(&args);
+    let out = process::output(cmd).with_context(|| format!("run wrk {}", args.join(" ")))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -145,10 +144,9 @@ pub(crate) fn oha(
     ];
     args.extend(tools.oha_json.iter().map(|s| (*s).to_owned()));
     args.push(url.to_owned());
-    let out = Command::new(&tools.oha)
-        .args(&args)
-        .output()
-        .with_context(|| format!("run oha {}", args.join(" ")))?;
+    let mut cmd = Command::new(&tools.oha);
+    cmd.args(&args);
+    let out = process::output(cmd).with_context(|| format!("run oha {}", args.join(" ")))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(

@@ -64,6 +64,25 @@ pub(crate) fn remove_on_signal(dir: &Path) {
     }
 }
 
+/// Runs `cmd` to completion like `Command::output`, but killed on SIGINT/SIGTERM like a
+/// [`Proc`] (the load generators run for the whole measurement).
+pub(crate) fn output(mut cmd: Command) -> std::io::Result<std::process::Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    if let Ok(mut l) = LIVE.lock() {
+        l.0.push(pid);
+    }
+    let out = child.wait_with_output();
+    if let Ok(mut l) = LIVE.lock() {
+        l.0.retain(|&p| p != pid);
+    }
+    out
+}
+
 /// A child process, killed (SIGKILL) and reaped on drop. Its stdout and stderr go to `log`.
 #[derive(Debug)]
 pub(crate) struct Proc {
