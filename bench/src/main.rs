@@ -6,6 +6,8 @@
 //!   an in-process control plane on loopback.
 //! - `discovery`: delta-discovery fan-out to N simulated proxies against the real control-plane
 //!   binary: initial sync time, route-change convergence, control-plane memory per proxy.
+//! - `pair`: the load generator → nginx directly vs through a client and a server `weft-proxy`
+//!   (mTLS HTTP/2 between them): throughput, fixed-rate latency, proxy RSS and CPU, start → ready.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use weft_certs::{CertificateAuthority, SpiffeId, TrustDomain, WorkloadKey};
 use weft_control_plane::{Config, ControlPlane, client, control_plane_id};
 
 mod discovery;
+mod pair;
 
 #[derive(Parser)]
 #[command(name = "weft-bench", about = "Weft benchmark programs")]
@@ -48,6 +51,9 @@ enum Cmd {
     /// Delta-discovery convergence and memory with N simulated proxies against the
     /// weft-control-plane binary.
     Discovery(discovery::Args),
+    /// Direct vs a weft-proxy pair in front of an nginx backend, interleaved: wrk, oha at a
+    /// fixed rate, proxy RSS and CPU, start to ready. Needs release binaries (--bin-dir).
+    Pair(pair::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +72,7 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(discovery::run(args, cli.json))
         }
+        Cmd::Pair(args) => pair::run(args, cli.json),
     }
 }
 

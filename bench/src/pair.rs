@@ -1,0 +1,336 @@
+//! `pair`: what a request pays for going through two proxies. In one run, interleaved round by
+//! round, the load generator talks to an nginx backend on loopback either directly or through a
+//! pair of proxies (client proxy → mTLS HTTP/2 → server proxy → backend), and the bench
+//! measures closed-loop throughput (wrk), latency at a fixed rate (oha, latency-corrected), and
+//! the proxies' memory and CPU from /proc. It also times a fresh `weft-proxy` from spawn to its
+//! first `/ready` 200.
+//!
+//! Each way to the backend is a [`Target`]; adding one (HAProxy or nginx mTLS pairs) means a
+//! [`TargetKind`] variant, its setup in [`Lab::start`] and its URL and proxy PIDs in
+//! [`Lab::targets`]. Everything runs as child processes of the bench on 127.0.0.1 with files
+//! in one temp dir; all are killed on drop. The load generator, the proxies, the control plane
+//! and the backend share the machine's cores.
+
+mod load;
+mod process;
+mod report;
+mod setup;
+mod tools;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use load::{OhaResult, Usage, WrkResult};
+use setup::{Backend, Bins, Mesh, ProxyKind, WeftProxy};
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct Args {
+    /// Length of each load run (closed-loop and fixed-rate, per target, per round).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Rounds; each runs every target once (A B A B …).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Connections the load generators keep open.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Requests per second of the fixed-rate run.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Fresh proxies timed from spawn to ready.
+    #[arg(long, default_value_t = 5)]
+    starts: usize,
+    /// Smoke test: 1 round of 2 s runs, no warm-up, 2 starts.
+    #[arg(long)]
+    quick: bool,
+    /// Where weft-proxy, weft-control-plane and weftctl are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+}
+
+/// A way from the load generator to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetKind {
+    /// The load generator → the backend.
+    Direct,
+    /// → client weft-proxy (`--upstream`, plain HTTP/1.1) → mTLS HTTP/2 → server weft-proxy
+    /// (`--app-port`) → the backend.
+    Weft,
+}
+
+impl TargetKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TargetKind::Direct => "direct",
+            TargetKind::Weft => "weft",
+        }
+    }
+}
+
+/// One target: its URL and the proxies on its path (measured during the runs).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) kind: TargetKind,
+    pub(crate) url: String,
+    pub(crate) proxies: Vec<ProxyRef>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyRef {
+    /// e.g. "client", "server".
+    pub(crate) role: &'static str,
+    pub(crate) pid: u32,
+}
+
+/// Everything the targets need, running. Field order is drop order: processes first, then
+/// the temp dir they write in.
+struct Lab {
+    weft_client: WeftProxy,
+    weft_server: WeftProxy,
+    mesh: Mesh,
+    backend: Backend,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn start(tools: &tools::Tools, bins: &Bins) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-bench-pair.")
+            .tempdir()
+            .context("create a temp dir")?;
+        process::remove_on_signal(dir.path());
+        let backend = Backend::start(&tools.nginx, dir.path())?;
+        let mesh = Mesh::start(bins, dir.path())?;
+        let server_token = mesh.token("api")?;
+        let client_token = mesh.token("client")?;
+        let mut weft_server = mesh.spawn_proxy(
+            "server",
+            &server_token,
+            ProxyKind::Server {
+                app_port: backend.addr.port(),
+            },
+        )?;
+        weft_server.wait_ready(Duration::from_millis(5))?;
+        let mut weft_client = mesh.spawn_proxy("client", &client_token, ProxyKind::Client)?;
+        weft_client.wait_ready(Duration::from_millis(5))?;
+        weft_client.wait_routable()?;
+        Ok(Self {
+            weft_client,
+            weft_server,
+            mesh,
+            backend,
+            dir,
+        })
+    }
+
+    fn targets(&self) -> anyhow::Result<Vec<Target>> {
+        let upstream = self
+            .weft_client
+            .upstream
+            .context("the client proxy has no upstream port")?;
+        Ok(vec![
+            Target {
+                kind: TargetKind::Direct,
+                url: format!("http://{}/", self.backend.addr),
+                proxies: vec![],
+            },
+            Target {
+                kind: TargetKind::Weft,
+                url: format!("http://{upstream}/"),
+                proxies: vec![
+                    ProxyRef {
+                        role: "client",
+                        pid: self.weft_client.proc.pid(),
+                    },
+                    ProxyRef {
+                        role: "server",
+                        pid: self.weft_server.proc.pid(),
+                    },
+                ],
+            },
+        ])
+    }
+
+    /// Errors naming the process (with its log) if any has died.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.backend.proc.check_alive()?;
+        self.mesh.proc.check_alive()?;
+        self.weft_server.proc.check_alive()?;
+        self.weft_client.proc.check_alive()
+    }
+
+    /// Spawns a fresh client proxy `n` times, each time from spawn to its first `/ready` 200
+    /// (polled every 1 ms), then kills it.
+    fn start_to_ready(&self, n: usize) -> anyhow::Result<Vec<Duration>> {
+        let token = self.mesh.token("start-probe")?;
+        let mut times = Vec::new();
+        for i in 0..n {
+            let mut proxy =
+                self.mesh
+                    .spawn_proxy(&format!("start-{i}"), &token, ProxyKind::Client)?;
+            times.push(proxy.wait_ready(Duration::from_millis(1))?);
+        }
+        Ok(times)
+    }
+}
+
+/// The figures of one target in one round.
+#[derive(Debug, Clone)]
+pub(crate) struct Round {
+    pub(crate) wrk: WrkResult,
+    /// Per proxy of the target, in its order, over the closed-loop run.
+    pub(crate) wrk_usage: Vec<Usage>,
+    pub(crate) oha: OhaResult,
+    /// Per proxy, over the fixed-rate run.
+    pub(crate) oha_usage: Vec<Usage>,
+}
+
+/// A proxy's memory outside the runs.
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyMemory {
+    pub(crate) role: &'static str,
+    /// VmRSS once ready and routable, before any load.
+    pub(crate) rss_idle_kib: u64,
+    /// Of that, anonymous memory (heap, stacks) and file-backed pages (the mapped binary).
+    pub(crate) rss_anon_idle_kib: u64,
+    pub(crate) rss_file_idle_kib: u64,
+    /// VmHWM at the end: the peak over the proxy's life, closed-loop runs included.
+    pub(crate) hwm_kib: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TargetResult {
+    pub(crate) kind: TargetKind,
+    pub(crate) rounds: Vec<Round>,
+    pub(crate) proxies: Vec<ProxyMemory>,
+}
+
+/// What the report prints.
+#[derive(Debug)]
+pub(crate) struct Results {
+    pub(crate) args: Args,
+    pub(crate) machine: tools::Machine,
+    pub(crate) tools: tools::Tools,
+    pub(crate) targets: Vec<TargetResult>,
+    pub(crate) start_to_ready: Vec<Duration>,
+}
+
+pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
+    if args.quick {
+        args.rounds = 1;
+        args.duration = Duration::from_secs(2);
+        args.starts = args.starts.min(2);
+    }
+    if args.rounds == 0 || args.connections == 0 || args.rate == 0 {
+        bail!("--rounds, --connections and --rate must be at least 1");
+    }
+    if args.duration < Duration::from_secs(1) {
+        bail!("--duration must be at least 1s (wrk and oha count whole seconds)");
+    }
+    let mut machine = tools::Machine::read();
+    process::cleanup_on_signal()?;
+    let cpu_before = process::CpuAccount::read()?;
+    let bins = Bins::in_dir(&args.bin_dir)?;
+    let tools = tools::ensure()?;
+    let mut lab = Lab::start(&tools, &bins)?;
+    eprintln!(
+        "pair: backend {}, control plane {}, proxies ready; files in {}",
+        lab.backend.addr,
+        lab.mesh.grpc_addr,
+        lab.dir.path().display()
+    );
+    let targets = lab.targets()?;
+    let mut results: Vec<TargetResult> = targets
+        .iter()
+        .map(|t| {
+            Ok(TargetResult {
+                kind: t.kind,
+                rounds: Vec::new(),
+                proxies: t
+                    .proxies
+                    .iter()
+                    .map(|p| {
+                        Ok(ProxyMemory {
+                            role: p.role,
+                            rss_idle_kib: process::status_kib(p.pid, "VmRSS")?,
+                            rss_anon_idle_kib: process::status_kib(p.pid, "RssAnon")?,
+                            rss_file_idle_kib: process::status_kib(p.pid, "RssFile")?,
+                            hwm_kib: 0,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    if !args.quick {
+        for t in &targets {
+            eprintln!("pair: warm-up {} (1 s closed loop)", t.kind.name());
+            load::wrk(&tools, &t.url, args.connections, Duration::from_secs(1))?;
+        }
+    }
+    for round in 1..=args.rounds {
+        let mut wrk = Vec::new();
+        for t in &targets {
+            eprintln!(
+                "pair: round {round}/{}: {} closed loop",
+                args.rounds,
+                t.kind.name()
+            );
+            wrk.push(observe(&t.proxies, || {
+                load::wrk(&tools, &t.url, args.connections, args.duration)
+            })?);
+            lab.check_alive()?;
+        }
+        for (i, t) in targets.iter().enumerate() {
+            eprintln!(
+                "pair: round {round}/{}: {} at {} rps",
+                args.rounds,
+                t.kind.name(),
+                args.rate
+            );
+            let (oha, oha_usage) = observe(&t.proxies, || {
+                load::oha(&tools, &t.url, args.connections, args.rate, args.duration)
+            })?;
+            lab.check_alive()?;
+            let (wrk, wrk_usage) = wrk[i].clone();
+            results[i].rounds.push(Round {
+                wrk,
+                wrk_usage,
+                oha,
+                oha_usage,
+            });
+        }
+    }
+    for (t, r) in targets.iter().zip(&mut results) {
+        for (p, m) in t.proxies.iter().zip(&mut r.proxies) {
+            m.hwm_kib = process::status_kib(p.pid, "VmHWM")?;
+        }
+    }
+    eprintln!("pair: {} fresh client proxies, spawn → ready", args.starts);
+    let start_to_ready = lab.start_to_ready(args.starts)?;
+    machine.loadavg_end = tools::loadavg();
+    drop(lab);
+    machine.other_vcpu = process::CpuAccount::read()?.other_vcpu_since(&cpu_before);
+    report::print(
+        &Results {
+            args,
+            machine,
+            tools,
+            targets: results,
+            start_to_ready,
+        },
+        json,
+    );
+    Ok(())
+}
+
+fn observe<R>(
+    proxies: &[ProxyRef],
+    load: impl FnOnce() -> anyhow::Result<R>,
+) -> anyhow::Result<(R, Vec<Usage>)> {
+    let pids: Vec<u32> = proxies.iter().map(|p| p.pid).collect();
+    load::observe(&pids, load)
+}
