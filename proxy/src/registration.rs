@@ -44,17 +44,18 @@ impl Registrar {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let (tx, rx) = mpsc::channel(4);
-            let result = tokio::select! {
-                r = self.session(tx, rx, &mut backoff) => r,
-                _ = stop.wait_for(|s| *s) => {
-                    self.metrics.registered.set(0);
+            let result = self.session(tx, rx, &mut backoff, stop.clone()).await;
+            self.metrics.registered.set(0);
+            match result {
+                Ok(()) => {
                     info!(service = %self.registration.service, "deregistered");
                     return;
                 }
-            };
-            self.metrics.registered.set(0);
-            if let Err(e) = result {
-                warn!(error = %e, "registration stream failed; retrying");
+                Err(e) if *stop.borrow() => {
+                    info!(service = %self.registration.service, error = %e, "stopped registering");
+                    return;
+                }
+                Err(e) => warn!(error = %e, "registration stream failed; retrying"),
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff.next_delay()) => {}
@@ -63,43 +64,71 @@ impl Registrar {
         }
     }
 
+    /// One Register stream, until it fails (`Err`) or `stop` flips: then the request stream is
+    /// ended cleanly (END_STREAM, not a reset), which the control plane takes as a goodbye and
+    /// deregisters at once, and `Ok` once it has closed its side (or after a short wait).
     async fn session(
         &self,
         tx: mpsc::Sender<RegisterRequest>,
         rx: mpsc::Receiver<RegisterRequest>,
         backoff: &mut Backoff,
+        mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let bundle = self.identity.bundle();
-        let td = bundle.trust_domain().clone();
-        let channel = client::connect(
-            &self.cp.addr,
-            bundle,
-            client::control_plane_id(&td),
-            Some(self.identity.svid().certified),
-        )
-        .await?;
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stopped);
         let r = &self.registration;
-        tx.send(RegisterRequest {
-            endpoints: vec![pb::Endpoint {
-                namespace: r.service.namespace.clone(),
-                service: r.service.name.clone(),
-                address: r.address.to_string(),
-                identity: self.identity.svid().id.to_string(),
-                labels: r.labels.clone().into_iter().collect(),
-                weight: 1,
-                ready: true,
-                ..Default::default()
-            }],
-        })
-        .await?;
-        let mut responses = RegistrationClient::new(channel)
-            .register(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let open = async {
+            let bundle = self.identity.bundle();
+            let td = bundle.trust_domain().clone();
+            let channel = client::connect(
+                &self.cp.addr,
+                bundle,
+                client::control_plane_id(&td),
+                Some(self.identity.svid().certified),
+            )
+            .await?;
+            tx.send(RegisterRequest {
+                endpoints: vec![pb::Endpoint {
+                    namespace: r.service.namespace.clone(),
+                    service: r.service.name.clone(),
+                    address: r.address.to_string(),
+                    identity: self.identity.svid().id.to_string(),
+                    labels: r.labels.clone().into_iter().collect(),
+                    weight: 1,
+                    ready: true,
+                    ..Default::default()
+                }],
+            })
+            .await?;
+            let responses = RegistrationClient::new(channel)
+                .register(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            anyhow::Ok(responses)
+        };
+        // Stopping before the stream is up: nothing of this session is registered.
+        let mut responses = tokio::select! {
+            r = open => r?,
+            () = &mut stopped => return Ok(()),
+        };
         let mut heartbeat = Duration::from_secs(5);
         let mut next = tokio::time::Instant::now() + heartbeat;
         loop {
             tokio::select! {
+                () = &mut stopped => {
+                    // Dropping the sender ends the request stream; the control plane revokes
+                    // the lease and ends the response stream.
+                    drop(tx);
+                    let goodbye = async {
+                        while let Ok(Some(_)) = responses.message().await {}
+                    };
+                    if tokio::time::timeout(Duration::from_secs(2), goodbye).await.is_err() {
+                        warn!("the control plane did not acknowledge the deregistration within 2 s");
+                    }
+                    return Ok(());
+                }
                 msg = responses.message() => match msg? {
                     Some(resp) => {
                         backoff.reset();
