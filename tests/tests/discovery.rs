@@ -40,29 +40,7 @@ fn service(name: &str, selector: &[(&str, &str)]) -> Document {
 }
 
 fn split(name: &str, parent: &str, backends: &[(&str, i64)]) -> Document {
-    Document {
-        kind: Some(document::Kind::HttpRoute(pb::HttpRoute {
-            namespace: "default".into(),
-            name: name.into(),
-            parent_refs: vec![pb::ParentRef {
-                kind: "Service".into(),
-                name: parent.into(),
-                ..Default::default()
-            }],
-            rules: vec![pb::HttpRouteRule {
-                backend_refs: backends
-                    .iter()
-                    .map(|(b, w)| pb::BackendRef {
-                        name: (*b).into(),
-                        weight: Some(*w),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            retry_policy: None,
-        })),
-    }
+    weft_tests::traffic::route(name, parent, backends, Default::default(), None)
 }
 
 async fn apply(mesh: &TestMesh, docs: Vec<Document>) -> Result<(), tonic::Status> {
