@@ -7,7 +7,9 @@
 //! - `discovery`: delta-discovery fan-out to N simulated proxies against the real control-plane
 //!   binary: initial sync time, route-change convergence, control-plane memory per proxy.
 //! - `pair`: the load generator → nginx directly vs through a client and a server `weft-proxy`
-//!   (mTLS HTTP/2 between them): throughput, fixed-rate latency, proxy RSS and CPU, start → ready.
+//!   (mTLS HTTP/2 between them), and through a pair whose route splits 90/10 between two server
+//!   proxies with retries on (`weft-split`): throughput, fixed-rate latency, proxy RSS and CPU,
+//!   start → ready.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,8 +53,9 @@ enum Cmd {
     /// Delta-discovery convergence and memory with N simulated proxies against the
     /// weft-control-plane binary.
     Discovery(discovery::Args),
-    /// Direct vs a weft-proxy pair in front of an nginx backend, interleaved: wrk, oha at a
-    /// fixed rate, proxy RSS and CPU, start to ready. Needs release binaries (--bin-dir).
+    /// Direct vs a weft-proxy pair vs a pair with a 90/10 split and retries, in front of an
+    /// nginx backend, interleaved: wrk, oha at a fixed rate, proxy RSS and CPU, start to ready.
+    /// Needs release binaries (--bin-dir).
     Pair(pair::Args),
 }
 

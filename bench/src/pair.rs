@@ -3,7 +3,8 @@
 //! pair of proxies (client proxy → mTLS HTTP/2 → server proxy → backend), and the bench
 //! measures closed-loop throughput (wrk), latency at a fixed rate (oha, latency-corrected), and
 //! the proxies' memory and CPU from /proc. It also times a fresh `weft-proxy` from spawn to its
-//! first `/ready` 200.
+//! first `/ready` 200. A third target, `weft-split`, is the pair with traffic management
+//! active (a 90/10 HTTPRoute split with retries and timeouts, see [`split`]).
 //!
 //! Each way to the backend is a [`Target`]; adding one (HAProxy or nginx mTLS pairs) means a
 //! [`TargetKind`] variant, its setup in [`Lab::start`] and its URL and proxy PIDs in
@@ -15,6 +16,7 @@ mod load;
 mod process;
 mod report;
 mod setup;
+mod split;
 mod tools;
 
 use std::path::PathBuf;
@@ -23,7 +25,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use load::{OhaResult, Usage, WrkResult};
-use setup::{Backend, Bins, Mesh, ProxyKind, WeftProxy};
+use setup::{Backend, Bins, Mesh, ProxyKind, START_TIMEOUT, WeftProxy};
+use split::SplitCounts;
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct Args {
@@ -58,6 +61,9 @@ pub(crate) enum TargetKind {
     /// → client weft-proxy (`--upstream`, plain HTTP/1.1) → mTLS HTTP/2 → server weft-proxy
     /// (`--app-port`) → the backend.
     Weft,
+    /// As `Weft`, through its own client proxy addressing `api-split`, whose HTTPRoute splits
+    /// 90/10 between two server proxies (`api-v1`, `api-v2`) with retries and timeouts on.
+    WeftSplit,
 }
 
 impl TargetKind {
@@ -65,6 +71,7 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "direct",
             TargetKind::Weft => "weft",
+            TargetKind::WeftSplit => "weft-split",
         }
     }
 }
@@ -79,7 +86,7 @@ pub(crate) struct Target {
 
 #[derive(Debug, Clone)]
 pub(crate) struct ProxyRef {
-    /// e.g. "client", "server".
+    /// e.g. "client", "server", "server-v1".
     pub(crate) role: &'static str,
     pub(crate) pid: u32,
 }
@@ -89,6 +96,10 @@ pub(crate) struct ProxyRef {
 struct Lab {
     weft_client: WeftProxy,
     weft_server: WeftProxy,
+    /// The split target's own client (so its CPU and RSS are its own) and its two servers.
+    split_client: WeftProxy,
+    split_v1: WeftProxy,
+    split_v2: WeftProxy,
     mesh: Mesh,
     backend: Backend,
     dir: tempfile::TempDir,
@@ -103,22 +114,33 @@ impl Lab {
         process::remove_on_signal(dir.path());
         let backend = Backend::start(&tools.nginx, dir.path())?;
         let mesh = Mesh::start(bins, dir.path())?;
-        let server_token = mesh.token("api")?;
-        let client_token = mesh.token("client")?;
-        let mut weft_server = mesh.spawn_proxy(
-            "server",
-            &server_token,
-            ProxyKind::Server {
-                app_port: backend.addr.port(),
-            },
-        )?;
-        weft_server.wait_ready(Duration::from_millis(5))?;
-        let mut weft_client = mesh.spawn_proxy("client", &client_token, ProxyKind::Client)?;
-        weft_client.wait_ready(Duration::from_millis(5))?;
-        weft_client.wait_routable()?;
+        mesh.apply("split.yaml", split::MANIFESTS)?;
+        let app_port = backend.addr.port();
+        let server = |role: &str, service: &'static str| -> anyhow::Result<WeftProxy> {
+            let token = mesh.token(service)?;
+            let mut p = mesh.spawn_proxy(role, &token, ProxyKind::Server { service, app_port })?;
+            p.wait_ready(Duration::from_millis(5))?;
+            Ok(p)
+        };
+        let client = |role: &str, service: &'static str| -> anyhow::Result<WeftProxy> {
+            let token = mesh.token(role)?;
+            let mut p = mesh.spawn_proxy(role, &token, ProxyKind::Client { service })?;
+            p.wait_ready(Duration::from_millis(5))?;
+            p.wait_routable()?;
+            Ok(p)
+        };
+        let weft_server = server("server", "api")?;
+        let weft_client = client("client", "api")?;
+        let split_v1 = server("split-server-v1", split::V1)?;
+        let split_v2 = server("split-server-v2", split::V2)?;
+        let mut split_client = client("split-client", split::PARENT)?;
+        split::wait_both_backends(&mut split_client, &split_v1, &split_v2, START_TIMEOUT)?;
         Ok(Self {
             weft_client,
             weft_server,
+            split_client,
+            split_v1,
+            split_v2,
             mesh,
             backend,
             dir,
@@ -130,6 +152,10 @@ impl Lab {
             .weft_client
             .upstream
             .context("the client proxy has no upstream port")?;
+        let split_upstream = self
+            .split_client
+            .upstream
+            .context("the split client proxy has no upstream port")?;
         Ok(vec![
             Target {
                 kind: TargetKind::Direct,
@@ -150,7 +176,34 @@ impl Lab {
                     },
                 ],
             },
+            Target {
+                kind: TargetKind::WeftSplit,
+                url: format!("http://{split_upstream}/"),
+                proxies: vec![
+                    ProxyRef {
+                        role: "client",
+                        pid: self.split_client.proc.pid(),
+                    },
+                    ProxyRef {
+                        role: "server-v1",
+                        pid: self.split_v1.proc.pid(),
+                    },
+                    ProxyRef {
+                        role: "server-v2",
+                        pid: self.split_v2.proc.pid(),
+                    },
+                ],
+            },
         ])
+    }
+
+    /// The split target's counters now (requests at each server, retries by its client).
+    fn split_counts(&self) -> anyhow::Result<SplitCounts> {
+        SplitCounts::read(
+            self.split_client.admin,
+            self.split_v1.admin,
+            self.split_v2.admin,
+        )
     }
 
     /// Errors naming the process (with its log) if any has died.
@@ -158,7 +211,10 @@ impl Lab {
         self.backend.proc.check_alive()?;
         self.mesh.proc.check_alive()?;
         self.weft_server.proc.check_alive()?;
-        self.weft_client.proc.check_alive()
+        self.weft_client.proc.check_alive()?;
+        self.split_v1.proc.check_alive()?;
+        self.split_v2.proc.check_alive()?;
+        self.split_client.proc.check_alive()
     }
 
     /// Spawns a fresh client proxy `n` times, each time from spawn to its first `/ready` 200
@@ -167,9 +223,11 @@ impl Lab {
         let token = self.mesh.token("start-probe")?;
         let mut times = Vec::new();
         for i in 0..n {
-            let mut proxy =
-                self.mesh
-                    .spawn_proxy(&format!("start-{i}"), &token, ProxyKind::Client)?;
+            let mut proxy = self.mesh.spawn_proxy(
+                &format!("start-{i}"),
+                &token,
+                ProxyKind::Client { service: "api" },
+            )?;
             times.push(proxy.wait_ready(Duration::from_millis(1))?);
         }
         Ok(times)
@@ -214,6 +272,8 @@ pub(crate) struct Results {
     pub(crate) machine: tools::Machine,
     pub(crate) tools: tools::Tools,
     pub(crate) targets: Vec<TargetResult>,
+    /// The split target's counters over the measured runs.
+    pub(crate) split: SplitCounts,
     pub(crate) start_to_ready: Vec<Duration>,
 }
 
@@ -271,6 +331,7 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
             load::wrk(&tools, &t.url, args.connections, Duration::from_secs(1))?;
         }
     }
+    let split_before = lab.split_counts()?;
     for round in 1..=args.rounds {
         let mut wrk = Vec::new();
         for t in &targets {
@@ -304,6 +365,7 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
             });
         }
     }
+    let split = lab.split_counts()?.since(&split_before);
     for (t, r) in targets.iter().zip(&mut results) {
         for (p, m) in t.proxies.iter().zip(&mut r.proxies) {
             m.hwm_kib = process::status_kib(p.pid, "VmHWM")?;
@@ -320,6 +382,7 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
             machine,
             tools,
             targets: results,
+            split,
             start_to_ready,
         },
         json,

@@ -6,7 +6,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::load::Usage;
-use super::{Results, TargetResult};
+use super::{Results, TargetKind, TargetResult};
+
+/// Issue 5: the split target's closed-loop throughput at least this share of the plain pair's.
+const SPLIT_RATIO_TARGET: f64 = 0.95;
 
 pub(crate) fn print(r: &Results, json: bool) {
     if json {
@@ -76,6 +79,29 @@ fn rss_under_load(t: &TargetResult, i: usize) -> u64 {
         .filter_map(|r| r.oha_usage.get(i).map(|u| u.rss_max_kib))
         .max()
         .unwrap_or_default()
+}
+
+/// `weft-split` closed-loop throughput against `weft`'s: (ratio of the medians, ratio in each
+/// round), or `None` if either target is missing.
+fn split_ratio(r: &Results) -> Option<(f64, Vec<f64>)> {
+    let find = |k| r.targets.iter().find(|t| t.kind == k);
+    let (plain, split) = (find(TargetKind::Weft)?, find(TargetKind::WeftSplit)?);
+    let rps = |t: &TargetResult| t.rounds.iter().map(|x| x.wrk.rps).collect::<Vec<_>>();
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let each = rps(split)
+        .iter()
+        .zip(rps(plain))
+        .map(|(&s, p)| ratio(s, p))
+        .collect();
+    Some((ratio(median(rps(split)), median(rps(plain))), each))
+}
+
+fn verdict(ratio: f64) -> &'static str {
+    if ratio >= SPLIT_RATIO_TARGET {
+        "met"
+    } else {
+        "missed"
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -153,6 +179,22 @@ fn markdown(r: &Results) -> String {
                 mib(p.hwm_kib),
             );
         }
+    }
+
+    if let Some((ratio, each)) = split_ratio(r) {
+        let c = &r.split;
+        s += &format!(
+            "\nweft-split / weft, closed-loop throughput (medians): {ratio:.3} (each round: {}); target ≥ {SPLIT_RATIO_TARGET}: {}. Over the measured runs the split's servers received {} (v1) and {} (v2) requests, v2 share {:.1} %; its client sent {} retries.\n",
+            each.iter()
+                .map(|x| format!("{x:.3}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            verdict(ratio),
+            c.v1,
+            c.v2,
+            c.v2_share() * 100.0,
+            c.retries,
+        );
     }
 
     let starts: Vec<f64> = r.start_to_ready.iter().map(|&d| ms(d)).collect();
@@ -259,6 +301,14 @@ fn to_json(r: &Results) -> serde_json::Value {
         })
         .collect();
     let starts: Vec<f64> = r.start_to_ready.iter().map(|&d| ms(d)).collect();
+    let split = split_ratio(r).map(|(ratio, each)| {
+        json!({
+            "closed_loop_rps_ratio_to_weft": ratio, "each_round": each,
+            "target": SPLIT_RATIO_TARGET, "met": ratio >= SPLIT_RATIO_TARGET,
+            "v1_requests": r.split.v1, "v2_requests": r.split.v2,
+            "v2_share": r.split.v2_share(), "retries": r.split.retries,
+        })
+    });
     json!({
         "bench": "pair",
         "rounds": a.rounds, "duration_s": a.duration.as_secs_f64(), "connections": a.connections,
@@ -270,6 +320,7 @@ fn to_json(r: &Results) -> serde_json::Value {
         },
         "tools": {"wrk": r.tools.wrk_version, "oha": r.tools.oha_version, "nginx": r.tools.nginx_version},
         "targets": targets,
+        "weft_split": split,
         "start_to_ready_ms": {
             "each": starts, "median": median(starts.clone()), "max": min_max(&starts).1,
         },

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use super::process::{Proc, free_ports, http_get, loopback};
 
 /// How long a process may take to come up before the bench gives up.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const TRUST_DOMAIN: &str = "bench.test";
 /// The backend's response body: 64 bytes.
 pub(crate) const BODY: &str = "weft-bench pair backend: 64 bytes of body, no more and no less.\n";
@@ -174,6 +174,14 @@ impl Mesh {
         Ok(mesh)
     }
 
+    /// Writes `yaml` to `file` in the bench's dir and `weftctl apply`s it.
+    pub(crate) fn apply(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let path = self.dir.join(file);
+        std::fs::write(&path, yaml).with_context(|| format!("write {}", path.display()))?;
+        self.ctl(&["apply", "-f", &path.display().to_string()])?;
+        Ok(())
+    }
+
     fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
         weftctl(&self.bins, &self.dir, args)
     }
@@ -197,8 +205,8 @@ impl Mesh {
     }
 
     /// Spawns a `weft-proxy run`; `role` names its log. Server: `--app-port` and `--service
-    /// default/api` with an inbound listener; client: an `--upstream` port to `api.default:80`.
-    /// Does not wait for it.
+    /// default/SERVICE` with an inbound listener; client: an `--upstream` port to
+    /// `SERVICE.default:80`. Does not wait for it.
     pub(crate) fn spawn_proxy(
         &self,
         role: &str,
@@ -221,14 +229,17 @@ impl Mesh {
             .env("WEFT_LOG", "info");
         let mut upstream = None;
         match kind {
-            ProxyKind::Server { app_port } => {
-                cmd.args(["--service", "default/api"])
+            ProxyKind::Server { service, app_port } => {
+                cmd.args(["--service", &format!("default/{service}")])
                     .args(["--app-port", &app_port.to_string()])
                     .args(["--inbound", &loopback(third).to_string()])
                     .args(["--advertise-ip", "127.0.0.1"]);
             }
-            ProxyKind::Client => {
-                cmd.args(["--upstream", &format!("127.0.0.1:{third}=api.default:80")]);
+            ProxyKind::Client { service } => {
+                cmd.args([
+                    "--upstream",
+                    &format!("127.0.0.1:{third}={service}.default:80"),
+                ]);
                 upstream = Some(loopback(third));
             }
         }
@@ -247,17 +258,24 @@ impl Mesh {
     }
 }
 
+/// `service` is a name in namespace `default`: the one a server registers its inbound
+/// endpoint under, or the one a client's upstream port forwards to (port 80).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum ProxyKind {
-    Server { app_port: u16 },
-    Client,
+    Server {
+        service: &'static str,
+        app_port: u16,
+    },
+    Client {
+        service: &'static str,
+    },
 }
 
 #[derive(Debug)]
 pub(crate) struct WeftProxy {
     pub(crate) proc: Proc,
     pub(crate) admin: SocketAddr,
-    /// The client's local port to `api.default:80`.
+    /// The client's local port to its service.
     pub(crate) upstream: Option<SocketAddr>,
     /// Just before the process was spawned.
     pub(crate) spawned: Instant,
