@@ -51,6 +51,10 @@ pub(crate) struct Args {
     /// Where weft-proxy, weft-control-plane and weftctl are.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+    /// The weft-proxy binary to measure, if not the one in --bin-dir (e.g. the sidecar build,
+    /// target/sidecar/weft-proxy).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
 }
 
 /// A way from the load generator to the backend.
@@ -292,7 +296,12 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
     let mut machine = tools::Machine::read();
     process::cleanup_on_signal()?;
     let cpu_before = process::CpuAccount::read()?;
-    let bins = Bins::in_dir(&args.bin_dir)?;
+    let mut bins = Bins::in_dir(&args.bin_dir)?;
+    if let Some(p) = &args.proxy_bin {
+        bins.proxy =
+            std::path::absolute(p).with_context(|| format!("absolute path of {}", p.display()))?;
+        anyhow::ensure!(bins.proxy.is_file(), "{} not found", p.display());
+    }
     let tools = tools::ensure()?;
     let mut lab = Lab::start(&tools, &bins)?;
     eprintln!(

@@ -128,11 +128,15 @@ fn markdown(r: &Results) -> String {
         m.other_vcpu
     );
     s += &format!(
-        "Tools: {}, {}, {}; Weft binaries from {}.\n\n",
+        "Tools: {}, {}, {}; Weft binaries from {}{}.\n\n",
         r.tools.wrk_version,
         r.tools.oha_version,
         r.tools.nginx_version,
-        a.bin_dir.display()
+        a.bin_dir.display(),
+        a.proxy_bin
+            .as_ref()
+            .map(|p| format!(", weft-proxy {}", p.display()))
+            .unwrap_or_default()
     );
 
     s += &format!(
@@ -313,6 +317,7 @@ fn to_json(r: &Results) -> serde_json::Value {
         "bench": "pair",
         "rounds": a.rounds, "duration_s": a.duration.as_secs_f64(), "connections": a.connections,
         "rate": a.rate, "bin_dir": a.bin_dir.display().to_string(),
+        "proxy_bin": a.proxy_bin.as_ref().map(|p| p.display().to_string()),
         "machine": {
             "nproc": r.machine.nproc, "cpu_model": r.machine.cpu_model, "kernel": r.machine.kernel,
             "mem_total_mib": r.machine.mem_total_mib, "loadavg_start": r.machine.loadavg_start,

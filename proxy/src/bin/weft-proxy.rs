@@ -183,14 +183,33 @@ fn main() -> ExitCode {
         }
     };
     let Command::Run(args) = cli.command;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // `Targets` (`info,weft_proxy=debug`), not `EnvFilter`: the same directives for targets and
+    // levels, without the regex engine in the binary.
+    let filter = match std::env::var("WEFT_LOG") {
+        Ok(s) => match s.parse::<tracing_subscriber::filter::Targets>() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("weft-proxy: WEFT_LOG={s:?}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => tracing_subscriber::filter::Targets::new()
+            .with_default(tracing_subscriber::filter::LevelFilter::INFO),
+    };
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let registry = tracing_subscriber::registry().with(filter);
     match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
     }
     // One core (the default) runs everything on one thread: a sidecar has less than a core of
     // work, and a second worker only adds wake-ups (futexes, work stealing) per request.
