@@ -190,11 +190,13 @@ async fn the_certificate_is_renewed_before_it_expires_and_the_proxy_stays_ready(
 
 #[tokio::test]
 async fn a_bad_flag_is_one_line_and_exit_2() {
-    for (args, names) in [
-        (vec!["--mtls", "sometimes"], "--mtls"),
-        (vec!["--upstream", "5000=api"], "--upstream"),
-        (vec!["--service", "no-slash"], "--service"),
-        (vec!["--labels", "version"], "--labels"),
+    for (args, log, names) in [
+        (vec!["--mtls", "sometimes"], "info", "--mtls"),
+        (vec!["--upstream", "5000=api"], "info", "--upstream"),
+        (vec!["--service", "no-slash"], "info", "--service"),
+        (vec!["--labels", "version"], "info", "--labels"),
+        (vec!["--cores", "0"], "info", "--cores"),
+        (vec![], "weft_proxy=loud", "WEFT_LOG"),
     ] {
         let out = tokio::process::Command::new(weft_tests::bin("weft-proxy"))
             .args([
@@ -211,6 +213,7 @@ async fn a_bad_flag_is_one_line_and_exit_2() {
                 "/nonexistent",
             ])
             .args(&args)
+            .env("WEFT_LOG", log)
             .output()
             .await
             .unwrap();
