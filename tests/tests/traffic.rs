@@ -208,7 +208,8 @@ async fn the_split_moves_under_traffic_without_a_failed_request() {
         let answers = get_many(&m, "http://api.default/after", 400, 2).await;
         let got = share(&answers, "v2");
         assert!(
-            (got - v2_share).abs() <= 0.08,
+            // 400 draws: ±10 % is 4 standard deviations at 50/50.
+            (got - v2_share).abs() <= 0.10,
             "{weights:?}: v2 got {:.1} %",
             got * 100.0
         );
@@ -449,9 +450,19 @@ async fn a_killed_endpoint_is_ejected_and_then_no_request_fails() {
         load_balancer: pb::LoadBalancer::RoundRobin.into(),
         ..Default::default()
     };
+    // A GET caught on the dead proxy's connection as it closes is reset, not refused: a route
+    // fronting instances that may die retries resets of idempotent requests too.
+    let on_reset = pb::RetryPolicy {
+        on: vec![
+            "connect-failure".into(),
+            "refused-stream".into(),
+            "reset".into(),
+        ],
+        ..Default::default()
+    };
     m.apply(vec![
         service_with("api", Some(round_robin)),
-        route("api-route", "api", &[("api", 1)], rule, None),
+        route("api-route", "api", &[("api", 1)], rule, Some(on_reset)),
     ])
     .await;
     let alive = ScriptedBackend::start("alive", 1).await.unwrap();
