@@ -223,6 +223,9 @@ async fn put_get_list(f: &Fixture) {
         .collect();
     assert_eq!(all, ["other/x", "svc/a", "svc/b"]);
     assert_eq!(s.get("svc/a").await.unwrap().unwrap().mod_revision, r3);
+    // An update keeps the key's creation revision (routes are ordered by it).
+    assert_eq!(s.get("svc/a").await.unwrap().unwrap().create_revision, r1);
+    assert_eq!(listing.items[0].create_revision, r1);
     assert!(s.get("svc/").await.unwrap().is_none());
     assert!(s.get("missing").await.unwrap().is_none());
 
@@ -231,6 +234,11 @@ async fn put_get_list(f: &Fixture) {
     let r4 = commit(s, vec![del("svc/b")]).await;
     assert_eq!(r4, r3 + 1);
     assert_eq!(s.list("svc/").await.unwrap().items.len(), 1);
+    // Written again after a delete, a key is created anew.
+    let r5 = commit(s, vec![put("svc/b", "2c")]).await;
+    let again = s.get("svc/b").await.unwrap().unwrap();
+    assert_eq!((again.create_revision, again.mod_revision), (r5, r5));
+    commit(s, vec![del("svc/b")]).await;
 
     // Values are bytes, stored as given.
     let odd = vec![0u8, 0xff, b'{'];

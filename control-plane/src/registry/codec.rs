@@ -90,7 +90,7 @@ pub fn decode_put(kv: &KeyValue, metrics: &Metrics) -> Option<Change> {
                 })
                 .map_err(|e| invalid("route", e))
                 .ok();
-            Change::Route(id, r)
+            Change::Route(id, r.map(|r| (kv.create_revision, r)))
         }
         Key::Endpoint(svc, addr) => {
             let e = decode_endpoint(&kv.value)

@@ -14,6 +14,7 @@ use prost::Message;
 use weft_proto::mesh::v1 as pb;
 
 use crate::model::{Endpoint, HttpRoute, ObjectRef, Service};
+use crate::store::Revision;
 
 /// The discovery resource types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,7 +94,8 @@ fn hash_hex(parts: &[&[u8]]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Service(ObjectRef, Option<Service>),
-    Route(ObjectRef, Option<HttpRoute>),
+    /// A route and the store revision that created it (its age, for Gateway API's tie-break).
+    Route(ObjectRef, Option<(Revision, HttpRoute)>),
     Endpoint(ObjectRef, SocketAddr, Option<Endpoint>),
 }
 
@@ -126,7 +128,8 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Index {
     services: BTreeMap<ObjectRef, Service>,
-    routes: BTreeMap<ObjectRef, HttpRoute>,
+    /// Each with the store revision that created it.
+    routes: BTreeMap<ObjectRef, (Revision, HttpRoute)>,
     /// Keyed by (namespace, service, address) so a namespace is one range.
     endpoints: BTreeMap<(ObjectRef, SocketAddr), Endpoint>,
     trust_bundle: Option<pb::TrustBundle>,
@@ -165,13 +168,19 @@ impl Index {
             }
             Change::Route(id, route) => {
                 let old = match route {
-                    Some(r) => self
+                    Some((created, r)) => self
                         .routes
-                        .insert(id, r.clone())
+                        .insert(id, (created, r.clone()))
+                        .map(|(_, r)| r)
                         .into_iter()
                         .chain([r])
                         .collect(),
-                    None => self.routes.remove(&id).into_iter().collect::<Vec<_>>(),
+                    None => self
+                        .routes
+                        .remove(&id)
+                        .map(|(_, r)| r)
+                        .into_iter()
+                        .collect::<Vec<_>>(),
                 };
                 for r in old {
                     for p in &r.parents {
@@ -253,11 +262,18 @@ impl Index {
                 let id = ObjectRef::parse(name).ok()?;
                 let svc = self.services.get(&id)?;
                 let mut msg = pb::Service::from(svc);
-                msg.routes = self
+                // Oldest first, then by namespace/name: the order in which Gateway API breaks
+                // ties between equally specific matches of different routes.
+                let mut routes: Vec<(&Revision, &ObjectRef, &HttpRoute)> = self
                     .routes
-                    .values()
-                    .filter(|r| r.parents.iter().any(|p| p.service == id))
-                    .map(pb::HttpRoute::from)
+                    .iter()
+                    .filter(|(_, (_, r))| r.parents.iter().any(|p| p.service == id))
+                    .map(|(rid, (created, r))| (created, rid, r))
+                    .collect();
+                routes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+                msg.routes = routes
+                    .into_iter()
+                    .map(|(_, _, r)| pb::HttpRoute::from(r))
                     .collect();
                 Some(Resource::new(ty, name.to_owned(), &msg))
             }
@@ -342,7 +358,7 @@ impl Index {
         &self.services
     }
 
-    pub fn routes(&self) -> &BTreeMap<ObjectRef, HttpRoute> {
+    pub fn routes(&self) -> &BTreeMap<ObjectRef, (Revision, HttpRoute)> {
         &self.routes
     }
 }

@@ -200,6 +200,7 @@ impl Inner {
             key: self.relative_key(kv.key())?,
             value: kv.value().to_vec(),
             mod_revision: kv.mod_revision(),
+            create_revision: kv.create_revision(),
             lease: (kv.lease() != 0).then_some(LeaseId(kv.lease())),
         })
     }

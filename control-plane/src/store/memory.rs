@@ -130,6 +130,7 @@ impl MemoryStore {
                     Entry {
                         value: k.value,
                         mod_revision: k.mod_revision,
+                        create_revision: k.create_revision,
                         lease: None,
                     },
                 );
@@ -337,6 +338,7 @@ impl Store for MemoryStore {
                 key: key.to_owned(),
                 value: e.value.clone(),
                 mod_revision: e.mod_revision,
+                create_revision: e.create_revision,
                 lease: e.lease,
             }))
         })
@@ -356,6 +358,7 @@ impl Store for MemoryStore {
                     key: k.clone(),
                     value: e.value.clone(),
                     mod_revision: e.mod_revision,
+                    create_revision: e.create_revision,
                     lease: e.lease,
                 })
                 .collect();

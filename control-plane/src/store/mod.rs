@@ -38,6 +38,9 @@ pub struct KeyValue {
     pub value: Vec<u8>,
     /// The revision of the last write to this key.
     pub mod_revision: Revision,
+    /// The revision that created this key (kept across updates; a key deleted and written
+    /// again is created anew). Orders routes by age, as Gateway API breaks ties.
+    pub create_revision: Revision,
     pub lease: Option<LeaseId>,
 }
 

@@ -6,18 +6,23 @@ use super::*;
 async fn snapshot_survives_reopen_without_leased_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("registry.json");
-    let (r, lease) = {
+    let (r, lease, created) = {
         let s = MemoryStore::open(&path).unwrap();
         let lease = s.grant_lease(Duration::from_secs(60)).await.unwrap();
-        commit(&s, vec![put("keep/a", "1"), put("keep/b", "2")]).await;
+        let created = commit(&s, vec![put("keep/a", "1"), put("keep/b", "2")]).await;
+        commit(&s, vec![put("keep/a", "1")]).await;
         let r = commit(&s, vec![put_leased("reg/x", "3", lease), del("keep/b")]).await;
-        (r, lease)
+        (r, lease, created)
     };
     let s = MemoryStore::open(&path).unwrap();
     let listing = s.list("").await.unwrap();
     let keys: Vec<_> = listing.items.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["keep/a"], "leased keys are not restored");
     assert_eq!(listing.items[0].value, b"1");
+    assert_eq!(
+        listing.items[0].create_revision, created,
+        "creation survives a reopen"
+    );
     assert!(
         listing.revision > r,
         "revisions never go back across a restart"

@@ -144,7 +144,7 @@ fn routes_land_in_their_parents_service_resource_only() {
         "reviews",
         &[("reviews", 90), ("reviews-v2", 10)],
     );
-    index.apply(Change::Route(r.id.clone(), Some(r.clone())));
+    index.apply(Change::Route(r.id.clone(), Some((7, r.clone()))));
     let snap = index.flush();
     let changed: Vec<_> = snap.changed.iter().cloned().collect();
     assert_eq!(
@@ -156,8 +156,27 @@ fn routes_land_in_their_parents_service_resource_only() {
     assert_eq!(svc.routes[0].rules[0].backend_refs[1].weight, Some(10));
 
     // Re-applying the same route changes nothing: no new generation, no push.
-    index.apply(Change::Route(r.id.clone(), Some(r)));
+    index.apply(Change::Route(r.id.clone(), Some((7, r))));
     assert_eq!(index.flush().generation, snap.generation);
+}
+
+#[test]
+fn a_service_lists_its_routes_oldest_first() {
+    // Gateway API breaks ties between routes by age, then by namespace/name: the proxy takes
+    // the first of equally specific matches, so the order is the service resource's.
+    let mut index = Index::new(bundle());
+    index.apply(Change::Service(
+        ObjectRef::new("default", "reviews"),
+        Some(service("default", "reviews", &[])),
+    ));
+    for (name, created) in [("a-newer", 9), ("b-older", 3), ("c-newest", 12)] {
+        let r = route("default", name, "reviews", &[("reviews", 1)]);
+        index.apply(Change::Route(r.id.clone(), Some((created, r))));
+    }
+    let snap = index.flush();
+    let svc = pb::Service::decode(snap.services["default/reviews"].body.value.as_slice()).unwrap();
+    let names: Vec<_> = svc.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["b-older", "a-newer", "c-newest"]);
 }
 
 #[test]
@@ -196,10 +215,11 @@ fn arb_change() -> impl Strategy<Value = Change> {
         name.clone(),
         0u32..3,
         prop::bool::ANY,
+        1i64..4,
     )
-        .prop_map(|(ns, rname, parent, backend, w, present)| {
+        .prop_map(|(ns, rname, parent, backend, w, present, created)| {
             let r = route(ns, rname, parent, &[(backend, w + 1)]);
-            Change::Route(ObjectRef::new(ns, rname), present.then_some(r))
+            Change::Route(ObjectRef::new(ns, rname), present.then_some((created, r)))
         });
     let ep = (
         ns,

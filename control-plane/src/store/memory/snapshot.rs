@@ -37,6 +37,7 @@ pub(super) struct SavedKey {
     pub(super) key: String,
     pub(super) value: Vec<u8>,
     pub(super) mod_revision: Revision,
+    pub(super) create_revision: Revision,
 }
 
 /// The file's content: the store revision and every unleased key.
@@ -65,6 +66,9 @@ struct FileKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     value_base64: Option<String>,
     mod_revision: Revision,
+    /// Absent in files written before it was kept: taken as `mod_revision`.
+    #[serde(default)]
+    create_revision: Revision,
 }
 
 impl Snapshot {
@@ -78,12 +82,14 @@ impl Snapshot {
                     value: Some(text.to_owned()),
                     value_base64: None,
                     mod_revision: k.mod_revision,
+                    create_revision: k.create_revision,
                 },
                 Err(_) => FileKey {
                     key: k.key.clone(),
                     value: None,
                     value_base64: Some(STANDARD.encode(&k.value)),
                     mod_revision: k.mod_revision,
+                    create_revision: k.create_revision,
                 },
             })
             .collect();
@@ -136,10 +142,21 @@ impl Snapshot {
                     )));
                 }
             };
+            let create_revision = match k.create_revision {
+                0 => k.mod_revision,
+                c if c < 0 || c > k.mod_revision => {
+                    return Err(corrupt(format!(
+                        "key {:?} has create_revision {c} outside 1..={}",
+                        k.key, k.mod_revision
+                    )));
+                }
+                c => c,
+            };
             keys.push(SavedKey {
                 key: k.key.clone(),
                 value,
                 mod_revision: k.mod_revision,
+                create_revision,
             });
         }
         Ok(Snapshot {

@@ -28,6 +28,7 @@ pub(super) struct State {
 pub(super) struct Entry {
     pub(super) value: Vec<u8>,
     pub(super) mod_revision: Revision,
+    pub(super) create_revision: Revision,
     pub(super) lease: Option<LeaseId>,
 }
 
@@ -100,11 +101,13 @@ impl State {
         if let Some(l) = lease.and_then(|id| self.leases.get_mut(&id)) {
             l.keys.insert(key.to_owned());
         }
+        let create_revision = self.kvs.get(key).map_or(rev, |e| e.create_revision);
         self.kvs.insert(
             key.to_owned(),
             Entry {
                 value: value.clone(),
                 mod_revision: rev,
+                create_revision,
                 lease,
             },
         );
@@ -112,6 +115,7 @@ impl State {
             key: key.to_owned(),
             value,
             mod_revision: rev,
+            create_revision,
             lease,
         })
     }
@@ -219,6 +223,7 @@ impl State {
                     key: key.clone(),
                     value: e.value.clone(),
                     mod_revision: e.mod_revision,
+                    create_revision: e.create_revision,
                 })
                 .collect(),
         }
