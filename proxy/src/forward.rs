@@ -96,8 +96,19 @@ async fn attempts(
     let mut body = RequestBody::new(body);
     let mut tried = Vec::new();
     let mut n = 0;
+    // The failed try a retry replaces, kept until the retry has an endpoint to go to.
+    let mut previous: Option<Result<Response<Body>, ProxyError>> = None;
     loop {
-        let lease = pick(ctx, plan, &tried)?;
+        let lease = match pick(ctx, plan, &tried) {
+            Ok(l) => l,
+            // Nowhere to retry (say, the failure ejected the last endpoint): the failure the
+            // application or its endpoint gave is the answer, not the balancer's.
+            Err(e) => return previous.unwrap_or(Err(e)),
+        };
+        if previous.take().is_some() {
+            // The failed response is dropped here; its connection stays pooled.
+            ctx.metrics.retries.get_or_create(&retry_labels(plan)).inc();
+        }
         tried.push(lease.endpoint.address);
         *server_id = Some(lease.endpoint.identity.clone());
         // The first attempt always has the body; later ones only when `replayable` said so.
@@ -128,10 +139,8 @@ async fn attempts(
             return result;
         }
         n += 1;
-        ctx.metrics.retries.get_or_create(&retry_labels(plan)).inc();
         debug!(?failure, attempt = n + 1, "retrying");
-        // The failed response is dropped here; its connection stays pooled.
-        drop(result);
+        previous = Some(result);
         tokio::time::sleep(retry::backoff(
             retry.backoff,
             n,

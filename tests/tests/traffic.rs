@@ -406,6 +406,46 @@ fn no_ejection() -> pb::TrafficPolicy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_a_failure_ejects_the_last_endpoint_the_failure_is_the_answer() {
+    let rule = pb::HttpRouteRule {
+        retry: retry(2, &[503]),
+        ..Default::default()
+    };
+    // One failure ejects, and every endpoint may go.
+    let eager = pb::TrafficPolicy {
+        outlier_detection: Some(pb::OutlierDetection {
+            consecutive_failures: Some(1),
+            base_ejection_time: Some(millis(60_000)),
+            max_ejection_percent: Some(100),
+        }),
+        ..Default::default()
+    };
+    let (m, backend) = one_endpoint(rule, None, Some(eager)).await;
+    let mut client = Client::new(m.out());
+    let a = client
+        .send(
+            "GET",
+            "http://api.default/fail/503",
+            &[("x-request-id", "last")],
+            "",
+        )
+        .await
+        .unwrap();
+    // The retry has nowhere to go: the application's 503 goes back, not the balancer's.
+    assert_eq!((a.status, a.error.as_deref()), (503, None), "{a:?}");
+    assert_eq!(a.body, "api /fail/503");
+    assert_eq!(backend.attempts("last"), 1);
+    let retries = metric_value(
+        &m.metrics(),
+        "retries_total{backend=\"default/api\",route=\"default/api-route\"}",
+    );
+    assert_eq!(retries, None, "no retry was sent, so none is counted");
+    // The next request finds the endpoint ejected.
+    let a = client.get("http://api.default/").await.unwrap();
+    assert_eq!(a.error.as_deref(), Some("all-endpoints-ejected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_per_try_timeout_retries_a_hung_backend() {
     let rule = pb::HttpRouteRule {
         retry: retry(2, &[]),
