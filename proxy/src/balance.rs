@@ -47,6 +47,11 @@ impl Balancers {
         s
     }
 
+    /// Forgets services the configuration no longer has (their endpoints' history goes too).
+    pub fn retain(&self, keep: impl Fn(&ObjectRef) -> bool) {
+        lock(&self.services).retain(|id, _| keep(id));
+    }
+
     /// The state of a service's endpoints now, for `/explain` and `/config_dump`.
     pub fn describe(&self, id: &ObjectRef, now: Instant) -> Vec<(SocketAddr, EndpointReport)> {
         let Some(s) = lock(&self.services).get(id).cloned() else {

@@ -195,7 +195,7 @@ impl Proxy {
                     shutdown: drain_requested.clone(),
                     balancers: balancers.clone(),
                 },
-                stop_rx,
+                stop_rx.clone(),
             )),
         ];
 
@@ -216,6 +216,11 @@ impl Proxy {
             balancers: balancers.clone(),
             budgets: retry::Budgets::default(),
         });
+        tasks.push(tokio::spawn(forget_removed(
+            ctx.clone(),
+            config_rx.clone(),
+            stop_rx,
+        )));
         let (deregister, deregister_rx) = watch::channel(false);
         let mut registrar = None;
         let inbound_addr = inbound.as_ref().map(|(_, a)| *a);
@@ -319,6 +324,29 @@ impl Proxy {
         let all = futures_util::future::join_all(self.tasks);
         let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
         info!("proxy stopped");
+    }
+}
+
+/// Drops what the data path learned about services and routes once a new configuration no
+/// longer has them, so a proxy's state stays bounded by its configuration.
+async fn forget_removed(
+    ctx: Arc<Ctx>,
+    mut config: watch::Receiver<Arc<MeshConfig>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = config.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        let now = config.borrow_and_update().clone();
+        ctx.balancers
+            .retain(|id| now.services.contains_key(&id.to_string()));
+        ctx.budgets.retain(|id| {
+            now.services
+                .values()
+                .any(|s| s.value.routes.iter().any(|r| r.id == *id))
+        });
     }
 }
 

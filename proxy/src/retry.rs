@@ -97,6 +97,14 @@ impl Default for Budgets {
 }
 
 impl Budgets {
+    /// Forgets routes the configuration no longer has.
+    pub fn retain(&self, keep: impl Fn(&ObjectRef) -> bool) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| keep(id));
+    }
+
     pub fn route(&self, id: &ObjectRef) -> Arc<Budget> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         routes

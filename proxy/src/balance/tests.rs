@@ -300,3 +300,28 @@ fn unready_endpoints_are_not_candidates() {
         .unwrap_err();
     assert_eq!(err.reason(), "no-endpoints");
 }
+
+#[test]
+fn services_the_configuration_dropped_are_forgotten() {
+    let balancers = Balancers::default();
+    let eps = [ep("10.0.0.1:1", 1)];
+    let now = Instant::now();
+    for name in ["api", "gone"] {
+        let s = balancers.service(&ObjectRef::new("default", name));
+        s.pick(&TrafficPolicy::default(), &eps, &[], now, &mut rng(1))
+            .unwrap()
+            .finish(Outcome::Success, &OutlierDetection::default(), now);
+    }
+    balancers.retain(|id| id.name == "api");
+    assert_eq!(
+        balancers
+            .describe(&ObjectRef::new("default", "api"), now)
+            .len(),
+        1
+    );
+    assert!(
+        balancers
+            .describe(&ObjectRef::new("default", "gone"), now)
+            .is_empty()
+    );
+}
