@@ -150,9 +150,10 @@ impl Drop for Pending {
 /// One attempt to one endpoint, in flight until [`Lease::finish`] (or drop, which counts as
 /// neither success nor failure: the attempt was cancelled).
 #[derive(Debug)]
-pub struct Lease {
+pub struct Lease<'e> {
     service: Arc<ServiceState>,
-    pub endpoint: Endpoint,
+    /// The chosen endpoint, borrowed from the plan's snapshot (no copy per request).
+    pub endpoint: &'e Endpoint,
     started: Instant,
     done: bool,
 }
@@ -189,46 +190,42 @@ impl ServiceState {
 
     /// Chooses among the ready endpoints of `endpoints`, preferring ones not in `avoid` (those
     /// an earlier attempt of the same request used). `draw` gives uniform numbers in [0, 1).
-    pub fn pick(
+    pub fn pick<'e>(
         self: &Arc<Self>,
         policy: &TrafficPolicy,
-        endpoints: &[Endpoint],
+        endpoints: &'e [Endpoint],
         avoid: &[SocketAddr],
         now: Instant,
         draw: &mut dyn FnMut() -> f64,
-    ) -> Result<Lease, ProxyError> {
+    ) -> Result<Lease<'e>, ProxyError> {
         let mut states = lock(&self.endpoints);
-        let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
-        if ready.is_empty() {
-            return Err(ProxyError::NoEndpoints(self.id.to_string()));
-        }
-        // Forget endpoints that are gone (their ejection history goes with them).
-        if states.len() > ready.len() {
-            states.retain(|a, _| ready.iter().any(|e| e.address == *a));
-        }
-        for e in &ready {
+        let mut ready = 0;
+        for e in endpoints.iter().filter(|e| e.ready) {
+            ready += 1;
             states
                 .entry(e.address)
                 .or_insert_with(|| EndpointState::new(now));
         }
-        let available: Vec<&Endpoint> = ready
+        if ready == 0 {
+            return Err(ProxyError::NoEndpoints(self.id.to_string()));
+        }
+        // Forget endpoints that are gone (their ejection history goes with them).
+        if states.len() > ready {
+            states.retain(|a, _| endpoints.iter().any(|e| e.ready && e.address == *a));
+        }
+        let mut candidates: Vec<&'e Endpoint> = endpoints
             .iter()
-            .copied()
-            .filter(|e| !states[&e.address].ejected(now))
+            .filter(|e| e.ready && states.get(&e.address).is_some_and(|s| !s.ejected(now)))
             .collect();
-        if available.is_empty() {
+        if candidates.is_empty() {
             return Err(ProxyError::AllEndpointsEjected(format!(
-                "{}: all {} endpoints are ejected after consecutive failures",
-                self.id,
-                ready.len()
+                "{}: all {ready} endpoints are ejected after consecutive failures",
+                self.id
             )));
         }
-        let fresh: Vec<&Endpoint> = available
-            .iter()
-            .copied()
-            .filter(|e| !avoid.contains(&e.address))
-            .collect();
-        let candidates = if fresh.is_empty() { available } else { fresh };
+        if candidates.iter().any(|e| !avoid.contains(&e.address)) {
+            candidates.retain(|e| !avoid.contains(&e.address));
+        }
         let chosen = match policy.load_balancer {
             LoadBalancer::RoundRobin => round_robin(&mut states, &candidates),
             LoadBalancer::PeakEwma => p2c(&states, &candidates, now, draw, |s, now| {
@@ -248,14 +245,14 @@ impl ServiceState {
         }
         Ok(Lease {
             service: self.clone(),
-            endpoint: chosen.clone(),
+            endpoint: chosen,
             started: now,
             done: false,
         })
     }
 }
 
-impl Lease {
+impl Lease<'_> {
     /// Records the attempt's latency and outcome; ejects or returns the endpoint as outlier
     /// detection says.
     pub fn finish(
@@ -282,7 +279,7 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
+impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if self.done {
             return;

@@ -4,6 +4,7 @@
 //! estimate and outlier detection.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -14,7 +15,7 @@ use tracing::{debug, info};
 use weft_certs::SpiffeId;
 use weft_proto::model::{Retry, RetryPolicy};
 
-use crate::balance::{Ejection, Lease, Outcome};
+use crate::balance::{Ejection, Lease, Outcome, ServiceState};
 use crate::body::Body;
 use crate::error::{ERROR_HEADER, ProxyError};
 use crate::listen::Ctx;
@@ -83,13 +84,16 @@ async fn attempts(
     let retry: Option<(&Retry, &RetryPolicy)> = plan.route.as_ref().and_then(|r| r.retry());
     let Some((retry, policy)) = retry.filter(|(r, _)| r.attempts > 0) else {
         // No retries: one attempt, the body streamed straight through.
-        let lease = pick(ctx, plan, &[])?;
+        let lease = pick(&state, plan, &[])?;
         *server_id = Some(lease.endpoint.identity.clone());
-        let (result, _) = attempt(ctx, plan, lease, head, body).await;
+        let (result, _) = attempt(ctx, plan, lease, head, body, false).await;
         return result;
     };
-    let route = plan.route.as_ref().map(|r| r.route().id.clone());
-    let budget = route.as_ref().map(|id| ctx.budgets.route(id));
+    let peek_grpc = !policy.grpc_on.is_empty();
+    let budget = plan
+        .route
+        .as_ref()
+        .map(|r| ctx.budgets.route(&r.route().id));
     if let Some(b) = &budget {
         b.deposit(Instant::now());
     }
@@ -99,7 +103,7 @@ async fn attempts(
     // The failed try a retry replaces, kept until the retry has an endpoint to go to.
     let mut previous: Option<Result<Response<Body>, ProxyError>> = None;
     loop {
-        let lease = match pick(ctx, plan, &tried) {
+        let lease = match pick(&state, plan, &tried) {
             Ok(l) => l,
             // Nowhere to retry (say, the failure ejected the last endpoint): the failure the
             // application or its endpoint gave is the answer, not the balancer's.
@@ -117,7 +121,7 @@ async fn attempts(
                 "the request body cannot be sent again".into(),
             ));
         };
-        let (result, failure) = attempt(ctx, plan, lease, clone_head(&head), b).await;
+        let (result, failure) = attempt(ctx, plan, lease, clone_head(&head), b, peek_grpc).await;
         let Some(failure) = failure else {
             return result;
         };
@@ -157,14 +161,45 @@ fn retry_labels(plan: &Plan) -> RetryLabels {
     }
 }
 
-fn pick(ctx: &Ctx, plan: &Plan, tried: &[SocketAddr]) -> Result<Lease, ProxyError> {
-    ctx.balancers.service(&plan.backend).pick(
+/// An endpoint of the plan's backend, as the balancer chooses, avoiding `tried` if it can.
+pub(crate) fn pick<'p>(
+    state: &Arc<ServiceState>,
+    plan: &'p Plan,
+    tried: &[SocketAddr],
+) -> Result<Lease<'p>, ProxyError> {
+    state.pick(
         &plan.traffic,
         &plan.endpoints.endpoints,
         tried,
         Instant::now(),
         &mut crate::backoff::random_fraction,
     )
+}
+
+/// Ends an attempt (a request, or a connection for opaque streams and upgrades): its latency
+/// and outcome go to the balancer, and an ejection or return it causes is logged and counted.
+pub(crate) fn finish(ctx: &Ctx, plan: &Plan, lease: Lease<'_>, outcome: Outcome) {
+    let endpoint = lease.endpoint.address;
+    match lease.finish(outcome, &plan.traffic.outlier_detection, Instant::now()) {
+        Ejection::Ejected { for_ } => {
+            info!(
+                backend = %plan.backend,
+                %endpoint,
+                for_ = %humantime::format_duration(for_),
+                "endpoint ejected after consecutive failures"
+            );
+            ctx.metrics
+                .ejections
+                .get_or_create(&EjectionLabels {
+                    backend: plan.backend.to_string(),
+                })
+                .inc();
+        }
+        Ejection::Returned => {
+            info!(backend = %plan.backend, %endpoint, "endpoint returned to rotation after a successful probe");
+        }
+        Ejection::None => {}
+    }
 }
 
 fn clone_head(head: &Request<()>) -> Request<()> {
@@ -178,29 +213,25 @@ fn clone_head(head: &Request<()>) -> Request<()> {
 
 /// One attempt: send to the leased endpoint, wait for the response headers within the per-try
 /// timeout, classify. Returns the result and, if it failed, how.
+/// `peek_grpc`: the route retries gRPC statuses, so look for one.
 async fn attempt(
     ctx: &Ctx,
     plan: &Plan,
-    lease: Lease,
+    lease: Lease<'_>,
     head: Request<()>,
     body: Body,
+    peek_grpc: bool,
 ) -> (Result<Response<Body>, ProxyError>, Option<Failure>) {
-    let endpoint = lease.endpoint.clone();
+    let endpoint = lease.endpoint;
     let (parts, ()) = head.into_parts();
     let send = ctx.peers.send(
         endpoint.address,
         &endpoint.identity,
         Request::from_parts(parts, body),
     );
-    let grpc_codes = plan
-        .route
-        .as_ref()
-        .and_then(|r| r.retry())
-        .map(|(_, p)| !p.grpc_on.is_empty())
-        .unwrap_or(false);
     let exchange = async {
         let resp = send.await?;
-        if grpc_codes {
+        if peek_grpc {
             Ok(peek_grpc_status(resp))
         } else {
             Ok((resp.map(crate::body::streamed), None))
@@ -253,27 +284,7 @@ async fn attempt(
         None | Some(Failure::Grpc(_)) => Outcome::Success,
         Some(_) => Outcome::Failure,
     };
-    let ejection = lease.finish(bad, &plan.traffic.outlier_detection, Instant::now());
-    match ejection {
-        Ejection::Ejected { for_ } => {
-            info!(
-                backend = %plan.backend,
-                endpoint = %endpoint.address,
-                for_ = %humantime::format_duration(for_),
-                "endpoint ejected after consecutive failures"
-            );
-            ctx.metrics
-                .ejections
-                .get_or_create(&EjectionLabels {
-                    backend: plan.backend.to_string(),
-                })
-                .inc();
-        }
-        Ejection::Returned => {
-            info!(backend = %plan.backend, endpoint = %endpoint.address, "endpoint returned to rotation after a successful probe");
-        }
-        Ejection::None => {}
-    }
+    finish(ctx, plan, lease, bad);
     (result, failure)
 }
 

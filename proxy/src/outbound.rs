@@ -7,6 +7,7 @@
 //! present the endpoint's registered identity; HTTP travels as HTTP/2 however it arrived.
 //! Anything else passes through as plain TCP or HTTP, unless passthrough is off.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span};
 use weft_certs::SpiffeId;
-use weft_proto::model::{Endpoint, ObjectRef, Protocol};
+use weft_proto::model::Protocol;
 
 use crate::backoff::random_fraction;
 use crate::balance::Outcome as AttemptOutcome;
@@ -37,16 +38,16 @@ use crate::tls::{ALPN_HTTP1, ALPN_OPAQUE};
 
 const DIRECTION: &str = "outbound";
 
-/// How a connection's requests find their destination.
+/// How a connection's requests find their destination. Cloned per request: cheap.
 #[derive(Debug, Clone)]
 enum Mode {
     /// HTTP-proxy requests: by each request's authority.
     Proxy,
     /// A redirected connection to a mesh endpoint's address: by authority when it names a mesh
-    /// service, else to that endpoint.
-    Direct(ObjectRef, Endpoint),
+    /// service, else this plan to that endpoint (made once per connection).
+    Direct(Arc<Plan>),
     /// An `--upstream` port: every request to this authority.
-    Fixed(String),
+    Fixed(Arc<str>),
 }
 
 /// The original destination of a redirected connection; `None` when it was not redirected.
@@ -107,7 +108,10 @@ async fn transparent(ctx: Arc<Ctx>, tcp: TcpStream, dst: SocketAddr) {
         },
     };
     match http {
-        Some(http) => serve_http(ctx, tcp, http, Mode::Direct(service, endpoint)).await,
+        Some(http) => {
+            let plan = Plan::to_endpoint(service, endpoint, Protocol::Http1);
+            serve_http(ctx, tcp, http, Mode::Direct(Arc::new(plan))).await
+        }
         None => {
             let mut plan = Plan::to_endpoint(service, endpoint, Protocol::Tcp);
             plan.backend_port = dst.port();
@@ -131,7 +135,7 @@ pub async fn upstream_connection(ctx: Arc<Ctx>, tcp: TcpStream, authority: Arc<s
         },
     };
     match (http, target) {
-        (Some(http), _) => serve_http(ctx, tcp, http, Mode::Fixed(authority.to_string())).await,
+        (Some(http), _) => serve_http(ctx, tcp, http, Mode::Fixed(authority)).await,
         (None, Some(target)) => match plan::plan_tcp(&config, &target, &mut random_fraction) {
             Ok(plan) => opaque_to_peer(&ctx, tcp, &plan).await,
             Err(e) => debug!(error = %e, "no destination for an opaque connection; closing"),
@@ -147,13 +151,7 @@ async fn connect_planned(
     plan: &Plan,
     alpn: &'static [u8],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
-    let lease = ctx.balancers.service(&plan.backend).pick(
-        &plan.traffic,
-        &plan.endpoints.endpoints,
-        &[],
-        Instant::now(),
-        &mut random_fraction,
-    )?;
+    let lease = forward::pick(&ctx.balancers.service(&plan.backend), plan, &[])?;
     let result = ctx
         .peers
         .connect(lease.endpoint.address, &lease.endpoint.identity, alpn)
@@ -163,7 +161,7 @@ async fn connect_planned(
     } else {
         AttemptOutcome::Failure
     };
-    lease.finish(outcome, &plan.traffic.outlier_detection, Instant::now());
+    forward::finish(ctx, plan, lease, outcome);
     result
 }
 
@@ -228,7 +226,7 @@ struct Outcome {
 async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let authority = match &mode {
-        Mode::Fixed(a) => a.clone(),
+        Mode::Fixed(a) => a.to_string(),
         _ => authority_of(&req).unwrap_or_default(),
     };
     let span = debug_span!("req", method = %req.method(), %authority, path = req.uri().path());
@@ -285,16 +283,12 @@ async fn route(
         query: req.uri().query(),
         headers: req.headers(),
     };
-    let plan = match (&target, mode) {
+    let plan: Option<Result<Cow<'_, Plan>, ProxyError>> = match (&target, mode) {
         (Some(t), _) => {
             outcome.authority = t.authority();
-            Some(plan::plan_http(&config, t, &facts, &mut random_fraction))
+            Some(plan::plan_http(&config, t, &facts, &mut random_fraction).map(Cow::Owned))
         }
-        (None, Mode::Direct(service, endpoint)) => Some(Ok(Plan::to_endpoint(
-            service.clone(),
-            endpoint.clone(),
-            Protocol::Http1,
-        ))),
+        (None, Mode::Direct(plan)) => Some(Ok(Cow::Borrowed(&**plan))),
         (None, Mode::Fixed(_)) => Some(Err(ProxyError::NoRoute(authority.to_owned()))),
         (None, Mode::Proxy) => None,
     };

@@ -107,6 +107,9 @@ impl Budgets {
 
     pub fn route(&self, id: &ObjectRef) -> Arc<Budget> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = routes.get(id) {
+            return b.clone();
+        }
         routes
             .entry(id.clone())
             .or_insert_with(|| {

@@ -69,10 +69,13 @@ fn peak_ewma_prefers_the_faster_endpoint() {
     let eps = [ep("10.0.0.1:1", 1), ep("10.0.0.2:1", 1)];
     let lb = policy(LoadBalancer::PeakEwma);
     let t0 = Instant::now();
-    // Teach it: .1 answers in 100 ms, .2 in 1 ms.
-    for (addr, rtt) in [("10.0.0.1:1", 100), ("10.0.0.2:1", 1)] {
+    // Teach it: .1 answers in 100 ms, .2 in 1 ms (each pick told the other was tried, so it
+    // lands where taught and both endpoints stay known).
+    for (i, rtt) in [(0, 100), (1, 1)] {
         for _ in 0..3 {
-            let lease = s.pick(&lb, &[ep(addr, 1)], &[], t0, &mut rng(2)).unwrap();
+            let other = [eps[1 - i].address];
+            let lease = s.pick(&lb, &eps, &other, t0, &mut rng(2)).unwrap();
+            assert_eq!(lease.endpoint.address, eps[i].address);
             lease.finish(
                 Outcome::Success,
                 &OutlierDetection::default(),
