@@ -308,7 +308,7 @@ fn record(
     match outcome {
         Outcome::Success => {
             s.consecutive_failures = 0;
-            if s.ejected_until.is_some() && s.ejected_until.is_some_and(|u| u <= now) {
+            if s.ejected_until.is_some_and(|u| u <= now) {
                 s.ejected_until = None;
                 s.ejections = 0;
                 return Ejection::Returned;

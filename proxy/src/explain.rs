@@ -5,7 +5,7 @@
 //! in flight, failures in a row, ejection). Served as `POST /explain` on the admin port and
 //! printed by `weftctl explain`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -158,16 +158,20 @@ fn backend(
                 .iter()
                 .map(|e| {
                     let state = states.iter().find(|(a, _)| *a == e.address).map(|(_, s)| s);
-                    let status = match state {
-                        _ if !e.ready => "not ready".to_owned(),
-                        Some(s) if s.ejected_for.is_some() => format!(
-                            "ejected for {}",
-                            humantime::format_duration(std::time::Duration::from_millis(
-                                s.ejected_for.unwrap_or_default().as_millis() as u64
-                            ))
-                        ),
-                        Some(s) if s.probation => "probation (next request decides)".into(),
-                        _ => "active".into(),
+                    let status = match (e.ready, state) {
+                        (false, _) => "not ready".to_owned(),
+                        (true, Some(s)) => match s.ejected_for {
+                            // Whole milliseconds: "8s 412ms", not nanoseconds.
+                            Some(left) => format!(
+                                "ejected for {}",
+                                humantime::format_duration(Duration::from_millis(
+                                    u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+                                ))
+                            ),
+                            None if s.probation => "probation (next request decides)".into(),
+                            None => "active".into(),
+                        },
+                        (true, None) => "active".into(),
                     };
                     json!({
                         "address": e.address.to_string(),

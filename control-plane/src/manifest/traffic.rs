@@ -13,7 +13,7 @@ use super::convert::Errs;
 use super::{OutlierDetectionSpec, TrafficPolicySpec, format_duration};
 use crate::model::{
     self, ANNOTATION_BUDGET_MIN_PER_SECOND, ANNOTATION_BUDGET_PERCENT, ANNOTATION_BUDGET_WINDOW,
-    ANNOTATION_GRPC_ON, ANNOTATION_NON_IDEMPOTENT, ANNOTATION_ON,
+    ANNOTATION_GRPC_ON, ANNOTATION_NON_IDEMPOTENT, ANNOTATION_ON, annotation_field,
 };
 
 const LOAD_BALANCERS: [(model::LoadBalancer, pb::LoadBalancer); 3] = [
@@ -43,11 +43,6 @@ const BUDGET_ANNOTATIONS: [&str; 3] = [
     ANNOTATION_BUDGET_MIN_PER_SECOND,
     ANNOTATION_BUDGET_WINDOW,
 ];
-
-/// The field path of an annotation, as the domain model writes it.
-fn annotation_field(key: &str) -> String {
-    format!("metadata.annotations[{key:?}]")
-}
 
 pub(super) fn traffic_policy_to_pb(errs: &mut Errs, t: &TrafficPolicySpec) -> pb::TrafficPolicy {
     let f = "spec.trafficPolicy";

@@ -271,7 +271,8 @@ pub const ANNOTATION_BUDGET_PERCENT: &str = "retry.weft.io/budget-percent";
 pub const ANNOTATION_BUDGET_MIN_PER_SECOND: &str = "retry.weft.io/budget-min-per-second";
 pub const ANNOTATION_BUDGET_WINDOW: &str = "retry.weft.io/budget-window";
 
-fn annotation(key: &str) -> String {
+/// The manifest field path of an annotation, as errors name it.
+pub fn annotation_field(key: &str) -> String {
     format!("metadata.annotations[\"{key}\"]")
 }
 
@@ -287,7 +288,7 @@ pub(super) fn retry_policy(errs: &mut Errors, p: Option<&pb::RetryPolicy>) -> Re
                 Some(r) if !on.contains(&r) => on.push(r),
                 Some(_) => {}
                 None => errs.add(
-                    annotation(ANNOTATION_ON),
+                    annotation_field(ANNOTATION_ON),
                     format!(
                         "{s:?} is not one of {}",
                         RetryOn::ALL.map(RetryOn::as_str).join(", ")
@@ -304,7 +305,7 @@ pub(super) fn retry_policy(errs: &mut Errors, p: Option<&pb::RetryPolicy>) -> Re
             Some((_, c)) if !grpc_on.contains(c) => grpc_on.push(*c),
             Some(_) => {}
             None => errs.add(
-                annotation(ANNOTATION_GRPC_ON),
+                annotation_field(ANNOTATION_GRPC_ON),
                 format!("{s:?} is not a gRPC status name (e.g. unavailable, resource-exhausted)"),
             ),
         }
@@ -316,7 +317,7 @@ pub(super) fn retry_policy(errs: &mut Errors, p: Option<&pb::RetryPolicy>) -> Re
         if let Some(n) = b.percent {
             if n > 1000 {
                 errs.add(
-                    annotation(ANNOTATION_BUDGET_PERCENT),
+                    annotation_field(ANNOTATION_BUDGET_PERCENT),
                     format!("must be between 0 and 1000, got {n}"),
                 );
             } else {
@@ -326,7 +327,7 @@ pub(super) fn retry_policy(errs: &mut Errors, p: Option<&pb::RetryPolicy>) -> Re
         if let Some(n) = b.min_per_second {
             if n > 100_000 {
                 errs.add(
-                    annotation(ANNOTATION_BUDGET_MIN_PER_SECOND),
+                    annotation_field(ANNOTATION_BUDGET_MIN_PER_SECOND),
                     format!("must be between 0 and 100000, got {n}"),
                 );
             } else {
@@ -342,13 +343,13 @@ pub(super) fn retry_policy(errs: &mut Errors, p: Option<&pb::RetryPolicy>) -> Re
                     policy.budget.window = d;
                 }
                 Ok(d) => errs.add(
-                    annotation(ANNOTATION_BUDGET_WINDOW),
+                    annotation_field(ANNOTATION_BUDGET_WINDOW),
                     format!(
                         "{} is not whole seconds between 1s and 60s",
                         humantime::format_duration(d)
                     ),
                 ),
-                Err(m) => errs.add(annotation(ANNOTATION_BUDGET_WINDOW), m),
+                Err(m) => errs.add(annotation_field(ANNOTATION_BUDGET_WINDOW), m),
             }
         }
     }
