@@ -379,6 +379,18 @@ pub async fn proxy_request(
     let tcp = TcpStream::connect(proxy).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn.with_upgrades());
+    Ok(sender
+        .send_request(proxy_form(method, url, headers, body)?)
+        .await?)
+}
+
+/// An HTTP-proxy request: absolute-form URI, its authority as `Host`, and `headers`.
+pub fn proxy_form<B>(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: B,
+) -> anyhow::Result<Request<B>> {
     let uri: hyper::Uri = url.parse()?;
     let mut req = Request::builder().method(method).uri(&uri);
     if let Some(a) = uri.authority() {
@@ -387,7 +399,7 @@ pub async fn proxy_request(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    Ok(sender.send_request(req.body(body)?).await?)
+    Ok(req.body(body)?)
 }
 
 /// GET through an HTTP proxy; returns status, headers and the body as text.

@@ -267,16 +267,9 @@ impl Client {
             }
         };
         sender.ready().await?;
-        let uri: hyper::Uri = url.parse()?;
-        let mut req = Request::builder().method(method).uri(&uri);
-        if let Some(a) = uri.authority() {
-            req = req.header("host", a.as_str());
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
+        let body = Full::new(Bytes::from_static(body.as_bytes()));
         let resp = sender
-            .send_request(req.body(Full::new(Bytes::from_static(body.as_bytes())))?)
+            .send_request(crate::dataplane::proxy_form(method, url, headers, body)?)
             .await?;
         let status = resp.status().as_u16();
         let header = |n: &str| {
