@@ -104,6 +104,9 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
     },
+    /// A whole mesh on this machine: the control plane, four proxies, demo services with a
+    /// 90/10 canary, a traffic generator, and a live view of it (Ctrl-C stops it all).
+    Demo(ctl::demo::Args),
     /// Ask a proxy what it would do with a request: the route rule that matches, backends and
     /// weights, timeouts, retries, and each endpoint with its latency and ejection state.
     Explain {
@@ -330,6 +333,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             runtime()?.block_on(ctl::register(&ctx, &r, &mut out))
         }
+        Command::Demo(args) => runtime()?.block_on(ctl::demo::run(args)),
         Command::Explain {
             url,
             admin,

@@ -6,9 +6,11 @@
 //! - [`config`]: `apply`, `get`, `delete` over the config API (documents from [`crate::manifest`]).
 //! - [`registry`]: `register` / `deregister` of endpoints outside the mesh.
 //! - [`explain`]: `explain`, asking a proxy's admin port what it would do with a request.
+//! - [`demo`]: `demo`, a whole mesh on one machine with a live view of it.
 
 pub mod config;
 pub mod context;
+pub mod demo;
 pub mod explain;
 pub mod pki;
 pub mod registry;
