@@ -44,5 +44,8 @@ cargo build --quiet --locked -p weft-control-plane && cargo run --quiet --locked
 # apt-get nginx wrk, and cargo install oha once, which takes minutes); debug binaries here.
 cargo build --quiet --locked --bins && cargo run --quiet --locked -p weft-bench -- pair --quick --bin-dir "${CARGO_TARGET_DIR:-target}/debug"
 
-step "the README's main command (debug build)"
+step "the README's main command, for 5 s (debug build)"
+WEFT_PROFILE=debug bash deploy/demo.sh --duration 5s --base-port 0
+
+step "the operator's walkthrough (debug build)"
 WEFT_PROFILE=debug bash deploy/quickstart.sh
