@@ -172,3 +172,20 @@ async fn a_taken_port_is_named_with_what_to_do() {
     );
     assert!(stderr.contains("--base-port 0"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_unreachable_etcd_is_named_before_anything_starts() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = demo(&["--etcd", &url, "--base-port", "0", "--duration", "1s"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("--etcd {url}:")), "{stderr}");
+    assert!(stderr.contains("leave out --etcd"), "{stderr}");
+    assert!(!stderr.contains("==> weft-control-plane"), "{stderr}");
+}

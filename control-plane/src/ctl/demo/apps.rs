@@ -103,8 +103,13 @@ pub(crate) async fn serve(listener: TcpListener, app: App) {
     let client = client();
     let mut conns = JoinSet::new();
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            // Out of file descriptors, most likely: back off instead of spinning.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let (app, client) = (app.clone(), client.clone());
         conns.spawn(async move {
@@ -138,14 +143,17 @@ impl Counts {
     }
 }
 
-/// Sends `GET /` to `target` (the generator's proxy's upstream port for `web`) `rps` times a
-/// second, each request on its own task so a slow one does not hold the rate back.
-pub(crate) async fn generate(target: SocketAddr, rps: u32, counts: Arc<Counts>) {
+/// `http://ADDR/`.
+pub(crate) fn root_uri(addr: SocketAddr) -> anyhow::Result<hyper::Uri> {
+    format!("http://{addr}/")
+        .parse()
+        .with_context(|| format!("http://{addr}/ as a URI"))
+}
+
+/// Sends `GET uri` (the generator's proxy's upstream port for `web`) `rps` times a second,
+/// each request on its own task so a slow one does not hold the rate back.
+pub(crate) async fn generate(uri: hyper::Uri, rps: u32, counts: Arc<Counts>) {
     let client = client();
-    let uri: hyper::Uri = match format!("http://{target}/").parse().context("target URI") {
-        Ok(u) => u,
-        Err(_) => return,
-    };
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rps.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inflight = JoinSet::new();
@@ -230,7 +238,7 @@ mod tests {
         })
         .await;
         let counts = Arc::new(Counts::default());
-        let task = tokio::spawn(generate(api, 200, counts.clone()));
+        let task = tokio::spawn(generate(root_uri(api).unwrap(), 200, counts.clone()));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while counts.get().ok < 20 {
             assert!(tokio::time::Instant::now() < deadline, "{:?}", counts.get());

@@ -161,6 +161,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let names: Vec<&str> = MEMBERS.iter().map(|m| m.name).collect();
     let ports = Ports::plan(args.base_port, MEMBERS.len())?;
     ports.check_free(&names, args.base_port)?;
+    if let Some(url) = &args.etcd {
+        check_etcd(url).await?;
+    }
 
     let dir = tempfile::Builder::new()
         .prefix("weft-demo.")
@@ -370,7 +373,7 @@ impl Demo {
         self.wait_first_answer(lo(loadgen.upstream)).await?;
         let counts = Arc::new(apps::Counts::default());
         self.tasks.spawn(apps::generate(
-            lo(loadgen.upstream),
+            apps::root_uri(lo(loadgen.upstream))?,
             args.rps,
             counts.clone(),
         ));
@@ -511,6 +514,22 @@ impl Demo {
             step(&format!("deleted the demo's keys under {prefix} in {url}"));
         }
         Ok(())
+    }
+}
+
+/// Fails with what to do unless etcd at `url` answers within a few seconds (the control plane
+/// would otherwise wait for it, and the demo with it).
+async fn check_etcd(url: &str) -> anyhow::Result<()> {
+    let hint = "start one (Debian: apt-get install etcd-server; it listens on http://127.0.0.1:2379), or leave out --etcd to use the embedded store";
+    let reach = async {
+        let mut c = etcd_client::Client::connect([url], None).await?;
+        c.status().await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), reach).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => bail!("--etcd {url}: {e:#}; {hint}"),
+        Err(_) => bail!("--etcd {url}: no answer within 5 s; {hint}"),
     }
 }
 
