@@ -174,22 +174,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tasks: tokio::task::JoinSet::new(),
         etcd_cleanup: None,
     };
+    // Watched from here on, so an interrupt while starting still stops what has started.
+    let mut signal = tokio::spawn(stop_signal());
+    let bins = (control_plane_bin.as_path(), proxy_bin.as_path());
     let result = demo
-        .run(
-            &args,
-            dir.path(),
-            &ports,
-            &me,
-            &control_plane_bin,
-            &proxy_bin,
-        )
+        .run(&args, dir.path(), &ports, &me, bins, &mut signal)
         .await;
+    signal.abort();
     let stopped = demo.stop().await;
     if args.keep {
         let kept = dir.keep();
         eprintln!("kept the work directory {}", kept.display());
     }
     result.and(stopped)
+}
+
+/// What the view shows and where it reads it.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    members: &'a [Member],
+    admins: &'a [SocketAddr],
+    counts: &'a apps::Counts,
+    tty: bool,
+    header: &'a str,
+    next: &'a str,
 }
 
 /// What the demo started, so it can stop it.
@@ -206,16 +214,100 @@ fn step(what: &str) {
     eprintln!("==> {what}");
 }
 
+/// A started demo, as the view needs it.
+struct Running {
+    members: Vec<Member>,
+    admins: Vec<SocketAddr>,
+    counts: Arc<apps::Counts>,
+    grpc: SocketAddr,
+    store: &'static str,
+}
+
+/// Resolves at Ctrl-C, SIGTERM or SIGHUP.
+type Signal = tokio::task::JoinHandle<anyhow::Result<()>>;
+
 impl Demo {
+    /// Starts everything, shows the view until a signal or `--duration`, prints the summary.
     async fn run(
         &mut self,
         args: &Args,
         dir: &Path,
         ports: &Ports,
         weftctl: &Path,
-        control_plane_bin: &Path,
-        proxy_bin: &Path,
+        bins: (&Path, &Path),
+        signal: &mut Signal,
     ) -> anyhow::Result<()> {
+        let running = tokio::select! {
+            r = self.start(args, dir, ports, bins) => r?,
+            r = &mut *signal => {
+                r.context("the signal watcher")??;
+                bail!("interrupted while starting; stopping what has started");
+            }
+        };
+        let Running {
+            members,
+            admins,
+            counts,
+            grpc,
+            store,
+        } = &running;
+        let web = &ports.members[0];
+        let next = next_steps(weftctl, dir, web.outbound, web.admin);
+        let tty = std::io::stdout().is_terminal() && args.duration.is_none();
+        if !tty {
+            eprintln!("{next}");
+        }
+        let header = format!(
+            "Weft demo: control plane {grpc} ({store}), 4 proxies, trust domain {TRUST_DOMAIN}. {}",
+            match args.duration {
+                Some(d) => format!("Stops after {}.", humantime::format_duration(d)),
+                None => "Ctrl-C stops everything.".to_owned(),
+            }
+        );
+        let view = View {
+            members,
+            admins,
+            counts,
+            tty,
+            header: &header,
+            next: &next,
+        };
+        let history = self.watch(args, &view, signal).await?;
+        let Some(total) = history.total(members) else {
+            eprintln!("stopped before a second of traffic was measured: no summary");
+            return Ok(());
+        };
+        let mut out = std::io::stdout().lock();
+        if args.output == "json" {
+            let summary = Summary {
+                control_plane: grpc.to_string(),
+                store,
+                trust_domain: TRUST_DOMAIN,
+                stats: &total,
+            };
+            writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        } else {
+            writeln!(
+                out,
+                "\n{}",
+                view::render(
+                    &total,
+                    "Summary, from the first request to the last second:"
+                )
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The CA, the control plane, the configuration, the applications and their proxies, and
+    /// the generator once a request gets through.
+    async fn start(
+        &mut self,
+        args: &Args,
+        dir: &Path,
+        ports: &Ports,
+        (control_plane_bin, proxy_bin): (&Path, &Path),
+    ) -> anyhow::Result<Running> {
         let td = TrustDomain::parse(TRUST_DOMAIN)?;
         let ca_dir = dir.join("ca");
         step(&format!(
@@ -379,45 +471,13 @@ impl Demo {
         ));
         step(&format!("traffic: {} requests per second to web", args.rps));
 
-        let web = &ports.members[0];
-        let next = next_steps(weftctl, dir, web.outbound, web.admin);
-        let tty = std::io::stdout().is_terminal() && args.duration.is_none();
-        if !tty {
-            eprintln!("{next}");
-        }
-        let header = format!(
-            "Weft demo: control plane {grpc} ({store}), 4 proxies, trust domain {TRUST_DOMAIN}. {}",
-            match args.duration {
-                Some(d) => format!("Stops after {}.", humantime::format_duration(d)),
-                None => "Ctrl-C stops everything.".to_owned(),
-            }
-        );
-        let history = self
-            .watch(args, &members, &admins, &counts, tty, &header, &next)
-            .await?;
-        let Some(total) = history.total(&members) else {
-            bail!("stopped before any traffic was measured");
-        };
-        let mut out = std::io::stdout().lock();
-        if args.output == "json" {
-            let summary = Summary {
-                control_plane: grpc.to_string(),
-                store,
-                trust_domain: TRUST_DOMAIN,
-                stats: &total,
-            };
-            writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
-        } else {
-            writeln!(
-                out,
-                "\n{}",
-                view::render(
-                    &total,
-                    "Summary, from the first request to the last second:"
-                )
-            )?;
-        }
-        Ok(())
+        Ok(Running {
+            members,
+            admins,
+            counts,
+            grpc,
+            store,
+        })
     }
 
     /// Polls the generator's path until one request succeeds (the proxies have their
@@ -445,27 +505,28 @@ impl Demo {
 
     /// Refreshes the view every second until a signal or the duration ends; returns what it
     /// saw.
-    #[allow(clippy::too_many_arguments)]
     async fn watch(
         &mut self,
         args: &Args,
-        members: &[Member],
-        admins: &[SocketAddr],
-        counts: &apps::Counts,
-        tty: bool,
-        header: &str,
-        next: &str,
+        v: &View<'_>,
+        signal: &mut Signal,
     ) -> anyhow::Result<History> {
+        let View {
+            members,
+            admins,
+            counts,
+            tty,
+            header,
+            next,
+        } = *v;
         let start = tokio::time::Instant::now();
         let mut history = History::new(Duration::from_secs(10));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let stop = stop_signal();
-        tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                r = &mut stop => {
-                    r?;
+                r = &mut *signal => {
+                    r.context("the signal watcher")??;
                     eprintln!("\nstopping…");
                     break;
                 }
@@ -495,7 +556,11 @@ impl Demo {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         if !self.children.is_empty() {
-            step(&format!("stopping {} processes", self.children.len()));
+            let n = self.children.len();
+            step(&format!(
+                "stopping {n} {}",
+                if n == 1 { "process" } else { "processes" }
+            ));
         }
         while let Some(mut c) = self.children.pop() {
             c.stop().await;
