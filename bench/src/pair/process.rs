@@ -160,6 +160,29 @@ impl Proc {
         }
     }
 
+    /// Polls a TCP connect to `addr` every 1 ms until it is accepted, with a deadline.
+    pub(crate) fn wait_for_listener(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                return Ok(Instant::now());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: nothing listening on {addr} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Polls `GET http://addr{path}` until it answers 200, with a deadline; every `every`.
     /// Returns when it did.
     pub(crate) fn wait_http_ok(
