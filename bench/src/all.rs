@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::{discovery, pair};
 
 #[derive(clap::Args, Debug)]
+#[group(id = "all_args")]
 pub(crate) struct Args {
     #[command(flatten)]
     pair: pair::Args,

@@ -235,3 +235,15 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its definitions (unique names and groups, e.g. of `all`, which flattens
+    /// `pair`'s arguments) only in debug builds, when the command is first parsed.
+    #[test]
+    fn cli_definition_is_valid() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -32,6 +32,7 @@ use setup::{Backend, Bins, Mesh, ProxyKind, START_TIMEOUT, WeftProxy};
 use split::SplitCounts;
 
 #[derive(clap::Args, Debug, Clone)]
+#[group(id = "pair_args")]
 pub(crate) struct Args {
     /// Length of each load run (closed-loop and fixed-rate, per target, per round).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -54,6 +55,10 @@ pub(crate) struct Args {
     /// Where weft-proxy, weft-control-plane and weftctl are.
     #[arg(long, default_value = "target/release")]
     pub(crate) bin_dir: PathBuf,
+    /// Measure only these targets (comma-separated: direct, weft, weft-split, haproxy,
+    /// nginx-pair); all are still set up. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) only: Vec<String>,
     /// The weft-proxy binary to measure, if not the one in --bin-dir (e.g. the sidecar build,
     /// target/sidecar/weft-proxy).
     #[arg(long)]
@@ -74,6 +79,9 @@ impl Args {
         );
         if let Some(p) = &self.proxy_bin {
             s += &format!(" --proxy-bin {}", p.display());
+        }
+        if !self.only.is_empty() {
+            s += &format!(" --only {}", self.only.join(","));
         }
         s
     }
@@ -98,6 +106,14 @@ pub(crate) enum TargetKind {
 }
 
 impl TargetKind {
+    const ALL: [TargetKind; 5] = [
+        TargetKind::Direct,
+        TargetKind::Weft,
+        TargetKind::WeftSplit,
+        TargetKind::Haproxy,
+        TargetKind::NginxPair,
+    ];
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct",
@@ -350,9 +366,13 @@ pub(crate) struct Round {
     pub(crate) wrk: WrkResult,
     /// Per proxy of the target, in its order, over the closed-loop run.
     pub(crate) wrk_usage: Vec<Usage>,
+    /// Cores busy on the whole machine during the closed-loop run.
+    pub(crate) wrk_machine_vcpu: f64,
     pub(crate) oha: OhaResult,
     /// Per proxy, over the fixed-rate run.
     pub(crate) oha_usage: Vec<Usage>,
+    /// Cores busy on the whole machine during the fixed-rate run.
+    pub(crate) oha_machine_vcpu: f64,
 }
 
 /// A proxy's memory outside the runs.
@@ -421,6 +441,14 @@ pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
             std::path::absolute(p).with_context(|| format!("absolute path of {}", p.display()))?;
         anyhow::ensure!(bins.proxy.is_file(), "{} not found", p.display());
     }
+    for name in &args.only {
+        if !TargetKind::ALL.iter().any(|k| k.name() == name) {
+            bail!(
+                "--only {name}: no such target (there are: {})",
+                TargetKind::ALL.map(TargetKind::name).join(", ")
+            );
+        }
+    }
     let tools = tools::ensure()?;
     let mut lab = Lab::start(&tools, &bins)?;
     eprintln!(
@@ -429,7 +457,11 @@ pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
         lab.mesh.grpc_addr,
         lab.dir.path().display()
     );
-    let targets = lab.targets()?;
+    let targets: Vec<Target> = lab
+        .targets()?
+        .into_iter()
+        .filter(|t| args.only.is_empty() || args.only.iter().any(|o| o == t.kind.name()))
+        .collect();
     let peer_configs = lab.peer_configs()?;
     let mut commands = vec![args.command_line()];
     for t in &targets {
@@ -493,16 +525,18 @@ pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
                 t.kind.name(),
                 args.rate
             );
-            let (oha, oha_usage) = observe(&t.proxies, || {
+            let (oha, oha_usage, oha_machine_vcpu) = observe(&t.proxies, || {
                 load::oha(&tools, &t.url, args.connections, args.rate, args.duration)
             })?;
             lab.check_alive()?;
-            let (wrk, wrk_usage) = wrk[i].clone();
+            let (wrk, wrk_usage, wrk_machine_vcpu) = wrk[i].clone();
             results[i].rounds.push(Round {
                 wrk,
                 wrk_usage,
+                wrk_machine_vcpu,
                 oha,
                 oha_usage,
+                oha_machine_vcpu,
             });
         }
     }
@@ -533,10 +567,15 @@ pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
     })
 }
 
+/// Runs `load` while sampling the target's proxies; also how many of the machine's cores were
+/// busy on average (whether the chain saturated the machine or left it idle).
 fn observe<R>(
     proxies: &[ProxyRef],
     load: impl FnOnce() -> anyhow::Result<R>,
-) -> anyhow::Result<(R, Vec<Usage>)> {
+) -> anyhow::Result<(R, Vec<Usage>, f64)> {
     let pids: Vec<u32> = proxies.iter().map(|p| p.pid).collect();
-    load::observe(&pids, load)
+    let before = process::CpuAccount::read()?;
+    let (r, usage) = load::observe(&pids, load)?;
+    let machine = process::CpuAccount::read()?.machine_vcpu_since(&before);
+    Ok((r, usage, machine))
 }

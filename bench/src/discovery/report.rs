@@ -139,20 +139,6 @@ pub(super) fn print(args: &Args, r: &Results, json: bool) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(pct(&v, 0.5), Duration::from_millis(50));
-        assert_eq!(pct(&v, 0.99), Duration::from_millis(99));
-        assert_eq!(pct(&v, 1.0), Duration::from_millis(100));
-        assert_eq!(pct(&[], 0.5), Duration::ZERO);
-    }
-}
-
 /// Every figure as one JSON object (what `--json` prints).
 pub(super) fn to_json(args: &Args, r: &Results) -> serde_json::Value {
     let n = args.proxies;
@@ -212,4 +198,18 @@ pub(super) fn to_json(args: &Args, r: &Results) -> serde_json::Value {
         "control_plane_log_warnings": r.log_warnings,
         "control_plane_log_errors": r.log_errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(pct(&v, 0.5), Duration::from_millis(50));
+        assert_eq!(pct(&v, 0.99), Duration::from_millis(99));
+        assert_eq!(pct(&v, 1.0), Duration::from_millis(100));
+        assert_eq!(pct(&[], 0.5), Duration::ZERO);
+    }
 }

@@ -352,6 +352,18 @@ impl CpuAccount {
         })
     }
 
+    /// Average cores busy on the whole machine since `earlier` (everything: load generator,
+    /// backend, proxies, and anything else running).
+    pub(crate) fn machine_vcpu_since(&self, earlier: &CpuAccount) -> f64 {
+        let secs = (self.at - earlier.at).as_secs_f64();
+        let busy = self.machine_busy.saturating_sub(earlier.machine_busy) as f64;
+        if secs > 0.0 {
+            busy / clock_ticks_per_second() / secs
+        } else {
+            0.0
+        }
+    }
+
     /// Average cores busy outside the bench's tree since `earlier` (meaningful once every
     /// child has been reaped).
     pub(crate) fn other_vcpu_since(&self, earlier: &CpuAccount) -> f64 {
