@@ -13,6 +13,7 @@
 //! in one temp dir; all are killed on drop. The load generator, the proxies, the control plane
 //! and the backend share the machine's cores.
 
+mod goals;
 mod load;
 mod peers;
 mod process;
