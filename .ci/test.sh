@@ -40,9 +40,10 @@ cargo test --quiet --locked -p weft-bench --benches  # criterion benches, each r
 cargo run --quiet --locked -p weft-bench -- csr-sign --duration 1s
 cargo run --quiet --locked -p weft-bench -- certify --duration 1s --clients 2
 cargo build --quiet --locked -p weft-control-plane && cargo run --quiet --locked -p weft-bench -- discovery --proxies 50 --services 10 --changes 2
-# The proxy pair drives the real binaries, nginx, wrk and oha (it installs what is missing:
-# apt-get nginx wrk, and cargo install oha once, which takes minutes); debug binaries here.
-cargo build --quiet --locked --bins && cargo run --quiet --locked -p weft-bench -- pair --quick --bin-dir "${CARGO_TARGET_DIR:-target}/debug"
+# The one benchmark command (proxy pairs incl. the HAProxy and nginx mTLS pairs, discovery,
+# csr-sign) drives the real binaries, nginx, haproxy, wrk and oha (it installs what is missing:
+# apt-get nginx haproxy wrk, and cargo install oha once, which takes minutes); debug binaries here.
+cargo build --quiet --locked --bins && cargo run --quiet --locked -p weft-bench -- all --quick --bin-dir "${CARGO_TARGET_DIR:-target}/debug"
 
 step "the README's main command, for 5 s (debug build)"
 WEFT_PROFILE=debug bash deploy/demo.sh --duration 5s --base-port 0

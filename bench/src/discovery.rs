@@ -101,6 +101,18 @@ fn on_demand_services(p: usize, m: usize, s: usize) -> Vec<usize> {
 }
 
 pub(crate) async fn run(args: Args, json: bool) -> anyhow::Result<()> {
+    let result = collect(&args).await?;
+    report::print(&args, &result, json);
+    Ok(())
+}
+
+/// Runs the bench and returns the JSON object `--json` prints (for `weft-bench all`).
+pub(crate) async fn run_to_json(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let result = collect(args).await?;
+    Ok(report::to_json(args, &result))
+}
+
+async fn collect(args: &Args) -> anyhow::Result<Results> {
     if args.proxies == 0 || args.services == 0 {
         bail!("--proxies and --services must be at least 1");
     }
@@ -127,7 +139,7 @@ pub(crate) async fn run(args: Args, json: bool) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let cp = ControlPlaneProcess::start(&bin, &control_plane_args(&ca_dir, &admin_id)).await?;
-    let result = measure(&args, &cp, bundle, server_id, admin, svids).await;
+    let result = measure(args, &cp, bundle, server_id, admin, svids).await;
     let result = match result {
         Ok(r) => r,
         Err(e) => {
@@ -137,8 +149,7 @@ pub(crate) async fn run(args: Args, json: bool) -> anyhow::Result<()> {
         }
     };
     cp.stop().await;
-    report::print(&args, &result, json);
-    Ok(())
+    Ok(result)
 }
 
 fn control_plane_args(ca_dir: &std::path::Path, admin_id: &SpiffeId) -> Vec<String> {

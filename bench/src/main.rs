@@ -9,7 +9,9 @@
 //! - `pair`: the load generator → nginx directly vs through a client and a server `weft-proxy`
 //!   (mTLS HTTP/2 between them), and through a pair whose route splits 90/10 between two server
 //!   proxies with retries on (`weft-split`): throughput, fixed-rate latency, proxy RSS and CPU,
-//!   start → ready.
+//!   start → ready; and the same through an HAProxy pair and an nginx pair (mutual TLS between
+//!   each pair's two sides), with Weft's ratios to HAProxy.
+//! - `all`: pair, discovery and csr-sign in one run, one markdown report and one JSON object.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use clap::{Parser, Subcommand};
 use weft_certs::{CertificateAuthority, SpiffeId, TrustDomain, WorkloadKey};
 use weft_control_plane::{Config, ControlPlane, client, control_plane_id};
 
+mod all;
 mod discovery;
 mod pair;
 
@@ -53,10 +56,13 @@ enum Cmd {
     /// Delta-discovery convergence and memory with N simulated proxies against the
     /// weft-control-plane binary.
     Discovery(discovery::Args),
-    /// Direct vs a weft-proxy pair vs a pair with a 90/10 split and retries, in front of an
-    /// nginx backend, interleaved: wrk, oha at a fixed rate, proxy RSS and CPU, start to ready.
-    /// Needs release binaries (--bin-dir).
+    /// Direct vs a weft-proxy pair vs a pair with a 90/10 split and retries vs HAProxy and
+    /// nginx mTLS pairs, in front of an nginx backend, interleaved: wrk, oha at a fixed rate,
+    /// proxy RSS and CPU, start to ready. Needs release binaries (--bin-dir).
     Pair(pair::Args),
+    /// Everything in one run (pair with every target, discovery, csr-sign): one markdown report
+    /// and one JSON object with the machine's facts and the exact commands.
+    All(all::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,10 +82,46 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(discovery::run(args, cli.json))
         }
         Cmd::Pair(args) => pair::run(args, cli.json),
+        Cmd::All(args) => all::run(args, cli.json),
+    }
+}
+
+/// What `csr-sign` measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CsrSign {
+    pub(crate) signed: u64,
+    pub(crate) seconds: f64,
+}
+
+impl CsrSign {
+    pub(crate) fn per_second(&self) -> f64 {
+        self.signed as f64 / self.seconds
+    }
+
+    pub(crate) fn to_json(self) -> serde_json::Value {
+        let rate = self.per_second();
+        serde_json::json!({"bench": "csr-sign", "threads": 1, "signed": self.signed, "seconds": self.seconds, "per_second": rate, "us_per_csr": 1e6 / rate})
     }
 }
 
 fn csr_sign(duration: Duration, n: usize, json: bool) -> anyhow::Result<()> {
+    let r = csr_sign_measure(duration, n)?;
+    if json {
+        println!("{}", r.to_json());
+    } else {
+        let rate = r.per_second();
+        println!(
+            "csr-sign: {} CSRs in {:.2} s on 1 thread = {rate:.0} CSRs/s/core ({:.1} µs each)",
+            r.signed,
+            r.seconds,
+            1e6 / rate
+        );
+    }
+    Ok(())
+}
+
+/// Signs CSRs (`n` distinct ones, cycled) on this one thread for `duration`.
+pub(crate) fn csr_sign_measure(duration: Duration, n: usize) -> anyhow::Result<CsrSign> {
     let td = TrustDomain::parse("bench.test")?;
     let files = CertificateAuthority::generate_root(&td, Duration::from_secs(86400))?;
     let ca = CertificateAuthority::from_pem(
@@ -106,20 +148,10 @@ fn csr_sign(duration: Duration, n: usize, json: bool) -> anyhow::Result<()> {
             signed += 1;
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    let rate = signed as f64 / secs;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"bench": "csr-sign", "threads": 1, "signed": signed, "seconds": secs, "per_second": rate, "us_per_csr": 1e6 / rate})
-        );
-    } else {
-        println!(
-            "csr-sign: {signed} CSRs in {secs:.2} s on 1 thread = {rate:.0} CSRs/s/core ({:.1} µs each)",
-            1e6 / rate
-        );
-    }
-    Ok(())
+    Ok(CsrSign {
+        signed,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Result<()> {
@@ -202,4 +234,16 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its definitions (unique names and groups, e.g. of `all`, which flattens
+    /// `pair`'s arguments) only in debug builds, when the command is first parsed.
+    #[test]
+    fn cli_definition_is_valid() {
+        super::Cli::command().debug_assert();
+    }
 }

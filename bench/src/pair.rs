@@ -4,17 +4,20 @@
 //! measures closed-loop throughput (wrk), latency at a fixed rate (oha, latency-corrected), and
 //! the proxies' memory and CPU from /proc. It also times a fresh `weft-proxy` from spawn to its
 //! first `/ready` 200. A third target, `weft-split`, is the pair with traffic management
-//! active (a 90/10 HTTPRoute split with retries and timeouts, see [`split`]).
+//! active (a 90/10 HTTPRoute split with retries and timeouts, see [`split`]). Two more are
+//! the peers Weft is compared with: an HAProxy pair and an nginx pair, both mutual TLS
+//! between the two sides (see [`peers`]); the report gives Weft's ratios to HAProxy.
 //!
-//! Each way to the backend is a [`Target`]; adding one (HAProxy or nginx mTLS pairs) means a
-//! [`TargetKind`] variant, its setup in [`Lab::start`] and its URL and proxy PIDs in
-//! [`Lab::targets`]. Everything runs as child processes of the bench on 127.0.0.1 with files
+//! Each way to the backend is a [`Target`]; adding one means a [`TargetKind`] variant, its
+//! setup in [`Lab::start`] and its URL and proxy PIDs in [`Lab::targets`]. Everything runs as child processes of the bench on 127.0.0.1 with files
 //! in one temp dir; all are killed on drop. The load generator, the proxies, the control plane
 //! and the backend share the machine's cores.
 
+mod goals;
 mod load;
+mod peers;
 mod process;
-mod report;
+pub(crate) mod report;
 mod setup;
 mod split;
 mod tools;
@@ -25,10 +28,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use load::{OhaResult, Usage, WrkResult};
+use peers::{PeerKind, PeerPair};
 use setup::{Backend, Bins, Mesh, ProxyKind, START_TIMEOUT, WeftProxy};
 use split::SplitCounts;
 
 #[derive(clap::Args, Debug, Clone)]
+#[group(id = "pair_args")]
 pub(crate) struct Args {
     /// Length of each load run (closed-loop and fixed-rate, per target, per round).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -47,14 +52,40 @@ pub(crate) struct Args {
     starts: usize,
     /// Smoke test: 1 round of 2 s runs, no warm-up, 2 starts.
     #[arg(long)]
-    quick: bool,
+    pub(crate) quick: bool,
     /// Where weft-proxy, weft-control-plane and weftctl are.
     #[arg(long, default_value = "target/release")]
-    bin_dir: PathBuf,
+    pub(crate) bin_dir: PathBuf,
+    /// Measure only these targets (comma-separated: direct, weft, weft-split, haproxy,
+    /// nginx-pair); all are still set up. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) only: Vec<String>,
     /// The weft-proxy binary to measure, if not the one in --bin-dir (e.g. the sidecar build,
     /// target/sidecar/weft-proxy).
     #[arg(long)]
-    proxy_bin: Option<PathBuf>,
+    pub(crate) proxy_bin: Option<PathBuf>,
+}
+
+impl Args {
+    /// The arguments this run is equivalent to, as `weft-bench pair` flags.
+    pub(crate) fn command_line(&self) -> String {
+        let mut s = format!(
+            "weft-bench pair --rounds {} --duration {}s --connections {} --rate {} --starts {} --bin-dir {}",
+            self.rounds,
+            self.duration.as_secs(),
+            self.connections,
+            self.rate,
+            self.starts,
+            self.bin_dir.display()
+        );
+        if let Some(p) = &self.proxy_bin {
+            s += &format!(" --proxy-bin {}", p.display());
+        }
+        if !self.only.is_empty() {
+            s += &format!(" --only {}", self.only.join(","));
+        }
+        s
+    }
 }
 
 /// A way from the load generator to the backend.
@@ -68,14 +99,29 @@ pub(crate) enum TargetKind {
     /// As `Weft`, through its own client proxy addressing `api-split`, whose HTTPRoute splits
     /// 90/10 between two server proxies (`api-v1`, `api-v2`) with retries and timeouts on.
     WeftSplit,
+    /// → client HAProxy (plain HTTP/1.1) → mutual TLS 1.3, HTTP/1.1 → server HAProxy → the
+    /// backend; one thread each.
+    Haproxy,
+    /// The same with nginx on both sides; one process each.
+    NginxPair,
 }
 
 impl TargetKind {
+    const ALL: [TargetKind; 5] = [
+        TargetKind::Direct,
+        TargetKind::Weft,
+        TargetKind::WeftSplit,
+        TargetKind::Haproxy,
+        TargetKind::NginxPair,
+    ];
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct",
             TargetKind::Weft => "weft",
             TargetKind::WeftSplit => "weft-split",
+            TargetKind::Haproxy => "haproxy",
+            TargetKind::NginxPair => "nginx-pair",
         }
     }
 }
@@ -104,6 +150,8 @@ struct Lab {
     split_client: WeftProxy,
     split_v1: WeftProxy,
     split_v2: WeftProxy,
+    haproxy: PeerPair,
+    nginx_pair: PeerPair,
     mesh: Mesh,
     backend: Backend,
     dir: tempfile::TempDir,
@@ -130,7 +178,7 @@ impl Lab {
             let token = mesh.token(role)?;
             let mut p = mesh.spawn_proxy(role, &token, ProxyKind::Client { service })?;
             p.wait_ready(Duration::from_millis(5))?;
-            p.wait_routable()?;
+            p.wait_routable(Duration::from_millis(10))?;
             Ok(p)
         };
         let weft_server = server("server", "api")?;
@@ -139,12 +187,17 @@ impl Lab {
         let split_v2 = server("split-server-v2", split::V2)?;
         let mut split_client = client("split-client", split::PARENT)?;
         split::wait_both_backends(&mut split_client, &split_v1, &split_v2, START_TIMEOUT)?;
+        let peer = |kind| PeerPair::start(kind, tools, &mesh.ca_dir, backend.addr, dir.path());
+        let haproxy = peer(PeerKind::Haproxy)?;
+        let nginx_pair = peer(PeerKind::Nginx)?;
         Ok(Self {
             weft_client,
             weft_server,
             split_client,
             split_v1,
             split_v2,
+            haproxy,
+            nginx_pair,
             mesh,
             backend,
             dir,
@@ -198,6 +251,8 @@ impl Lab {
                     },
                 ],
             },
+            peer_target(TargetKind::Haproxy, &self.haproxy),
+            peer_target(TargetKind::NginxPair, &self.nginx_pair),
         ])
     }
 
@@ -218,12 +273,15 @@ impl Lab {
         self.weft_client.proc.check_alive()?;
         self.split_v1.proc.check_alive()?;
         self.split_v2.proc.check_alive()?;
-        self.split_client.proc.check_alive()
+        self.split_client.proc.check_alive()?;
+        self.haproxy.check_alive()?;
+        self.nginx_pair.check_alive()
     }
 
-    /// Spawns a fresh client proxy `n` times, each time from spawn to its first `/ready` 200
-    /// (polled every 1 ms), then kills it.
-    fn start_to_ready(&self, n: usize) -> anyhow::Result<Vec<Duration>> {
+    /// Spawns a fresh client proxy `n` times, each time timing from spawn to its first
+    /// `/ready` 200 and to its first request through the pair answered with the backend's body
+    /// (both polled every 1 ms), then kills it.
+    fn start_to_ready(&self, n: usize) -> anyhow::Result<Vec<StartTime>> {
         let token = self.mesh.token("start-probe")?;
         let mut times = Vec::new();
         for i in 0..n {
@@ -232,10 +290,75 @@ impl Lab {
                 &token,
                 ProxyKind::Client { service: "api" },
             )?;
-            times.push(proxy.wait_ready(Duration::from_millis(1))?);
+            let ready = proxy.wait_ready(Duration::from_millis(1))?;
+            let first_request = proxy.wait_routable(Duration::from_millis(1))?;
+            times.push(StartTime {
+                ready: Some(ready),
+                first_request,
+            });
         }
         Ok(times)
     }
+
+    /// The same for a fresh client side of each peer pair (which has no readiness endpoint:
+    /// spawn to the first request through the pair).
+    fn peers_start_to_first_request(
+        &self,
+        tools: &tools::Tools,
+        n: usize,
+    ) -> anyhow::Result<Vec<(TargetKind, Vec<StartTime>)>> {
+        [
+            (TargetKind::Haproxy, &self.haproxy),
+            (TargetKind::NginxPair, &self.nginx_pair),
+        ]
+        .into_iter()
+        .map(|(kind, pair)| {
+            let times = pair.start_to_first_request(tools, n)?;
+            Ok((
+                kind,
+                times
+                    .into_iter()
+                    .map(|first_request| StartTime {
+                        ready: None,
+                        first_request,
+                    })
+                    .collect(),
+            ))
+        })
+        .collect()
+    }
+
+    /// The peer pairs' configs: (file name, text).
+    fn peer_configs(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut all = self.haproxy.configs()?;
+        all.extend(self.nginx_pair.configs()?);
+        Ok(all)
+    }
+}
+
+fn peer_target(kind: TargetKind, pair: &PeerPair) -> Target {
+    Target {
+        kind,
+        url: format!("http://{}/", pair.client.listen),
+        proxies: vec![
+            ProxyRef {
+                role: "client",
+                pid: pair.client.proc.pid(),
+            },
+            ProxyRef {
+                role: "server",
+                pid: pair.server.proc.pid(),
+            },
+        ],
+    }
+}
+
+/// A fresh client-side proxy from spawn: to its readiness endpoint's first 200 (Weft only) and
+/// to the first request through the pair answered with the backend's body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StartTime {
+    pub(crate) ready: Option<Duration>,
+    pub(crate) first_request: Duration,
 }
 
 /// The figures of one target in one round.
@@ -244,9 +367,13 @@ pub(crate) struct Round {
     pub(crate) wrk: WrkResult,
     /// Per proxy of the target, in its order, over the closed-loop run.
     pub(crate) wrk_usage: Vec<Usage>,
+    /// Cores busy on the whole machine during the closed-loop run.
+    pub(crate) wrk_machine_vcpu: f64,
     pub(crate) oha: OhaResult,
     /// Per proxy, over the fixed-rate run.
     pub(crate) oha_usage: Vec<Usage>,
+    /// Cores busy on the whole machine during the fixed-rate run.
+    pub(crate) oha_machine_vcpu: f64,
 }
 
 /// A proxy's memory outside the runs.
@@ -278,10 +405,23 @@ pub(crate) struct Results {
     pub(crate) targets: Vec<TargetResult>,
     /// The split target's counters over the measured runs.
     pub(crate) split: SplitCounts,
-    pub(crate) start_to_ready: Vec<Duration>,
+    /// Fresh client-side proxies of each target that has them, spawn → ready.
+    pub(crate) starts: Vec<(TargetKind, Vec<StartTime>)>,
+    /// The exact commands: this run's, the load generators', the peers'.
+    pub(crate) commands: Vec<String>,
+    /// The peer pairs' configs as they ran: (file name, text).
+    pub(crate) peer_configs: Vec<(String, String)>,
 }
 
-pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
+pub(crate) fn run(args: Args, json: bool) -> anyhow::Result<()> {
+    let results = measure(args)?;
+    report::print(&results, json);
+    Ok(())
+}
+
+/// Sets up every target, runs the rounds, and returns every figure (the report is separate so
+/// `weft-bench all` can put it beside the other benchmarks').
+pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
     if args.quick {
         args.rounds = 1;
         args.duration = Duration::from_secs(2);
@@ -302,6 +442,14 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
             std::path::absolute(p).with_context(|| format!("absolute path of {}", p.display()))?;
         anyhow::ensure!(bins.proxy.is_file(), "{} not found", p.display());
     }
+    for name in &args.only {
+        if !TargetKind::ALL.iter().any(|k| k.name() == name) {
+            bail!(
+                "--only {name}: no such target (there are: {})",
+                TargetKind::ALL.map(TargetKind::name).join(", ")
+            );
+        }
+    }
     let tools = tools::ensure()?;
     let mut lab = Lab::start(&tools, &bins)?;
     eprintln!(
@@ -310,7 +458,24 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
         lab.mesh.grpc_addr,
         lab.dir.path().display()
     );
-    let targets = lab.targets()?;
+    let targets: Vec<Target> = lab
+        .targets()?
+        .into_iter()
+        .filter(|t| args.only.is_empty() || args.only.iter().any(|o| o == t.kind.name()))
+        .collect();
+    let peer_configs = lab.peer_configs()?;
+    let mut commands = vec![args.command_line()];
+    for t in &targets {
+        commands.push(format!(
+            "{}: wrk {} ; oha {}",
+            t.kind.name(),
+            load::wrk_args(&t.url, args.connections, args.duration).join(" "),
+            load::oha_args(&tools, &t.url, args.connections, args.rate, args.duration).join(" ")
+        ));
+    }
+    for p in [&lab.haproxy, &lab.nginx_pair] {
+        commands.extend(p.commands());
+    }
     let mut results: Vec<TargetResult> = targets
         .iter()
         .map(|t| {
@@ -361,16 +526,18 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
                 t.kind.name(),
                 args.rate
             );
-            let (oha, oha_usage) = observe(&t.proxies, || {
+            let (oha, oha_usage, oha_machine_vcpu) = observe(&t.proxies, || {
                 load::oha(&tools, &t.url, args.connections, args.rate, args.duration)
             })?;
             lab.check_alive()?;
-            let (wrk, wrk_usage) = wrk[i].clone();
+            let (wrk, wrk_usage, wrk_machine_vcpu) = wrk[i].clone();
             results[i].rounds.push(Round {
                 wrk,
                 wrk_usage,
+                wrk_machine_vcpu,
                 oha,
                 oha_usage,
+                oha_machine_vcpu,
             });
         }
     }
@@ -380,29 +547,36 @@ pub(crate) fn run(mut args: Args, json: bool) -> anyhow::Result<()> {
             m.hwm_kib = process::status_kib(p.pid, "VmHWM")?;
         }
     }
-    eprintln!("pair: {} fresh client proxies, spawn → ready", args.starts);
-    let start_to_ready = lab.start_to_ready(args.starts)?;
+    eprintln!(
+        "pair: {} fresh client proxies of each kind, spawn → ready",
+        args.starts
+    );
+    let mut starts = vec![(TargetKind::Weft, lab.start_to_ready(args.starts)?)];
+    starts.extend(lab.peers_start_to_first_request(&tools, args.starts)?);
     machine.loadavg_end = tools::loadavg();
     drop(lab);
     machine.other_vcpu = process::CpuAccount::read()?.other_vcpu_since(&cpu_before);
-    report::print(
-        &Results {
-            args,
-            machine,
-            tools,
-            targets: results,
-            split,
-            start_to_ready,
-        },
-        json,
-    );
-    Ok(())
+    Ok(Results {
+        args,
+        machine,
+        tools,
+        targets: results,
+        split,
+        starts,
+        commands,
+        peer_configs,
+    })
 }
 
+/// Runs `load` while sampling the target's proxies; also how many of the machine's cores were
+/// busy on average (whether the chain saturated the machine or left it idle).
 fn observe<R>(
     proxies: &[ProxyRef],
     load: impl FnOnce() -> anyhow::Result<R>,
-) -> anyhow::Result<(R, Vec<Usage>)> {
+) -> anyhow::Result<(R, Vec<Usage>, f64)> {
     let pids: Vec<u32> = proxies.iter().map(|p| p.pid).collect();
-    load::observe(&pids, load)
+    let before = process::CpuAccount::read()?;
+    let (r, usage) = load::observe(&pids, load)?;
+    let machine = process::CpuAccount::read()?.machine_vcpu_since(&before);
+    Ok((r, usage, machine))
 }

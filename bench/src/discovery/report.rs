@@ -36,56 +36,7 @@ pub(super) fn print(args: &Args, r: &Results, json: bool) {
     };
     let gauge_ok = r.connected_gauge == Some(n as f64);
     if json {
-        let changes: Vec<_> = r
-            .changes
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "service": c.service, "subscribers": c.subscribers,
-                    "converged_ms": ms(c.converged), "apply_rpc_ms": ms(c.apply_rpc),
-                    "per_proxy_p50_ms": ms(pct(&c.per_proxy, 0.50)),
-                    "per_proxy_p99_ms": ms(pct(&c.per_proxy, 0.99)),
-                    "per_proxy_max_ms": ms(pct(&c.per_proxy, 1.0)),
-                    "distinct_versions": c.distinct_versions,
-                })
-            })
-            .collect();
-        let hist = |h: &Option<Histogram>| {
-            h.as_ref().map(|h| {
-                serde_json::json!({
-                    "count": h.count, "sum_seconds": h.sum,
-                    "p50_ms": push(&Some(h.clone()), 0.50).map(|v| v.0),
-                    "p99_ms": push(&Some(h.clone()), 0.99).map(|v| v.0),
-                    "p99_bucket_le_ms": push(&Some(h.clone()), 0.99).map(|v| v.1),
-                })
-            })
-        };
-        println!(
-            "{}",
-            serde_json::json!({
-                "bench": "discovery", "mode": args.mode.as_str(), "proxies": n,
-                "services": args.services, "subscriptions": args.subscriptions,
-                "endpoints_per_service": args.endpoints_per_service, "identities": args.identities,
-                "connect_concurrency": args.connect_concurrency, "cores": r.cores,
-                "initial_sync_ms": ms(r.initial_sync),
-                "per_proxy_sync_p50_ms": ms(pct(&r.per_proxy_sync, 0.50)),
-                "per_proxy_sync_p99_ms": ms(pct(&r.per_proxy_sync, 0.99)),
-                "convergence_p50_ms": ms(pct(&conv, 0.50)),
-                "convergence_p99_ms": ms(pct(&conv, 0.99)),
-                "convergence_max_ms": ms(pct(&conv, 1.0)),
-                "changes": changes,
-                "control_plane_rss_before_kib": r.rss_before_kib,
-                "control_plane_rss_after_kib": r.rss_after_kib,
-                "kib_per_proxy": kib_per_proxy,
-                "bench_rss_kib": r.bench_rss_kib,
-                "connected_proxies_gauge": r.connected_gauge,
-                "connected_proxies_gauge_ok": gauge_ok,
-                "push_latency_all": hist(&r.push_all),
-                "push_latency_changes": hist(&r.push_changes),
-                "control_plane_log_warnings": r.log_warnings,
-                "control_plane_log_errors": r.log_errors,
-            })
-        );
+        println!("{}", to_json(args, r));
         return;
     }
     println!(
@@ -186,6 +137,67 @@ pub(super) fn print(args: &Args, r: &Results, json: bool) {
             r.log_warnings, r.log_errors
         );
     }
+}
+
+/// Every figure as one JSON object (what `--json` prints).
+pub(super) fn to_json(args: &Args, r: &Results) -> serde_json::Value {
+    let n = args.proxies;
+    let kib_per_proxy = r.rss_after_kib.saturating_sub(r.rss_before_kib) as f64 / n as f64;
+    let mut conv: Vec<Duration> = r.changes.iter().map(|c| c.converged).collect();
+    conv.sort_unstable();
+    let push = |h: &Option<Histogram>, q: f64| {
+        h.as_ref()
+            .and_then(|h| h.quantile(q))
+            .map(|(v, le)| (v * 1e3, le * 1e3))
+    };
+    let gauge_ok = r.connected_gauge == Some(n as f64);
+    let changes: Vec<_> = r
+        .changes
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "service": c.service, "subscribers": c.subscribers,
+                "converged_ms": ms(c.converged), "apply_rpc_ms": ms(c.apply_rpc),
+                "per_proxy_p50_ms": ms(pct(&c.per_proxy, 0.50)),
+                "per_proxy_p99_ms": ms(pct(&c.per_proxy, 0.99)),
+                "per_proxy_max_ms": ms(pct(&c.per_proxy, 1.0)),
+                "distinct_versions": c.distinct_versions,
+            })
+        })
+        .collect();
+    let hist = |h: &Option<Histogram>| {
+        h.as_ref().map(|h| {
+            serde_json::json!({
+                "count": h.count, "sum_seconds": h.sum,
+                "p50_ms": push(&Some(h.clone()), 0.50).map(|v| v.0),
+                "p99_ms": push(&Some(h.clone()), 0.99).map(|v| v.0),
+                "p99_bucket_le_ms": push(&Some(h.clone()), 0.99).map(|v| v.1),
+            })
+        })
+    };
+    serde_json::json!({
+        "bench": "discovery", "mode": args.mode.as_str(), "proxies": n,
+        "services": args.services, "subscriptions": args.subscriptions,
+        "endpoints_per_service": args.endpoints_per_service, "identities": args.identities,
+        "connect_concurrency": args.connect_concurrency, "cores": r.cores,
+        "initial_sync_ms": ms(r.initial_sync),
+        "per_proxy_sync_p50_ms": ms(pct(&r.per_proxy_sync, 0.50)),
+        "per_proxy_sync_p99_ms": ms(pct(&r.per_proxy_sync, 0.99)),
+        "convergence_p50_ms": ms(pct(&conv, 0.50)),
+        "convergence_p99_ms": ms(pct(&conv, 0.99)),
+        "convergence_max_ms": ms(pct(&conv, 1.0)),
+        "changes": changes,
+        "control_plane_rss_before_kib": r.rss_before_kib,
+        "control_plane_rss_after_kib": r.rss_after_kib,
+        "kib_per_proxy": kib_per_proxy,
+        "bench_rss_kib": r.bench_rss_kib,
+        "connected_proxies_gauge": r.connected_gauge,
+        "connected_proxies_gauge_ok": gauge_ok,
+        "push_latency_all": hist(&r.push_all),
+        "push_latency_changes": hist(&r.push_changes),
+        "control_plane_log_warnings": r.log_warnings,
+        "control_plane_log_errors": r.log_errors,
+    })
 }
 
 #[cfg(test)]

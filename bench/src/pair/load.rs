@@ -23,20 +23,25 @@ pub(crate) struct WrkResult {
     pub(crate) errors: u64,
 }
 
+/// wrk's arguments (also what the report prints as the exact command).
+pub(crate) fn wrk_args(url: &str, conns: usize, duration: Duration) -> Vec<String> {
+    let secs = duration.as_secs().max(1);
+    vec![
+        "-t1".to_owned(),
+        format!("-c{conns}"),
+        format!("-d{secs}s"),
+        "--latency".to_owned(),
+        url.to_owned(),
+    ]
+}
+
 pub(crate) fn wrk(
     tools: &Tools,
     url: &str,
     conns: usize,
     duration: Duration,
 ) -> anyhow::Result<WrkResult> {
-    let secs = duration.as_secs().max(1);
-    let args = [
-        "-t1".to_owned(),
-        format!("-c{conns}"),
-        format!("-d{secs}s"),
-        "--latency".to_owned(),
-        url.to_owned(),
-    ];
+    let args = wrk_args(url, conns, duration);
     let mut cmd = Command::new(&tools.wrk);
     cmd.args(&args);
     let out = process::output(cmd).with_context(|| format!("run wrk {}", args.join(" ")))?;
@@ -124,13 +129,14 @@ pub(crate) struct OhaResult {
     pub(crate) errors: u64,
 }
 
-pub(crate) fn oha(
+/// oha's arguments (also what the report prints as the exact command).
+pub(crate) fn oha_args(
     tools: &Tools,
     url: &str,
     conns: usize,
     rate: u32,
     duration: Duration,
-) -> anyhow::Result<OhaResult> {
+) -> Vec<String> {
     let secs = duration.as_secs().max(1);
     let mut args: Vec<String> = vec![
         "-z".into(),
@@ -144,6 +150,17 @@ pub(crate) fn oha(
     ];
     args.extend(tools.oha_json.iter().map(|s| (*s).to_owned()));
     args.push(url.to_owned());
+    args
+}
+
+pub(crate) fn oha(
+    tools: &Tools,
+    url: &str,
+    conns: usize,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<OhaResult> {
+    let args = oha_args(tools, url, conns, rate, duration);
     let mut cmd = Command::new(&tools.oha);
     cmd.args(&args);
     let out = process::output(cmd).with_context(|| format!("run oha {}", args.join(" ")))?;

@@ -160,6 +160,29 @@ impl Proc {
         }
     }
 
+    /// Polls a TCP connect to `addr` every 1 ms until it is accepted, with a deadline.
+    pub(crate) fn wait_for_listener(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                return Ok(Instant::now());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: nothing listening on {addr} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Polls `GET http://addr{path}` until it answers 200, with a deadline; every `every`.
     /// Returns when it did.
     pub(crate) fn wait_http_ok(
@@ -327,6 +350,18 @@ impl CpuAccount {
             machine_busy,
             bench_tree,
         })
+    }
+
+    /// Average cores busy on the whole machine since `earlier` (everything: load generator,
+    /// backend, proxies, and anything else running).
+    pub(crate) fn machine_vcpu_since(&self, earlier: &CpuAccount) -> f64 {
+        let secs = (self.at - earlier.at).as_secs_f64();
+        let busy = self.machine_busy.saturating_sub(earlier.machine_busy) as f64;
+        if secs > 0.0 {
+            busy / clock_ticks_per_second() / secs
+        } else {
+            0.0
+        }
     }
 
     /// Average cores busy outside the bench's tree since `earlier` (meaningful once every

@@ -1,12 +1,16 @@
-//! The pair bench's output: markdown tables (medians over rounds, then every round), or one
-//! JSON object with every figure.
+//! The pair bench's output: markdown tables (medians over rounds, Weft against HAProxy and
+//! the goals, then every round), or one JSON object with every figure.
 
 use std::time::Duration;
 
 use serde_json::json;
 
+use super::goals::{
+    ADDED_P99_VS_HAPROXY, RSS_IDLE_MAX_BYTES, RSS_LOAD_MAX_BYTES, THROUGHPUT_VS_HAPROXY,
+    VCPU_PER_KRPS_MAX, proxy_goals, vs_haproxy,
+};
 use super::load::Usage;
-use super::{Results, TargetKind, TargetResult};
+use super::{Results, StartTime, TargetKind, TargetResult};
 
 /// Issue 5: the split target's closed-loop throughput at least this share of the plain pair's.
 const SPLIT_RATIO_TARGET: f64 = 0.95;
@@ -19,7 +23,19 @@ pub(crate) fn print(r: &Results, json: bool) {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+fn met_opt(ok: Option<bool>) -> &'static str {
+    ok.map_or("n/a", met)
+}
+
+fn opt3(x: Option<f64>) -> String {
+    x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.3}"))
+}
+
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -54,7 +70,7 @@ fn mib(kib: u64) -> String {
 
 /// Per proxy `i` of a target: (median vCPU, median vCPU per 1,000 rps) of the closed-loop
 /// runs or of the fixed-rate runs.
-fn cpu(t: &TargetResult, i: usize, fixed_rate: bool) -> (f64, f64) {
+pub(super) fn cpu(t: &TargetResult, i: usize, fixed_rate: bool) -> (f64, f64) {
     let pairs: Vec<(f64, f64)> = t
         .rounds
         .iter()
@@ -73,7 +89,7 @@ fn cpu(t: &TargetResult, i: usize, fixed_rate: bool) -> (f64, f64) {
     )
 }
 
-fn rss_under_load(t: &TargetResult, i: usize) -> u64 {
+pub(super) fn rss_under_load(t: &TargetResult, i: usize) -> u64 {
     t.rounds
         .iter()
         .filter_map(|r| r.oha_usage.get(i).map(|u| u.rss_max_kib))
@@ -108,7 +124,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn markdown(r: &Results) -> String {
+pub(crate) fn markdown(r: &Results) -> String {
     let a = &r.args;
     let m = &r.machine;
     let mut s = String::new();
@@ -128,10 +144,11 @@ fn markdown(r: &Results) -> String {
         m.other_vcpu
     );
     s += &format!(
-        "Tools: {}, {}, {}; Weft binaries from {}{}.\n\n",
+        "Tools: {}, {}, {}, {}; Weft binaries from {}{}.\n\n",
         r.tools.wrk_version,
         r.tools.oha_version,
         r.tools.nginx_version,
+        r.tools.haproxy_version,
         a.bin_dir.display(),
         a.proxy_bin
             .as_ref()
@@ -201,21 +218,39 @@ fn markdown(r: &Results) -> String {
         );
     }
 
-    let starts: Vec<f64> = r.start_to_ready.iter().map(|&d| ms(d)).collect();
-    let (_, max) = min_max(&starts);
-    s += &format!(
-        "\nStart → ready (a fresh client weft-proxy, spawn → first `/ready` 200, polled every 1 ms, {} starts): median {:.1} ms, max {:.1} ms (each: {}).\n",
-        starts.len(),
-        median(starts.clone()),
-        max,
-        starts
-            .iter()
-            .map(|x| format!("{x:.1}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    s += &vs_haproxy_markdown(r);
 
-    s += "\nEvery round:\n\n| round | target | closed loop rps | p50 / p99 | fixed rate: achieved | p50 / p99 / p99.9 | proxies' vCPU at fixed rate |\n|---|---|---|---|---|---|---|\n";
+    s += &format!(
+        "\nStart → ready ({} fresh client-side proxies of each kind against the running server side; polled every 1 ms): median [max]\n\n| target | spawn → readiness endpoint 200 | spawn → first request through the pair | each (first request) |\n|---|---|---|---|\n",
+        r.args.starts
+    );
+    for (kind, times) in &r.starts {
+        let ready: Vec<f64> = times.iter().filter_map(|t| t.ready).map(ms).collect();
+        let first: Vec<f64> = times.iter().map(|t| ms(t.first_request)).collect();
+        let cell = |v: &[f64]| {
+            if v.is_empty() {
+                "–".to_owned()
+            } else {
+                format!("{:.1} [{:.1}] ms", median(v.to_vec()), min_max(v).1)
+            }
+        };
+        s += &format!(
+            "| {} | {} | {} | {} |\n",
+            kind.name(),
+            cell(&ready),
+            cell(&first),
+            first
+                .iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    s += &format!(
+        "\nEvery round (machine vCPU: cores busy on the whole machine during the run, of {}):\n\n| round | target | closed loop rps | p50 / p99 | machine vCPU | fixed rate: achieved | p50 / p99 / p99.9 | machine vCPU | proxies' vCPU at fixed rate |\n|---|---|---|---|---|---|---|---|---|\n",
+        r.machine.nproc
+    );
     let rounds = r.targets.iter().map(|t| t.rounds.len()).max().unwrap_or(0);
     for i in 0..rounds {
         for t in &r.targets {
@@ -231,23 +266,86 @@ fn markdown(r: &Results) -> String {
                     .join(", ")
             };
             s += &format!(
-                "| {} | {} | {:.0} | {:.3} / {:.3} ms | {:.0} | {:.3} / {:.3} / {:.3} ms | {vcpu} |\n",
+                "| {} | {} | {:.0} | {:.3} / {:.3} ms | {:.2} | {:.0} | {:.3} / {:.3} / {:.3} ms | {:.2} | {vcpu} |\n",
                 i + 1,
                 t.kind.name(),
                 x.wrk.rps,
                 x.wrk.p50_ms,
                 x.wrk.p99_ms,
+                x.wrk_machine_vcpu,
                 x.oha.rps,
                 x.oha.p50_ms,
                 x.oha.p99_ms,
                 x.oha.p999_ms,
+                x.oha_machine_vcpu,
+            );
+        }
+    }
+    s += "\nExact commands (URLs and paths are this run's; the peers' configs are in its temp dir, or in `--out` of `weft-bench all`):\n\n```sh\n";
+    for c in &r.commands {
+        s += c;
+        s += "\n";
+    }
+    s += "```\n";
+    s
+}
+
+/// Weft against the HAProxy pair (issue 6), then each proxy against the per-proxy goals.
+fn vs_haproxy_markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let cmp = vs_haproxy(&r.targets);
+    if !cmp.is_empty() {
+        s += &format!(
+            "\nAgainst the HAProxy pair (medians over rounds; added p99 = the pair's p99 at {} rps minus direct's; when a pair's added p99 is not positive, direct's p99 was disturbed and the verdict comes from the p99 ratio, an upper bound of the added-p99 ratio when below 1):\n\n| pair | closed loop rps | ÷ HAProxy (goal for weft ≥ {THROUGHPUT_VS_HAPROXY}) | added p99 | ÷ HAProxy's (goal for weft ≤ {ADDED_P99_VS_HAPROXY}) | p99 ÷ HAProxy's |\n|---|---|---|---|---|---|\n",
+            r.args.rate
+        );
+        for c in &cmp {
+            let verdicts = |x: Option<bool>| {
+                if c.kind == TargetKind::Weft {
+                    format!(": {}", met_opt(x))
+                } else {
+                    String::new()
+                }
+            };
+            s += &format!(
+                "| {} | {:.0} | {}{} | {:+.3} ms | {}{} | {} |\n",
+                c.kind.name(),
+                c.rps,
+                opt3(c.throughput_ratio),
+                verdicts(c.throughput_met()),
+                c.added_p99_ms,
+                opt3(c.added_p99_ratio),
+                verdicts(c.added_p99_met()),
+                opt3(c.p99_ratio),
+            );
+        }
+    }
+    let goals = proxy_goals(&r.targets);
+    if !goals.is_empty() {
+        s += &format!(
+            "\nPer proxy against the goals (they are Weft's; the peers are measured the same way for comparison):\n\n| proxy | RSS idle ≤ 8 MB | RSS max at {} rps ≤ 15 MB | vCPU per 1,000 rps at {} rps ≤ {VCPU_PER_KRPS_MAX} |\n|---|---|---|---|\n",
+            r.args.rate, r.args.rate
+        );
+        for g in &goals {
+            s += &format!(
+                "| {} {} | {} ({:.1} MB): {} | {} ({:.1} MB): {} | {:.4}: {} |\n",
+                g.target.name(),
+                g.role,
+                mib(g.rss_idle_kib),
+                g.rss_idle_kib as f64 * 1024.0 / 1e6,
+                met(g.idle_met()),
+                mib(g.rss_load_kib),
+                g.rss_load_kib as f64 * 1024.0 / 1e6,
+                met(g.load_met()),
+                g.vcpu_per_krps,
+                met(g.cpu_met()),
             );
         }
     }
     s
 }
 
-fn to_json(r: &Results) -> serde_json::Value {
+pub(crate) fn to_json(r: &Results) -> serde_json::Value {
     let a = &r.args;
     let usage = |u: &Usage, rps: f64| {
         json!({
@@ -268,11 +366,13 @@ fn to_json(r: &Results) -> serde_json::Value {
                             "rps": x.wrk.rps, "requests": x.wrk.requests, "p50_ms": x.wrk.p50_ms,
                             "p90_ms": x.wrk.p90_ms, "p99_ms": x.wrk.p99_ms, "errors": x.wrk.errors,
                             "proxies": x.wrk_usage.iter().map(|u| usage(u, x.wrk.rps)).collect::<Vec<_>>(),
+                            "machine_vcpu": x.wrk_machine_vcpu,
                         },
                         "fixed_rate": {
                             "rps": x.oha.rps, "p50_ms": x.oha.p50_ms, "p99_ms": x.oha.p99_ms,
                             "p99_9_ms": x.oha.p999_ms, "errors": x.oha.errors,
                             "proxies": x.oha_usage.iter().map(|u| usage(u, x.oha.rps)).collect::<Vec<_>>(),
+                            "machine_vcpu": x.oha_machine_vcpu,
                         },
                     })
                 })
@@ -304,7 +404,36 @@ fn to_json(r: &Results) -> serde_json::Value {
             })
         })
         .collect();
-    let starts: Vec<f64> = r.start_to_ready.iter().map(|&d| ms(d)).collect();
+    let starts: serde_json::Map<String, serde_json::Value> = r
+        .starts
+        .iter()
+        .map(|(kind, times)| (kind.name().to_owned(), starts_json(times)))
+        .collect();
+    let vs: Vec<_> = vs_haproxy(&r.targets)
+        .iter()
+        .map(|c| {
+            json!({
+                "target": c.kind.name(), "closed_loop_rps_median": c.rps,
+                "added_p99_ms": c.added_p99_ms,
+                "throughput_ratio_to_haproxy": c.throughput_ratio,
+                "added_p99_ratio_to_haproxy": c.added_p99_ratio,
+                "p99_ratio_to_haproxy": c.p99_ratio,
+                "throughput_goal_met": (c.kind == TargetKind::Weft).then(|| c.throughput_met()).flatten(),
+                "added_p99_goal_met": (c.kind == TargetKind::Weft).then(|| c.added_p99_met()).flatten(),
+            })
+        })
+        .collect();
+    let goals: Vec<_> = proxy_goals(&r.targets)
+        .iter()
+        .map(|g| {
+            json!({
+                "target": g.target.name(), "role": g.role,
+                "rss_idle_kib": g.rss_idle_kib, "rss_idle_met": g.idle_met(),
+                "rss_max_fixed_rate_kib": g.rss_load_kib, "rss_load_met": g.load_met(),
+                "vcpu_per_1000_rps_fixed_rate": g.vcpu_per_krps, "cpu_met": g.cpu_met(),
+            })
+        })
+        .collect();
     let split = split_ratio(r).map(|(ratio, each)| {
         json!({
             "closed_loop_rps_ratio_to_weft": ratio, "each_round": each,
@@ -323,11 +452,34 @@ fn to_json(r: &Results) -> serde_json::Value {
             "mem_total_mib": r.machine.mem_total_mib, "loadavg_start": r.machine.loadavg_start,
             "loadavg_end": r.machine.loadavg_end, "other_vcpu": r.machine.other_vcpu,
         },
-        "tools": {"wrk": r.tools.wrk_version, "oha": r.tools.oha_version, "nginx": r.tools.nginx_version},
+        "tools": {
+            "wrk": r.tools.wrk_version, "oha": r.tools.oha_version, "nginx": r.tools.nginx_version,
+            "haproxy": r.tools.haproxy_version,
+        },
         "targets": targets,
         "weft_split": split,
-        "start_to_ready_ms": {
-            "each": starts, "median": median(starts.clone()), "max": min_max(&starts).1,
+        "goals": {
+            "throughput_ratio_to_haproxy_min": THROUGHPUT_VS_HAPROXY,
+            "added_p99_ratio_to_haproxy_max": ADDED_P99_VS_HAPROXY,
+            "rss_idle_max_bytes": RSS_IDLE_MAX_BYTES, "rss_load_max_bytes": RSS_LOAD_MAX_BYTES,
+            "vcpu_per_1000_rps_max": VCPU_PER_KRPS_MAX,
+        },
+        "vs_haproxy": vs,
+        "proxy_goals": goals,
+        "start_ms": starts,
+        "commands": r.commands,
+    })
+}
+
+fn starts_json(times: &[StartTime]) -> serde_json::Value {
+    let ready: Vec<f64> = times.iter().filter_map(|t| t.ready).map(ms).collect();
+    let first: Vec<f64> = times.iter().map(|t| ms(t.first_request)).collect();
+    json!({
+        "ready": (!ready.is_empty()).then(|| json!({
+            "each": ready, "median": median(ready.clone()), "max": min_max(&ready).1,
+        })),
+        "first_request": {
+            "each": first, "median": median(first.clone()), "max": min_max(&first).1,
         },
     })
 }

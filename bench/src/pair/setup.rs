@@ -58,35 +58,19 @@ impl Backend {
         let prefix = dir.join("nginx");
         std::fs::create_dir_all(&prefix).with_context(|| format!("create {}", prefix.display()))?;
         let port = free_ports(1)?[0];
-        let p = prefix.display();
-        // master_process off: one process that is the one worker, so killing it leaves no
-        // worker behind. Keep-alive connections are never closed by request count during a run.
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {p}/body;
-    proxy_temp_path {p}/proxy;
-    fastcgi_temp_path {p}/fastcgi;
-    uwsgi_temp_path {p}/uwsgi;
-    scgi_temp_path {p}/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    server {{
+        let conf = nginx_conf(
+            &prefix,
+            &format!(
+                r#"    server {{
         listen 127.0.0.1:{port};
         location / {{
             default_type text/plain;
             return 200 "{body}";
         }}
     }}
-}}
 "#,
-            body = BODY.escape_default()
+                body = BODY.escape_default()
+            ),
         );
         let conf_path = prefix.join("nginx.conf");
         std::fs::write(&conf_path, conf)
@@ -113,6 +97,33 @@ http {{
     }
 }
 
+/// An nginx config for one process in `prefix` (pid file, logs and temp dirs there) with
+/// `http` inside its `http` block. `master_process off`: one process that is the one worker,
+/// so killing it leaves no worker behind and its /proc figures are the whole server's.
+/// Client keep-alive connections are never closed by request count or idleness during a run.
+pub(crate) fn nginx_conf(prefix: &Path, http: &str) -> String {
+    let p = prefix.display();
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/body;
+    proxy_temp_path {p}/proxy;
+    fastcgi_temp_path {p}/fastcgi;
+    uwsgi_temp_path {p}/uwsgi;
+    scgi_temp_path {p}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+{http}}}
+"#
+    )
+}
+
 /// The control plane with a fresh CA, an admin login and the Service `default/api` applied.
 #[derive(Debug)]
 pub(crate) struct Mesh {
@@ -120,7 +131,8 @@ pub(crate) struct Mesh {
     pub(crate) grpc_addr: String,
     pub(crate) bins: Bins,
     dir: PathBuf,
-    ca_dir: PathBuf,
+    /// The mesh CA (`weftctl ca init` layout); the peer pairs' certificates come from it too.
+    pub(crate) ca_dir: PathBuf,
 }
 
 impl Mesh {
@@ -290,19 +302,18 @@ impl WeftProxy {
         Ok(at - self.spawned)
     }
 
-    /// Polls `GET /` through the upstream port until the backend answers (the client has the
-    /// server's endpoint and reached it over mTLS).
-    pub(crate) fn wait_routable(&mut self) -> anyhow::Result<()> {
+    /// Polls `GET /` through the upstream port every `every` until the backend answers (the
+    /// client has the server's endpoint and reached it over mTLS); the time from spawn to then.
+    pub(crate) fn wait_routable(&mut self, every: Duration) -> anyhow::Result<Duration> {
         let addr = self
             .upstream
             .context("wait_routable on a proxy without an upstream port")?;
-        self.proc
-            .wait_http_ok(addr, "/", Duration::from_millis(10), START_TIMEOUT)?;
+        let at = self.proc.wait_http_ok(addr, "/", every, START_TIMEOUT)?;
         let (_, body) = http_get(addr, "/", Duration::from_secs(2))?;
         if body != BODY {
             bail!("through the proxies the backend answered {body:?}, not its body");
         }
-        Ok(())
+        Ok(at - self.spawned)
     }
 }
 

@@ -1,5 +1,6 @@
-//! The external programs the pair bench drives (nginx as the backend, wrk and oha as load
-//! generators), installed when missing, and the facts about the machine it reports.
+//! The external programs the pair bench drives (nginx as the backend and as one of the peer
+//! pairs, HAProxy as the other, wrk and oha as load generators), installed when missing, and
+//! the facts about the machine it reports.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +11,7 @@ use anyhow::{Context, bail};
 #[derive(Debug, Clone)]
 pub(crate) struct Tools {
     pub(crate) nginx: PathBuf,
+    pub(crate) haproxy: PathBuf,
     pub(crate) wrk: PathBuf,
     pub(crate) oha: PathBuf,
     /// The flag that makes this oha print one JSON object (`--output-format json` in oha ≥ 1.5,
@@ -18,32 +20,39 @@ pub(crate) struct Tools {
     pub(crate) oha_version: String,
     pub(crate) wrk_version: String,
     pub(crate) nginx_version: String,
+    pub(crate) haproxy_version: String,
 }
 
-/// Finds nginx, wrk and oha, installing what is missing: `apt-get install nginx wrk` (Debian
-/// packages), `cargo install oha --locked` (minutes, once). Says on stderr what it installs.
+/// Finds nginx, HAProxy, wrk and oha, installing what is missing: `apt-get install nginx
+/// haproxy wrk` (Debian packages), `cargo install oha --locked` (minutes, once). Says on stderr what it installs.
 pub(crate) fn ensure() -> anyhow::Result<Tools> {
     let mut apt = Vec::new();
     if find("nginx").is_none() {
         apt.push("nginx");
     }
+    if find("haproxy").is_none() {
+        apt.push("haproxy");
+    }
     if find("wrk").is_none() {
         apt.push("wrk");
     }
     if !apt.is_empty() {
-        apt_install(&apt)?;
+        apt_install(&apt)
+            .with_context(|| format!("{} not found and apt-get install failed", apt.join(", ")))?;
     }
     if find("oha").is_none() {
         eprintln!("pair: oha not on PATH: cargo install oha --locked (takes a few minutes, once)");
         let status = Command::new("cargo")
             .args(["install", "oha", "--locked"])
             .status()
-            .context("run cargo install oha --locked")?;
+            .context("oha not found and cargo install oha --locked could not run")?;
         if !status.success() {
-            bail!("cargo install oha --locked failed ({status})");
+            bail!("oha not found and cargo install oha --locked failed ({status})");
         }
     }
     let nginx = find("nginx").context("nginx still not found after apt-get install nginx")?;
+    let haproxy =
+        find("haproxy").context("haproxy still not found after apt-get install haproxy")?;
     let wrk = find("wrk").context("wrk still not found after apt-get install wrk")?;
     let oha = find("oha").context(
         "oha still not found after cargo install oha (is $CARGO_HOME/bin on PATH or ~/.cargo/bin?)",
@@ -76,8 +85,17 @@ pub(crate) fn ensure() -> anyhow::Result<Tools> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
         .with_context(|| format!("run {} -v", nginx.display()))?;
+    // `haproxy -v`: "HAProxy version 2.6.12-1+deb12u4 2025/…", then more lines.
+    let haproxy_version = output(&haproxy, &["-v"])?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     Ok(Tools {
         nginx,
+        haproxy,
+        haproxy_version,
         wrk,
         oha,
         oha_json,
