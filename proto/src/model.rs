@@ -100,6 +100,16 @@ impl ObjectRef {
         }
     }
 
+    /// `namespace/name`, as the [`fmt::Display`] form, built without the formatting machinery
+    /// (it keys maps on the data path).
+    pub fn key(&self) -> String {
+        let mut k = String::with_capacity(self.namespace.len() + 1 + self.name.len());
+        k.push_str(&self.namespace);
+        k.push('/');
+        k.push_str(&self.name);
+        k
+    }
+
     /// Parses `namespace/name`, both DNS labels.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (ns, name) = s

@@ -138,6 +138,10 @@ where
 /// Removes hop-by-hop headers: `Connection` and every header it names, plus the fixed list.
 /// `TE: trailers` is kept (gRPC needs it end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one look at each name instead of a dozen removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -173,6 +177,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A header that is only for the hop it arrives on (RFC 9110 §7.6.1), or names others that are
+/// (`Connection`).
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    *n == header::CONNECTION
+        || *n == header::TE
+        || *n == header::TRANSFER_ENCODING
+        || *n == header::UPGRADE
+        || *n == header::PROXY_AUTHORIZATION
+        || *n == header::PROXY_AUTHENTICATE
+        || n == "keep-alive"
+        || n == "proxy-connection"
+}
+
 /// Whether a request asks to switch protocols (`Connection: upgrade` with `Upgrade:`).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -201,16 +218,19 @@ pub fn authority_of<B>(req: &Request<B>) -> Option<String> {
         })
 }
 
-/// Rewrites the URI to `http://authority/path?query`, keeping the path.
+/// Rewrites the URI to `http://authority/path?query`, keeping the path (moved, not parsed
+/// again: this runs on every request).
 pub fn set_absolute_uri<B>(req: &mut Request<B>, authority: &str) -> Result<(), ProxyError> {
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    *req.uri_mut() = format!("http://{authority}{pq}")
-        .parse()
-        .map_err(|e| ProxyError::BadRequest(format!("authority {authority:?}: {e}")))?;
+    let bad =
+        |e: &dyn std::fmt::Display| ProxyError::BadRequest(format!("authority {authority:?}: {e}"));
+    let parsed: http::uri::Authority = authority.parse().map_err(|e| bad(&e))?;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(parsed);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|e| bad(&e))?;
     Ok(())
 }
 
@@ -353,6 +373,54 @@ mod tests {
         names.sort();
         assert_eq!(names, ["te", "trailer", "x-end-to-end"]);
         assert_eq!(h[header::TE], "trailers");
+    }
+
+    /// The fast path (nothing hop-by-hop: nothing touched) must not skip a message that has
+    /// any one of them.
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in [
+            "connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), "gzip".parse().unwrap());
+            h.insert("x-end-to-end", "kept".parse().unwrap());
+            strip_hop_by_hop(&mut h);
+            let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+            assert_eq!(names, ["x-end-to-end"], "{name}");
+        }
+        let mut untouched = HeaderMap::new();
+        untouched.insert(header::HOST, "api.default".parse().unwrap());
+        untouched.insert(header::TRAILER, "grpc-status".parse().unwrap());
+        let before = untouched.clone();
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched, before);
+    }
+
+    #[test]
+    fn the_absolute_uri_keeps_path_and_query() {
+        for (uri, want) in [
+            ("/a/b?c=d", "http://api.default:8080/a/b?c=d"),
+            ("http://old:1/x?y", "http://api.default:8080/x?y"),
+            // OPTIONS * keeps its asterisk-form target (HTTP/2 :path "*").
+            ("*", "http://api.default:8080*"),
+        ] {
+            let mut req = Request::builder().uri(uri).body(()).unwrap();
+            set_absolute_uri(&mut req, "api.default:8080").unwrap();
+            assert_eq!(req.uri().to_string(), want, "{uri}");
+        }
+        let mut req = Request::builder().uri("/").body(()).unwrap();
+        let err = set_absolute_uri(&mut req, "bad host")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("authority \"bad host\""), "{err}");
     }
 
     #[test]

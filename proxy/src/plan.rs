@@ -25,10 +25,19 @@ pub struct Target {
 }
 
 impl Target {
-    /// `name.namespace:port`, the authority label of metrics.
+    /// `name.namespace:port`, the authority label of metrics (per request, so without the
+    /// formatting machinery).
     pub fn authority(&self) -> String {
         let id = &self.service.service.id;
-        format!("{}.{}:{}", id.name, id.namespace, self.port.port)
+        let mut port = itoa::Buffer::new();
+        let port = port.format(self.port.port);
+        let mut a = String::with_capacity(id.name.len() + id.namespace.len() + 2 + port.len());
+        a.push_str(&id.name);
+        a.push('.');
+        a.push_str(&id.namespace);
+        a.push(':');
+        a.push_str(port);
+        a
     }
 }
 
@@ -135,7 +144,7 @@ pub fn parse_authority(authority: &str) -> Option<(ObjectRef, Option<u16>)> {
 /// port 80.
 pub fn target_for(config: &MeshConfig, authority: &str) -> Option<Target> {
     let (service, port) = parse_authority(authority)?;
-    let held = config.services.get(&service.to_string())?;
+    let held = config.services.get(&service.key())?;
     let svc = &held.value.service;
     let port = match port {
         Some(p) => svc.port(p)?,
@@ -292,7 +301,7 @@ fn plan_backend(
     timeouts: Timeouts,
 ) -> Result<Plan, ProxyError> {
     let backend_port = backend.port.unwrap_or(target.port.port);
-    let key = backend.service.to_string();
+    let key = backend.service.key();
     let declared = config.services.get(&key).map(|s| &s.value.service);
     // The backend service's own declaration of the port wins; else the client-facing one's.
     let protocol = declared

@@ -388,3 +388,10 @@ proptest! {
         let _ = path_value(&s);
     }
 }
+
+#[test]
+fn an_object_refs_key_is_its_display_form() {
+    let r = ObjectRef::new("default", "reviews-v2");
+    assert_eq!(r.key(), r.to_string());
+    assert_eq!(r.key(), "default/reviews-v2");
+}

@@ -126,6 +126,11 @@ fn target_port_defaults() {
     let c = config(vec![svc("api", 8080, Protocol::Http1, vec![])], vec![]);
     assert_eq!(target_for(&c, "api.default").unwrap().port.port, 8080);
     assert_eq!(target_for(&c, "api.default:8080").unwrap().port.port, 8080);
+    // The metrics label names the service, whichever form the client used.
+    assert_eq!(
+        target_for(&c, "API.default.svc.").unwrap().authority(),
+        "api.default:8080"
+    );
     assert!(target_for(&c, "api.default:81").is_none());
     assert!(target_for(&c, "web.default").is_none());
 }
