@@ -133,23 +133,17 @@ impl Ctx {
 
     /// Counts a request as it arrives.
     pub fn count_request(&self, direction: &'static str, authority: &str, tls: bool) {
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                direction,
-                authority: authority.to_owned(),
-                tls: tls_label(tls),
-            })
-            .inc();
+        self.metrics.count_request(RequestLabels {
+            direction,
+            authority: authority.to_owned(),
+            tls: tls_label(tls),
+        });
     }
 
     /// Counts a response and its latency since `start`.
     pub fn count_response(&self, labels: ResponseLabels, start: Instant) {
         self.metrics
-            .latency
-            .get_or_create(&labels)
-            .observe(start.elapsed().as_secs_f64() * 1000.0);
-        self.metrics.responses.get_or_create(&labels).inc();
+            .count_response(labels, start.elapsed().as_secs_f64() * 1000.0);
     }
 }
 
