@@ -97,6 +97,8 @@ fn s(v: &Value) -> String {
 /// The proxy's explanation as text.
 pub fn render(v: &Value, method: &str, path: &str) -> String {
     let mut t = String::new();
+    // Whether an endpoint's latency estimate is high enough to need the note under the list.
+    let mut failed_estimate = false;
     let line = |t: &mut String, l: String| {
         t.push_str(&l);
         t.push('\n');
@@ -230,7 +232,14 @@ pub fn render(v: &Value, method: &str, path: &str) -> String {
                     detail
                 ),
             );
+            failed_estimate |= e["latency_ewma_ms"].as_f64().is_some_and(|ms| ms >= 500.0);
         }
+    }
+    if failed_estimate {
+        line(
+            &mut t,
+            "(a high ewma can come from failures: each failed request counts as at least 1 s in it, which steers the balancer away)".into(),
+        );
     }
     t
 }
@@ -262,5 +271,25 @@ mod tests {
         });
         let text = render(&v, "GET", "/x");
         assert!(text.contains("x-weft-error: no-route"), "{text}");
+    }
+
+    #[test]
+    fn an_estimate_made_of_failures_is_explained() {
+        let with = |ewma: f64| {
+            json!({
+                "authority": "api.default:80", "mesh": true, "service": "default/api", "port": 80,
+                "protocol": "http1",
+                "backends": [{"service": "default/api-v2", "weight": 1, "share": 1.0,
+                    "traffic_policy": {"load_balancer": "peak-ewma", "max_pending_requests": 10,
+                        "outlier_detection": {"consecutive_failures": 5, "max_ejection_percent": 50}},
+                    "endpoints": [{"address": "10.0.0.2:80", "identity": "spiffe://td/ns/default/sa/api",
+                        "state": "active", "latency_ewma_ms": ewma, "in_flight": 0, "consecutive_failures": 1}]}],
+            })
+        };
+        let note = "each failed request counts as at least 1 s";
+        let text = render(&with(997.0), "GET", "/");
+        assert!(text.contains("ewma 997"), "{text}");
+        assert!(text.contains(note), "{text}");
+        assert!(!render(&with(12.5), "GET", "/").contains(note));
     }
 }
