@@ -13,7 +13,6 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
-use weft_proto::client;
 use weft_proto::discovery::v1::aggregated_discovery_client::AggregatedDiscoveryClient;
 use weft_proto::discovery::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use weft_proto::mesh::v1 as pb;
@@ -63,15 +62,7 @@ impl Discovery {
     }
 
     async fn session(&self, backoff: &mut Backoff) -> anyhow::Result<()> {
-        let bundle = self.identity.bundle();
-        let td = bundle.trust_domain().clone();
-        let channel = client::connect(
-            &self.cp.addr,
-            bundle,
-            client::control_plane_id(&td),
-            Some(self.identity.svid().certified),
-        )
-        .await?;
+        let channel = self.identity.connect(&self.cp.addr).await?;
         let (tx, rx) = mpsc::channel(16);
         let held = self.config.borrow().clone();
         for (i, type_url) in TYPES.iter().enumerate() {

@@ -43,6 +43,14 @@ impl Identity {
             .unwrap_or_else(|e| e.into_inner().0.clone())
     }
 
+    /// An mTLS channel to the control plane at `addr`, presenting the current certificate and
+    /// requiring the control plane's identity in the current trust bundle's domain.
+    pub async fn connect(&self, addr: &str) -> Result<tonic::transport::Channel, ClientError> {
+        let bundle = self.bundle();
+        let expected = client::control_plane_id(bundle.trust_domain());
+        client::connect(addr, bundle, expected, Some(self.svid().certified)).await
+    }
+
     pub fn bundle(&self) -> Arc<TrustBundle> {
         self.bundle
             .read()
@@ -150,14 +158,7 @@ async fn renew(identity: &Identity, cp: &ControlPlane) -> Result<Svid, IdentityE
         return certify_with_token(cp, bundle).await;
     }
     let current = identity.svid();
-    let td = bundle.trust_domain().clone();
-    let channel = client::connect(
-        &cp.addr,
-        bundle,
-        client::control_plane_id(&td),
-        Some(current.certified.clone()),
-    )
-    .await?;
+    let channel = identity.connect(&cp.addr).await?;
     let key = WorkloadKey::generate().map_err(ClientError::from)?;
     let got = client::certify(channel, &key, Some(&current.id), "", cp.cert_ttl).await?;
     Ok(got.svid)

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
-use weft_proto::client;
 use weft_proto::mesh::v1 as pb;
 use weft_proto::model::ObjectRef;
 use weft_proto::registry::v1::RegisterRequest;
@@ -80,15 +79,7 @@ impl Registrar {
         tokio::pin!(stopped);
         let r = &self.registration;
         let open = async {
-            let bundle = self.identity.bundle();
-            let td = bundle.trust_domain().clone();
-            let channel = client::connect(
-                &self.cp.addr,
-                bundle,
-                client::control_plane_id(&td),
-                Some(self.identity.svid().certified),
-            )
-            .await?;
+            let channel = self.identity.connect(&self.cp.addr).await?;
             tx.send(RegisterRequest {
                 endpoints: vec![pb::Endpoint {
                     namespace: r.service.namespace.clone(),
