@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use weft_control_plane::ctl::scrape;
+
 use super::process::http_get;
 use super::setup::{BODY, WeftProxy};
 
@@ -73,8 +75,8 @@ impl SplitCounts {
     /// Reads the counters now from the three proxies' admin ports.
     pub(crate) fn read(client: SocketAddr, v1: SocketAddr, v2: SocketAddr) -> anyhow::Result<Self> {
         Ok(Self {
-            v1: metric_sum(v1, "request_total", Some(r#"direction="inbound""#))?,
-            v2: metric_sum(v2, "request_total", Some(r#"direction="inbound""#))?,
+            v1: metric_sum(v1, "request_total", INBOUND)?,
+            v2: metric_sum(v2, "request_total", INBOUND)?,
             retries: metric_sum(client, "retries_total", None)?,
         })
     }
@@ -111,7 +113,6 @@ pub(crate) fn wait_both_backends(
         .upstream
         .context("the split client proxy has no upstream port")?;
     let deadline = Instant::now() + timeout;
-    let inbound = Some(r#"direction="inbound""#);
     let mut sent = 0u64;
     loop {
         let (status, body) = http_get(upstream, "/", Duration::from_secs(2))?;
@@ -124,8 +125,8 @@ pub(crate) fn wait_both_backends(
             );
         }
         let seen = (
-            metric_sum(v1.admin, "request_total", inbound)?,
-            metric_sum(v2.admin, "request_total", inbound)?,
+            metric_sum(v1.admin, "request_total", INBOUND)?,
+            metric_sum(v2.admin, "request_total", INBOUND)?,
         );
         if seen.0 > 0 && seen.1 > 0 {
             return Ok(());
@@ -142,36 +143,27 @@ pub(crate) fn wait_both_backends(
     }
 }
 
+/// The samples of the inbound side.
+const INBOUND: Option<(&str, &str)> = Some(("direction", "inbound"));
+
 /// The sum of a counter's samples in the proxy's `/metrics` (every label set, or only those
-/// whose labels contain `label`).
-fn metric_sum(admin: SocketAddr, name: &str, label: Option<&str>) -> anyhow::Result<u64> {
+/// with `label`).
+fn metric_sum(admin: SocketAddr, name: &str, label: Option<(&str, &str)>) -> anyhow::Result<u64> {
     let (status, text) = http_get(admin, "/metrics", Duration::from_secs(2))?;
     if status != 200 {
         bail!("GET http://{admin}/metrics: {status}");
     }
-    Ok(sum_samples(&text, name, label))
+    sum_samples(&text, name, label).with_context(|| format!("http://{admin}/metrics"))
 }
 
-fn sum_samples(text: &str, name: &str, label: Option<&str>) -> u64 {
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once("} ")?,
-                None => ("", rest.strip_prefix(' ')?),
-            };
-            if label.is_some_and(|want| !labels.contains(want)) {
-                return None;
-            }
-            // Counters are integers, written as such or as floats ("12" or "12.0").
-            let v: f64 = value.split_whitespace().next()?.parse().ok()?;
-            Some(v as u64)
-        })
-        .sum()
+/// Counters are integers, written as such or as floats ("12" or "12.0").
+fn sum_samples(text: &str, name: &str, label: Option<(&str, &str)>) -> anyhow::Result<u64> {
+    Ok(scrape::sum(&scrape::parse(text)?, name, label) as u64)
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -185,11 +177,11 @@ request_total_created{direction=\"inbound\"} 1700000000.5
 retries_total{backend=\"default/api-v2\",route=\"default/api-split\"} 3
 # EOF
 ";
-        let inbound = Some(r#"direction="inbound""#);
-        assert_eq!(sum_samples(text, "request_total", inbound), 100);
-        assert_eq!(sum_samples(text, "request_total", None), 107);
-        assert_eq!(sum_samples(text, "retries_total", None), 3);
-        assert_eq!(sum_samples(text, "response_total", None), 0);
+        assert_eq!(sum_samples(text, "request_total", INBOUND).unwrap(), 100);
+        assert_eq!(sum_samples(text, "request_total", None).unwrap(), 107);
+        assert_eq!(sum_samples(text, "retries_total", None).unwrap(), 3);
+        assert_eq!(sum_samples(text, "response_total", None).unwrap(), 0);
+        assert!(sum_samples("request_total{x} 1", "request_total", None).is_err());
         let c = SplitCounts {
             v1: 900,
             v2: 100,

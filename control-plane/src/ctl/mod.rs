@@ -7,6 +7,7 @@
 //! - [`registry`]: `register` / `deregister` of endpoints outside the mesh.
 //! - [`explain`]: `explain`, asking a proxy's admin port what it would do with a request.
 //! - [`demo`]: `demo`, a whole mesh on one machine with a live view of it.
+//! - [`scrape`]: reading a proxy's Prometheus `/metrics`.
 
 pub mod config;
 pub mod context;
@@ -14,6 +15,7 @@ pub mod demo;
 pub mod explain;
 pub mod pki;
 pub mod registry;
+pub mod scrape;
 mod table;
 
 pub use config::{ApplyArgs, GetArgs, GetKind, Output, apply, delete_files, delete_objects, get};

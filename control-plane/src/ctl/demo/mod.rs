@@ -12,7 +12,6 @@
 
 mod apps;
 mod procs;
-mod scrape;
 mod view;
 
 use std::io::{IsTerminal as _, Write};
@@ -608,7 +607,8 @@ async fn scrape_all(admins: &[SocketAddr], counts: &apps::Counts) -> anyhow::Res
         if status != 200 {
             bail!("GET http://{admin}/metrics: {status}");
         }
-        let samples = scrape::parse(&text).with_context(|| format!("http://{admin}/metrics"))?;
+        let samples =
+            super::scrape::parse(&text).with_context(|| format!("http://{admin}/metrics"))?;
         members.push(Counters::from_samples(&samples));
     }
     Ok(Snapshot {

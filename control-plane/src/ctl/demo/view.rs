@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::scrape::{Buckets, Sample};
+use crate::ctl::scrape::{Buckets, Sample};
 
 /// A proxy the view reads, and who it is.
 #[derive(Debug, Clone)]
@@ -395,8 +395,8 @@ pub(crate) fn line(s: &Stats, elapsed: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::scrape::parse;
     use super::*;
+    use crate::ctl::scrape::parse;
 
     const TD: &str = "spiffe://demo.weft/ns/demo/sa/";
 

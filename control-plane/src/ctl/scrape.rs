@@ -1,19 +1,19 @@
 //! Reading a proxy's `/metrics`: the Prometheus text exposition format, samples only (`# HELP`,
-//! `# TYPE` and `# EOF` lines are skipped), and the few sums the demo's view needs.
+//! `# TYPE` and `# EOF` lines are skipped). Used by `weftctl demo`'s view and the benchmarks.
 
 use std::fmt;
 
 /// One sample line: `name{label="value",…} 12.5`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Sample {
-    pub(crate) name: String,
-    pub(crate) labels: Vec<(String, String)>,
-    pub(crate) value: f64,
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
 }
 
 impl Sample {
     /// The value of a label, `""` when the sample does not have it.
-    pub(crate) fn label(&self, name: &str) -> &str {
+    pub fn label(&self, name: &str) -> &str {
         self.labels
             .iter()
             .find(|(k, _)| k == name)
@@ -23,9 +23,9 @@ impl Sample {
 
 /// A line that is not a sample, with its number (1-based) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ParseError {
-    pub(crate) line: usize,
-    pub(crate) reason: &'static str,
+pub struct ParseError {
+    pub line: usize,
+    pub reason: &'static str,
 }
 
 impl fmt::Display for ParseError {
@@ -37,7 +37,7 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 /// Every sample of an exposition, in order.
-pub(crate) fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
+pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -127,13 +127,23 @@ fn parse_labels<'a>(
     }
 }
 
+/// The sum of the samples of `name` whose labels include `label` (`(name, value)`), or of all
+/// its samples without one.
+pub fn sum(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name && label.is_none_or(|(k, v)| s.label(k) == v))
+        .map(|s| s.value)
+        .sum()
+}
+
 /// A histogram's cumulative bucket counts, `(upper bound, count)` by bound.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Buckets(pub(crate) Vec<(f64, f64)>);
+pub struct Buckets(pub Vec<(f64, f64)>);
 
 impl Buckets {
     /// Adds a `_bucket` sample's count to its bound (summing across label sets).
-    pub(crate) fn add(&mut self, le: f64, count: f64) {
+    pub fn add(&mut self, le: f64, count: f64) {
         match self.0.iter_mut().find(|(b, _)| *b == le) {
             Some((_, c)) => *c += count,
             None => {
@@ -144,7 +154,7 @@ impl Buckets {
     }
 
     /// The counts since `earlier` (same bounds; a bound `earlier` lacks counts from 0).
-    pub(crate) fn since(&self, earlier: &Buckets) -> Buckets {
+    pub fn since(&self, earlier: &Buckets) -> Buckets {
         Buckets(
             self.0
                 .iter()
@@ -163,7 +173,7 @@ impl Buckets {
     /// The `q` quantile (0..=1), interpolated linearly inside its bucket as Prometheus'
     /// `histogram_quantile` does; `None` without observations. Above the last finite bound it
     /// is that bound.
-    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
+    pub fn quantile(&self, q: f64) -> Option<f64> {
         let total = self.0.last()?.1;
         if total <= 0.0 {
             return None;
@@ -219,6 +229,15 @@ tcp_open_connections 4 1700000000000
         assert_eq!(s[3].label("le"), "+Inf");
         assert_eq!(s[4].labels, vec![]);
         assert_eq!(s[4].value, 4.0);
+    }
+
+    #[test]
+    fn sums_by_name_and_label() {
+        let s = parse(TEXT).unwrap();
+        assert_eq!(sum(&s, "response_total", None), 43.0);
+        assert_eq!(sum(&s, "response_total", Some(("status_code", "503"))), 2.0);
+        assert_eq!(sum(&s, "response_total", Some(("status_code", "500"))), 0.0);
+        assert_eq!(sum(&s, "request_total", None), 0.0);
     }
 
     #[test]
