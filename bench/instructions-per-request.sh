@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Instructions per request of a client weft-proxy, counted by callgrind: a repeatable measure of
-# the proxy's own (user-space) work, unlike wall-clock runs on a shared machine.
+# Instructions per request of a weft-proxy, counted by callgrind: a repeatable measure of the
+# proxy's own (user-space) work, unlike wall-clock runs on a shared machine.
 #
-#   bash bench/instructions-per-request.sh [PROXY_BIN] [BIN_DIR]
+#   [MEMBER=loadgen|api-v1] bash bench/instructions-per-request.sh [PROXY_BIN] [BIN_DIR]
+#
+# MEMBER picks the demo member whose proxy is measured: `loadgen` (the default) is a pure client
+# proxy (HTTP/1.1 in, mTLS HTTP/2 out), `api-v1` a pure server proxy (mTLS HTTP/2 in, HTTP/1.1
+# to its app; it gets about 90 % of the requests).
 #
 # Runs `weftctl demo` (from BIN_DIR, default target/release) at 100 requests per second with
-# the `loadgen` member's proxy (HTTP/1.1 in, mTLS HTTP/2 out) under valgrind, zeroes the counts
+# that member's proxy under valgrind, zeroes the counts
 # after a warm-up, counts 10 s of traffic, and prints the instructions per request. The
 # profile is left in $WORK/cg.out.1 for `callgrind_annotate --inclusive=yes`. See
 # docs/benchmarks.md, "Instructions per request".
 set -euo pipefail
+member=${MEMBER:-loadgen}
+case $member in loadgen|web|api-v1|api-v2) ;; *) echo "MEMBER must be loadgen, web, api-v1 or api-v2" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 bin_dir=$(realpath "${2:-target/release}")
 proxy=$(realpath "${1:-$bin_dir/weft-proxy}")
@@ -23,11 +29,11 @@ demo_pid=""
 cleanup() { [ -n "$demo_pid" ] && kill -INT "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null; true; }
 trap cleanup EXIT
 
-# A bin dir for the demo whose weft-proxy runs the loadgen member under callgrind.
+# A bin dir for the demo whose weft-proxy runs the measured member under callgrind.
 ln -s "$bin_dir/weft-control-plane" "$work/weft-control-plane"
 cat > "$work/weft-proxy" <<WRAP
 #!/bin/bash
-if [[ " \$* " == *" --node-id loadgen "* ]]; then
+if [[ " \$* " == *" --node-id $member "* ]]; then
   exec valgrind --tool=callgrind --callgrind-out-file=$work/cg.out "$proxy" "\$@"
 fi
 exec "$proxy" "\$@"
@@ -38,16 +44,16 @@ chmod +x "$work/weft-proxy"
   -o json > "$work/demo.json" 2> "$work/demo.log" &
 demo_pid=$!
 
-# The loadgen proxy's admin port, from the demo's progress lines.
+# The measured proxy's admin port, from the demo's progress lines.
 admin=""
 for _ in $(seq 1 600); do
-  admin=$(grep -o 'weft-proxy for loadgen as [^ ]*, admin http://[0-9.:]*' "$work/demo.log" | sed 's|.*http://||' || true)
+  admin=$(grep -o "weft-proxy for $member as [^ ]*, admin http://[0-9.:]*" "$work/demo.log" | sed 's|.*http://||' || true)
   [ -n "$admin" ] && grep -q "traffic:" "$work/demo.log" && break
   kill -0 "$demo_pid" 2>/dev/null || { cat "$work/demo.log" >&2; exit 1; }
   sleep 0.1
 done
 [ -n "$admin" ] || { echo "the demo did not start within 60 s" >&2; cat "$work/demo.log" >&2; exit 1; }
-pid=$(pgrep -f -- "--node-id loadgen" | head -1)
+pid=$(pgrep -f -- "--node-id $member( |$)" | head -1)
 count() { curl -s "http://$admin/metrics" | awk '/^response_total/ {s+=$NF} END {print s+0}'; }
 
 sleep 10   # warm-up: connections made, caches filled
@@ -58,7 +64,7 @@ c1=$(count)
 callgrind_control -d "$pid" >/dev/null
 total=$(callgrind_annotate "$work/cg.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
 requests=$((c1 - c0))
-echo "proxy: $proxy"
+echo "proxy: $proxy ($member)"
 echo "requests: $requests (including the demo's own /metrics scrapes, about 10)"
 echo "instructions: $total"
 echo "instructions per request: $((total / requests))"
