@@ -234,6 +234,23 @@ pub fn set_absolute_uri<B>(req: &mut Request<B>, authority: &str) -> Result<(), 
     Ok(())
 }
 
+/// Rewrites the request for HTTP/1.1 on the wire: the origin-form target (`/path?query`, or
+/// `*`) and `authority` in `Host`.
+pub fn set_origin_form<B>(req: &mut Request<B>, authority: &str) -> Result<(), ProxyError> {
+    let host = HeaderValue::from_str(authority)
+        .map_err(|e| ProxyError::BadRequest(format!("authority {authority:?}: {e}")))?;
+    let path = std::mem::take(req.uri_mut())
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path);
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
+    req.headers_mut().insert(header::HOST, host);
+    Ok(())
+}
+
 /// Sends an `Upgrade` request over a fresh HTTP/1.1 connection on `io` and, when the server
 /// switches protocols, splices the two upgraded connections. Returns the server's response.
 pub async fn forward_upgrade<IO>(
@@ -255,21 +272,14 @@ where
             debug!(error = %e, "upgrade connection ended with an error");
         }
     });
-    // HTTP/1 on the wire: origin-form request target, the authority in Host.
+    // HTTP/1 on the wire: origin-form request target, the authority in Host (one the
+    // client sent wins).
     if let Some(authority) = req.uri().authority().cloned() {
-        req.headers_mut().entry(header::HOST).or_insert(
-            HeaderValue::from_str(authority.as_str())
-                .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
-        );
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_owned();
-        *req.uri_mut() = pq
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
+        let host = req.headers_mut().remove(header::HOST);
+        set_origin_form(&mut req, authority.as_str())?;
+        if let Some(host) = host {
+            req.headers_mut().insert(header::HOST, host);
+        }
     }
     *req.version_mut() = Version::HTTP_11;
     let mut resp = sender
@@ -421,6 +431,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("authority \"bad host\""), "{err}");
+    }
+
+    #[test]
+    fn the_origin_form_keeps_path_and_query_and_sets_host() {
+        for (uri, want) in [
+            ("http://old:1/a/b?c=d", "/a/b?c=d"),
+            ("/x", "/x"),
+            ("http://old:1", "/"),
+            ("*", "*"),
+        ] {
+            let mut req = Request::builder()
+                .uri(uri)
+                .header(header::HOST, "stale")
+                .body(())
+                .unwrap();
+            set_origin_form(&mut req, "api.default:8080").unwrap();
+            assert_eq!(req.uri().to_string(), want, "{uri}");
+            assert_eq!(req.headers()[header::HOST], "api.default:8080");
+            assert_eq!(req.headers().get_all(header::HOST).iter().count(), 1);
+        }
+        let mut req = Request::builder().uri("/").body(()).unwrap();
+        let err = set_origin_form(&mut req, "bad\nhost")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("authority"), "{err}");
     }
 
     #[test]

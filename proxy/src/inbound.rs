@@ -21,7 +21,7 @@ use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
 use crate::http::{
     CLIENT_ID, Http, ORIG_PROTO, authority_of, forward_upgrade, is_upgrade, serve,
-    set_absolute_uri, strip_hop_by_hop,
+    set_absolute_uri, set_origin_form, strip_hop_by_hop,
 };
 use crate::listen::{App, Ctx, MtlsMode};
 use crate::metrics::ResponseLabels;
@@ -189,34 +189,40 @@ async fn to_app(
         )
         .await;
     }
-    set_absolute_uri(&mut req, authority)?;
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(http::header::HOST);
-    parts.version = if from_http1 {
-        Version::HTTP_11
+    let resp = if from_http1 {
+        set_origin_form(&mut req, authority)?;
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = Version::HTTP_11;
+        app.http1
+            .send(Request::from_parts(parts, streamed(body)))
+            .await?
     } else {
-        Version::HTTP_2
+        set_absolute_uri(&mut req, authority)?;
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(http::header::HOST);
+        parts.version = Version::HTTP_2;
+        app.http2
+            .request(Request::from_parts(parts, streamed(body)))
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    ProxyError::ConnectFailed {
+                        addr: app.addr.to_string(),
+                        reason: format!("{e:#}"),
+                    }
+                } else {
+                    ProxyError::Upstream {
+                        addr: app.addr.to_string(),
+                        reason: format!("{e:#}"),
+                        refused: false,
+                    }
+                }
+            })?
+            .map(streamed)
     };
-    let pool = if from_http1 { &app.http1 } else { &app.http2 };
-    let resp = pool
-        .request(Request::from_parts(parts, streamed(body)))
-        .await
-        .map_err(|e| {
-            if e.is_connect() {
-                ProxyError::ConnectFailed {
-                    addr: app.addr.to_string(),
-                    reason: format!("{e:#}"),
-                }
-            } else {
-                ProxyError::Upstream {
-                    addr: app.addr.to_string(),
-                    reason: format!("{e:#}"),
-                    refused: false,
-                }
-            }
-        })?;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, streamed(body)))
+    Ok(Response::from_parts(parts, body))
 }

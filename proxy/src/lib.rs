@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod peers;
 pub mod plan;
+pub mod pool;
 pub mod registration;
 pub mod resources;
 pub mod retry;
@@ -208,10 +209,12 @@ impl Proxy {
             settings: config.data.clone(),
             metrics: metrics.clone(),
             drain: drain_watch,
-            app: config
-                .inbound
-                .as_ref()
-                .map(|i| App::new(SocketAddr::from(([127, 0, 0, 1], i.app_port)))),
+            app: config.inbound.as_ref().map(|i| {
+                App::new(
+                    SocketAddr::from(([127, 0, 0, 1], i.app_port)),
+                    config.data.connect_timeout,
+                )
+            }),
             outside: listen::outside_client(),
             balancers: balancers.clone(),
             budgets: retry::Budgets::default(),

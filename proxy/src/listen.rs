@@ -19,6 +19,7 @@ use crate::body::Body;
 use crate::drain;
 use crate::metrics::{Metrics, RequestLabels, ResponseLabels, TcpLabels};
 use crate::peers::Peers;
+use crate::pool::Http1Pool;
 use crate::resources::MeshConfig;
 use crate::retry::Budgets;
 use crate::tls::MeshTls;
@@ -87,23 +88,31 @@ impl tower::Service<http::Uri> for AppConnector {
     }
 }
 
-/// Keep-alive pools to the local application, one per HTTP version it may speak.
+/// How long an idle keep-alive connection to the application is kept.
+pub const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Keep-alive pools to the local application, one per HTTP version it may speak. HTTP/1.1,
+/// the common case and one exchange per connection, has its own lean pool
+/// ([`crate::pool`]); HTTP/2 multiplexes one connection through hyper-util's client.
 #[derive(Debug, Clone)]
 pub struct App {
     pub addr: SocketAddr,
-    pub http1: Client<AppConnector, Body>,
+    pub http1: Arc<Http1Pool>,
     pub http2: Client<AppConnector, Body>,
 }
 
 impl App {
-    pub fn new(addr: SocketAddr) -> Self {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
+    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
+        let http2 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60));
-        let http1 = builder.build(AppConnector(addr));
-        let http2 = builder.http2_only(true).build(AppConnector(addr));
-        Self { addr, http1, http2 }
+            .pool_idle_timeout(APP_IDLE_TIMEOUT)
+            .http2_only(true)
+            .build(AppConnector(addr));
+        Self {
+            addr,
+            http1: Http1Pool::new(addr, connect_timeout, APP_IDLE_TIMEOUT),
+            http2,
+        }
     }
 }
 
