@@ -64,17 +64,18 @@ where
         last: std::sync::Mutex::new(tokio::time::Instant::now()),
     });
     let seen = activity.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        let handler = handler.clone();
+    // The handler's future, counted in and out of the connection's activity.
+    let track = move |req| {
         let seen = seen.clone();
+        let handled = handler(req);
         async move {
             seen.in_flight.fetch_add(1, Ordering::AcqRel);
-            let resp = handler(req).await;
+            let resp = handled.await;
             *seen.last.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
             seen.in_flight.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, Infallible>(resp)
         }
-    });
+    };
     // Resolves once the connection has had no request in flight for `idle`.
     let idle_out = async move {
         loop {
@@ -93,7 +94,9 @@ where
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30));
-            let conn = builder.serve_connection(io, svc).with_upgrades();
+            let conn = builder
+                .serve_connection(io, hyper::service::service_fn(track))
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
@@ -114,6 +117,9 @@ where
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
                 .max_concurrent_streams(1024);
+            // hyper spawns a task per stream and moves the request's future several times
+            // on the way; boxed, each move is a pointer's (docs/benchmarks.md).
+            let svc = hyper::service::service_fn(move |req| Box::pin(track(req)));
             let conn = builder.serve_connection(io, svc);
             tokio::pin!(conn);
             tokio::select! {

@@ -103,26 +103,37 @@ where
     }
 }
 
+/// The verified client of an mTLS connection, and its ID as the header the application gets.
+#[derive(Debug)]
+struct Client {
+    id: SpiffeId,
+    header: HeaderValue,
+}
+
 async fn serve_http<S>(ctx: Arc<Ctx>, app: App, stream: S, http: Http, client: Option<SpiffeId>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let client = match client.map(|id| HeaderValue::from_str(id.as_str()).map(|h| (id, h))) {
+        None => None,
+        Some(Ok((id, header))) => Some(Arc::new(Client { id, header })),
+        Some(Err(e)) => return debug!(error = %e, "a SPIFFE ID that is no header value; closing"),
+    };
     let drain = ctx.drain.clone();
-    let client: Option<Arc<SpiffeId>> = client.map(Arc::new);
     let idle = ctx.settings.http_idle_timeout;
+    // Per request, only what the request future must own: it is moved into a task of its own
+    // for every HTTP/2 stream, so its size is copied on every request.
+    let app = Arc::new(app);
     serve(stream, http, &drain, idle, move |req| {
-        let ctx = ctx.clone();
-        let app = app.clone();
-        let client = client.clone();
-        async move { request(ctx, app, client, req).await }
+        request(ctx.clone(), app.clone(), client.clone(), req)
     })
     .await;
 }
 
 async fn request(
     ctx: Arc<Ctx>,
-    app: App,
-    client: Option<Arc<SpiffeId>>,
+    app: Arc<App>,
+    client: Option<Arc<Client>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -148,7 +159,7 @@ async fn request(
             authority,
             status_code: resp.status().as_u16(),
             tls: crate::listen::tls_label(tls),
-            client_id: client.map(|c| c.to_string()).unwrap_or_default(),
+            client_id: client.map(|c| c.id.to_string()).unwrap_or_default(),
             server_id: String::new(),
             error,
         },
@@ -160,34 +171,20 @@ async fn request(
 async fn to_app(
     ctx: &Ctx,
     app: &App,
-    client: Option<&SpiffeId>,
+    client: Option<&Client>,
     authority: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let headers = req.headers_mut();
     headers.remove(CLIENT_ID);
-    if let Some(id) = client {
-        let value = HeaderValue::from_str(id.as_str())
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        headers.insert(CLIENT_ID, value);
+    if let Some(c) = client {
+        headers.insert(CLIENT_ID, c.header.clone());
     }
     let from_http1 = headers.remove(ORIG_PROTO).is_some_and(|v| v == "HTTP/1.1")
         || req.version() < Version::HTTP_2;
     if is_upgrade(&req) {
-        let tcp = TcpStream::connect(app.addr)
-            .await
-            .map_err(|e| ProxyError::ConnectFailed {
-                addr: app.addr.to_string(),
-                reason: e.to_string(),
-            })?;
-        return forward_upgrade(
-            req,
-            tcp,
-            ctx.metrics.clone(),
-            DIRECTION,
-            ctx.settings.tcp_idle_timeout,
-        )
-        .await;
+        // Boxed: rare, and its future would otherwise grow every request's.
+        return Box::pin(upgrade(ctx, app, req)).await;
     }
     let resp = if from_http1 {
         set_origin_form(&mut req, authority)?;
@@ -225,4 +222,25 @@ async fn to_app(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))
+}
+/// An `Upgrade` request, on a connection of its own to the application.
+async fn upgrade(
+    ctx: &Ctx,
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let tcp = TcpStream::connect(app.addr)
+        .await
+        .map_err(|e| ProxyError::ConnectFailed {
+            addr: app.addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    forward_upgrade(
+        req,
+        tcp,
+        ctx.metrics.clone(),
+        DIRECTION,
+        ctx.settings.tcp_idle_timeout,
+    )
+    .await
 }

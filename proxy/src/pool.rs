@@ -104,7 +104,8 @@ impl Http1Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: connecting is rare, and its future would otherwise grow every request's.
+        let mut sender = Box::pin(self.connect()).await?;
         let resp = sender
             .send_request(req)
             .await
