@@ -10,7 +10,6 @@ use std::time::Instant;
 use futures_util::{FutureExt as _, StreamExt as _};
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Incoming;
 use tracing::{debug, info};
 use weft_certs::SpiffeId;
 use weft_proto::model::{Retry, RetryPolicy};
@@ -20,6 +19,7 @@ use crate::body::Body;
 use crate::error::{ERROR_HEADER, ProxyError};
 use crate::listen::Ctx;
 use crate::metrics::{EjectionLabels, RetryLabels};
+use crate::peers::ResponseBody;
 use crate::plan::Plan;
 use crate::retry::{self, Failure, RequestBody};
 
@@ -234,7 +234,7 @@ async fn attempt(
         if peek_grpc {
             Ok(peek_grpc_status(resp))
         } else {
-            Ok((resp.map(crate::body::streamed), None))
+            Ok((resp.map(BodyExt::boxed), None))
         }
     };
     // `Err(None)`: the per-try timeout ran out; `Err(Some(e))`: the exchange failed.
@@ -292,22 +292,19 @@ async fn attempt(
 /// trailers if they are the body's first frame and already here (an error without messages).
 /// Never waits for the body: a streaming call's first message may be far off, and its headers
 /// must reach the client now. The body is given back whole either way.
-fn peek_grpc_status(resp: Response<Incoming>) -> (Response<Body>, Option<u16>) {
+fn peek_grpc_status(resp: Response<ResponseBody>) -> (Response<Body>, Option<u16>) {
     let parse = |h: &http::HeaderMap| {
         h.get("grpc-status")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u16>().ok())
     };
     if let Some(code) = parse(resp.headers()) {
-        return (resp.map(crate::body::streamed), Some(code));
+        return (resp.map(BodyExt::boxed), Some(code));
     }
     let (parts, mut body) = resp.into_parts();
     // Only what is already here: `None` means nothing has arrived yet.
     let Some(first) = body.frame().now_or_never() else {
-        return (
-            Response::from_parts(parts, crate::body::streamed(body)),
-            None,
-        );
+        return (Response::from_parts(parts, body.boxed()), None);
     };
     let code = match &first {
         Some(Ok(f)) => f.trailers_ref().and_then(parse),

@@ -7,48 +7,102 @@
 //! each opening their own) and sweeps out endpoints whose connections have closed. More than
 //! one connection per endpoint was measured and dropped: with 32 concurrent requests, four
 //! connections gave 2–5 % less throughput than one (docs/benchmarks.md).
+//!
+//! HTTP/2 is the `h2` crate's client, used directly (`conn`): the request's own task opens its
+//! stream and waits for the response, and only the connection's driver is a task of its own.
+//! hyper's client, used before, handed each request to its connection task over a channel and
+//! spawned a task per request to wait for the response; that was ~8 % of a request's
+//! instructions (docs/benchmarks.md). The bodies' plumbing, which hyper provided, is in
+//! `stream`: a request body is piped into its stream by a task (only if it is not empty), and
+//! the response body reads the stream.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tracing::{Instrument, debug, info_span};
+use tracing::debug;
 use weft_certs::SpiffeId;
 
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::tls::{ALPN_H2, MeshTls};
 
+mod conn;
+mod stream;
+
+use conn::{Conn, SendError};
+pub use stream::ResponseBody;
+
 /// The connection to one endpoint (address and identity).
 #[derive(Debug, Default)]
 struct Pool {
-    conn: Mutex<Option<SendRequest<Body>>>,
+    conn: Mutex<Option<Conn>>,
     /// Held while connecting.
     connecting: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
     /// The open connection, if it can take a request.
-    fn ready(&self) -> Option<SendRequest<Body>> {
+    fn ready(&self) -> Option<Conn> {
         let c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        c.as_ref().filter(|s| s.is_ready()).cloned()
+        c.as_ref().filter(|c| !c.is_closed()).cloned()
     }
 
-    fn set(&self, s: SendRequest<Body>) {
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    fn set(&self, c: Conn) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
     }
 
     fn is_closed(&self) -> bool {
         let c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        c.as_ref().is_none_or(SendRequest::is_closed)
+        c.as_ref().is_none_or(Conn::is_closed)
+    }
+
+    /// Sends `req` on the pool's connection, made by `dial` when there is none or it has
+    /// closed. A request the connection refused before sending any of it (it was closing) is
+    /// sent once more on a new connection.
+    async fn send<F>(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+        dial: impl Fn() -> F,
+    ) -> Result<Response<ResponseBody>, ProxyError>
+    where
+        F: Future<Output = Result<Conn, ProxyError>>,
+    {
+        let conn = match self.ready() {
+            Some(c) => c,
+            None => self.reconnect(&dial).await?,
+        };
+        match conn.send(req).await {
+            Ok(resp) => Ok(resp),
+            Err(SendError::Closed(req, e)) => {
+                debug!(%addr, error = %e, "connection closed before the request was sent; reconnecting");
+                let conn = self.reconnect(&dial).await?;
+                conn.send(*req).await.map_err(|e| upstream(addr, &e))
+            }
+            Err(e) => Err(upstream(addr, &e)),
+        }
+    }
+
+    /// A new connection, unless another request made one while this one waited for its turn.
+    /// (A connection that refused a request is marked closed, so it is never the one found.)
+    async fn reconnect<F>(&self, dial: impl Fn() -> F) -> Result<Conn, ProxyError>
+    where
+        F: Future<Output = Result<Conn, ProxyError>>,
+    {
+        let _connecting = self.connecting.lock().await;
+        if let Some(c) = self.ready() {
+            return Ok(c);
+        }
+        let c = dial().await?;
+        self.set(c.clone());
+        Ok(c)
     }
 }
 
@@ -114,33 +168,18 @@ impl Peers {
         Ok(tls)
     }
 
-    /// Sends `req` on the shared HTTP/2 connection to the endpoint. A request the connection
-    /// refused before sending (it was closing) is sent once more on a new connection.
+    /// Sends `req` on the shared HTTP/2 connection to the endpoint and returns the response
+    /// head; the body streams from the peer as it is read. A request the connection refused
+    /// before sending (it was closing) is sent once more on a new connection.
     pub async fn send(
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         let pool = self.pool(addr, identity);
-        let mut sender = match pool.ready() {
-            Some(s) => s,
-            None => self.reconnect(&pool, addr, identity, false).await?,
-        };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(mut e) => match e.take_message() {
-                Some(req) => {
-                    debug!(%addr, error = %e.error(), "connection closed before the request was sent; reconnecting");
-                    let mut sender = self.reconnect(&pool, addr, identity, true).await?;
-                    sender
-                        .send_request(req)
-                        .await
-                        .map_err(|e| upstream(addr, &e))
-                }
-                None => Err(upstream(addr, e.error())),
-            },
-        }
+        pool.send(addr, req, || self.handshake(addr, identity))
+            .await
     }
 
     /// The endpoint's pool, made on first use.
@@ -155,25 +194,6 @@ impl Peers {
         p
     }
 
-    /// A new connection for `pool`, unless another request made one while this one waited
-    /// for its turn (`fresh`: a new one regardless).
-    async fn reconnect(
-        &self,
-        pool: &Pool,
-        addr: SocketAddr,
-        identity: &SpiffeId,
-        fresh: bool,
-    ) -> Result<SendRequest<Body>, ProxyError> {
-        let _connecting = pool.connecting.lock().await;
-        if !fresh && let Some(s) = pool.ready() {
-            return Ok(s);
-        }
-        self.forget_closed();
-        let s = self.handshake(addr, identity).await?;
-        pool.set(s.clone());
-        Ok(s)
-    }
-
     /// Drops the pools whose connection has closed (their endpoints may be gone for
     /// good). Runs when connecting, not per request.
     fn forget_closed(&self) {
@@ -185,48 +205,42 @@ impl Peers {
         });
     }
 
-    async fn handshake(
-        &self,
-        addr: SocketAddr,
-        identity: &SpiffeId,
-    ) -> Result<SendRequest<Body>, ProxyError> {
+    /// A new HTTP/2 connection to the endpoint. Runs under the pool's connecting lock.
+    async fn handshake(&self, addr: SocketAddr, identity: &SpiffeId) -> Result<Conn, ProxyError> {
+        self.forget_closed();
         let tls = self.connect(addr, identity, ALPN_H2).await?;
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .adaptive_window(true);
-        let (sender, conn) = builder
-            .handshake(TokioIo::new(tls))
+        conn::handshake(tls, addr, conn::KEEP_ALIVE)
             .await
-            .map_err(|e| upstream(addr, &e))?;
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.await {
-                    debug!(error = %e, "peer connection ended with an error");
-                }
-            }
-            .instrument(info_span!("peer", %addr)),
-        );
-        Ok(sender)
+            .map_err(|e| ProxyError::ConnectFailed {
+                addr: addr.to_string(),
+                reason: format!("HTTP/2 handshake: {e}"),
+            })
     }
 }
 
-fn upstream(addr: SocketAddr, e: &hyper::Error) -> ProxyError {
-    // REFUSED_STREAM guarantees the peer processed nothing (RFC 9113 §8.7): safe to retry.
-    let mut source = std::error::Error::source(e);
-    let mut refused = false;
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            refused = h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-            break;
-        }
-        source = s.source();
-    }
+/// A failed request as the proxy reports it. `refused` (safe to send again, whatever the
+/// method) when the peer saw none of it.
+fn upstream(addr: SocketAddr, e: &SendError) -> ProxyError {
+    let (reason, refused) = match e {
+        SendError::Closed(_, e) => (
+            format!("the connection closed before the request was sent: {e}"),
+            true,
+        ),
+        // A user error is the request's own (h2 found a header HTTP/2 forbids): sending it
+        // again would fail again.
+        SendError::NotSent(e) => (
+            format!("the request was not sent: {e}"),
+            !conn::is_user_error(e),
+        ),
+        // REFUSED_STREAM guarantees the peer processed nothing (RFC 9113 §8.7): safe to retry.
+        SendError::Failed(e) => (
+            format!("HTTP/2: {e}"),
+            e.reason() == Some(h2::Reason::REFUSED_STREAM),
+        ),
+    };
     ProxyError::Upstream {
         addr: addr.to_string(),
-        reason: e.to_string(),
+        reason,
         refused,
     }
 }
@@ -247,3 +261,6 @@ fn handshake_error(addr: SocketAddr, expected: &SpiffeId, e: std::io::Error) -> 
         },
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Body as _, Frame};
 use weft_proto::model::{ObjectRef, Retry, RetryBudget, RetryOn, RetryPolicy};
 
-use crate::body::Body;
+use crate::body::{Body, BodyError};
 
 /// Request bodies up to this size are kept so a retry can send them again; larger ones (or
 /// ones of unknown length, such as streams) are sent once.
@@ -227,7 +227,7 @@ impl RequestBody {
         if !copy.complete || copy.overflow {
             return None;
         }
-        let mut frames: Vec<Result<Frame<Bytes>, hyper::Error>> = copy
+        let mut frames: Vec<Result<Frame<Bytes>, BodyError>> = copy
             .chunks
             .iter()
             .map(|c| Ok(Frame::data(c.clone())))
@@ -261,12 +261,12 @@ struct Tee {
 
 impl hyper::body::Body for Tee {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(frame) = &polled {
             let ended = self.inner.is_end_stream();

@@ -132,7 +132,7 @@ async fn small_bodies_replay_large_ones_go_once() {
 
 #[tokio::test]
 async fn a_stream_not_yet_ended_cannot_be_replayed() {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BodyError>>(4);
     let stream = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut body = RequestBody::new(BodyExt::boxed(stream));
     let mut first = body.take().unwrap();
