@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, Version};
-use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span, info};
 use weft_certs::SpiffeId;
@@ -134,7 +133,7 @@ async fn request(
     ctx: Arc<Ctx>,
     app: Arc<App>,
     client: Option<Arc<Client>>,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Response<Body> {
     let start = Instant::now();
     let authority = authority_of(&req).unwrap_or_else(|| app.addr.to_string());
@@ -173,7 +172,7 @@ async fn to_app(
     app: &App,
     client: Option<&Client>,
     authority: &str,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let headers = req.headers_mut();
     headers.remove(CLIENT_ID);
@@ -191,9 +190,7 @@ async fn to_app(
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;
-        app.http1
-            .send(Request::from_parts(parts, streamed(body)))
-            .await?
+        app.http1.send(Request::from_parts(parts, body)).await?
     } else {
         set_absolute_uri(&mut req, authority)?;
         let (mut parts, body) = req.into_parts();
@@ -201,7 +198,7 @@ async fn to_app(
         parts.headers.remove(http::header::HOST);
         parts.version = Version::HTTP_2;
         app.http2
-            .request(Request::from_parts(parts, streamed(body)))
+            .request(Request::from_parts(parts, body))
             .await
             .map_err(|e| {
                 if e.is_connect() {
@@ -224,11 +221,7 @@ async fn to_app(
     Ok(Response::from_parts(parts, body))
 }
 /// An `Upgrade` request, on a connection of its own to the application.
-async fn upgrade(
-    ctx: &Ctx,
-    app: &App,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
+async fn upgrade(ctx: &Ctx, app: &App, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let tcp = TcpStream::connect(app.addr)
         .await
         .map_err(|e| ProxyError::ConnectFailed {

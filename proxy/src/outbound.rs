@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use socket2::SockRef;
 use tokio::net::TcpStream;
@@ -223,7 +222,7 @@ struct Outcome {
     budget_exhausted: bool,
 }
 
-async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Incoming>) -> Response<Body> {
+async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Body>) -> Response<Body> {
     let start = Instant::now();
     let authority = match &mode {
         Mode::Fixed(a) => a.to_string(),
@@ -268,7 +267,7 @@ async fn route(
     ctx: &Ctx,
     mode: &Mode,
     authority: &str,
-    req: Request<Incoming>,
+    req: Request<Body>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     let config = ctx.snapshot();
@@ -313,7 +312,7 @@ async fn to_peer(
     ctx: &Ctx,
     plan: &Plan,
     authority: &str,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     if is_upgrade(&req) {
@@ -342,7 +341,7 @@ async fn to_peer(
     }
     parts.version = Version::HTTP_2;
     let head = Request::from_parts(parts, ());
-    let forwarded = forward::forward(ctx, plan, head, streamed(body)).await;
+    let forwarded = forward::forward(ctx, plan, head, body).await;
     outcome.server_id = forwarded.server_id;
     outcome.budget_exhausted = forwarded.budget_exhausted;
     let resp = forwarded.result?;
@@ -355,7 +354,7 @@ async fn to_peer(
 async fn outside(
     ctx: &Ctx,
     authority: &str,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     if !ctx.settings.passthrough {
         return Err(ProxyError::Denied(authority.to_owned()));
@@ -382,7 +381,7 @@ async fn outside(
     parts.version = Version::HTTP_11;
     let resp = ctx
         .outside
-        .request(Request::from_parts(parts, streamed(body)))
+        .request(Request::from_parts(parts, body))
         .await
         .map_err(|e| {
             if e.is_connect() {
@@ -425,7 +424,7 @@ async fn connect_tunnel(
     ctx: &Ctx,
     config: &crate::resources::MeshConfig,
     authority: &str,
-    req: Request<Incoming>,
+    req: Request<Body>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     let idle = ctx.settings.tcp_idle_timeout;

@@ -34,7 +34,7 @@ use crate::error::ProxyError;
 use crate::tls::{ALPN_H2, MeshTls};
 
 mod conn;
-mod stream;
+pub(crate) mod stream;
 
 use conn::{Conn, SendError};
 pub use stream::ResponseBody;

@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::body::Body;
+use crate::body::{Body, BodyError};
 use crate::error::ProxyError;
 
 /// Idle connections kept per pool; one more is closed instead.
@@ -236,13 +236,15 @@ impl Pooled {
 
 impl hyper::body::Body for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = Pin::new(&mut self.body)
+            .poll_frame(cx)
+            .map_err(BodyError::from);
         match &polled {
             Poll::Ready(None) => self.ended(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.ended(),
