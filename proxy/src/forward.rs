@@ -38,17 +38,24 @@ pub struct Forwarded {
 pub async fn forward(ctx: &Ctx, plan: &Plan, head: Request<()>, body: Body) -> Forwarded {
     let mut server_id = None;
     let mut budget_exhausted = false;
-    let attempts = attempts(ctx, plan, head, body, &mut server_id, &mut budget_exhausted);
+    // The attempts' future is made in each arm, not bound before the match: a bound future
+    // moved into `timeout` would keep its own slot in this future too, doubling the size of
+    // what every request moves (docs/benchmarks.md). The same goes for `attempt` below.
+    let (server, exhausted) = (&mut server_id, &mut budget_exhausted);
     let result = match plan.timeouts.request {
-        Some(limit) => match tokio::time::timeout(limit, attempts).await {
-            Ok(r) => r,
-            Err(_) => Err(ProxyError::Timeout(format!(
-                "no response from {} within the request timeout {}",
-                plan.backend,
-                humantime::format_duration(limit)
-            ))),
-        },
-        None => attempts.await,
+        Some(limit) => {
+            match tokio::time::timeout(limit, attempts(ctx, plan, head, body, server, exhausted))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::Timeout(format!(
+                    "no response from {} within the request timeout {}",
+                    plan.backend,
+                    humantime::format_duration(limit)
+                ))),
+            }
+        }
+        None => attempts(ctx, plan, head, body, server, exhausted).await,
     };
     let result = match result {
         Ok(mut resp) if budget_exhausted => {
@@ -224,27 +231,17 @@ async fn attempt(
 ) -> (Result<Response<Body>, ProxyError>, Option<Failure>) {
     let endpoint = lease.endpoint;
     let (parts, ()) = head.into_parts();
-    let send = ctx.peers.send(
-        endpoint.address,
-        &endpoint.identity,
-        Request::from_parts(parts, body),
-    );
-    let exchange = async {
-        let resp = send.await?;
-        if peek_grpc {
-            Ok(peek_grpc_status(resp))
-        } else {
-            Ok((resp.map(BodyExt::boxed), None))
-        }
-    };
+    let req = Request::from_parts(parts, body);
     // `Err(None)`: the per-try timeout ran out; `Err(Some(e))`: the exchange failed.
     let outcome: Result<(Response<Body>, Option<u16>), Option<ProxyError>> =
         match plan.timeouts.backend_request {
-            Some(limit) => match tokio::time::timeout(limit, exchange).await {
-                Ok(r) => r.map_err(Some),
-                Err(_) => Err(None),
-            },
-            None => exchange.await.map_err(Some),
+            Some(limit) => {
+                match tokio::time::timeout(limit, exchange(ctx, endpoint, req, peek_grpc)).await {
+                    Ok(r) => r.map_err(Some),
+                    Err(_) => Err(None),
+                }
+            }
+            None => exchange(ctx, endpoint, req, peek_grpc).await.map_err(Some),
         };
     let (result, failure) = match outcome {
         Err(None) => {
@@ -286,6 +283,24 @@ async fn attempt(
     };
     finish(ctx, plan, lease, bad);
     (result, failure)
+}
+
+/// Sends the request to the endpoint and waits for the response head.
+async fn exchange(
+    ctx: &Ctx,
+    endpoint: &weft_proto::model::Endpoint,
+    req: Request<Body>,
+    peek_grpc: bool,
+) -> Result<(Response<Body>, Option<u16>), ProxyError> {
+    let resp = ctx
+        .peers
+        .send(endpoint.address, &endpoint.identity, req)
+        .await?;
+    if peek_grpc {
+        Ok(peek_grpc_status(resp))
+    } else {
+        Ok((resp.map(BodyExt::boxed), None))
+    }
 }
 
 /// A gRPC status from the response headers (a trailers-only response), or else from the

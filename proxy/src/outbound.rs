@@ -273,7 +273,9 @@ async fn route(
     let config = ctx.snapshot();
     if req.method() == Method::CONNECT {
         ctx.count_request(DIRECTION, authority, false);
-        return connect_tunnel(ctx, &config, authority, req, outcome).await;
+        // Boxed, like every rare path here: the request's future is moved whole as the
+        // request goes, so its size is paid on every request (docs/benchmarks.md).
+        return Box::pin(connect_tunnel(ctx, &config, authority, req, outcome)).await;
     }
     let target = plan::target_for(&config, authority);
     let facts = RequestFacts {
@@ -300,7 +302,7 @@ async fn route(
         }
         None => {
             ctx.count_request(DIRECTION, authority, false);
-            outside(ctx, authority, req).await
+            Box::pin(outside(ctx, authority, req)).await
         }
     }
 }
@@ -316,16 +318,19 @@ async fn to_peer(
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     if is_upgrade(&req) {
-        let tls = connect_planned(ctx, plan, ALPN_HTTP1).await?;
-        outcome.server_id = crate::tls::peer_id(&tls);
-        set_absolute_uri(&mut req, authority)?;
-        return forward_upgrade(
-            req,
-            tls,
-            ctx.metrics.clone(),
-            DIRECTION,
-            ctx.settings.tcp_idle_timeout,
-        )
+        return Box::pin(async {
+            let tls = connect_planned(ctx, plan, ALPN_HTTP1).await?;
+            outcome.server_id = crate::tls::peer_id(&tls);
+            set_absolute_uri(&mut req, authority)?;
+            forward_upgrade(
+                req,
+                tls,
+                ctx.metrics.clone(),
+                DIRECTION,
+                ctx.settings.tcp_idle_timeout,
+            )
+            .await
+        })
         .await;
     }
     let from_http1 = req.version() < Version::HTTP_2;
