@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
@@ -52,21 +52,8 @@ impl Activity {
 }
 
 /// Serves HTTP on `io` with `handler` until the connection ends; on drain, or after `idle` with
-/// no request in flight, finishes in-flight requests and closes. HTTP/1.1 is hyper's server;
-/// HTTP/2 is [`crate::h2serve`].
+/// no request in flight, finishes in-flight requests and closes.
 pub async fn serve<IO, F, Fut>(io: IO, http: Http, drain: &drain::Watch, idle: Duration, handler: F)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    match http {
-        Http::Http1 => serve_http1(io, drain, idle, handler).await,
-        Http::Http2 => crate::h2serve::serve(io, drain, idle, handler).await,
-    }
-}
-
-async fn serve_http1<IO, F, Fut>(io: IO, drain: &drain::Watch, idle: Duration, handler: F)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
@@ -78,7 +65,7 @@ where
     });
     let seen = activity.clone();
     // The handler's future, counted in and out of the connection's activity.
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let track = move |req: Request<Incoming>| {
         let seen = seen.clone();
         let handled = handler(req.map(streamed));
         async move {
@@ -88,7 +75,7 @@ where
             seen.in_flight.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, Infallible>(resp)
         }
-    });
+    };
     // Resolves once the connection has had no request in flight for `idle`.
     let idle_out = async move {
         loop {
@@ -100,24 +87,53 @@ where
         }
     };
     tokio::pin!(idle_out);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    let conn = builder
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let io = TokioIo::new(io);
+    let result = match http {
+        Http::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            let conn = builder
+                .serve_connection(io, hyper::service::service_fn(track))
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = &mut idle_out => {
+                    debug!(?idle, "closing an idle HTTP connection");
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
-        () = &mut idle_out => {
-            debug!(?idle, "closing an idle HTTP connection");
-            conn.as_mut().graceful_shutdown();
-            conn.await
+        Http::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .max_concurrent_streams(1024);
+            // hyper spawns a task per stream and moves the request's future several times
+            // on the way; boxed, each move is a pointer's (docs/benchmarks.md).
+            let svc = hyper::service::service_fn(move |req| Box::pin(track(req)));
+            let conn = builder.serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = &mut idle_out => {
+                    debug!(?idle, "closing an idle HTTP connection");
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
     };
     if let Err(e) = result {

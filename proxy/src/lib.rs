@@ -20,7 +20,6 @@ pub mod drain;
 pub mod error;
 pub mod explain;
 pub mod forward;
-pub mod h2serve;
 pub mod http;
 pub mod identity;
 pub mod inbound;

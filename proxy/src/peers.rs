@@ -34,7 +34,7 @@ use crate::error::ProxyError;
 use crate::tls::{ALPN_H2, MeshTls};
 
 mod conn;
-pub(crate) mod stream;
+mod stream;
 
 use conn::{Conn, SendError};
 pub use stream::ResponseBody;

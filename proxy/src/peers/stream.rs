@@ -17,7 +17,7 @@ use crate::body::{Body, BodyError};
 /// taking only the capacity the peer grants, so a large upload holds no more than the peer's
 /// windows in memory. A body that fails resets the stream (`CANCEL`); a peer that resets the
 /// stream stops it. The future of the task each streamed request body gets.
-pub(crate) struct Pipe {
+pub(super) struct Pipe {
     body: Body,
     tx: SendStream<Bytes>,
     /// A chunk taken from the body that waits for send capacity.
@@ -25,7 +25,7 @@ pub(crate) struct Pipe {
 }
 
 impl Pipe {
-    pub(crate) fn new(body: Body, tx: SendStream<Bytes>) -> Self {
+    pub(super) fn new(body: Body, tx: SendStream<Bytes>) -> Self {
         Self {
             body,
             tx,
@@ -141,7 +141,7 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub(crate) fn new(rx: RecvStream, headers: &HeaderMap) -> Self {
+    pub(super) fn new(rx: RecvStream, headers: &HeaderMap) -> Self {
         let remaining = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
