@@ -44,11 +44,16 @@ impl Ports {
     /// `base + 10(i+1) + 0..5` (inbound, outbound, admin, app, upstream). `base` 0: ports the
     /// kernel picks, free when chosen.
     pub(crate) fn plan(base: u16, members: usize) -> anyhow::Result<Self> {
+        // Free ports are held until all are picked: a port let go at once can be handed out
+        // again by the next bind, and two parts of the demo would then share it.
+        let held = std::cell::RefCell::new(Vec::new());
         let next = |n: u16| -> anyhow::Result<u16> {
             if base == 0 {
                 let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
                     .context("pick a free loopback port")?;
-                return Ok(l.local_addr()?.port());
+                let port = l.local_addr()?.port();
+                held.borrow_mut().push(l);
+                return Ok(port);
             }
             base.checked_add(n).with_context(|| {
                 format!(
@@ -249,6 +254,24 @@ mod tests {
         assert!(Ports::plan(65530, 2).is_err());
         let any = Ports::plan(0, 1).unwrap();
         assert_ne!(any.grpc, 0);
+    }
+
+    /// With `--base-port 0` every port is a different free one (a port let go at once could
+    /// be picked twice: it was, for the control plane's gRPC and admin).
+    #[test]
+    fn free_ports_are_all_different() {
+        for _ in 0..20 {
+            let p = Ports::plan(0, 4).unwrap();
+            let mut ports: Vec<u16> = p
+                .uses(&["a", "b", "c", "d"])
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let all = ports.len();
+            ports.sort_unstable();
+            ports.dedup();
+            assert_eq!(ports.len(), all, "a port was picked twice");
+        }
     }
 
     #[test]
