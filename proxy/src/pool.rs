@@ -90,9 +90,6 @@ impl Http1Pool {
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
         while let Some(mut sender) = self.checkout() {
-            if sender.ready().await.is_err() {
-                continue; // closed while it waited
-            }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.pooled(resp, sender)),
                 Err(mut e) => match e.take_message() {
@@ -117,13 +114,24 @@ impl Http1Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The most recently used idle connection that is still open.
+    /// The most recently used idle connection that can take a request now. One that is open
+    /// but not ready yet (still writing the previous request's body because the application
+    /// answered before reading all of it, or, on a multi-thread runtime, a moment before its
+    /// task has finished the exchange) stays in the pool for a later request instead of being
+    /// waited for, so no request queues behind a slow upload.
     fn checkout(&self) -> Option<SendRequest<Body>> {
         let now = Instant::now();
         let mut idle = self.lock();
-        while let Some((sender, since)) = idle.conns.pop_back() {
-            if !sender.is_closed() && now.duration_since(since) < self.idle_timeout {
-                return Some(sender);
+        idle.evict(now, self.idle_timeout);
+        let mut i = idle.conns.len();
+        while i > 0 {
+            i -= 1;
+            let (sender, _) = &idle.conns[i];
+            if sender.is_ready() {
+                return idle.conns.remove(i).map(|(s, _)| s);
+            }
+            if sender.is_closed() {
+                idle.conns.remove(i);
             }
         }
         None
@@ -280,6 +288,7 @@ mod tests {
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use futures_util::StreamExt as _;
     use http_body_util::BodyExt;
     use tokio::net::TcpListener;
 
@@ -308,6 +317,8 @@ mod tests {
                     let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
                         let resp = match req.uri().path() {
                             "/empty" => Response::new(crate::body::empty()),
+                            // Answers without reading the request's body.
+                            "/early" => Response::new(crate::body::full("early")),
                             "/big" => Response::new(crate::body::full(vec![7u8; 1 << 20])),
                             "/close" => Response::builder()
                                 .header("connection", "close")
@@ -464,6 +475,29 @@ mod tests {
         // And the pool still works afterwards.
         text(pool.send(get("/x", "")).await.unwrap()).await;
         assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// The application answered before reading the request's body, which never ends: the
+    /// next request must not wait behind that upload (hyper gives the connection up or
+    /// makes it ready again; either way the request goes through at once).
+    #[tokio::test]
+    async fn a_connection_still_sending_a_body_is_not_waited_for() {
+        let app = app().await;
+        let pool = pool(&app);
+        let endless =
+            futures_util::stream::iter([Ok(hyper::body::Frame::data(Bytes::from_static(b"part")))])
+                .chain(futures_util::stream::pending());
+        let req = Request::builder()
+            .uri("/early")
+            .header("host", "api.demo")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(endless)))
+            .unwrap();
+        assert_eq!(text(pool.send(req).await.unwrap()).await, "early");
+        let next = tokio::time::timeout(Duration::from_secs(5), pool.send(get("/x", "n")))
+            .await
+            .expect("the next request waited behind the unfinished upload")
+            .unwrap();
+        assert_eq!(text(next).await, "api.demo:80 n");
     }
 
     #[tokio::test]
