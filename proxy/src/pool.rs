@@ -74,10 +74,6 @@ impl Http1Pool {
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Idle connections now.
     pub fn idle(&self) -> usize {
         self.lock().conns.len()
