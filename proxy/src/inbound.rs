@@ -48,7 +48,7 @@ pub async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: std::net::SocketAdd
     }
 }
 
-async fn mtls(ctx: Arc<Ctx>, app: App, tcp: TcpStream) {
+async fn mtls(ctx: Arc<Ctx>, app: Arc<App>, tcp: TcpStream) {
     let config = match ctx.tls.server() {
         Ok(c) => c,
         Err(e) => return debug!(error = %e, "no TLS configuration"),
@@ -109,8 +109,13 @@ struct Client {
     header: HeaderValue,
 }
 
-async fn serve_http<S>(ctx: Arc<Ctx>, app: App, stream: S, http: Http, client: Option<SpiffeId>)
-where
+async fn serve_http<S>(
+    ctx: Arc<Ctx>,
+    app: Arc<App>,
+    stream: S,
+    http: Http,
+    client: Option<SpiffeId>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client = match client.map(|id| HeaderValue::from_str(id.as_str()).map(|h| (id, h))) {
@@ -120,9 +125,6 @@ where
     };
     let drain = ctx.drain.clone();
     let idle = ctx.settings.http_idle_timeout;
-    // Per request, only what the request future must own: it is moved into a task of its own
-    // for every HTTP/2 stream, so its size is copied on every request.
-    let app = Arc::new(app);
     serve(stream, http, &drain, idle, move |req| {
         request(ctx.clone(), app.clone(), client.clone(), req)
     })

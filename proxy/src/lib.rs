@@ -210,10 +210,10 @@ impl Proxy {
             metrics: metrics.clone(),
             drain: drain_watch,
             app: config.inbound.as_ref().map(|i| {
-                App::new(
+                Arc::new(App::new(
                     SocketAddr::from(([127, 0, 0, 1], i.app_port)),
                     config.data.connect_timeout,
-                )
+                ))
             }),
             outside: listen::outside_client(),
             balancers: balancers.clone(),

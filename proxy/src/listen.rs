@@ -94,7 +94,7 @@ pub const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Keep-alive pools to the local application, one per HTTP version it may speak. HTTP/1.1,
 /// the common case and one exchange per connection, has its own lean pool
 /// ([`crate::pool`]); HTTP/2 multiplexes one connection through hyper-util's client.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct App {
     pub addr: SocketAddr,
     pub http1: Arc<Http1Pool>,
@@ -125,8 +125,9 @@ pub struct Ctx {
     pub settings: DataPathConfig,
     pub metrics: Arc<Metrics>,
     pub drain: drain::Watch,
-    /// The local application (inbound), if this proxy has one.
-    pub app: Option<App>,
+    /// The local application (inbound), if this proxy has one; shared by every inbound
+    /// request.
+    pub app: Option<Arc<App>>,
     /// Plain HTTP to destinations outside the mesh (outbound passthrough).
     pub outside: Client<HttpConnector, Body>,
     /// How endpoints have behaved: latency, requests in flight, ejections.
