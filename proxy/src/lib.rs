@@ -33,6 +33,8 @@ pub mod registration;
 pub mod resources;
 pub mod retry;
 pub mod tcp;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 
 use std::collections::BTreeMap;

@@ -289,6 +289,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::testing::eventually;
 
     /// An HTTP/1.1 server counting the connections it accepted and saw closed. `/empty` answers
     /// with no body, `/big` with 1 MiB, `/close` with `Connection: close`, anything else with
@@ -356,15 +357,6 @@ mod tests {
     async fn text(resp: Response<Body>) -> String {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
-    }
-
-    /// Polls `f` until it holds, for at most 5 s.
-    async fn eventually(what: &str, f: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !f() {
-            assert!(Instant::now() < deadline, "{what}: not within 5 s");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     fn pool(app: &App) -> Arc<Http1Pool> {
@@ -446,7 +438,7 @@ mod tests {
             text(pool.send(get("/close", "")).await.unwrap()).await,
             "bye"
         );
-        eventually("the application closed the connection", || {
+        eventually("the application closed the connection", async || {
             app.closed.load(Ordering::SeqCst) == 1
         })
         .await;
@@ -463,7 +455,7 @@ mod tests {
         let pool = Http1Pool::new(app.addr, Duration::from_secs(5), Duration::from_millis(100));
         text(pool.send(get("/x", "")).await.unwrap()).await;
         assert_eq!(pool.idle(), 1);
-        eventually("the idle connection was closed", || {
+        eventually("the idle connection was closed", async || {
             app.closed.load(Ordering::SeqCst) == 1
         })
         .await;

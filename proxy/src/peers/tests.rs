@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::testing::eventually;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -88,18 +89,6 @@ fn get(path: &str) -> Request<Body> {
 async fn text(resp: Response<ResponseBody>) -> String {
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
-}
-
-/// Polls `f` until it holds, for at most 5 s.
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]
