@@ -56,6 +56,21 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A failed request through hyper-util's pooling client (to an application speaking
+    /// HTTP/2, or to a destination outside the mesh) at `addr`.
+    pub fn client(addr: &str, e: &hyper_util::client::legacy::Error) -> Self {
+        let (addr, reason) = (addr.to_owned(), format!("{e:#}"));
+        if e.is_connect() {
+            ProxyError::ConnectFailed { addr, reason }
+        } else {
+            ProxyError::Upstream {
+                addr,
+                reason,
+                refused: false,
+            }
+        }
+    }
+
     /// The `x-weft-error` reason and metric label.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -202,20 +202,7 @@ async fn to_app(
         app.http2
             .request(Request::from_parts(parts, body))
             .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    ProxyError::ConnectFailed {
-                        addr: app.addr.to_string(),
-                        reason: format!("{e:#}"),
-                    }
-                } else {
-                    ProxyError::Upstream {
-                        addr: app.addr.to_string(),
-                        reason: format!("{e:#}"),
-                        refused: false,
-                    }
-                }
-            })?
+            .map_err(|e| ProxyError::client(&app.addr.to_string(), &e))?
             .map(streamed)
     };
     let (mut parts, body) = resp.into_parts();

@@ -388,20 +388,7 @@ async fn outside(
         .outside
         .request(Request::from_parts(parts, body))
         .await
-        .map_err(|e| {
-            if e.is_connect() {
-                ProxyError::ConnectFailed {
-                    addr: authority.to_owned(),
-                    reason: format!("{e:#}"),
-                }
-            } else {
-                ProxyError::Upstream {
-                    addr: authority.to_owned(),
-                    reason: format!("{e:#}"),
-                    refused: false,
-                }
-            }
-        })?;
+        .map_err(|e| ProxyError::client(authority, &e))?;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, streamed(body)))
