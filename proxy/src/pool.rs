@@ -1,10 +1,18 @@
 //! Keep-alive HTTP/1.1 connections to one address: the local application, from the inbound
 //! side.
 //!
-//! A request takes the most recently used idle connection (or makes one) and is sent from its
-//! own task; the connection goes back to the pool when its response body has ended, and only
-//! then, since HTTP/1.1 carries one exchange at a time. A request the connection closed under
-//! before writing it (the application closed an idle keep-alive connection) goes out on another.
+//! A request takes the most recently used idle connection (or makes one) and drives it from its
+//! own task: the connection has no task of its own. Its request is written in the same poll that
+//! sends it, and the application's answer wakes the request's task directly, instead of waking
+//! a connection task that then wakes the request's. The response body keeps driving the
+//! connection until it ends; then the connection goes back to the pool, and only then, since
+//! HTTP/1.1 carries one exchange at a time. A request the connection closed under before it was
+//! written (the application closed an idle keep-alive connection) goes out on another.
+//!
+//! An idle connection is polled by the next request that looks at it, which is when a close by
+//! the application is noticed. One whose request body is still being written after its
+//! response ended (the application answered before reading it all) gets a task that finishes
+//! the upload and then returns it, so no request waits behind it.
 //!
 //! This replaces hyper-util's pooling client for this one hot path: it spawned a task for every
 //! request to wait for the connection to become idle again, and checked connections out through
@@ -14,16 +22,18 @@
 //! by a sweep task that runs only while the pool holds any. At most [`MAX_IDLE`] are kept.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::TrySendError;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -43,12 +53,21 @@ pub struct Http1Pool {
     idle: Mutex<Idle>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Idle {
     /// Oldest first, with when each went idle; requests take from the back.
-    conns: VecDeque<(SendRequest<Body>, Instant)>,
+    conns: VecDeque<(Box<AppConn>, Instant)>,
     /// A sweep task is running.
     sweeping: bool,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle")
+            .field("conns", &self.conns.len())
+            .field("sweeping", &self.sweeping)
+            .finish()
+    }
 }
 
 impl Idle {
@@ -61,6 +80,56 @@ impl Idle {
         {
             self.conns.pop_front();
         }
+    }
+}
+
+/// One connection to the application: the handle requests go through, and the connection
+/// itself, driven by whoever holds it. Boxed, so checking it in and out moves a pointer.
+struct AppConn {
+    sender: SendRequest<Body>,
+    /// `None` once the connection has ended (closed by either side, or failed). Dropping it
+    /// also hands an unsent request back to its sender.
+    io: Option<Connection<TokioIo<TcpStream>, Body>>,
+    addr: SocketAddr,
+}
+
+impl AppConn {
+    /// Reads and writes what the connection can now. Returns whether it is still open.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(io) = &mut self.io else {
+            return false;
+        };
+        match Pin::new(io).poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(done) => {
+                if let Err(e) = done {
+                    debug!(addr = %self.addr, error = %e, "application connection ended with an error");
+                }
+                self.io = None;
+                false
+            }
+        }
+    }
+
+    /// Open, and able to take a request now. Usually known without polling the connection:
+    /// it went idle in the same poll that read the end of its last response.
+    fn ready(&mut self, cx: &mut Context<'_>) -> bool {
+        self.io.is_some() && (self.sender.is_ready() || (self.drive(cx) && self.sender.is_ready()))
+    }
+
+    /// Sends `req` and drives the connection until the response's head has arrived.
+    async fn exchange(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
+        let mut response = pin!(self.sender.try_send_request(req));
+        poll_fn(|cx| {
+            // The connection first: it writes the request, or reads the answer that completes
+            // `response`.
+            self.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
     }
 }
 
@@ -85,9 +154,9 @@ impl Http1Pool {
         self: &Arc<Self>,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
-        while let Some(mut sender) = self.checkout() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(resp, sender)),
+        while let Some(mut conn) = poll_fn(|cx| Poll::Ready(self.checkout(cx))).await {
+            match conn.exchange(req).await {
+                Ok(resp) => return Ok(self.pooled(resp, conn)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => {
                         debug!(addr = %self.addr, error = %e.error(), "idle connection closed before the request was written; trying another");
@@ -98,44 +167,45 @@ impl Http1Pool {
             }
         }
         // Boxed: connecting is rare, and its future would otherwise grow every request's.
-        let mut sender = Box::pin(self.connect()).await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.upstream(&e))?;
-        Ok(self.pooled(resp, sender))
+        let mut conn = Box::pin(self.connect()).await?;
+        match conn.exchange(req).await {
+            Ok(resp) => Ok(self.pooled(resp, conn)),
+            Err(e) => Err(self.upstream(e.error())),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The most recently used idle connection that can take a request now. One that is open
-    /// but not ready yet (still writing the previous request's body because the application
-    /// answered before reading all of it, or, on a multi-thread runtime, a moment before its
-    /// task has finished the exchange) stays in the pool for a later request instead of being
-    /// waited for, so no request queues behind a slow upload.
-    fn checkout(&self) -> Option<SendRequest<Body>> {
+    /// The most recently used idle connection that is still open; each one looked at is
+    /// polled first, which is how a close by the application is noticed.
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<AppConn>> {
         let now = Instant::now();
         let mut idle = self.lock();
         idle.evict(now, self.idle_timeout);
-        let mut i = idle.conns.len();
-        while i > 0 {
-            i -= 1;
-            let (sender, _) = &idle.conns[i];
-            if sender.is_ready() {
-                return idle.conns.remove(i).map(|(s, _)| s);
+        while let Some((mut conn, since)) = idle.conns.pop_back() {
+            if conn.ready(cx) {
+                return Some(conn);
             }
-            if sender.is_closed() {
-                idle.conns.remove(i);
+            if conn.io.is_some() {
+                // Open but not ready: should not happen (only ready connections are checked
+                // in); keep it rather than lose it.
+                idle.conns.push_back((conn, since));
+                return None;
             }
         }
         None
     }
 
-    /// A connection whose exchange has ended comes back.
-    fn checkin(self: &Arc<Self>, sender: SendRequest<Body>) {
-        if sender.is_closed() {
+    /// A connection whose response has ended comes back: into the pool when it can take a
+    /// request; to a task of its own first when it is still writing the request's body.
+    fn checkin(self: &Arc<Self>, mut conn: Box<AppConn>) {
+        // Lets the connection go idle; nothing is waiting on it to wake anyone.
+        if !conn.ready(&mut Context::from_waker(Waker::noop())) {
+            if conn.io.is_some() {
+                self.finish_upload(conn);
+            }
             return;
         }
         let now = Instant::now();
@@ -143,14 +213,37 @@ impl Http1Pool {
             let mut idle = self.lock();
             idle.evict(now, self.idle_timeout);
             if idle.conns.len() >= MAX_IDLE {
-                return; // dropping the sender closes the connection
+                return; // dropping it closes the connection
             }
-            idle.conns.push_back((sender, now));
+            idle.conns.push_back((conn, now));
             !std::mem::replace(&mut idle.sweeping, true)
         };
         if sweep {
             self.sweep();
         }
+    }
+
+    /// Drives a connection until its request body is written, then checks it in.
+    fn finish_upload(self: &Arc<Self>, mut conn: Box<AppConn>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let open = poll_fn(|cx| {
+                if !conn.drive(cx) {
+                    Poll::Ready(false)
+                } else if conn.sender.is_ready() {
+                    Poll::Ready(true)
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            if let (true, Some(pool)) = (open, pool.upgrade()) {
+                pool.checkin(conn);
+            }
+        });
     }
 
     /// Closes idle connections as they time out, until none is left.
@@ -175,7 +268,7 @@ impl Http1Pool {
         });
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, ProxyError> {
+    async fn connect(&self) -> Result<Box<AppConn>, ProxyError> {
         let addr = self.addr;
         let failed = |reason: String| ProxyError::ConnectFailed {
             addr: addr.to_string(),
@@ -186,27 +279,22 @@ impl Http1Pool {
             .map_err(|_| failed(format!("no answer within {:?}", self.connect_timeout)))?
             .map_err(|e| failed(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let (sender, io) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| failed(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "application connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Box::new(AppConn {
+            sender,
+            io: Some(io),
+            addr,
+        }))
     }
 
-    fn pooled(
-        self: &Arc<Self>,
-        resp: Response<Incoming>,
-        sender: SendRequest<Body>,
-    ) -> Response<Body> {
+    fn pooled(self: &Arc<Self>, resp: Response<Incoming>, conn: Box<AppConn>) -> Response<Body> {
         let pool = self.clone();
         resp.map(|body| {
             http_body_util::BodyExt::boxed(Pooled {
                 body,
-                checkin: Some((pool, sender)),
+                conn: Some((pool, conn)),
             })
         })
     }
@@ -224,16 +312,17 @@ impl Http1Pool {
     }
 }
 
-/// A response body that gives its connection back to the pool once it has ended.
+/// A response body that drives its connection while it is read, and gives the connection back
+/// to the pool once it has ended.
 struct Pooled {
     body: Incoming,
-    checkin: Option<(Arc<Http1Pool>, SendRequest<Body>)>,
+    conn: Option<(Arc<Http1Pool>, Box<AppConn>)>,
 }
 
 impl Pooled {
     fn ended(&mut self) {
-        if let Some((pool, sender)) = self.checkin.take() {
-            pool.checkin(sender);
+        if let Some((pool, conn)) = self.conn.take() {
+            pool.checkin(conn);
         }
     }
 }
@@ -246,17 +335,24 @@ impl hyper::body::Body for Pooled {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let polled = Pin::new(&mut self.body)
-            .poll_frame(cx)
-            .map_err(BodyError::from);
+        let this = &mut *self;
+        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
+        // A small body usually arrived with the response's head; otherwise the connection
+        // must read more of it.
+        if polled.is_pending()
+            && let Some((_, conn)) = &mut this.conn
+        {
+            conn.drive(cx);
+            polled = Pin::new(&mut this.body).poll_frame(cx);
+        }
         match &polled {
-            Poll::Ready(None) => self.ended(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.ended(),
+            Poll::Ready(None) => this.ended(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.ended(),
             // The exchange broke: so did the connection.
-            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}
         }
-        polled
+        polled.map_err(BodyError::from)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -270,7 +366,7 @@ impl hyper::body::Body for Pooled {
 
 impl Drop for Pooled {
     /// A body dropped at its end (an empty one is never polled) leaves a reusable connection;
-    /// one dropped midway does not (hyper closes it).
+    /// one dropped midway does not (dropping it closes the connection).
     fn drop(&mut self) {
         if self.body.is_end_stream() {
             self.ended();
@@ -447,6 +543,41 @@ mod tests {
             "api.demo:80 b"
         );
         assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// The application closes an idle keep-alive connection without a word (as servers with a
+    /// short keep-alive timeout do). Nothing polls an idle connection, so the next request
+    /// finds out when it takes it, and goes out on a new one.
+    #[tokio::test]
+    async fn an_idle_connection_closed_without_notice_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (served_tx, mut served) = tokio::sync::mpsc::unbounded_channel();
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(crate::body::full("ok")))
+                });
+                let conn = tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+                served_tx.send(conn).unwrap();
+            }
+        });
+        let pool = Http1Pool::new(addr, Duration::from_secs(5), Duration::from_secs(60));
+        assert_eq!(text(pool.send(get("/x", "")).await.unwrap()).await, "ok");
+        assert_eq!(pool.idle(), 1);
+        // The application drops the connection: its socket closes.
+        let first = served.recv().await.unwrap();
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert_eq!(text(pool.send(get("/x", "")).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle(), 1);
     }
 
     #[tokio::test]
