@@ -170,12 +170,16 @@ impl Conn {
             }
             SendError::NotSent(e)
         })?;
-        if !end {
-            tokio::spawn(Pipe::new(body, stream).in_current_span());
-        }
+        // Held while the response is awaited, then by its body: dropped on the way (a per-try
+        // timeout, the client gone), it stops the upload.
+        let upload = (!end).then(|| {
+            let (pipe, upload) = Pipe::new(body, stream);
+            tokio::spawn(pipe.in_current_span());
+            upload
+        });
         let resp = response.await.map_err(SendError::Failed)?;
         let (parts, rx) = resp.into_parts();
-        let body = ResponseBody::new(rx, &parts.headers);
+        let body = ResponseBody::new(rx, &parts.headers, upload);
         Ok(Response::from_parts(parts, body))
     }
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
 use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::body::{Body, BodyError};
@@ -16,21 +17,40 @@ use crate::body::{Body, BodyError};
 /// Sends `body` on `tx` until it ends (data, then trailers or an empty end-of-stream frame),
 /// taking only the capacity the peer grants, so a large upload holds no more than the peer's
 /// windows in memory. A body that fails resets the stream (`CANCEL`); a peer that resets the
-/// stream stops it. The future of the task each streamed request body gets.
+/// stream stops it; so does the response side giving up (its [`Upload`] dropped before the
+/// response ended: a per-try timeout, a client gone). The future of the task each streamed
+/// request body gets.
 pub(super) struct Pipe {
     body: Body,
     tx: SendStream<Bytes>,
     /// A chunk taken from the body that waits for send capacity.
     waiting: Option<Bytes>,
+    /// Until the response has ended: closed if nobody waits for it any more.
+    wanted: Option<oneshot::Receiver<()>>,
+}
+
+/// The response side's hold on a streamed request body: dropped before the response has
+/// ended, it stops the upload and resets the stream.
+#[derive(Debug)]
+pub(super) struct Upload(oneshot::Sender<()>);
+
+impl Upload {
+    /// The response ended: the rest of the request body may still go (the peer decides).
+    fn done(self) {
+        let _ = self.0.send(());
+    }
 }
 
 impl Pipe {
-    pub(super) fn new(body: Body, tx: SendStream<Bytes>) -> Self {
-        Self {
+    pub(super) fn new(body: Body, tx: SendStream<Bytes>) -> (Self, Upload) {
+        let (hold, wanted) = oneshot::channel();
+        let pipe = Self {
             body,
             tx,
             waiting: None,
-        }
+            wanted: Some(wanted),
+        };
+        (pipe, Upload(hold))
     }
 }
 
@@ -58,6 +78,15 @@ impl Pipe {
             if let Poll::Ready(reason) = this.tx.poll_reset(cx) {
                 let reason = reason?;
                 return Poll::Ready(Err(format!("the peer reset the stream ({reason})").into()));
+            }
+            if let Some(wanted) = &mut this.wanted
+                && let Poll::Ready(done) = Pin::new(wanted).poll(cx)
+            {
+                this.wanted = None;
+                if done.is_err() {
+                    this.tx.send_reset(Reason::CANCEL);
+                    return Poll::Ready(Err("nobody waits for the response any more".into()));
+                }
             }
             if let Some(chunk) = this.waiting.take() {
                 while this.tx.capacity() == 0 {
@@ -131,17 +160,18 @@ impl Pipe {
 /// A response body from a peer proxy: the stream's DATA frames, each one's flow-control
 /// capacity given back as it is handed on (so the peer sends more only as fast as our client
 /// reads), then the trailers. Dropping it early makes `h2` reset the stream (`CANCEL`) once
-/// no other handle to it is left.
+/// no other handle to it is left, and stops the request body's upload if one is still going.
 #[derive(Debug)]
 pub struct ResponseBody {
     rx: RecvStream,
     data_done: bool,
     /// From `content-length`, less what has arrived.
     remaining: Option<u64>,
+    upload: Option<Upload>,
 }
 
 impl ResponseBody {
-    pub(super) fn new(rx: RecvStream, headers: &HeaderMap) -> Self {
+    pub(super) fn new(rx: RecvStream, headers: &HeaderMap, upload: Option<Upload>) -> Self {
         let remaining = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -150,6 +180,23 @@ impl ResponseBody {
             rx,
             data_done: false,
             remaining,
+            upload,
+        }
+    }
+
+    /// The response has ended: the upload, if any, is no longer tied to it.
+    fn ended(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            upload.done();
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // An empty response that was never polled has ended all the same.
+        if self.rx.is_end_stream() {
+            self.ended();
         }
     }
 }
@@ -159,6 +206,32 @@ impl hyper::body::Body for ResponseBody {
     type Error = BodyError;
 
     fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = self.as_mut().poll_stream(cx);
+        if let Poll::Ready(None | Some(Ok(_))) = &polled
+            && self.rx.is_end_stream()
+        {
+            self.ended();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl ResponseBody {
+    fn poll_stream(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -187,17 +260,6 @@ impl hyper::body::Body for ResponseBody {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.rx.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
         }
     }
 }

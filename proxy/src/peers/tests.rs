@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -332,6 +333,95 @@ async fn a_failing_request_body_resets_the_stream() {
         .await
         .unwrap();
     assert_eq!(got.flatten(), Some(h2::Reason::CANCEL));
+}
+
+/// A streamed request body whose response nobody waits for any more (a per-try timeout, a
+/// client gone) stops going, and the peer sees the stream reset.
+#[tokio::test]
+async fn an_upload_stops_when_its_response_is_given_up() {
+    let (seen, mut reason) = mpsc::channel(1);
+    let addr = server(move |conn, _| {
+        let seen = seen.clone();
+        // Reads the body and never answers.
+        answer_all(conn, move |req, _respond| {
+            let seen = seen.clone();
+            async move {
+                let err = read_all(req.into_body()).await.unwrap_err();
+                seen.send(err.reason()).await.unwrap();
+            }
+        })
+    })
+    .await;
+    // A body that never ends: one chunk, then nothing; the pipe waits on it.
+    let endless = futures_util::stream::iter([Ok::<_, crate::body::BodyError>(Frame::data(
+        Bytes::from_static(b"part"),
+    ))])
+    .chain(futures_util::stream::pending());
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("http://api.default/")
+        .body(BodyExt::boxed(StreamBody::new(endless)))
+        .unwrap();
+    let dials = AtomicUsize::new(0);
+    let pool = Pool::default();
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        pool.send(addr, req, dialer(addr, &dials)),
+    )
+    .await;
+    assert!(given_up.is_err(), "the server never answers");
+    let got = tokio::time::timeout(Duration::from_secs(5), reason.recv())
+        .await
+        .expect("the upload went on after its response was given up");
+    assert_eq!(got.flatten(), Some(h2::Reason::CANCEL));
+}
+
+/// A response that has ended does not stop the upload: the peer gets the rest of the body.
+#[tokio::test]
+async fn an_upload_goes_on_after_its_response_has_ended() {
+    let (seen, mut got) = mpsc::channel(1);
+    let addr = server(move |conn, _| {
+        let seen = seen.clone();
+        // Answers at once (empty, end of stream), then reads the whole body.
+        answer_all(conn, move |req, mut respond| {
+            let seen = seen.clone();
+            async move {
+                respond
+                    .send_response(http::Response::new(()), true)
+                    .unwrap();
+                let read = read_all(req.into_body()).await.map(|(data, _)| data.len());
+                seen.send(read.map_err(|e| e.to_string())).await.unwrap();
+            }
+        })
+    })
+    .await;
+    let (frames, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::body::BodyError>>(1);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("http://api.default/")
+        .body(BodyExt::boxed(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+        .unwrap();
+    let dials = AtomicUsize::new(0);
+    let pool = Pool::default();
+    frames
+        .send(Ok(Frame::data(Bytes::from_static(b"first"))))
+        .await
+        .unwrap();
+    let resp = pool.send(addr, req, dialer(addr, &dials)).await.unwrap();
+    assert_eq!(text(resp).await, "");
+    // The response is read and dropped; the rest of the body follows.
+    frames
+        .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+        .await
+        .unwrap();
+    drop(frames);
+    let read = tokio::time::timeout(Duration::from_secs(5), got.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, Ok(11));
 }
 
 #[tokio::test]
