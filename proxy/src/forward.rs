@@ -263,6 +263,8 @@ async fn attempt(
             };
             (Ok(resp), failure)
         }
+        // The request itself is at fault: not the endpoint's failure, nor one to retry.
+        Err(Some(e @ ProxyError::BadRequest(_))) => (Err(e), None),
         Err(Some(e)) => {
             let failure = match &e {
                 // A connect or handshake timeout: nothing was sent either.

@@ -228,16 +228,16 @@ impl Peers {
 /// method) when the peer saw none of it.
 fn upstream(addr: SocketAddr, e: &SendError) -> ProxyError {
     let (reason, refused) = match e {
+        // The request's own fault (h2 found a header HTTP/2 forbids), not the peer's: sending
+        // it again would fail again, and the endpoint is not to blame.
+        SendError::NotSent(e) if conn::is_user_error(e) => {
+            return ProxyError::BadRequest(format!("the request cannot go over HTTP/2: {e}"));
+        }
         SendError::Closed(_, e) => (
             format!("the connection closed before the request was sent: {e}"),
             true,
         ),
-        // A user error is the request's own (h2 found a header HTTP/2 forbids): sending it
-        // again would fail again.
-        SendError::NotSent(e) => (
-            format!("the request was not sent: {e}"),
-            !conn::is_user_error(e),
-        ),
+        SendError::NotSent(e) => (format!("the request was not sent: {e}"), true),
         // REFUSED_STREAM guarantees the peer processed nothing (RFC 9113 §8.7): safe to retry.
         SendError::Failed(e) => (
             format!("HTTP/2: {e}"),

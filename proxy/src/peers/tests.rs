@@ -209,6 +209,34 @@ async fn a_refused_stream_is_reported_as_refused_with_the_peer_address() {
     );
 }
 
+/// A request HTTP/2 cannot carry (a connection-specific header, which the proxy strips before
+/// it gets here) is the request's fault: a bad request, not the peer's failure.
+#[tokio::test]
+async fn a_request_http2_forbids_is_a_bad_request() {
+    let addr = server(|conn, _| {
+        answer_all(conn, |_req, respond| async move {
+            respond_text(respond, "ok".into());
+        })
+    })
+    .await;
+    let dials = AtomicUsize::new(0);
+    let pool = Pool::default();
+    let mut req = get("/");
+    req.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    match pool.send(addr, req, dialer(addr, &dials)).await {
+        Err(ProxyError::BadRequest(reason)) => assert!(reason.contains("HTTP/2"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // The connection is still good.
+    let resp = pool
+        .send(addr, get("/"), dialer(addr, &dials))
+        .await
+        .unwrap();
+    assert_eq!(text(resp).await, "ok");
+    assert_eq!(dials.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn a_connection_the_peer_closed_is_replaced_by_the_next_request() {
     // One request per connection, then the server closes it.
