@@ -274,12 +274,28 @@ async fn apply_get_reapply_delete() {
         "{again}"
     );
 
+    // As kubectl prints JSON: one named object as itself, several as a List, which applies
+    // back unchanged.
     let json = ctl
         .ok(&["get", "routes", "reviews-canary", "-o", "json"])
         .await
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v[0]["spec"]["rules"][0]["backendRefs"][0]["weight"], 90);
+    assert_eq!(v["kind"], "HTTPRoute", "{json}");
+    assert_eq!(v["spec"]["rules"][0]["backendRefs"][0]["weight"], 90);
+    let list = ctl.ok(&["get", "services", "-o", "json"]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        (&v["kind"], v["items"].as_array().map(Vec::len)),
+        (&"List".into(), Some(3))
+    );
+    let exported = ctl.file("services.json", &list).unwrap();
+    let again = ctl.ok(&["apply", "-f", &exported]).await.unwrap();
+    assert_eq!(
+        again.lines().filter(|l| l.ends_with(" unchanged")).count(),
+        3,
+        "{again}"
+    );
 
     let table = ctl.ok(&["get", "routes"]).await.unwrap();
     let lines: Vec<&str> = table.lines().collect();
@@ -420,12 +436,12 @@ async fn register_get_deregister_an_external_endpoint() {
         .await
         .unwrap();
     assert_eq!(out, "endpoint data/db 10.1.2.3:5432 deregistered\n");
-    assert_eq!(
-        ctl.ok(&["get", "endpoints", "-A", "-o", "json"])
-            .await
-            .unwrap(),
-        "[]\n"
-    );
+    let none = ctl
+        .ok(&["get", "endpoints", "-A", "-o", "json"])
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&none).unwrap();
+    assert_eq!(v["items"], serde_json::json!([]), "{none}");
     let stderr = ctl
         .refused(&[
             "deregister",

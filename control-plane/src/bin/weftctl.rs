@@ -66,7 +66,7 @@ enum Command {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        /// table, yaml (re-appliable) or json.
+        /// table, yaml or json (both re-appliable; json as kubectl prints it).
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },

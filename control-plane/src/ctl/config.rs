@@ -121,6 +121,7 @@ fn violations(status: &tonic::Status, parsed: &[Parsed]) -> Option<ManifestError
                     || Origin {
                         source: "(request)".into(),
                         number: v.document as usize + 1,
+                        item: None,
                         label: None,
                     },
                     |p| p.origin.clone(),
@@ -202,7 +203,7 @@ pub enum Output {
     Table,
     /// Multi-document YAML; re-appliable for services and routes.
     Yaml,
-    /// A JSON array of documents.
+    /// JSON as kubectl prints it: the object for one named object, otherwise a `List`.
     Json,
 }
 
@@ -260,7 +261,11 @@ pub async fn get(ctx: &Context, args: &GetArgs, w: &mut impl Write) -> anyhow::R
     };
     match args.output {
         Output::Yaml => w.write_all(manifest::to_yaml(&manifests)?.as_bytes())?,
-        Output::Json => w.write_all(manifest::to_json(&manifests)?.as_bytes())?,
+        Output::Json => {
+            // Endpoints are asked for by their service's name: always a list.
+            let one = args.name.is_some() && kind != cfg::Kind::Endpoint;
+            w.write_all(manifest::to_json(&manifests, one)?.as_bytes())?;
+        }
         Output::Table if manifests.is_empty() => {
             let scope = args.namespace.as_ref().map_or_else(
                 || "any namespace".to_owned(),

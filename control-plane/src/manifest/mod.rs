@@ -43,13 +43,16 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 // ---- errors ---------------------------------------------------------------------------------
 
-/// Where a document came from: `reviews.yaml: document 2 (HTTPRoute default/reviews)`.
+/// Where a document came from: `reviews.yaml: document 2 (HTTPRoute default/reviews)`, or
+/// `routes.json: document 1, item 3 (…)` for an object inside a `List`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     /// File path, or `-` for stdin.
     pub source: String,
     /// 1-based, counting non-empty documents.
     pub number: usize,
+    /// 1-based place in the document's `items` when the document is a `List`.
+    pub item: Option<usize>,
     /// `Kind namespace/name`, when the document got far enough to say.
     pub label: Option<String>,
 }
@@ -57,6 +60,9 @@ pub struct Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: document {}", self.source, self.number)?;
+        if let Some(i) = self.item {
+            write!(f, ", item {i}")?;
+        }
         if let Some(l) = &self.label {
             write!(f, " ({l})")?;
         }
@@ -195,8 +201,10 @@ pub fn parse_refs(
     }
 }
 
-/// Runs `f` on each non-empty document of `text`. A YAML syntax error ends the walk (the
-/// parser cannot resynchronise reliably) and is recorded against the document it is in.
+/// Runs `f` on each non-empty document of `text`, and on each item of a document that is a
+/// `List` (`apiVersion: v1`, `kind: List`, `items: […]`, as `kubectl get -o json` and `weftctl
+/// get -o json` print several objects). A YAML syntax error ends the walk (the parser cannot
+/// resynchronise reliably) and is recorded against the document it is in.
 fn for_each_document(
     source: &str,
     text: &str,
@@ -210,9 +218,29 @@ fn for_each_document(
         let mut origin = Origin {
             source: source.to_owned(),
             number: i + 1,
+            item: None,
             label: None,
         };
         match doc {
+            Ok(value) if value.get("kind").and_then(|k| k.as_str()) == Some("List") => {
+                match list_items(value) {
+                    Ok(items) => {
+                        for (j, item) in items.into_iter().enumerate() {
+                            let origin = Origin {
+                                item: Some(j + 1),
+                                label: label_of(&item),
+                                ..origin.clone()
+                            };
+                            f(origin, item, problems);
+                        }
+                    }
+                    Err(e) => problems.push(Problem {
+                        origin,
+                        field: e.field,
+                        message: e.message,
+                    }),
+                }
+            }
             Ok(value) => {
                 origin.label = label_of(&value);
                 f(origin, value, problems);
@@ -226,6 +254,25 @@ fn for_each_document(
                 return;
             }
         }
+    }
+}
+
+/// The objects of a `List` document.
+fn list_items(mut list: serde_json::Value) -> Result<Vec<serde_json::Value>, Raw> {
+    let version = list.get("apiVersion").and_then(|v| v.as_str());
+    if version != Some("v1") {
+        return Err(Raw::at(
+            "apiVersion",
+            format!(
+                "a List is apiVersion v1, got {}",
+                version.map_or_else(|| "none".to_owned(), |v| format!("{v:?}"))
+            ),
+        ));
+    }
+    match list.get_mut("items").map(serde_json::Value::take) {
+        Some(serde_json::Value::Array(items)) => Ok(items),
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(_) => Err(Raw::at("items", "must be a list of objects")),
     }
 }
 
@@ -403,6 +450,7 @@ fn json_error(kind: &str, e: Vec<Raw>) -> ManifestError {
                 origin: Origin {
                     source: format!("stored {kind} JSON"),
                     number: 1,
+                    item: None,
                     label: None,
                 },
                 field: r.field,
@@ -507,9 +555,18 @@ pub fn to_yaml(items: &[Manifest]) -> Result<String, RenderError> {
     Ok(out)
 }
 
-/// A pretty-printed JSON array of the documents.
-pub fn to_json(items: &[Manifest]) -> Result<String, RenderError> {
-    serde_json::to_string_pretty(items)
+/// Pretty-printed JSON, as `kubectl get -o json` prints: the object itself when one named
+/// object was asked for (`one`), otherwise a `List` of them (which `weftctl apply` takes back).
+pub fn to_json(items: &[Manifest], one: bool) -> Result<String, RenderError> {
+    let rendered = match items {
+        [item] if one => serde_json::to_string_pretty(item),
+        _ => serde_json::to_string_pretty(&serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": items,
+        })),
+    };
+    rendered
         .map(|mut s| {
             s.push('\n');
             s

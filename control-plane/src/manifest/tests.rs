@@ -346,9 +346,77 @@ fn output_yaml_reapplies_to_the_same_documents() {
         yaml.contains("apiVersion: gateway.networking.k8s.io/v1"),
         "{yaml}"
     );
-    let json = to_json(&manifests).unwrap();
-    let back: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
-    assert_eq!(back[1]["spec"]["rules"][0]["backendRefs"][1]["weight"], 10);
+    let json = to_json(&manifests, false).unwrap();
+    let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (&back["apiVersion"], &back["kind"]),
+        (&"v1".into(), &"List".into())
+    );
+    assert_eq!(
+        back["items"][1]["spec"]["rules"][0]["backendRefs"][1]["weight"],
+        10
+    );
+    // The List applies back to the same documents, each item its own origin.
+    let parsed = parse_manifests("c.json", &json).unwrap();
+    assert_eq!(
+        parsed
+            .iter()
+            .map(|p| p.document.clone())
+            .collect::<Vec<_>>(),
+        docs
+    );
+    assert_eq!(
+        parsed[1].origin.to_string(),
+        "c.json: document 1, item 2 (HTTPRoute default/reviews-canary)"
+    );
+    // One named object is printed as itself.
+    let one: serde_json::Value =
+        serde_json::from_str(&to_json(&manifests[1..], true).unwrap()).unwrap();
+    assert_eq!(one["kind"], "HTTPRoute");
+    // No objects: an empty List.
+    let none: serde_json::Value = serde_json::from_str(&to_json(&[], false).unwrap()).unwrap();
+    assert_eq!(none["items"], serde_json::json!([]));
+}
+
+/// A `List` whose items are wrong says which item; a List that is not one says why; and
+/// `delete -f` reads the items too.
+#[test]
+fn list_documents_name_the_item_at_fault() {
+    let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "weft.io/v1alpha1", "kind": "Service",
+         "metadata": {"name": "a"}, "spec": {"ports": [{"port": 80, "protocol": "http1"}]}},
+        {"apiVersion": "weft.io/v1alpha1", "kind": "Service", "metadata": {"name": "b"}}
+    ]}"#;
+    let e = parse_manifests("l.json", list).unwrap_err();
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("l.json: document 1, item 2 (Service default/b): "),
+        "{e}"
+    );
+    let refs = parse_refs("l.json", list).unwrap();
+    assert_eq!(
+        refs.iter()
+            .map(|(o, r)| (o.item, r.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(Some(1), "a"), (Some(2), "b")]
+    );
+
+    let e = parse_manifests("l.yaml", "apiVersion: v2\nkind: List\nitems: []\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "l.yaml: document 1: apiVersion: a List is apiVersion v1, got \"v2\""
+    );
+    let e = parse_manifests("l.yaml", "apiVersion: v1\nkind: List\nitems: 3\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "l.yaml: document 1: items: must be a list of objects"
+    );
+    assert!(
+        parse_manifests("l.yaml", "apiVersion: v1\nkind: List\n")
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -653,12 +721,14 @@ proptest! {
         prop_assert_eq!(document_from_json(kind, &document_to_json(&d)).unwrap(), d);
     }
 
-    /// `get -o yaml` output applies back to the same documents.
+    /// `get -o yaml` and `get -o json` (a List) output apply back to the same documents.
     #[test]
     fn yaml_output_reapplies(docs in prop::collection::vec(document(), 1..4)) {
         let manifests: Vec<_> = docs.iter().filter_map(Manifest::of_document).collect();
         let yaml = to_yaml(&manifests).unwrap();
-        prop_assert_eq!(parse_documents("-", &yaml).unwrap(), docs);
+        prop_assert_eq!(parse_documents("-", &yaml).unwrap(), docs.clone());
+        let json = to_json(&manifests, false).unwrap();
+        prop_assert_eq!(parse_documents("-", &json).unwrap(), docs);
     }
 
     /// What the store serves (the model's own wire form: defaults omitted, the rest explicit)
