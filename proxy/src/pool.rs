@@ -223,14 +223,16 @@ impl Http1Pool {
         }
     }
 
-    /// Drives a connection until its request body is written, then checks it in.
+    /// Drives a connection until its request body is written, then checks it in. An upload
+    /// that does not finish within the idle timeout closes the connection.
     fn finish_upload(self: &Arc<Self>, mut conn: Box<AppConn>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let pool = Arc::downgrade(self);
+        let limit = self.idle_timeout;
         runtime.spawn(async move {
-            let open = poll_fn(|cx| {
+            let finished = poll_fn(|cx| {
                 if !conn.drive(cx) {
                     Poll::Ready(false)
                 } else if conn.sender.is_ready() {
@@ -238,8 +240,8 @@ impl Http1Pool {
                 } else {
                     Poll::Pending
                 }
-            })
-            .await;
+            });
+            let open = tokio::time::timeout(limit, finished).await == Ok(true);
             if let (true, Some(pool)) = (open, pool.upgrade()) {
                 pool.checkin(conn);
             }
@@ -617,6 +619,28 @@ mod tests {
             .expect("the next request waited behind the unfinished upload")
             .unwrap();
         assert_eq!(text(next).await, "api.demo:80 n");
+    }
+
+    /// A connection whose upload outlives its response by more than the idle timeout is
+    /// closed, not kept for ever.
+    #[tokio::test]
+    async fn an_upload_that_never_ends_closes_its_connection_after_the_idle_timeout() {
+        let app = app().await;
+        let pool = Http1Pool::new(app.addr, Duration::from_secs(5), Duration::from_millis(100));
+        let endless =
+            futures_util::stream::iter([Ok(hyper::body::Frame::data(Bytes::from_static(b"part")))])
+                .chain(futures_util::stream::pending());
+        let req = Request::builder()
+            .uri("/early")
+            .header("host", "api.demo")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(endless)))
+            .unwrap();
+        assert_eq!(text(pool.send(req).await.unwrap()).await, "early");
+        eventually("the connection was closed", async || {
+            app.closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(pool.idle(), 0);
     }
 
     #[tokio::test]
