@@ -9,10 +9,11 @@
 //! HTTP/1.1 carries one exchange at a time. A request the connection closed under before it was
 //! written (the application closed an idle keep-alive connection) goes out on another.
 //!
-//! An idle connection is polled by the next request that looks at it, which is when a close by
-//! the application is noticed. One whose request body is still being written after its
-//! response ended (the application answered before reading it all) gets a task that finishes
-//! the upload and then returns it, so no request waits behind it.
+//! An idle connection is not polled: a close by the application is noticed when the next
+//! request on it reads before it writes, and that request goes out on another connection. A
+//! request whose body is still being sent when the response arrives (the application answered
+//! early, or streams both ways) hands its connection to a task for the rest of the exchange,
+//! so the upload goes on whether or not the response is read, and no request waits behind it.
 //!
 //! This replaces hyper-util's pooling client for this one hot path: it spawned a task for every
 //! request to wait for the connection to become idle again, and checked connections out through
@@ -25,6 +26,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -154,9 +156,19 @@ impl Http1Pool {
         self: &Arc<Self>,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
+        // A body that is not empty says when it has been sent whole.
+        let sent = (!req.body().is_end_stream()).then(|| {
+            let sent = Arc::new(AtomicBool::new(false));
+            let tracked = Tracked {
+                body: std::mem::replace(req.body_mut(), crate::body::empty()),
+                sent: sent.clone(),
+            };
+            *req.body_mut() = http_body_util::BodyExt::boxed(tracked);
+            sent
+        });
         while let Some(mut conn) = poll_fn(|cx| Poll::Ready(self.checkout(cx))).await {
             match conn.exchange(req).await {
-                Ok(resp) => return Ok(self.pooled(resp, conn)),
+                Ok(resp) => return Ok(self.pooled(resp, conn, sent.as_deref())),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => {
                         debug!(addr = %self.addr, error = %e.error(), "idle connection closed before the request was written; trying another");
@@ -169,7 +181,7 @@ impl Http1Pool {
         // Boxed: connecting is rare, and its future would otherwise grow every request's.
         let mut conn = Box::pin(self.connect()).await?;
         match conn.exchange(req).await {
-            Ok(resp) => Ok(self.pooled(resp, conn)),
+            Ok(resp) => Ok(self.pooled(resp, conn, sent.as_deref())),
             Err(e) => Err(self.upstream(e.error())),
         }
     }
@@ -178,8 +190,7 @@ impl Http1Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The most recently used idle connection that is still open; each one looked at is
-    /// polled first, which is how a close by the application is noticed.
+    /// The most recently used idle connection that can take a request.
     fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<AppConn>> {
         let now = Instant::now();
         let mut idle = self.lock();
@@ -199,12 +210,12 @@ impl Http1Pool {
     }
 
     /// A connection whose response has ended comes back: into the pool when it can take a
-    /// request; to a task of its own first when it is still writing the request's body.
+    /// request; to a task of its own first when its exchange is not quite over.
     fn checkin(self: &Arc<Self>, mut conn: Box<AppConn>) {
         // Lets the connection go idle; nothing is waiting on it to wake anyone.
         if !conn.ready(&mut Context::from_waker(Waker::noop())) {
             if conn.io.is_some() {
-                self.finish_upload(conn);
+                self.drive_in_task(conn);
             }
             return;
         }
@@ -223,18 +234,16 @@ impl Http1Pool {
         }
     }
 
-    /// Drives a connection until its request body is written, then checks it in. An upload
-    /// that does not finish within the idle timeout closes the connection. (hyper ends an
-    /// upload itself when the response ends first, so this is the rare case of a connection
-    /// that is a moment from ready.)
-    fn finish_upload(self: &Arc<Self>, mut conn: Box<AppConn>) {
+    /// Drives a connection from a task of its own until its exchange is over (the request's
+    /// body sent, the response read), then checks it in. For a request body still being sent
+    /// when the response arrived: it must keep going whether or not the response is read.
+    fn drive_in_task(self: &Arc<Self>, mut conn: Box<AppConn>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let pool = Arc::downgrade(self);
-        let limit = self.idle_timeout;
         runtime.spawn(async move {
-            let finished = poll_fn(|cx| {
+            let open = poll_fn(|cx| {
                 if !conn.drive(cx) {
                     Poll::Ready(false)
                 } else if conn.sender.is_ready() {
@@ -242,8 +251,8 @@ impl Http1Pool {
                 } else {
                     Poll::Pending
                 }
-            });
-            let open = tokio::time::timeout(limit, finished).await == Ok(true);
+            })
+            .await;
             if let (true, Some(pool)) = (open, pool.upgrade()) {
                 pool.checkin(conn);
             }
@@ -293,14 +302,21 @@ impl Http1Pool {
         }))
     }
 
-    fn pooled(self: &Arc<Self>, resp: Response<Incoming>, conn: Box<AppConn>) -> Response<Body> {
-        let pool = self.clone();
-        resp.map(|body| {
-            http_body_util::BodyExt::boxed(Pooled {
-                body,
-                conn: Some((pool, conn)),
-            })
-        })
+    /// The response, its body driving the connection; or, while the request's body is still
+    /// being sent (`sent` not yet set), with a task driving it.
+    fn pooled(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        conn: Box<AppConn>,
+        sent: Option<&AtomicBool>,
+    ) -> Response<Body> {
+        let conn = if sent.is_some_and(|s| !s.load(Ordering::Acquire)) {
+            self.drive_in_task(conn);
+            None
+        } else {
+            Some((self.clone(), conn))
+        };
+        resp.map(|body| http_body_util::BodyExt::boxed(Pooled { body, conn }))
     }
 
     fn upstream(&self, e: &hyper::Error) -> ProxyError {
@@ -316,8 +332,43 @@ impl Http1Pool {
     }
 }
 
-/// A response body that drives its connection while it is read, and gives the connection back
-/// to the pool once it has ended.
+/// A request body that says when it has been sent whole (or has failed).
+struct Tracked {
+    body: Body,
+    sent: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let over = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || self.body.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if over {
+            self.sent.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A response body that drives its connection while it is read (unless a task does), and gives
+/// the connection back to the pool once it has ended.
 struct Pooled {
     body: Incoming,
     conn: Option<(Arc<Http1Pool>, Box<AppConn>)>,
@@ -398,6 +449,8 @@ mod tests {
         addr: SocketAddr,
         accepted: Arc<AtomicUsize>,
         closed: Arc<AtomicUsize>,
+        /// The request bodies `/early-read` read, once each ended.
+        read: Arc<Mutex<Vec<Bytes>>>,
     }
 
     async fn app() -> App {
@@ -405,38 +458,46 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
-        let (a, c) = (accepted.clone(), closed.clone());
+        let read = Arc::new(Mutex::new(Vec::new()));
+        let (a, c, r) = (accepted.clone(), closed.clone(), read.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
-                let c = c.clone();
+                let (c, r) = (c.clone(), r.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let resp = match req.uri().path() {
-                            "/empty" => Response::new(crate::body::empty()),
-                            // Answers without reading the request's body.
-                            "/early" => Response::new(crate::body::full("early")),
-                            // Answers at once, and reads the request's body afterwards.
-                            "/early-read" => {
-                                let body = req.into_body();
-                                tokio::spawn(async move { body.collect().await });
-                                Response::new(crate::body::full("early"))
-                            }
-                            "/big" => Response::new(crate::body::full(vec![7u8; 1 << 20])),
-                            "/close" => Response::builder()
-                                .header("connection", "close")
-                                .body(crate::body::full("bye"))
-                                .unwrap(),
-                            _ => {
-                                let host = req.headers()["host"].to_str().unwrap().to_owned();
-                                let body = req.into_body().collect().await.unwrap().to_bytes();
-                                Response::new(crate::body::full(format!(
-                                    "{host} {}",
-                                    String::from_utf8_lossy(&body)
-                                )))
-                            }
-                        };
-                        Ok::<_, Infallible>(resp)
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let r = r.clone();
+                        async move {
+                            let resp = match req.uri().path() {
+                                "/empty" => Response::new(crate::body::empty()),
+                                // Answers without reading the request's body.
+                                "/early" => Response::new(crate::body::full("early")),
+                                // Answers at once, and reads the request's body afterwards.
+                                "/early-read" => {
+                                    let body = req.into_body();
+                                    tokio::spawn(async move {
+                                        if let Ok(body) = body.collect().await {
+                                            r.lock().unwrap().push(body.to_bytes());
+                                        }
+                                    });
+                                    Response::new(crate::body::full("early"))
+                                }
+                                "/big" => Response::new(crate::body::full(vec![7u8; 1 << 20])),
+                                "/close" => Response::builder()
+                                    .header("connection", "close")
+                                    .body(crate::body::full("bye"))
+                                    .unwrap(),
+                                _ => {
+                                    let host = req.headers()["host"].to_str().unwrap().to_owned();
+                                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                                    Response::new(crate::body::full(format!(
+                                        "{host} {}",
+                                        String::from_utf8_lossy(&body)
+                                    )))
+                                }
+                            };
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
@@ -449,6 +510,7 @@ mod tests {
             addr,
             accepted,
             closed,
+            read,
         }
     }
 
@@ -617,6 +679,7 @@ mod tests {
             futures_util::stream::iter([Ok(hyper::body::Frame::data(Bytes::from_static(b"part")))])
                 .chain(futures_util::stream::pending());
         let req = Request::builder()
+            .method(http::Method::POST)
             .uri("/early")
             .header("host", "api.demo")
             .body(BodyExt::boxed(http_body_util::StreamBody::new(endless)))
@@ -629,28 +692,48 @@ mod tests {
         assert_eq!(text(next).await, "api.demo:80 n");
     }
 
-    /// The application answers before the request's body has been sent (and would read the
-    /// rest). hyper ends the upload with the response, so the connection is reusable at once,
-    /// and the next request on it is framed correctly.
+    /// A POST whose body comes from `frames`.
+    fn upload(path: &str) -> (Request<Body>, tokio::sync::mpsc::Sender<Bytes>) {
+        let (frames, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let body = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|b| Ok::<_, BodyError>(hyper::body::Frame::data(b)));
+        let req = Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header("host", "api.demo")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(body)))
+            .unwrap();
+        (req, frames)
+    }
+
+    /// The application answers before the request's body has been sent, and reads the rest
+    /// afterwards. The upload goes on, even though nobody reads the response yet; meanwhile
+    /// another request gets a connection of its own; afterwards the connection is reused.
     #[tokio::test]
-    async fn an_early_answer_ends_the_upload_and_the_connection_is_reused_cleanly() {
+    async fn an_upload_goes_on_after_an_early_answer_whether_or_not_it_is_read() {
         let app = app().await;
         let pool = pool(&app);
-        let endless =
-            futures_util::stream::iter([Ok(hyper::body::Frame::data(Bytes::from_static(b"part")))])
-                .chain(futures_util::stream::pending());
-        let req = Request::builder()
-            .uri("/early-read")
-            .header("host", "api.demo")
-            .body(BodyExt::boxed(http_body_util::StreamBody::new(endless)))
-            .unwrap();
-        assert_eq!(text(pool.send(req).await.unwrap()).await, "early");
-        assert_eq!(pool.idle(), 1);
+        let (req, frames) = upload("/early-read");
+        frames.send(Bytes::from_static(b"first ")).await.unwrap();
+        let resp = pool.send(req).await.unwrap();
+        // The response is held unread while the rest of the body goes out.
+        frames.send(Bytes::from_static(b"second")).await.unwrap();
         assert_eq!(
             text(pool.send(get("/x", "n")).await.unwrap()).await,
             "api.demo:80 n"
         );
-        assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
+        drop(frames);
+        eventually("the application read the whole upload", async || {
+            app.read.lock().unwrap().len() == 1
+        })
+        .await;
+        assert_eq!(app.read.lock().unwrap()[0], "first second");
+        assert_eq!(text(resp).await, "early");
+        eventually("both connections idle", async || pool.idle() == 2).await;
+        text(pool.send(get("/x", "")).await.unwrap()).await;
+        text(pool.send(get("/x", "")).await.unwrap()).await;
+        assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -184,6 +184,12 @@ impl ResponseBody {
         }
     }
 
+    /// All of the response has arrived: the end of the stream, or (a reader may stop there,
+    /// before the end-of-stream flag comes) all the bytes its `content-length` announced.
+    fn complete(&self) -> bool {
+        self.rx.is_end_stream() || self.remaining == Some(0)
+    }
+
     /// The response has ended: the upload, if any, is no longer tied to it.
     fn ended(&mut self) {
         if let Some(upload) = self.upload.take() {
@@ -195,7 +201,7 @@ impl ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // An empty response that was never polled has ended all the same.
-        if self.rx.is_end_stream() {
+        if self.complete() {
             self.ended();
         }
     }
@@ -211,7 +217,7 @@ impl hyper::body::Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = self.as_mut().poll_stream(cx);
         if let Poll::Ready(None | Some(Ok(_))) = &polled
-            && self.rx.is_end_stream()
+            && self.complete()
         {
             self.ended();
         }

@@ -452,6 +452,73 @@ async fn an_upload_goes_on_after_its_response_has_ended() {
     assert_eq!(read, Ok(11));
 }
 
+/// A reader that stops after the bytes `content-length` announced (hyper's HTTP/1.1 server
+/// does), before the end-of-stream flag arrives, has read the whole response: the upload goes on.
+#[tokio::test]
+async fn an_upload_goes_on_after_its_response_was_read_to_its_length() {
+    let (seen, mut got) = mpsc::channel(8);
+    let addr = server(move |conn, _| {
+        let seen = seen.clone();
+        // Answers "ok" (content-length 2, no end of stream yet), reads the whole body, then
+        // ends the stream.
+        answer_all(conn, move |req, mut respond| {
+            let seen = seen.clone();
+            async move {
+                let resp = http::Response::builder()
+                    .header("content-length", "2")
+                    .body(())
+                    .unwrap();
+                let mut tx = respond.send_response(resp, false).unwrap();
+                tx.send_data(Bytes::from_static(b"ok"), false).unwrap();
+                // Says how many bytes of the body have arrived, as they arrive.
+                let mut body = req.into_body();
+                let mut n = 0;
+                while let Some(Ok(chunk)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    n += chunk.len();
+                    let _ = seen.send(n).await;
+                }
+                let _ = tx.send_data(Bytes::new(), true);
+            }
+        })
+    })
+    .await;
+    let (frames, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::body::BodyError>>(1);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("http://api.default/")
+        .body(BodyExt::boxed(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+        .unwrap();
+    let dials = AtomicUsize::new(0);
+    let pool = Pool::default();
+    frames
+        .send(Ok(Frame::data(Bytes::from_static(b"first"))))
+        .await
+        .unwrap();
+    let resp = pool.send(addr, req, dialer(addr, &dials)).await.unwrap();
+    let mut body = resp.into_body();
+    let ok = body.frame().await.unwrap().unwrap();
+    assert_eq!(ok.data_ref().unwrap().as_ref(), b"ok");
+    drop(body);
+    frames
+        .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+        .await
+        .unwrap();
+    let whole = async {
+        while let Some(n) = got.recv().await {
+            if n == "firstsecond".len() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), whole)
+        .await
+        .expect("the rest of the upload did not arrive");
+    drop(frames);
+}
+
 #[tokio::test]
 async fn a_response_body_dropped_early_resets_the_stream() {
     let (seen, mut reason) = mpsc::channel(1);
