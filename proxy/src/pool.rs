@@ -114,9 +114,12 @@ impl AppConn {
     }
 
     /// Open, and able to take a request now. Usually known without polling the connection:
-    /// it went idle in the same poll that read the end of its last response.
-    fn ready(&mut self, cx: &mut Context<'_>) -> bool {
-        self.io.is_some() && (self.sender.is_ready() || (self.drive(cx) && self.sender.is_ready()))
+    /// it went idle in the same poll that read the end of its last response. Otherwise it is
+    /// polled once with no waker: whoever uses it next polls it with theirs.
+    fn ready(&mut self) -> bool {
+        self.io.is_some()
+            && (self.sender.is_ready()
+                || (self.drive(&mut Context::from_waker(Waker::noop())) && self.sender.is_ready()))
     }
 
     /// Sends `req` and drives the connection until the response's head has arrived.
@@ -166,7 +169,7 @@ impl Http1Pool {
             *req.body_mut() = http_body_util::BodyExt::boxed(tracked);
             sent
         });
-        while let Some(mut conn) = poll_fn(|cx| Poll::Ready(self.checkout(cx))).await {
+        while let Some(mut conn) = self.checkout() {
             match conn.exchange(req).await {
                 Ok(resp) => return Ok(self.pooled(resp, conn, sent.as_deref())),
                 Err(mut e) => match e.take_message() {
@@ -190,20 +193,16 @@ impl Http1Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The most recently used idle connection that can take a request.
-    fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<AppConn>> {
+    /// The most recently used idle connection that can take a request. Only ready
+    /// connections are checked in, so one that is not has ended (the application closed it):
+    /// it is dropped.
+    fn checkout(&self) -> Option<Box<AppConn>> {
         let now = Instant::now();
         let mut idle = self.lock();
         idle.evict(now, self.idle_timeout);
-        while let Some((mut conn, since)) = idle.conns.pop_back() {
-            if conn.ready(cx) {
+        while let Some((mut conn, _)) = idle.conns.pop_back() {
+            if conn.ready() {
                 return Some(conn);
-            }
-            if conn.io.is_some() {
-                // Open but not ready: should not happen (only ready connections are checked
-                // in); keep it rather than lose it.
-                idle.conns.push_back((conn, since));
-                return None;
             }
         }
         None
@@ -212,8 +211,7 @@ impl Http1Pool {
     /// A connection whose response has ended comes back: into the pool when it can take a
     /// request; to a task of its own first when its exchange is not quite over.
     fn checkin(self: &Arc<Self>, mut conn: Box<AppConn>) {
-        // Lets the connection go idle; nothing is waiting on it to wake anyone.
-        if !conn.ready(&mut Context::from_waker(Waker::noop())) {
+        if !conn.ready() {
             if conn.io.is_some() {
                 self.drive_in_task(conn);
             }
