@@ -187,28 +187,25 @@ async fn to_app(
         // Boxed: rare, and its future would otherwise grow every request's.
         return Box::pin(upgrade(ctx, app, req)).await;
     }
-    let resp = if from_http1 {
+    strip_hop_by_hop(req.headers_mut());
+    let mut resp = if from_http1 {
         set_origin_form(&mut req, authority)?;
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.version = Version::HTTP_11;
-        app.http1.send(Request::from_parts(parts, body)).await?
+        *req.version_mut() = Version::HTTP_11;
+        app.http1.send(req).await?
     } else {
         set_absolute_uri(&mut req, authority)?;
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(http::header::HOST);
-        parts.version = Version::HTTP_2;
+        req.headers_mut().remove(http::header::HOST);
+        *req.version_mut() = Version::HTTP_2;
         app.http2
-            .request(Request::from_parts(parts, body))
+            .request(req)
             .await
             .map_err(|e| ProxyError::client(&app.addr.to_string(), &e))?
             .map(streamed)
     };
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body))
+    strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
 }
+
 /// An `Upgrade` request, on a connection of its own to the application.
 async fn upgrade(ctx: &Ctx, app: &App, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let tcp = TcpStream::connect(app.addr)
