@@ -52,24 +52,7 @@ impl Pipe {
         };
         (pipe, Upload(hold))
     }
-}
 
-impl Future for Pipe {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.as_mut().pump(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(()),
-            Poll::Ready(Err(e)) => {
-                debug!(error = %e, "request body not sent whole");
-                Poll::Ready(())
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Pipe {
     fn pump(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
         let this = &mut *self;
         loop {
@@ -157,6 +140,21 @@ impl Pipe {
     }
 }
 
+impl Future for Pipe {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.as_mut().pump(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(e)) => {
+                debug!(error = %e, "request body not sent whole");
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// A response body from a peer proxy: the stream's DATA frames, each one's flow-control
 /// capacity given back as it is handed on (so the peer sends more only as fast as our client
 /// reads), then the trailers. Dropping it early makes `h2` reset the stream (`CANCEL`) once
@@ -190,9 +188,12 @@ impl ResponseBody {
         self.rx.is_end_stream() || self.remaining == Some(0)
     }
 
-    /// The response has ended: the upload, if any, is no longer tied to it.
-    fn ended(&mut self) {
-        if let Some(upload) = self.upload.take() {
+    /// Once the response is complete, the upload, if any, is no longer tied to it.
+    fn release_upload(&mut self) {
+        if self.upload.is_some()
+            && self.complete()
+            && let Some(upload) = self.upload.take()
+        {
             upload.done();
         }
     }
@@ -200,10 +201,8 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // An empty response that was never polled has ended all the same.
-        if self.complete() {
-            self.ended();
-        }
+        // An empty response that was never polled is complete all the same.
+        self.release_upload();
     }
 }
 
@@ -216,11 +215,7 @@ impl hyper::body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = self.as_mut().poll_stream(cx);
-        if let Poll::Ready(None | Some(Ok(_))) = &polled
-            && self.complete()
-        {
-            self.ended();
-        }
+        self.release_upload();
         polled
     }
 
