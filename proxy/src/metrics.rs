@@ -229,28 +229,23 @@ impl Metrics {
     /// `request_total` + 1.
     pub fn count_request(&self, labels: RequestLabels) {
         let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = hot.requests.get(&labels) {
-            c.inc();
-            return;
-        }
-        let c = self.requests.get_or_create(&labels).clone();
-        c.inc();
-        hot.requests.insert(labels, c);
+        hot.requests
+            .entry(labels)
+            .or_insert_with_key(|l| self.requests.get_or_create(l).clone())
+            .inc();
     }
 
     /// `response_total` + 1 and `response_latency_ms` observes `ms`.
     pub fn count_response(&self, labels: ResponseLabels, ms: f64) {
         let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((count, latency)) = hot.responses.get(&labels) {
-            count.inc();
-            latency.observe(ms);
-            return;
-        }
-        let count = self.responses.get_or_create(&labels).clone();
-        let latency = self.latency.get_or_create(&labels).clone();
+        let (count, latency) = hot.responses.entry(labels).or_insert_with_key(|l| {
+            (
+                self.responses.get_or_create(l).clone(),
+                self.latency.get_or_create(l).clone(),
+            )
+        });
         count.inc();
         latency.observe(ms);
-        hot.responses.insert(labels, (count, latency));
     }
 
     pub fn encode(&self) -> String {
