@@ -673,15 +673,9 @@ mod tests {
     async fn a_connection_still_sending_a_body_is_not_waited_for() {
         let app = app().await;
         let pool = pool(&app);
-        let endless =
-            futures_util::stream::iter([Ok(hyper::body::Frame::data(Bytes::from_static(b"part")))])
-                .chain(futures_util::stream::pending());
-        let req = Request::builder()
-            .method(http::Method::POST)
-            .uri("/early")
-            .header("host", "api.demo")
-            .body(BodyExt::boxed(http_body_util::StreamBody::new(endless)))
-            .unwrap();
+        // A body that never ends: one chunk, and the sender kept.
+        let (req, frames) = upload("/early");
+        frames.send(Bytes::from_static(b"part")).await.unwrap();
         assert_eq!(text(pool.send(req).await.unwrap()).await, "early");
         let next = tokio::time::timeout(Duration::from_secs(5), pool.send(get("/x", "n")))
             .await

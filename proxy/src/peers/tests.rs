@@ -87,6 +87,18 @@ fn get(path: &str) -> Request<Body> {
         .unwrap()
 }
 
+/// A POST whose body is the frames sent on the returned channel, ending when it is dropped.
+fn upload(path: &str) -> (Request<Body>, mpsc::Sender<Frame<Bytes>>) {
+    let (frames, rx) = mpsc::channel::<Frame<Bytes>>(1);
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, crate::body::BodyError>);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://api.default{path}"))
+        .body(BodyExt::boxed(StreamBody::new(body)))
+        .unwrap();
+    (req, frames)
+}
+
 async fn text(resp: Response<ResponseBody>) -> String {
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
@@ -115,21 +127,15 @@ async fn a_streamed_request_body_with_trailers_arrives_whole_and_so_does_the_res
 
     // More than the server's 64 KiB windows, from a channel: the pipe must wait for capacity
     // and for the body.
-    let (frames, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::body::BodyError>>(2);
-    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("http://api.default/upload")
-        .body(BodyExt::boxed(body))
-        .unwrap();
+    let (req, frames) = upload("/upload");
     tokio::spawn(async move {
         for i in 0..40u8 {
             let chunk = Bytes::from(vec![i; CHUNK]);
-            frames.send(Ok(Frame::data(chunk))).await.unwrap();
+            frames.send(Frame::data(chunk)).await.unwrap();
         }
         let mut trailers = HeaderMap::new();
         trailers.insert("x-sum", HeaderValue::from_static("780"));
-        frames.send(Ok(Frame::trailers(trailers))).await.unwrap();
+        frames.send(Frame::trailers(trailers)).await.unwrap();
     });
 
     let resp = pool.send(addr, req, dialer(addr, &dials)).await.unwrap();
@@ -423,25 +429,18 @@ async fn an_upload_goes_on_after_its_response_has_ended() {
         })
     })
     .await;
-    let (frames, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::body::BodyError>>(1);
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("http://api.default/")
-        .body(BodyExt::boxed(StreamBody::new(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
-        .unwrap();
+    let (req, frames) = upload("/");
     let dials = AtomicUsize::new(0);
     let pool = Pool::default();
     frames
-        .send(Ok(Frame::data(Bytes::from_static(b"first"))))
+        .send(Frame::data(Bytes::from_static(b"first")))
         .await
         .unwrap();
     let resp = pool.send(addr, req, dialer(addr, &dials)).await.unwrap();
     assert_eq!(text(resp).await, "");
     // The response is read and dropped; the rest of the body follows.
     frames
-        .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+        .send(Frame::data(Bytes::from_static(b"second")))
         .await
         .unwrap();
     drop(frames);
@@ -483,18 +482,11 @@ async fn an_upload_goes_on_after_its_response_was_read_to_its_length() {
         })
     })
     .await;
-    let (frames, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::body::BodyError>>(1);
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("http://api.default/")
-        .body(BodyExt::boxed(StreamBody::new(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
-        .unwrap();
+    let (req, frames) = upload("/");
     let dials = AtomicUsize::new(0);
     let pool = Pool::default();
     frames
-        .send(Ok(Frame::data(Bytes::from_static(b"first"))))
+        .send(Frame::data(Bytes::from_static(b"first")))
         .await
         .unwrap();
     let resp = pool.send(addr, req, dialer(addr, &dials)).await.unwrap();
@@ -503,7 +495,7 @@ async fn an_upload_goes_on_after_its_response_was_read_to_its_length() {
     assert_eq!(ok.data_ref().unwrap().as_ref(), b"ok");
     drop(body);
     frames
-        .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+        .send(Frame::data(Bytes::from_static(b"second")))
         .await
         .unwrap();
     let whole = async {
