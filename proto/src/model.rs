@@ -15,7 +15,9 @@ use std::time::Duration;
 use crate::mesh::v1 as pb;
 use weft_certs::SpiffeId;
 
+mod policy;
 mod traffic;
+pub use policy::*;
 pub use traffic::*;
 
 /// The largest backendRef weight (Gateway API's limit).
@@ -150,6 +152,8 @@ pub struct Service {
     pub selector: BTreeMap<String, String>,
     /// How proxies balance, eject and cap requests to its endpoints.
     pub traffic: TrafficPolicy,
+    /// `spec.defaultInboundPolicy`; `None`: the control plane's `--default-inbound-policy`.
+    pub default_inbound: Option<DefaultInbound>,
 }
 
 impl Service {
@@ -439,11 +443,15 @@ impl TryFrom<pb::Service> for Service {
         }
         labels(&mut errs, "spec.selector", &s.selector);
         let traffic = traffic::traffic_policy(&mut errs, s.traffic_policy.as_ref());
+        let default_inbound = DefaultInbound::from_pb(s.default_inbound_policy)
+            .map_err(|m| errs.add("spec.defaultInboundPolicy", m))
+            .unwrap_or(None);
         errs.finish(|| Service {
             id: ObjectRef::new(s.namespace, s.name),
             ports,
             selector: s.selector,
             traffic,
+            default_inbound,
         })
     }
 }
@@ -816,6 +824,9 @@ impl From<&Service> for pb::Service {
             routes: vec![],
             traffic_policy: (s.traffic != TrafficPolicy::default())
                 .then(|| pb::TrafficPolicy::from(&s.traffic)),
+            default_inbound_policy: DefaultInbound::to_pb(s.default_inbound).into(),
+            authorization_policies: vec![],
+            rate_limit_policy: None,
         }
     }
 }
