@@ -3,7 +3,8 @@
 //! Apply is all or nothing: every document is validated (the model's `TryFrom`, then references
 //! against the store plus the batch itself), and the writes go in one store transaction guarded
 //! by the mod revisions read during validation, so a concurrent change to the same objects makes
-//! the apply fail with ABORTED instead of half-applying or overwriting it.
+//! the apply fail with ABORTED instead of half-applying or overwriting it. The checks of
+//! policies against the mesh and their target services are in [`policy`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +19,10 @@ use weft_proto::config::v1::{
 };
 use weft_proto::mesh::v1 as pb;
 
+use weft_certs::TrustDomain;
+
 use crate::authz::Authz;
-use crate::model::{HttpRoute, ObjectRef, Service};
+use crate::model::{AuthorizationPolicy, HttpRoute, ObjectRef, RateLimitPolicy, Service};
 use crate::registration::store_status;
 use crate::registry::codec;
 use crate::registry::keys::{self, Key};
@@ -29,25 +32,69 @@ use crate::store::{Compare, KeyValue, Op, Store, Txn, TxnOutcome};
 pub struct ConfigService {
     store: Arc<dyn Store>,
     authz: Arc<Authz>,
+    /// The mesh's: policies may name only identities of it.
+    trust_domain: TrustDomain,
 }
 
 impl ConfigService {
-    pub fn new(store: Arc<dyn Store>, authz: Arc<Authz>) -> Self {
-        Self { store, authz }
+    pub fn new(store: Arc<dyn Store>, authz: Arc<Authz>, trust_domain: TrustDomain) -> Self {
+        Self {
+            store,
+            authz,
+            trust_domain,
+        }
     }
 }
 
-/// A validated document, ready to store.
+mod policy;
+
+/// A validated document, ready to store (or as stored).
 enum Object {
     Service(Service),
     Route(HttpRoute),
+    AuthorizationPolicy(AuthorizationPolicy),
+    RateLimitPolicy(RateLimitPolicy),
 }
 
 impl Object {
+    /// The domain validation of a config document.
+    fn parse(kind: document::Kind) -> Result<Object, crate::model::Invalid> {
+        match kind {
+            document::Kind::Service(s) => Service::try_from(s).map(Object::Service),
+            document::Kind::HttpRoute(r) => HttpRoute::try_from(r).map(Object::Route),
+            document::Kind::AuthorizationPolicy(p) => {
+                AuthorizationPolicy::try_from(p).map(Object::AuthorizationPolicy)
+            }
+            document::Kind::RateLimitPolicy(p) => {
+                RateLimitPolicy::try_from(p).map(Object::RateLimitPolicy)
+            }
+        }
+    }
+
+    /// A stored value under `key`; `None` when it is invalid or names another object (the
+    /// index ignores it the same way).
+    fn decode(key: &Key, bytes: &[u8]) -> Option<Object> {
+        let o = match key {
+            Key::Service(_) => codec::decode_service(bytes).map(Object::Service),
+            Key::Route(_) => codec::decode_route(bytes).map(Object::Route),
+            Key::AuthorizationPolicy(_) => {
+                codec::decode_authorization_policy(bytes).map(Object::AuthorizationPolicy)
+            }
+            Key::RateLimitPolicy(_) => {
+                codec::decode_rate_limit_policy(bytes).map(Object::RateLimitPolicy)
+            }
+            Key::Endpoint(..) => return None,
+        }
+        .ok()?;
+        (o.key() == *key).then_some(o)
+    }
+
     fn key(&self) -> Key {
         match self {
             Object::Service(s) => Key::Service(s.id.clone()),
             Object::Route(r) => Key::Route(r.id.clone()),
+            Object::AuthorizationPolicy(p) => Key::AuthorizationPolicy(p.id.clone()),
+            Object::RateLimitPolicy(p) => Key::RateLimitPolicy(p.id.clone()),
         }
     }
 
@@ -55,6 +102,8 @@ impl Object {
         match self {
             Object::Service(_) => Kind::Service,
             Object::Route(_) => Kind::HttpRoute,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::RateLimitPolicy(_) => Kind::RateLimitPolicy,
         }
     }
 
@@ -62,6 +111,8 @@ impl Object {
         match self {
             Object::Service(s) => &s.id,
             Object::Route(r) => &r.id,
+            Object::AuthorizationPolicy(p) => &p.id,
+            Object::RateLimitPolicy(p) => &p.id,
         }
     }
 
@@ -69,7 +120,36 @@ impl Object {
         match self {
             Object::Service(s) => codec::encode_service(s),
             Object::Route(r) => codec::encode_route(r),
+            Object::AuthorizationPolicy(p) => codec::encode_authorization_policy(p),
+            Object::RateLimitPolicy(p) => codec::encode_rate_limit_policy(p),
         }
+    }
+
+    /// The model's own wire form, as Get serves it.
+    fn document(&self) -> Document {
+        let kind = match self {
+            Object::Service(s) => document::Kind::Service(pb::Service::from(s)),
+            Object::Route(r) => document::Kind::HttpRoute(pb::HttpRoute::from(r)),
+            Object::AuthorizationPolicy(p) => {
+                document::Kind::AuthorizationPolicy(pb::AuthorizationPolicy::from(p))
+            }
+            Object::RateLimitPolicy(p) => {
+                document::Kind::RateLimitPolicy(pb::RateLimitPolicy::from(p))
+            }
+        };
+        Document { kind: Some(kind) }
+    }
+}
+
+/// The key prefix of a kind's objects.
+fn prefix(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Service => Some(keys::SERVICES),
+        Kind::HttpRoute => Some(keys::ROUTES),
+        Kind::AuthorizationPolicy => Some(keys::AUTHORIZATION_POLICIES),
+        Kind::RateLimitPolicy => Some(keys::RATE_LIMIT_POLICIES),
+        Kind::Endpoint => Some(keys::ENDPOINTS),
+        Kind::Unspecified => None,
     }
 }
 
@@ -97,26 +177,22 @@ fn refuse(violations: Vec<Violation>) -> Status {
     Status::with_details(Code::InvalidArgument, message, details.into())
 }
 
-/// The stored services or routes, by id, with their mod revisions.
-async fn load<T>(
+/// The stored objects under `prefixes`, by key, with their mod revisions.
+async fn load(
     store: &dyn Store,
-    prefix: &str,
-    decode: fn(&[u8]) -> Result<T, String>,
-) -> Result<BTreeMap<ObjectRef, (T, i64)>, Status> {
-    let listing = store.list(prefix).await.map_err(store_status)?;
-    Ok(listing
-        .items
-        .into_iter()
-        .filter_map(|kv: KeyValue| {
-            let id = match Key::parse(&kv.key)? {
-                Key::Service(id) | Key::Route(id) => id,
-                Key::Endpoint(..) => return None,
-            };
+    prefixes: &[&str],
+) -> Result<BTreeMap<Key, (Object, i64)>, Status> {
+    let mut out = BTreeMap::new();
+    for prefix in prefixes {
+        let listing = store.list(prefix).await.map_err(store_status)?;
+        out.extend(listing.items.into_iter().filter_map(|kv: KeyValue| {
+            let key = Key::parse(&kv.key)?;
             // An invalid stored value counts as absent, exactly as the index treats it.
-            let value = decode(&kv.value).ok()?;
-            Some((id, (value, kv.mod_revision)))
-        })
-        .collect())
+            let value = Object::decode(&key, &kv.value)?;
+            Some((key, (value, kv.mod_revision)))
+        }));
+    }
+    Ok(out)
 }
 
 #[tonic::async_trait]
@@ -134,14 +210,11 @@ impl Config for ConfigService {
         let mut violations = Vec::new();
         let mut objects: Vec<(usize, Object)> = Vec::new();
         for (i, doc) in req.documents.into_iter().enumerate() {
-            let parsed = match doc.kind {
-                Some(document::Kind::Service(s)) => Service::try_from(s).map(Object::Service),
-                Some(document::Kind::HttpRoute(r)) => HttpRoute::try_from(r).map(Object::Route),
-                None => {
-                    violations.push(violation(i, "kind", "the document is empty"));
-                    continue;
-                }
+            let Some(kind) = doc.kind else {
+                violations.push(violation(i, "kind", "the document is empty"));
+                continue;
             };
+            let parsed = Object::parse(kind);
             match parsed {
                 Ok(o) => {
                     if let Some((j, _)) = objects.iter().find(|(_, p)| p.key() == o.key()) {
@@ -162,18 +235,31 @@ impl Config for ConfigService {
             }
         }
 
-        let services = load(&*self.store, keys::SERVICES, codec::decode_service).await?;
-        let routes = load(&*self.store, keys::ROUTES, codec::decode_route).await?;
-        // The services as they will be: stored, overridden by this batch.
-        let mut proposed: BTreeMap<&ObjectRef, &Service> =
-            services.iter().map(|(id, (s, _))| (id, s)).collect();
+        let stored = load(
+            &*self.store,
+            &[
+                keys::SERVICES,
+                keys::ROUTES,
+                keys::AUTHORIZATION_POLICIES,
+                keys::RATE_LIMIT_POLICIES,
+            ],
+        )
+        .await?;
+        // Every object as it will be: stored, overridden by this batch.
+        let mut after: BTreeMap<Key, &Object> =
+            stored.iter().map(|(k, (o, _))| (k.clone(), o)).collect();
         for (_, o) in &objects {
-            if let Object::Service(s) = o {
-                proposed.insert(&s.id, s);
-            }
+            after.insert(o.key(), o);
         }
+        let proposed: BTreeMap<&ObjectRef, &Service> = after
+            .values()
+            .filter_map(|o| match o {
+                Object::Service(s) => Some((&s.id, s)),
+                _ => None,
+            })
+            .collect();
         let mut compare: BTreeMap<String, i64> = BTreeMap::new();
-        let revision_of = |id: &ObjectRef| services.get(id).map_or(0, |(_, rev)| *rev);
+        let revision_of = |key: &Key| stored.get(key).map_or(0, |(_, rev)| *rev);
         for (i, o) in &objects {
             let Object::Route(r) = o else { continue };
             let parents = r.parents.iter().enumerate().map(|(p, parent)| {
@@ -195,7 +281,31 @@ impl Config for ConfigService {
             for (field, target, port) in parents.chain(backends) {
                 check_ref(&proposed, target, port, *i, &field, &mut violations);
                 // The referenced service must not change under the apply.
-                compare.insert(Key::Service(target.clone()).path(), revision_of(target));
+                let key = Key::Service(target.clone());
+                compare.insert(key.path(), revision_of(&key));
+            }
+        }
+        let checks = policy::Checks {
+            trust_domain: &self.trust_domain,
+            services: &proposed,
+            rate_limits: after
+                .values()
+                .filter_map(|o| match o {
+                    Object::RateLimitPolicy(p) => Some(p),
+                    _ => None,
+                })
+                .collect(),
+        };
+        for (i, o) in &objects {
+            let target = match o {
+                Object::AuthorizationPolicy(p) => checks.authorization(*i, p, &mut violations),
+                Object::RateLimitPolicy(p) => checks.rate_limit(*i, p, &mut violations),
+                _ => continue,
+            };
+            // What the checks read of the target service must not change under the apply.
+            if let Some(target) = target {
+                let key = Key::Service(target);
+                compare.insert(key.path(), revision_of(&key));
             }
         }
         if !violations.is_empty() {
@@ -206,15 +316,9 @@ impl Config for ConfigService {
         let mut ops = Vec::new();
         for (_, o) in &objects {
             let value = o.encode();
-            let (stored, rev) = match o {
-                Object::Service(s) => services
-                    .get(&s.id)
-                    .map(|(v, rev)| (codec::encode_service(v), *rev)),
-                Object::Route(r) => routes
-                    .get(&r.id)
-                    .map(|(v, rev)| (codec::encode_route(v), *rev)),
-            }
-            .map_or((None, 0), |(v, rev)| (Some(v), rev));
+            let (stored, rev) = stored
+                .get(&o.key())
+                .map_or((None, 0), |(v, rev)| (Some(v.encode()), *rev));
             let action = match &stored {
                 None => Action::Created,
                 Some(v) if *v == value => Action::Unchanged,
@@ -268,11 +372,8 @@ impl Config for ConfigService {
         Authz::caller(&request)?;
         let req = request.into_inner();
         let kind = Kind::try_from(req.kind).unwrap_or(Kind::Unspecified);
-        let prefix = match kind {
-            Kind::Service => keys::SERVICES,
-            Kind::HttpRoute => keys::ROUTES,
-            Kind::Endpoint => keys::ENDPOINTS,
-            Kind::Unspecified => return Err(Status::invalid_argument("kind: required")),
+        let Some(prefix) = prefix(kind) else {
+            return Err(Status::invalid_argument("kind: required"));
         };
         let mut prefix = prefix.to_owned();
         if !req.namespace.is_empty() {
@@ -292,26 +393,18 @@ impl Config for ConfigService {
                 continue;
             };
             match key {
-                Key::Service(id) if req.name.is_empty() || id.name == req.name => {
-                    if let Ok(s) = codec::decode_service(&kv.value) {
-                        out.documents.push(Document {
-                            kind: Some(document::Kind::Service(pb::Service::from(&s))),
-                        });
-                    }
-                }
-                Key::Route(id) if req.name.is_empty() || id.name == req.name => {
-                    if let Ok(r) = codec::decode_route(&kv.value) {
-                        out.documents.push(Document {
-                            kind: Some(document::Kind::HttpRoute(pb::HttpRoute::from(&r))),
-                        });
-                    }
-                }
                 Key::Endpoint(..) => {
                     if let Ok(e) = codec::decode_endpoint(&kv.value) {
                         out.endpoints.push(pb::Endpoint::from(&e));
                     }
                 }
-                _ => {}
+                _ => {
+                    if let Some(o) = Object::decode(&key, &kv.value)
+                        && (req.name.is_empty() || o.id().name == req.name)
+                    {
+                        out.documents.push(o.document());
+                    }
+                }
             }
         }
         Ok(Response::new(out))
@@ -333,6 +426,8 @@ impl Config for ConfigService {
             let key = match Kind::try_from(o.kind).unwrap_or(Kind::Unspecified) {
                 Kind::Service => Key::Service(id),
                 Kind::HttpRoute => Key::Route(id),
+                Kind::AuthorizationPolicy => Key::AuthorizationPolicy(id),
+                Kind::RateLimitPolicy => Key::RateLimitPolicy(id),
                 Kind::Endpoint => {
                     return Err(Status::invalid_argument(format!(
                         "objects[{i}]: endpoints are removed with Deregister (weftctl deregister)"
@@ -346,7 +441,14 @@ impl Config for ConfigService {
             };
             targets.push((o.kind, key));
         }
-        let routes = load(&*self.store, keys::ROUTES, codec::decode_route).await?;
+        let routes: BTreeMap<ObjectRef, (HttpRoute, i64)> = load(&*self.store, &[keys::ROUTES])
+            .await?
+            .into_iter()
+            .filter_map(|(_, (o, rev))| match o {
+                Object::Route(r) => Some((r.id.clone(), (r, rev))),
+                _ => None,
+            })
+            .collect();
         // key → the mod revision it must still have at commit (deduplicated across targets).
         let mut guarded: BTreeMap<String, i64> = BTreeMap::new();
         let mut ops = Vec::new();
@@ -358,6 +460,7 @@ impl Config for ConfigService {
             };
             if let Key::Service(id) = key {
                 // A route still pointing at the service (and not deleted with it) would dangle.
+                // Policies may dangle: they apply again when the service comes back.
                 let user = routes.iter().find(|(rid, (r, _))| {
                     !targets
                         .iter()
@@ -380,7 +483,11 @@ impl Config for ConfigService {
             guarded.insert(path.clone(), kv.mod_revision);
             ops.push(Op::Delete { key: path });
             let id = match key {
-                Key::Service(id) | Key::Route(id) | Key::Endpoint(id, _) => id,
+                Key::Service(id)
+                | Key::Route(id)
+                | Key::AuthorizationPolicy(id)
+                | Key::RateLimitPolicy(id)
+                | Key::Endpoint(id, _) => id,
             };
             outcomes.push(Outcome {
                 kind: *kind,

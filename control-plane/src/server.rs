@@ -19,6 +19,7 @@ use crate::config_api::ConfigService;
 use crate::discovery::DiscoveryService;
 use crate::identity::IdentityService;
 use crate::metrics::Metrics;
+use crate::model::DefaultInbound;
 use crate::registration::RegistrationService;
 use crate::registry::Registry;
 use crate::store::{EtcdStore, MemoryStore, Store};
@@ -121,7 +122,18 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// Starts with `--default-inbound-policy allow`.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with_default_inbound(config, DefaultInbound::default()).await
+    }
+
+    /// Starts with `default_inbound` as the decision for services that set no
+    /// `spec.defaultInboundPolicy` (`--default-inbound-policy`). A parameter rather than a
+    /// [`Config`] field so that code building `Config` by literal keeps compiling.
+    pub async fn start_with_default_inbound(
+        config: Config,
+        default_inbound: DefaultInbound,
+    ) -> Result<Self, StartError> {
         let ca = CertificateAuthority::load_dir(&config.ca_dir, config.trust_domain.as_ref())
             .map_err(|source| StartError::Ca {
                 dir: config.ca_dir.display().to_string(),
@@ -183,7 +195,12 @@ impl ControlPlane {
             trust_domain: td.to_string(),
             roots: bundle.roots().iter().map(|r| r.to_vec()).collect(),
         };
-        let (registry, snapshots) = Registry::new(store.clone(), trust_bundle, metrics.clone());
+        let (registry, snapshots) = Registry::new(
+            store.clone(),
+            trust_bundle,
+            default_inbound,
+            metrics.clone(),
+        );
         let revisions = registry.revisions();
         let registry_task = tokio::spawn(registry.run(shutdown_rx.clone()));
         let admins = if config.admin_identities.is_empty() {
@@ -208,6 +225,7 @@ impl ControlPlane {
         let grpc_store = store.clone();
         let registration_metrics = metrics.clone();
         let registration_ttl = config.registration_ttl;
+        let config_td = td.clone();
         let snapshots_for_admin = snapshots.clone();
         let mut grpc_shutdown = shutdown_rx.clone();
         let grpc_task = tokio::spawn(async move {
@@ -230,7 +248,9 @@ impl ControlPlane {
                     registration_metrics,
                     registration_ttl,
                 )))
-                .add_service(ConfigServer::new(ConfigService::new(grpc_store, authz)))
+                .add_service(ConfigServer::new(ConfigService::new(
+                    grpc_store, authz, config_td,
+                )))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_shutdown.changed().await;
                 })
@@ -246,7 +266,7 @@ impl ControlPlane {
             shutdown_rx,
         ));
 
-        info!(%grpc_addr, %admin_addr, %identity, trust_domain = %td, "control plane serving");
+        info!(%grpc_addr, %admin_addr, %identity, trust_domain = %td, %default_inbound, "control plane serving");
         Ok(Self {
             grpc_addr,
             admin_addr,

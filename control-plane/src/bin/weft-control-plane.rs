@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use weft_certs::{SpiffeId, TrustDomain};
 use weft_control_plane::attest::K8sConfig;
+use weft_control_plane::model::DefaultInbound;
 use weft_control_plane::store::EtcdConfig;
 use weft_control_plane::{Config, ControlPlane, StoreConfig};
 
@@ -66,6 +67,12 @@ struct Args {
     /// Lease TTL of proxy registrations: how long a dead proxy's endpoints linger.
     #[arg(long, env = "WEFT_REGISTRATION_TTL", default_value = "20s", value_parser = parse_registration_ttl)]
     registration_ttl: Duration,
+    /// The decision for inbound requests to a service that sets no spec.defaultInboundPolicy
+    /// and that no Allow policy speaks about: allow (every client, plaintext included),
+    /// authenticated (any client with a verified mesh identity) or deny (nobody; health probe
+    /// paths excepted).
+    #[arg(long, env = "WEFT_DEFAULT_INBOUND_POLICY", default_value = "allow", value_parser = DefaultInbound::parse)]
+    default_inbound_policy: DefaultInbound,
 }
 
 fn parse_registration_ttl(s: &str) -> Result<Duration, String> {
@@ -150,7 +157,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         admin_identities: args.admin_identities,
         registration_ttl: args.registration_ttl,
     };
-    let cp = ControlPlane::start(config).await?;
+    let cp = ControlPlane::start_with_default_inbound(config, args.default_inbound_policy).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     cp.shutdown().await;

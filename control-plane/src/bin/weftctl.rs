@@ -55,9 +55,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List services, endpoints or routes.
+    /// List services, endpoints, routes or policies.
     Get {
-        /// services (svc), endpoints (ep) or routes (httproutes).
+        /// services (svc), endpoints (ep), routes (httproutes), authorizationpolicies (authz)
+        /// or ratelimitpolicies (ratelimits).
         kind: GetKind,
         /// Only this object (for endpoints: this service's).
         name: Option<String>,
@@ -75,7 +76,7 @@ enum Command {
         /// A YAML file, or - for stdin (repeatable).
         #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "target"])]
         files: Vec<PathBuf>,
-        /// service or route.
+        /// service, route, authorizationpolicy (authz) or ratelimitpolicy (ratelimit).
         #[arg(required_unless_present = "files", requires = "target")]
         kind: Option<DeleteKind>,
         /// NAMESPACE/NAME.
@@ -141,6 +142,19 @@ enum DeleteKind {
     Service,
     #[value(alias = "httproute")]
     Route,
+    #[value(
+        name = "authorizationpolicy",
+        alias = "authorizationpolicies",
+        alias = "authz"
+    )]
+    AuthorizationPolicy,
+    #[value(
+        name = "ratelimitpolicy",
+        alias = "ratelimitpolicies",
+        alias = "ratelimit",
+        alias = "ratelimits"
+    )]
+    RateLimitPolicy,
 }
 
 #[derive(Subcommand)]
@@ -304,6 +318,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let kind = match kind {
                 DeleteKind::Service => cfg::Kind::Service,
                 DeleteKind::Route => cfg::Kind::HttpRoute,
+                DeleteKind::AuthorizationPolicy => cfg::Kind::AuthorizationPolicy,
+                DeleteKind::RateLimitPolicy => cfg::Kind::RateLimitPolicy,
             };
             let object = cfg::ObjectRef {
                 kind: kind.into(),

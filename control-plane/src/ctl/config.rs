@@ -29,7 +29,18 @@ fn kind_word(kind: i32) -> &'static str {
         Ok(cfg::Kind::Service) => "service",
         Ok(cfg::Kind::HttpRoute) => "httproute",
         Ok(cfg::Kind::Endpoint) => "endpoint",
+        Ok(cfg::Kind::AuthorizationPolicy) => "authorizationpolicy",
+        Ok(cfg::Kind::RateLimitPolicy) => "ratelimitpolicy",
         _ => "object",
+    }
+}
+
+/// `kind_word`'s plural, for "No … found".
+fn kind_plural(kind: cfg::Kind) -> String {
+    match kind {
+        cfg::Kind::AuthorizationPolicy => "authorizationpolicies".into(),
+        cfg::Kind::RateLimitPolicy => "ratelimitpolicies".into(),
+        other => format!("{}s", kind_word(other.into())),
     }
 }
 
@@ -45,18 +56,13 @@ fn action_word(action: i32) -> &'static str {
 
 fn doc_key(d: &cfg::Document) -> Option<(i32, String, String)> {
     use cfg::document::Kind;
-    match d.kind.as_ref()? {
-        Kind::Service(s) => Some((
-            cfg::Kind::Service.into(),
-            s.namespace.clone(),
-            s.name.clone(),
-        )),
-        Kind::HttpRoute(r) => Some((
-            cfg::Kind::HttpRoute.into(),
-            r.namespace.clone(),
-            r.name.clone(),
-        )),
-    }
+    let (kind, namespace, name) = match d.kind.as_ref()? {
+        Kind::Service(s) => (cfg::Kind::Service, &s.namespace, &s.name),
+        Kind::HttpRoute(r) => (cfg::Kind::HttpRoute, &r.namespace, &r.name),
+        Kind::AuthorizationPolicy(p) => (cfg::Kind::AuthorizationPolicy, &p.namespace, &p.name),
+        Kind::RateLimitPolicy(p) => (cfg::Kind::RateLimitPolicy, &p.namespace, &p.name),
+    };
+    Some((kind.into(), namespace.clone(), name.clone()))
 }
 
 /// Parses every document of every file; fails with every problem, including an object declared
@@ -178,6 +184,20 @@ pub enum GetKind {
     Services,
     Endpoints,
     Routes,
+    AuthorizationPolicies,
+    RateLimitPolicies,
+}
+
+impl GetKind {
+    fn config_kind(self) -> cfg::Kind {
+        match self {
+            GetKind::Services => cfg::Kind::Service,
+            GetKind::Endpoints => cfg::Kind::Endpoint,
+            GetKind::Routes => cfg::Kind::HttpRoute,
+            GetKind::AuthorizationPolicies => cfg::Kind::AuthorizationPolicy,
+            GetKind::RateLimitPolicies => cfg::Kind::RateLimitPolicy,
+        }
+    }
 }
 
 impl std::str::FromStr for GetKind {
@@ -188,8 +208,14 @@ impl std::str::FromStr for GetKind {
             "services" | "service" | "svc" => Ok(GetKind::Services),
             "endpoints" | "endpoint" | "ep" => Ok(GetKind::Endpoints),
             "routes" | "route" | "httproutes" | "httproute" => Ok(GetKind::Routes),
+            "authorizationpolicies" | "authorizationpolicy" | "authz" => {
+                Ok(GetKind::AuthorizationPolicies)
+            }
+            "ratelimitpolicies" | "ratelimitpolicy" | "ratelimits" => {
+                Ok(GetKind::RateLimitPolicies)
+            }
             _ => Err(format!(
-                "{s:?} is not a kind: use services, endpoints or routes"
+                "{s:?} is not a kind: use services, endpoints, routes, authorizationpolicies (authz) or ratelimitpolicies (ratelimits)"
             )),
         }
     }
@@ -201,7 +227,7 @@ pub enum Output {
     /// Aligned columns.
     #[default]
     Table,
-    /// Multi-document YAML; re-appliable for services and routes.
+    /// Multi-document YAML; re-appliable for every kind but endpoints.
     Yaml,
     /// JSON as kubectl prints it: the object for one named object, otherwise a `List`.
     Json,
@@ -231,26 +257,33 @@ pub struct GetArgs {
     pub output: Output,
 }
 
-/// `weftctl get`.
-pub async fn get(ctx: &Context, args: &GetArgs, w: &mut impl Write) -> anyhow::Result<()> {
-    let kind = match args.kind {
-        GetKind::Services => cfg::Kind::Service,
-        GetKind::Endpoints => cfg::Kind::Endpoint,
-        GetKind::Routes => cfg::Kind::HttpRoute,
-    };
-    let mut client = ConfigClient::new(ctx.connect().await?);
+/// One Get call.
+async fn get_kind(
+    client: &mut ConfigClient<tonic::transport::Channel>,
+    kind: cfg::Kind,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> anyhow::Result<cfg::GetResponse> {
     let resp = client
         .get(cfg::GetRequest {
             kind: kind.into(),
-            namespace: args.namespace.clone().unwrap_or_default(),
-            name: args.name.clone().unwrap_or_default(),
+            namespace: namespace.unwrap_or_default().to_owned(),
+            name: name.unwrap_or_default().to_owned(),
         })
         .await
         .map_err(|status| RpcError {
             what: "get",
             status,
-        })?
-        .into_inner();
+        })?;
+    Ok(resp.into_inner())
+}
+
+/// `weftctl get`.
+pub async fn get(ctx: &Context, args: &GetArgs, w: &mut impl Write) -> anyhow::Result<()> {
+    let kind = args.kind.config_kind();
+    let mut client = ConfigClient::new(ctx.connect().await?);
+    let namespace = args.namespace.as_deref();
+    let resp = get_kind(&mut client, kind, namespace, args.name.as_deref()).await?;
     let manifests: Vec<Manifest> = if kind == cfg::Kind::Endpoint {
         resp.endpoints.iter().map(Manifest::of_endpoint).collect()
     } else {
@@ -272,12 +305,29 @@ pub async fn get(ctx: &Context, args: &GetArgs, w: &mut impl Write) -> anyhow::R
                 |ns| format!("namespace {ns}"),
             );
             // On stderr, as kubectl does, so a script reading stdout sees no rows.
-            eprintln!(
-                "No {} found in {scope}.",
-                kind_word(kind.into()).to_owned() + "s"
-            );
+            eprintln!("No {} found in {scope}.", kind_plural(kind));
         }
-        Output::Table => w.write_all(table::render(&manifests).as_bytes())?,
+        Output::Table => {
+            // A policy's STATUS says whether its target exists: the services of the same scope
+            // (a policy targets its own namespace only).
+            let services = match kind {
+                cfg::Kind::AuthorizationPolicy | cfg::Kind::RateLimitPolicy => {
+                    get_kind(&mut client, cfg::Kind::Service, namespace, None)
+                        .await?
+                        .documents
+                        .iter()
+                        .filter_map(|d| match d.kind.as_ref()? {
+                            cfg::document::Kind::Service(s) => {
+                                Some((s.namespace.clone(), s.name.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                }
+                _ => table::Services::new(),
+            };
+            w.write_all(table::render(&manifests, &services).as_bytes())?
+        }
     }
     Ok(())
 }
@@ -306,7 +356,7 @@ pub async fn delete_files(
     delete_objects(ctx, objects, w).await
 }
 
-/// `weftctl delete service|route NS/NAME` and the RPC behind `delete -f`.
+/// `weftctl delete KIND NS/NAME` and the RPC behind `delete -f`.
 pub async fn delete_objects(
     ctx: &Context,
     objects: Vec<cfg::ObjectRef>,

@@ -1,11 +1,18 @@
 //! `weftctl get` tables: one row per object, columns padded to align, as kubectl prints them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::manifest::{EndpointManifest, HttpRouteManifest, Manifest, ServiceManifest};
+use crate::manifest::{
+    AuthorizationPolicyManifest, EndpointManifest, HttpRouteManifest, Manifest,
+    RateLimitPolicyManifest, RateLimitSpec, ServiceManifest, TargetRefSpec,
+};
 
-/// Renders same-kind manifests (the kind of the first decides the columns).
-pub(super) fn render(items: &[Manifest]) -> String {
+/// The services that exist, as (namespace, name): what a policy's STATUS is judged against.
+pub(super) type Services = BTreeSet<(String, String)>;
+
+/// Renders same-kind manifests (the kind of the first decides the columns). `services` is
+/// read for policies only.
+pub(super) fn render(items: &[Manifest], services: &Services) -> String {
     let (header, rows): (&[&str], Vec<Vec<String>>) = match items.first() {
         None => return String::new(),
         Some(Manifest::Service(_)) => (
@@ -24,6 +31,33 @@ pub(super) fn render(items: &[Manifest]) -> String {
                 .iter()
                 .filter_map(|m| match m {
                     Manifest::HttpRoute(r) => Some(route_row(r)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Some(Manifest::AuthorizationPolicy(_)) => (
+            &["NAMESPACE", "NAME", "TARGET", "ACTION", "MODE", "STATUS"],
+            items
+                .iter()
+                .filter_map(|m| match m {
+                    Manifest::AuthorizationPolicy(p) => Some(authorization_row(p, services)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Some(Manifest::RateLimitPolicy(_)) => (
+            &[
+                "NAMESPACE",
+                "NAME",
+                "TARGET",
+                "TOTAL",
+                "PER-IDENTITY",
+                "STATUS",
+            ],
+            items
+                .iter()
+                .filter_map(|m| match m {
+                    Manifest::RateLimitPolicy(p) => Some(rate_limit_row(p, services)),
                     _ => None,
                 })
                 .collect(),
@@ -163,6 +197,66 @@ fn endpoint_row(e: &EndpointManifest) -> Vec<String> {
     ]
 }
 
+/// `Kind/name`, and whether the target exists: a Service by name, a Namespace when it has any
+/// service.
+fn target(ns: &str, t: Option<&TargetRefSpec>, services: &Services) -> (String, &'static str) {
+    let Some(t) = t else {
+        return ("<none>".into(), "not attached");
+    };
+    let kind = if t.kind.is_empty() {
+        "Service"
+    } else {
+        &t.kind
+    };
+    let attached = match kind {
+        "Namespace" => services.iter().any(|(n, _)| n == ns),
+        _ => services.contains(&(ns.to_owned(), t.name.clone())),
+    };
+    (
+        format!("{kind}/{}", t.name),
+        if attached { "attached" } else { "not attached" },
+    )
+}
+
+fn authorization_row(p: &AuthorizationPolicyManifest, services: &Services) -> Vec<String> {
+    let ns = &p.metadata.namespace;
+    let (target, status) = target(ns, p.spec.target_ref.as_ref(), services);
+    vec![
+        ns.clone(),
+        p.metadata.name.clone(),
+        target,
+        p.spec.action.clone().unwrap_or_else(|| "<none>".into()),
+        p.spec.mode.clone().unwrap_or_else(|| "Enforce".into()),
+        status.into(),
+    ]
+}
+
+/// `50/s`, or `50/s,burst=100` when the bucket holds more than a second's worth.
+fn limit(l: Option<&RateLimitSpec>) -> String {
+    match l {
+        None => "<none>".into(),
+        Some(l) => match l.burst {
+            Some(b) if b != l.requests_per_second => {
+                format!("{}/s,burst={b}", l.requests_per_second)
+            }
+            _ => format!("{}/s", l.requests_per_second),
+        },
+    }
+}
+
+fn rate_limit_row(p: &RateLimitPolicyManifest, services: &Services) -> Vec<String> {
+    let ns = &p.metadata.namespace;
+    let (target, status) = target(ns, p.spec.target_ref.as_ref(), services);
+    vec![
+        ns.clone(),
+        p.metadata.name.clone(),
+        target,
+        limit(p.spec.total.as_ref()),
+        limit(p.spec.per_identity.as_ref()),
+        status.into(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,7 +280,7 @@ spec: {ports: [{port: 5432, protocol: tcp}]}
         .unwrap();
         let items: Vec<_> = docs.iter().filter_map(Manifest::of_document).collect();
         assert_eq!(
-            render(&items),
+            render(&items, &Services::new()),
             "\
 NAMESPACE   NAME      PORTS             SELECTOR
 default     reviews   http:8080/http1   app=reviews
@@ -213,10 +307,70 @@ spec:
         .unwrap();
         let items: Vec<_> = docs.iter().filter_map(Manifest::of_document).collect();
         assert_eq!(
-            render(&items),
+            render(&items, &Services::new()),
             "\
 NAMESPACE   NAME     PARENTS        BACKENDS
 default     canary   reviews:8080   reviews-v1=90,reviews-v2=10;reviews-v1=1
+"
+        );
+    }
+
+    #[test]
+    fn policies_show_their_target_and_whether_it_exists() {
+        let docs = crate::manifest::parse_documents(
+            "t",
+            "\
+apiVersion: weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: api-from-web, namespace: shop}
+spec: {targetRef: {kind: Service, name: api}, action: Allow}
+---
+apiVersion: weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: audit-all, namespace: shop}
+spec: {targetRef: {kind: Namespace, name: shop}, action: Deny, mode: Audit}
+---
+apiVersion: weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: gone, namespace: shop}
+spec: {targetRef: {name: old}, action: Deny}
+",
+        )
+        .unwrap();
+        let items: Vec<_> = docs.iter().filter_map(Manifest::of_document).collect();
+        let services: Services = [("shop".to_owned(), "api".to_owned())].into();
+        assert_eq!(
+            render(&items, &services),
+            "\
+NAMESPACE   NAME           TARGET           ACTION   MODE      STATUS
+shop        api-from-web   Service/api      Allow    Enforce   attached
+shop        audit-all      Namespace/shop   Deny     Audit     attached
+shop        gone           Service/old      Deny     Enforce   not attached
+"
+        );
+        // A namespace with no service: nothing to attach to.
+        let none = render(&items[1..2], &Services::new());
+        assert!(none.ends_with("Audit   not attached\n"), "{none}");
+
+        let docs = crate::manifest::parse_documents(
+            "t",
+            "\
+apiVersion: weft.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: api-limits, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  total: {requestsPerSecond: 1000, burst: 2000}
+  perIdentity: {requestsPerSecond: 50}
+",
+        )
+        .unwrap();
+        let items: Vec<_> = docs.iter().filter_map(Manifest::of_document).collect();
+        assert_eq!(
+            render(&items, &services),
+            "\
+NAMESPACE   NAME         TARGET        TOTAL               PER-IDENTITY   STATUS
+shop        api-limits   Service/api   1000/s,burst=2000   50/s           attached
 "
         );
     }

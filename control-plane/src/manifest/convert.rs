@@ -5,9 +5,9 @@
 
 use weft_proto::mesh::v1 as pb;
 
+use super::policy::{default_inbound_of, default_inbound_to_pb, no_annotations};
 use super::traffic::{
-    retry_annotations_of, retry_policy_to_pb, service_annotations, traffic_policy_of,
-    traffic_policy_to_pb,
+    retry_annotations_of, retry_policy_to_pb, traffic_policy_of, traffic_policy_to_pb,
 };
 use super::{
     BackendRefSpec, EndpointManifest, EndpointMetadata, EndpointSpec, GATEWAY_API_VERSION,
@@ -18,7 +18,7 @@ use super::{
 use crate::model::FieldError;
 
 #[derive(Default)]
-pub(super) struct Errs(Vec<FieldError>);
+pub(super) struct Errs(pub(super) Vec<FieldError>);
 
 impl Errs {
     pub(super) fn add(&mut self, field: String, message: impl Into<String>) {
@@ -35,6 +35,17 @@ impl Errs {
     ) -> Option<prost_types::Duration> {
         let s = s.as_ref()?;
         parse_duration(s).map_err(|m| self.add(field, m)).ok()
+    }
+
+    /// A match type that may only be `Exact` (or absent).
+    fn exact_only(&mut self, field: String, t: &Option<String>) {
+        match t.as_deref() {
+            None | Some("Exact") => {}
+            Some("RegularExpression") => {
+                self.add(field, "RegularExpression is not supported: use Exact")
+            }
+            Some(other) => self.add(field, format!("unknown match type {other:?}: use Exact")),
+        }
     }
 
     /// An optional port: absent is 0 on the wire ("every port"); an explicit 0 is refused so it
@@ -89,7 +100,11 @@ pub(super) fn service_to_pb(m: &ServiceManifest) -> (pb::Service, Vec<FieldError
             }
         })
         .collect();
-    service_annotations(&mut errs, &m.metadata.annotations);
+    no_annotations(
+        &mut errs,
+        &m.metadata.annotations,
+        "a Service takes no annotations: its traffic policy is spec.trafficPolicy",
+    );
     let traffic_policy = m
         .spec
         .traffic_policy
@@ -102,6 +117,13 @@ pub(super) fn service_to_pb(m: &ServiceManifest) -> (pb::Service, Vec<FieldError
         selector: m.spec.selector.clone(),
         routes: vec![],
         traffic_policy,
+        default_inbound_policy: default_inbound_to_pb(
+            &mut errs,
+            m.spec.default_inbound_policy.as_deref(),
+        )
+        .into(),
+        authorization_policies: vec![],
+        rate_limit_policy: None,
     };
     (s, errs.0)
 }
@@ -174,56 +196,62 @@ fn rule_to_pb(errs: &mut Errs, f: &str, r: &RuleSpec) -> pb::HttpRouteRule {
     }
 }
 
-fn match_to_pb(errs: &mut Errs, f: &str, m: &MatchSpec) -> pb::HttpRouteMatch {
-    let path = m.path.as_ref().map(|p| {
-        let ty = match p.type_.as_str() {
-            "Exact" => pb::path_match::Type::Exact,
-            "PathPrefix" => pb::path_match::Type::PathPrefix,
-            "RegularExpression" => {
-                errs.add(
-                    format!("{f}.path.type"),
-                    "RegularExpression is not supported: use Exact or PathPrefix",
-                );
-                pb::path_match::Type::Unspecified
-            }
-            other => {
-                errs.add(
-                    format!("{f}.path.type"),
-                    format!("unknown path match type {other:?}: use Exact or PathPrefix"),
-                );
-                pb::path_match::Type::Unspecified
-            }
-        };
-        pb::PathMatch {
-            r#type: ty.into(),
-            value: p.value.clone(),
+/// A Gateway API path match (HTTPRoute matches, AuthorizationPolicy `to.paths`).
+pub(super) fn path_to_pb(errs: &mut Errs, f: &str, p: &PathSpec) -> pb::PathMatch {
+    let ty = match p.type_.as_str() {
+        "Exact" => pb::path_match::Type::Exact,
+        "PathPrefix" => pb::path_match::Type::PathPrefix,
+        "RegularExpression" => {
+            errs.add(
+                format!("{f}.type"),
+                "RegularExpression is not supported: use Exact or PathPrefix",
+            );
+            pb::path_match::Type::Unspecified
         }
-    });
-    let mut exact_only = |field: String, t: &Option<String>| match t.as_deref() {
-        None | Some("Exact") => {}
-        Some("RegularExpression") => {
-            errs.add(field, "RegularExpression is not supported: use Exact")
+        other => {
+            errs.add(
+                format!("{f}.type"),
+                format!("unknown path match type {other:?}: use Exact or PathPrefix"),
+            );
+            pb::path_match::Type::Unspecified
         }
-        Some(other) => errs.add(field, format!("unknown match type {other:?}: use Exact")),
     };
-    let headers = m
-        .headers
-        .iter()
+    pb::PathMatch {
+        r#type: ty.into(),
+        value: p.value.clone(),
+    }
+}
+
+/// Exact header matches (HTTPRoute matches, AuthorizationPolicy `to.headers`).
+pub(super) fn headers_to_pb(
+    errs: &mut Errs,
+    f: &str,
+    h: &[ValueMatchSpec],
+) -> Vec<pb::HeaderMatch> {
+    h.iter()
         .enumerate()
-        .map(|(h, hm)| {
-            exact_only(format!("{f}.headers[{h}].type"), &hm.type_);
+        .map(|(i, hm)| {
+            errs.exact_only(format!("{f}[{i}].type"), &hm.type_);
             pb::HeaderMatch {
                 name: hm.name.clone(),
                 value: hm.value.clone(),
             }
         })
-        .collect();
+        .collect()
+}
+
+fn match_to_pb(errs: &mut Errs, f: &str, m: &MatchSpec) -> pb::HttpRouteMatch {
+    let path = m
+        .path
+        .as_ref()
+        .map(|p| path_to_pb(errs, &format!("{f}.path"), p));
+    let headers = headers_to_pb(errs, &format!("{f}.headers"), &m.headers);
     let query_params = m
         .query_params
         .iter()
         .enumerate()
         .map(|(q, qm)| {
-            exact_only(format!("{f}.queryParams[{q}].type"), &qm.type_);
+            errs.exact_only(format!("{f}.queryParams[{q}].type"), &qm.type_);
             pb::QueryParamMatch {
                 name: qm.name.clone(),
                 value: qm.value.clone(),
@@ -256,7 +284,7 @@ pub(super) fn endpoint_to_pb(m: &EndpointManifest) -> pb::Endpoint {
 
 /// A wire port that does not fit u16 is shown as 0, which validation refuses on re-apply, rather
 /// than as a different valid port.
-fn port16(p: u32) -> u16 {
+pub(super) fn port16(p: u32) -> u16 {
     u16::try_from(p).unwrap_or(0)
 }
 
@@ -289,6 +317,7 @@ impl From<&pb::Service> for ServiceManifest {
                     .collect(),
                 selector: s.selector.clone(),
                 traffic_policy: s.traffic_policy.as_ref().map(traffic_policy_of),
+                default_inbound_policy: default_inbound_of(s.default_inbound_policy),
             },
         }
     }
@@ -350,26 +379,32 @@ fn rule_of(r: &pb::HttpRouteRule) -> RuleSpec {
     }
 }
 
+pub(super) fn path_of(p: &pb::PathMatch) -> PathSpec {
+    PathSpec {
+        type_: match pb::path_match::Type::try_from(p.r#type) {
+            Ok(pb::path_match::Type::Exact) => "Exact".into(),
+            Ok(pb::path_match::Type::PathPrefix) => "PathPrefix".into(),
+            // Shown as-is so that re-applying it is refused rather than guessed.
+            _ => "Unspecified".into(),
+        },
+        value: p.value.clone(),
+    }
+}
+
+pub(super) fn headers_of(h: &[pb::HeaderMatch]) -> Vec<ValueMatchSpec> {
+    h.iter()
+        .map(|h| ValueMatchSpec {
+            type_: None,
+            name: h.name.clone(),
+            value: h.value.clone(),
+        })
+        .collect()
+}
+
 fn match_of(m: &pb::HttpRouteMatch) -> MatchSpec {
     MatchSpec {
-        path: m.path.as_ref().map(|p| PathSpec {
-            type_: match pb::path_match::Type::try_from(p.r#type) {
-                Ok(pb::path_match::Type::Exact) => "Exact".into(),
-                Ok(pb::path_match::Type::PathPrefix) => "PathPrefix".into(),
-                // Shown as-is so that re-applying it is refused rather than guessed.
-                _ => "Unspecified".into(),
-            },
-            value: p.value.clone(),
-        }),
-        headers: m
-            .headers
-            .iter()
-            .map(|h| ValueMatchSpec {
-                type_: None,
-                name: h.name.clone(),
-                value: h.value.clone(),
-            })
-            .collect(),
+        path: m.path.as_ref().map(path_of),
+        headers: headers_of(&m.headers),
         query_params: m
             .query_params
             .iter()

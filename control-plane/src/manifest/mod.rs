@@ -2,22 +2,26 @@
 //! yaml|json` output, and the JSON the registry keeps in the store (so `etcdctl get` shows the
 //! same shape a person applied).
 //!
-//! Three kinds:
+//! The kinds:
 //! - `apiVersion: weft.io/v1alpha1`, `kind: Service`
 //! - `apiVersion: gateway.networking.k8s.io/v1`, `kind: HTTPRoute` (Gateway API names, casing
 //!   and durations)
+//! - `apiVersion: weft.io/v1alpha1`, `kind: AuthorizationPolicy` and `kind: RateLimitPolicy`
+//!   (inbound policy, converted in [`policy`])
 //! - `apiVersion: weft.io/v1alpha1`, `kind: Endpoint` (output and storage only; endpoints are
 //!   registered, never applied)
 //!
 //! Parsing goes YAML → `serde_json::Value` (one per document) → the typed structs below (with
 //! `deny_unknown_fields` everywhere, so a typo is an error naming its path) → wire types
-//! ([`convert`]; [`traffic`] for a Service's `spec.trafficPolicy` and an HTTPRoute's
+//! ([`convert`]; [`policy`] for the policy kinds and a Service's `spec.defaultInboundPolicy`;
+//! [`traffic`] for a Service's `spec.trafficPolicy` and an HTTPRoute's
 //! `retry.weft.io/` annotations) → the domain `TryFrom` in [`crate::model`], the one validation
 //! boundary. Every problem names the file, the document number and the field. This module does
 //! no I/O.
 
 mod convert;
 mod duration;
+mod policy;
 #[cfg(test)]
 mod tests;
 mod traffic;
@@ -34,7 +38,7 @@ use crate::model::{self, FieldError};
 pub use duration::{format_duration, parse_duration};
 pub use types::*;
 
-/// `apiVersion` of Weft's own kinds (Service, Endpoint).
+/// `apiVersion` of Weft's own kinds (Service, AuthorizationPolicy, RateLimitPolicy, Endpoint).
 pub const WEFT_API_VERSION: &str = "weft.io/v1alpha1";
 /// `apiVersion` of HTTPRoute.
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
@@ -314,8 +318,7 @@ fn label_of(value: &serde_json::Value) -> Option<String> {
     Some(format!("{kind} {}/{name}", namespace_of(value)))
 }
 
-const KNOWN: &str =
-    "weftctl applies Service (weft.io/v1alpha1) and HTTPRoute (gateway.networking.k8s.io/v1)";
+const KNOWN: &str = "weftctl applies Service, AuthorizationPolicy and RateLimitPolicy (weft.io/v1alpha1) and HTTPRoute (gateway.networking.k8s.io/v1)";
 
 /// The config kind of a document, after checking `apiVersion` against `kind`.
 fn check_kind(value: &serde_json::Value) -> (Option<cfg::Kind>, Vec<Raw>) {
@@ -336,6 +339,8 @@ fn check_kind(value: &serde_json::Value) -> (Option<cfg::Kind>, Vec<Raw>) {
     let (want_api, config_kind) = match kind {
         "Service" => (WEFT_API_VERSION, cfg::Kind::Service),
         "HTTPRoute" => (GATEWAY_API_VERSION, cfg::Kind::HttpRoute),
+        "AuthorizationPolicy" => (WEFT_API_VERSION, cfg::Kind::AuthorizationPolicy),
+        "RateLimitPolicy" => (WEFT_API_VERSION, cfg::Kind::RateLimitPolicy),
         "Endpoint" => {
             return (
                 None,
@@ -382,21 +387,60 @@ fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, 
     })
 }
 
+/// The typed manifest of an applied `kind`, converted to its wire document, with the
+/// conversion's findings (the domain validation has not run yet).
+fn convert_value(
+    kind: cfg::Kind,
+    value: serde_json::Value,
+) -> Result<(DocKind, Vec<FieldError>), Raw> {
+    fn with<M, P>(
+        value: serde_json::Value,
+        to_pb: fn(&M) -> (P, Vec<FieldError>),
+        wrap: fn(P) -> DocKind,
+    ) -> Result<(DocKind, Vec<FieldError>), Raw>
+    where
+        M: serde::de::DeserializeOwned,
+    {
+        let m: M = typed(value)?;
+        let (p, conv) = to_pb(&m);
+        Ok((wrap(p), conv))
+    }
+    match kind {
+        cfg::Kind::Service => with(value, convert::service_to_pb, DocKind::Service),
+        cfg::Kind::HttpRoute => with(value, convert::route_to_pb, DocKind::HttpRoute),
+        cfg::Kind::AuthorizationPolicy => with(
+            value,
+            policy::authorization_to_pb,
+            DocKind::AuthorizationPolicy,
+        ),
+        cfg::Kind::RateLimitPolicy => with(
+            value,
+            policy::rate_limit_policy_to_pb,
+            DocKind::RateLimitPolicy,
+        ),
+        // check_kind never answers these.
+        cfg::Kind::Endpoint | cfg::Kind::Unspecified => Err(Raw::at(
+            "kind",
+            format!("{} is not applied", kind_name(kind)),
+        )),
+    }
+}
+
 fn document_from_value(value: serde_json::Value) -> Result<cfg::Document, Vec<Raw>> {
     let (kind, errs) = check_kind(&value);
     let Some(kind) = kind else { return Err(errs) };
-    match kind {
-        cfg::Kind::Service => {
-            let m: ServiceManifest = typed(value).map_err(|e| vec![e])?;
-            let (s, conv) = convert::service_to_pb(&m);
-            validated::<model::Service, _>(s, conv).map(|s| document(DocKind::Service(s)))
+    let (doc, conv) = convert_value(kind, value).map_err(|e| vec![e])?;
+    let doc = match doc {
+        DocKind::Service(s) => validated::<model::Service, _>(s, conv).map(DocKind::Service),
+        DocKind::HttpRoute(r) => validated::<model::HttpRoute, _>(r, conv).map(DocKind::HttpRoute),
+        DocKind::AuthorizationPolicy(p) => {
+            validated::<model::AuthorizationPolicy, _>(p, conv).map(DocKind::AuthorizationPolicy)
         }
-        _ => {
-            let m: HttpRouteManifest = typed(value).map_err(|e| vec![e])?;
-            let (r, conv) = convert::route_to_pb(&m);
-            validated::<model::HttpRoute, _>(r, conv).map(|r| document(DocKind::HttpRoute(r)))
+        DocKind::RateLimitPolicy(p) => {
+            validated::<model::RateLimitPolicy, _>(p, conv).map(DocKind::RateLimitPolicy)
         }
-    }
+    }?;
+    Ok(document(doc))
 }
 
 /// The manifest `kind` of a config kind.
@@ -404,6 +448,8 @@ pub fn kind_name(kind: cfg::Kind) -> &'static str {
     match kind {
         cfg::Kind::Service => "Service",
         cfg::Kind::HttpRoute => "HTTPRoute",
+        cfg::Kind::AuthorizationPolicy => "AuthorizationPolicy",
+        cfg::Kind::RateLimitPolicy => "RateLimitPolicy",
         cfg::Kind::Endpoint => "Endpoint",
         cfg::Kind::Unspecified => "(unspecified kind)",
     }
@@ -487,25 +533,11 @@ pub fn document_from_json(kind: cfg::Kind, bytes: &[u8]) -> Result<cfg::Document
         }
         return Err(err(errs));
     }
-    let fields = |v: Vec<FieldError>| v.into_iter().map(Raw::from).collect::<Vec<_>>();
-    match kind {
-        cfg::Kind::Service => {
-            let m: ServiceManifest = typed(value).map_err(|e| err(vec![e]))?;
-            let (s, conv) = convert::service_to_pb(&m);
-            if !conv.is_empty() {
-                return Err(err(fields(conv)));
-            }
-            Ok(document(DocKind::Service(s)))
-        }
-        _ => {
-            let m: HttpRouteManifest = typed(value).map_err(|e| err(vec![e]))?;
-            let (r, conv) = convert::route_to_pb(&m);
-            if !conv.is_empty() {
-                return Err(err(fields(conv)));
-            }
-            Ok(document(DocKind::HttpRoute(r)))
-        }
+    let (doc, conv) = convert_value(kind, value).map_err(|e| err(vec![e]))?;
+    if !conv.is_empty() {
+        return Err(err(conv.into_iter().map(Raw::from).collect()));
     }
+    Ok(document(doc))
 }
 
 /// The stored JSON of a registered endpoint: its manifest form.
@@ -536,7 +568,7 @@ pub fn endpoint_from_json(bytes: &[u8]) -> Result<pb::Endpoint, ManifestError> {
     Ok(convert::endpoint_to_pb(&m))
 }
 
-/// Multi-document YAML (`---` between documents), re-appliable for Services and HTTPRoutes.
+/// Multi-document YAML (`---` between documents), re-appliable for every kind but Endpoint.
 pub fn to_yaml(items: &[Manifest]) -> Result<String, RenderError> {
     let mut out = String::new();
     for (i, m) in items.iter().enumerate() {

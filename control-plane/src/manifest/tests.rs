@@ -2,6 +2,7 @@ use proptest::prelude::*;
 
 use super::*;
 
+mod policy;
 mod traffic;
 
 const CANARY: &str = "\
@@ -549,27 +550,33 @@ fn service() -> impl Strategy<Value = pb::Service> {
         prop::collection::btree_map(1u32..=65535, (0usize..4, any::<bool>()), 1..4),
         prop::collection::btree_map("[a-z]{1,5}", "[a-z0-9]{0,5}", 0..3),
         prop::option::of(traffic_policy()),
+        0i32..=3,
     )
         .prop_map(
-            |(namespace, name, ports, selector, traffic_policy)| pb::Service {
-                namespace,
-                name,
-                ports: ports
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (port, (proto, named)))| pb::Port {
-                        name: if named {
-                            format!("p{i}")
-                        } else {
-                            String::new()
-                        },
-                        port,
-                        protocol: PROTOCOL_VALUES[proto],
-                    })
-                    .collect(),
-                selector,
-                routes: vec![],
-                traffic_policy,
+            |(namespace, name, ports, selector, traffic_policy, default_inbound_policy)| {
+                pb::Service {
+                    namespace,
+                    name,
+                    ports: ports
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (port, (proto, named)))| pb::Port {
+                            name: if named {
+                                format!("p{i}")
+                            } else {
+                                String::new()
+                            },
+                            port,
+                            protocol: PROTOCOL_VALUES[proto],
+                        })
+                        .collect(),
+                    selector,
+                    routes: vec![],
+                    traffic_policy,
+                    default_inbound_policy,
+                    authorization_policies: vec![],
+                    rate_limit_policy: None,
+                }
             },
         )
 }
@@ -699,6 +706,12 @@ fn document() -> impl Strategy<Value = cfg::Document> {
         route().prop_map(|r| cfg::Document {
             kind: Some(DocKind::HttpRoute(r))
         }),
+        policy::authorization_policy().prop_map(|p| cfg::Document {
+            kind: Some(DocKind::AuthorizationPolicy(p))
+        }),
+        policy::rate_limit_policy().prop_map(|p| cfg::Document {
+            kind: Some(DocKind::RateLimitPolicy(p))
+        }),
     ]
 }
 
@@ -706,8 +719,40 @@ fn is_valid(d: &cfg::Document) -> bool {
     match d.kind.clone() {
         Some(DocKind::Service(s)) => model::Service::try_from(s).is_ok(),
         Some(DocKind::HttpRoute(r)) => model::HttpRoute::try_from(r).is_ok(),
+        Some(DocKind::AuthorizationPolicy(p)) => model::AuthorizationPolicy::try_from(p).is_ok(),
+        Some(DocKind::RateLimitPolicy(p)) => model::RateLimitPolicy::try_from(p).is_ok(),
         None => false,
     }
+}
+
+fn kind_of(d: &cfg::Document) -> cfg::Kind {
+    match d.kind {
+        Some(DocKind::Service(_)) => cfg::Kind::Service,
+        Some(DocKind::HttpRoute(_)) => cfg::Kind::HttpRoute,
+        Some(DocKind::AuthorizationPolicy(_)) => cfg::Kind::AuthorizationPolicy,
+        Some(DocKind::RateLimitPolicy(_)) => cfg::Kind::RateLimitPolicy,
+        None => cfg::Kind::Unspecified,
+    }
+}
+
+/// What the store serves for a valid document: the model's own wire form.
+fn served(d: cfg::Document) -> cfg::Document {
+    let kind = match d.kind {
+        Some(DocKind::Service(s)) => {
+            DocKind::Service(pb::Service::from(&model::Service::try_from(s).unwrap()))
+        }
+        Some(DocKind::HttpRoute(r)) => {
+            DocKind::HttpRoute(pb::HttpRoute::from(&model::HttpRoute::try_from(r).unwrap()))
+        }
+        Some(DocKind::AuthorizationPolicy(p)) => DocKind::AuthorizationPolicy(
+            pb::AuthorizationPolicy::from(&model::AuthorizationPolicy::try_from(p).unwrap()),
+        ),
+        Some(DocKind::RateLimitPolicy(p)) => DocKind::RateLimitPolicy(pb::RateLimitPolicy::from(
+            &model::RateLimitPolicy::try_from(p).unwrap(),
+        )),
+        None => unreachable!(),
+    };
+    cfg::Document { kind: Some(kind) }
 }
 
 proptest! {
@@ -717,8 +762,7 @@ proptest! {
     #[test]
     fn json_round_trip_is_identity(d in document()) {
         prop_assert!(is_valid(&d), "the generator made an invalid document: {d:?}");
-        let kind = match d.kind { Some(DocKind::Service(_)) => cfg::Kind::Service, _ => cfg::Kind::HttpRoute };
-        prop_assert_eq!(document_from_json(kind, &document_to_json(&d)).unwrap(), d);
+        prop_assert_eq!(document_from_json(kind_of(&d), &document_to_json(&d)).unwrap(), d);
     }
 
     /// `get -o yaml` and `get -o json` (a List) output apply back to the same documents.
@@ -736,12 +780,7 @@ proptest! {
     /// `unchanged`.
     #[test]
     fn served_documents_reapply_unchanged(d in document()) {
-        let served = match d.kind {
-            Some(DocKind::Service(s)) => DocKind::Service(pb::Service::from(&model::Service::try_from(s).unwrap())),
-            Some(DocKind::HttpRoute(r)) => DocKind::HttpRoute(pb::HttpRoute::from(&model::HttpRoute::try_from(r).unwrap())),
-            None => unreachable!(),
-        };
-        let served = cfg::Document { kind: Some(served) };
+        let served = served(d);
         let yaml = to_yaml(&[Manifest::of_document(&served).unwrap()]).unwrap();
         prop_assert_eq!(parse_documents("-", &yaml).unwrap(), vec![served], "{}", yaml);
     }

@@ -90,16 +90,6 @@ pub(super) fn traffic_policy_to_pb(errs: &mut Errs, t: &TrafficPolicySpec) -> pb
     }
 }
 
-/// Any annotation on a Service is refused: it would be lost, and its policy has a field.
-pub(super) fn service_annotations(errs: &mut Errs, annotations: &BTreeMap<String, Value>) {
-    if !annotations.is_empty() {
-        errs.add(
-            "metadata.annotations".into(),
-            "a Service takes no annotations: its traffic policy is spec.trafficPolicy",
-        );
-    }
-}
-
 /// The retry policy of an HTTPRoute's annotations: `None` when it has none of them.
 pub(super) fn retry_policy_to_pb(
     errs: &mut Errs,

@@ -18,7 +18,7 @@ use super::DEFAULT_NAMESPACE;
 pub struct Object<M, S> {
     /// `weft.io/v1alpha1` or `gateway.networking.k8s.io/v1`, by kind.
     pub api_version: String,
-    /// `Service`, `HTTPRoute` or `Endpoint`.
+    /// `Service`, `HTTPRoute`, `AuthorizationPolicy`, `RateLimitPolicy` or `Endpoint`.
     pub kind: String,
     /// Name and namespace.
     pub metadata: M,
@@ -32,12 +32,16 @@ pub type ServiceManifest = Object<Metadata, ServiceSpec>;
 pub type HttpRouteManifest = Object<Metadata, HttpRouteSpec>;
 /// `kind: Endpoint`.
 pub type EndpointManifest = Object<EndpointMetadata, EndpointSpec>;
+/// `kind: AuthorizationPolicy`.
+pub type AuthorizationPolicyManifest = Object<Metadata, AuthorizationPolicySpec>;
+/// `kind: RateLimitPolicy`.
+pub type RateLimitPolicyManifest = Object<Metadata, RateLimitPolicySpec>;
 
 fn default_namespace() -> String {
     DEFAULT_NAMESPACE.into()
 }
 
-/// `metadata` of Services and HTTPRoutes.
+/// `metadata` of Services, HTTPRoutes and policies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
@@ -48,7 +52,8 @@ pub struct Metadata {
     pub namespace: String,
     /// HTTPRoutes only: Weft's retry policy, under the `retry.weft.io/` keys of
     /// [`weft_proto::model`] (`ANNOTATION_ON` and its siblings). Any other key, and any
-    /// annotation on a Service, is refused in conversion: nothing here may be silently dropped.
+    /// annotation on another kind, is refused in conversion: nothing here may be silently
+    /// dropped.
     /// Values are strings, as in Kubernetes; any JSON value is accepted here so that an unquoted
     /// number or boolean is refused with its path and a message of ours, not as a type error.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -69,6 +74,11 @@ pub struct ServiceSpec {
     /// field's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_policy: Option<TrafficPolicySpec>,
+    /// `allow`, `authenticated` or `deny`: the decision for inbound requests no Allow policy
+    /// speaks about; absent: the control plane's `--default-inbound-policy`. A string, checked
+    /// in conversion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_inbound_policy: Option<String>,
 }
 
 /// `spec.trafficPolicy` of a Service (see `weft.mesh.v1.TrafficPolicy`).
@@ -305,12 +315,149 @@ pub struct EndpointSpec {
     pub ready: bool,
 }
 
+/// `spec.targetRef` of a policy (see `weft.mesh.v1.PolicyTargetRef`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetRefSpec {
+    /// `Service` (empty means Service) or, for an AuthorizationPolicy, `Namespace`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// The Service's name, or (kind Namespace) the policy's own namespace.
+    pub name: String,
+}
+
+/// `spec` of an AuthorizationPolicy (see `weft.mesh.v1.AuthorizationPolicy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    /// Required; optional here so that leaving it out gets the model's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRefSpec>,
+    /// `Allow` or `Deny` (required). A string, checked in conversion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// `Enforce` (absent means Enforce) or `Audit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Alternatives, one must match; absent: any client. An explicit `[]` is refused (it
+    /// would read as "nobody" but means "anybody" on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<FromSpec>>,
+    /// Alternatives, one must match; absent: every request. An explicit `[]` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<ToSpec>>,
+}
+
+/// One entry of an AuthorizationPolicy's `from`: every field given must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FromSpec {
+    /// Exact SPIFFE IDs of the mesh's trust domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// Any workload of these namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// These service accounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<ServiceAccountSpec>,
+    /// `true`: any verified mesh identity. `false` is refused (the wire has no "not").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<bool>,
+    /// `true`: plaintext clients. `false` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unauthenticated: Option<bool>,
+    /// Client address ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkSpec>,
+}
+
+/// A service account: `{namespace, name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountSpec {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A client address range: `{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub cidr: String,
+    /// Ranges inside `cidr` that do not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
+}
+
+/// One entry of an AuthorizationPolicy's `to`: every field given must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToSpec {
+    /// Ports of the target service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// HTTP methods (case-sensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// `Exact` or `PathPrefix` matches of the normalized path, as in an HTTPRoute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathSpec>,
+    /// Exact header matches, as in an HTTPRoute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatchSpec>,
+}
+
+/// `spec` of a RateLimitPolicy (see `weft.mesh.v1.RateLimitPolicy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitPolicySpec {
+    /// Required: `{kind: Service, name: NAME}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRefSpec>,
+    /// Every request to the service, at each server proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<RateLimitSpec>,
+    /// Each client identity (plaintext clients share one bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_identity: Option<RateLimitSpec>,
+    /// Identities with a limit of their own instead of `perIdentity`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<RateLimitOverrideSpec>,
+}
+
+/// A token bucket: `{requestsPerSecond, burst}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// 1..=1,000,000.
+    pub requests_per_second: u32,
+    /// At least `requestsPerSecond`; absent: equal to it. An explicit 0 is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// One entry of a RateLimitPolicy's `overrides`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitOverrideSpec {
+    /// SPIFFE IDs of the mesh's trust domain; at least one.
+    #[serde(default)]
+    pub identities: Vec<String>,
+    /// As in [`RateLimitSpec`].
+    pub requests_per_second: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
 /// Any one document, for output (`weftctl get -o yaml|json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Manifest {
     Service(ServiceManifest),
     HttpRoute(HttpRouteManifest),
+    AuthorizationPolicy(AuthorizationPolicyManifest),
+    RateLimitPolicy(RateLimitPolicyManifest),
     Endpoint(EndpointManifest),
 }
 
@@ -320,6 +467,8 @@ impl Manifest {
         match d.kind.as_ref()? {
             DocKind::Service(s) => Some(Manifest::Service(s.into())),
             DocKind::HttpRoute(r) => Some(Manifest::HttpRoute(r.into())),
+            DocKind::AuthorizationPolicy(p) => Some(Manifest::AuthorizationPolicy(p.into())),
+            DocKind::RateLimitPolicy(p) => Some(Manifest::RateLimitPolicy(p.into())),
         }
     }
 

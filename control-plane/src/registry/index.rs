@@ -5,6 +5,10 @@
 //! every discovery stream shares (fan-out never recomputes per stream). Versions are hashes of
 //! the encoded resource, so replicas reading the same store agree on them, and a resource that
 //! is recomputed to the same bytes keeps its version (no spurious push).
+//!
+//! A Service resource carries what applies to the service: its HTTPRoutes, the
+//! AuthorizationPolicies that target it or its namespace, its RateLimitPolicy, and its effective
+//! default inbound policy (its own, else the control plane's; never UNSPECIFIED).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -13,7 +17,10 @@ use std::sync::Arc;
 use prost::Message;
 use weft_proto::mesh::v1 as pb;
 
-use crate::model::{Endpoint, HttpRoute, ObjectRef, Service};
+use crate::model::{
+    AuthorizationPolicy, DefaultInbound, Endpoint, HttpRoute, ObjectRef, PolicyTarget,
+    RateLimitPolicy, Service,
+};
 use crate::store::Revision;
 
 /// The discovery resource types.
@@ -97,6 +104,8 @@ pub enum Change {
     /// A route and the store revision that created it (its age, for Gateway API's tie-break).
     Route(ObjectRef, Option<(Revision, HttpRoute)>),
     Endpoint(ObjectRef, SocketAddr, Option<Endpoint>),
+    AuthorizationPolicy(ObjectRef, Option<AuthorizationPolicy>),
+    RateLimitPolicy(ObjectRef, Option<RateLimitPolicy>),
 }
 
 pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
@@ -132,6 +141,10 @@ pub struct Index {
     routes: BTreeMap<ObjectRef, (Revision, HttpRoute)>,
     /// Keyed by (namespace, service, address) so a namespace is one range.
     endpoints: BTreeMap<(ObjectRef, SocketAddr), Endpoint>,
+    authorization_policies: BTreeMap<ObjectRef, AuthorizationPolicy>,
+    rate_limit_policies: BTreeMap<ObjectRef, RateLimitPolicy>,
+    /// For services that do not set `spec.defaultInboundPolicy`.
+    default_inbound: DefaultInbound,
     trust_bundle: Option<pb::TrustBundle>,
     dirty: BTreeSet<(ResourceType, String)>,
     published: Snapshot,
@@ -154,6 +167,24 @@ impl Index {
         self.dirty
             .insert((ResourceType::TrustBundle, bundle.trust_domain.clone()));
         self.trust_bundle = Some(bundle);
+    }
+
+    /// The control plane's `--default-inbound-policy`: what a service that does not set its own
+    /// gets in discovery.
+    pub fn set_default_inbound(&mut self, default: DefaultInbound) {
+        if default == self.default_inbound {
+            return;
+        }
+        self.default_inbound = default;
+        let ids: Vec<ObjectRef> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.default_inbound.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.mark(ResourceType::Service, &id);
+        }
     }
 
     pub fn apply(&mut self, change: Change) {
@@ -211,6 +242,48 @@ impl Index {
                     }
                 }
             }
+            Change::AuthorizationPolicy(id, policy) => {
+                let old = match policy {
+                    Some(p) => self.authorization_policies.insert(id.clone(), p.clone()),
+                    None => self.authorization_policies.remove(&id),
+                };
+                let new = self
+                    .authorization_policies
+                    .get(&id)
+                    .map(|p| p.target.clone());
+                for target in old.map(|p| p.target).into_iter().chain(new) {
+                    self.mark_target(&id.namespace, &target);
+                }
+            }
+            Change::RateLimitPolicy(id, policy) => {
+                let old = match policy {
+                    Some(p) => self.rate_limit_policies.insert(id.clone(), p.clone()),
+                    None => self.rate_limit_policies.remove(&id),
+                };
+                let new = self.rate_limit_policies.get(&id).map(|p| p.service.clone());
+                for service in old.map(|p| p.service).into_iter().chain(new) {
+                    self.mark(
+                        ResourceType::Service,
+                        &ObjectRef::new(&id.namespace, service),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Marks the Service resources a policy of namespace `ns` with `target` applies to. A
+    /// service created later computes its policies then.
+    fn mark_target(&mut self, ns: &str, target: &PolicyTarget) {
+        match target {
+            PolicyTarget::Service(name) => {
+                self.mark(ResourceType::Service, &ObjectRef::new(ns, name))
+            }
+            PolicyTarget::Namespace => {
+                let ids: Vec<ObjectRef> = self.services_in(ns).map(|s| s.id.clone()).collect();
+                for id in ids {
+                    self.mark(ResourceType::Service, &id);
+                }
+            }
         }
     }
 
@@ -224,6 +297,14 @@ impl Index {
         for id in ids {
             self.apply(Change::Route(id, None));
         }
+        let ids: Vec<ObjectRef> = self.authorization_policies.keys().cloned().collect();
+        for id in ids {
+            self.apply(Change::AuthorizationPolicy(id, None));
+        }
+        let ids: Vec<ObjectRef> = self.rate_limit_policies.keys().cloned().collect();
+        for id in ids {
+            self.apply(Change::RateLimitPolicy(id, None));
+        }
         // Every endpoint's resource is already dirty: its service's was marked above.
         self.endpoints.clear();
         for c in changes {
@@ -236,11 +317,17 @@ impl Index {
     }
 
     fn services_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
-        let start = ObjectRef::new(ns, "");
-        self.services
-            .range(start..)
+        Self::in_namespace(&self.services, ns)
+    }
+
+    /// The objects of `map` in namespace `ns`, by name.
+    fn in_namespace<'a, T>(
+        map: &'a BTreeMap<ObjectRef, T>,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a T> + 'a {
+        map.range(ObjectRef::new(ns, "")..)
             .take_while(move |(id, _)| id.namespace == ns)
-            .map(|(_, s)| s)
+            .map(|(_, v)| v)
     }
 
     fn endpoints_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
@@ -275,6 +362,7 @@ impl Index {
                     .into_iter()
                     .map(|(_, _, r)| pb::HttpRoute::from(r))
                     .collect();
+                self.fill_inbound(&mut msg, svc);
                 Some(Resource::new(ty, name.to_owned(), &msg))
             }
             ResourceType::Endpoints => {
@@ -293,6 +381,23 @@ impl Index {
                 Some(Resource::new(ty, name.to_owned(), &msg))
             }
         }
+    }
+
+    /// A Service resource's inbound policy: the effective default, the AuthorizationPolicies
+    /// that target the service or its namespace (by name: they share the namespace), and its
+    /// RateLimitPolicy (the config API admits one; of several written past it, the first by
+    /// name).
+    fn fill_inbound(&self, msg: &mut pb::Service, svc: &Service) {
+        let ns = &svc.id.namespace;
+        let default = svc.default_inbound.unwrap_or(self.default_inbound);
+        msg.default_inbound_policy = DefaultInbound::to_pb(Some(default)).into();
+        msg.authorization_policies = Self::in_namespace(&self.authorization_policies, ns)
+            .filter(|p| p.targets(&svc.id))
+            .map(pb::AuthorizationPolicy::from)
+            .collect();
+        msg.rate_limit_policy = Self::in_namespace(&self.rate_limit_policies, ns)
+            .find(|p| p.targets(&svc.id))
+            .map(pb::RateLimitPolicy::from);
     }
 
     /// Whether [`Index::flush`] has anything to do.
@@ -360,6 +465,10 @@ impl Index {
 
     pub fn routes(&self) -> &BTreeMap<ObjectRef, (Revision, HttpRoute)> {
         &self.routes
+    }
+
+    pub fn default_inbound(&self) -> DefaultInbound {
+        self.default_inbound
     }
 }
 

@@ -13,6 +13,7 @@ use weft_proto::mesh::v1 as pb;
 use super::codec;
 use super::{Index, Published};
 use crate::metrics::{Metrics, OpLabels};
+use crate::model::DefaultInbound;
 use crate::store::{Store, StoreError};
 
 /// How long a burst of store events is gathered before one snapshot is published. Short: a
@@ -35,15 +36,19 @@ pub struct Registry {
 
 impl Registry {
     /// The receiver gets a new [`Published`] after every change; it starts unsynced.
+    /// `default_inbound` is what services that set no `spec.defaultInboundPolicy` get.
     pub fn new(
         store: Arc<dyn Store>,
         trust_bundle: pb::TrustBundle,
+        default_inbound: DefaultInbound,
         metrics: Arc<Metrics>,
     ) -> (Self, watch::Receiver<Arc<Published>>) {
         let (tx, rx) = watch::channel(Arc::new(Published::default()));
+        let mut index = Index::new(trust_bundle);
+        index.set_default_inbound(default_inbound);
         let registry = Registry {
             store,
-            index: Index::new(trust_bundle),
+            index,
             tx,
             metrics,
             revision: 0,

@@ -3,7 +3,10 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Backend, ParentRef, PathMatch, Port, Protocol, RouteMatch, Rule, Timeouts};
+use crate::model::{
+    AuthzAction, Backend, ParentRef, PathMatch, PolicyMode, Port, Protocol, RateLimit, RouteMatch,
+    Rule, Timeouts,
+};
 
 const NAMESPACES: [&str; 2] = ["default", "shop"];
 const NAMES: [&str; 3] = ["reviews", "reviews-v2", "ratings"];
@@ -28,7 +31,40 @@ fn service(ns: &str, name: &str, selector: &[(&str, &str)]) -> Service {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         traffic: Default::default(),
+        default_inbound: None,
     }
+}
+
+fn authz(ns: &str, name: &str, target: PolicyTarget) -> AuthorizationPolicy {
+    AuthorizationPolicy {
+        id: ObjectRef::new(ns, name),
+        target,
+        action: AuthzAction::Deny,
+        mode: PolicyMode::Enforce,
+        from: vec![],
+        to: vec![],
+    }
+}
+
+fn rate_limit(ns: &str, name: &str, service: &str, rps: u32) -> RateLimitPolicy {
+    RateLimitPolicy {
+        id: ObjectRef::new(ns, name),
+        service: service.into(),
+        total: Some(RateLimit {
+            requests_per_second: rps,
+            burst: rps,
+        }),
+        per_identity: None,
+        overrides: vec![],
+    }
+}
+
+fn decode_service(s: &Snapshot, name: &str) -> pb::Service {
+    pb::Service::decode(s.services[name].body.value.as_slice()).unwrap()
+}
+
+fn changed(s: &Snapshot) -> Vec<String> {
+    s.changed.iter().map(|(_, n)| n.clone()).collect()
 }
 
 fn route(ns: &str, name: &str, parent: &str, backends: &[(&str, u32)]) -> HttpRoute {
@@ -194,6 +230,135 @@ fn deleting_a_service_removes_both_its_resources() {
     assert_eq!(snap.changed.len(), 2);
 }
 
+#[test]
+fn policies_land_in_the_services_they_target_ordered_by_name() {
+    let mut index = Index::new(bundle());
+    for (ns, name) in [("shop", "api"), ("shop", "web"), ("default", "api")] {
+        index.apply(Change::Service(
+            ObjectRef::new(ns, name),
+            Some(service(ns, name, &[])),
+        ));
+    }
+    index.flush();
+    for p in [
+        authz("shop", "z-api-only", PolicyTarget::Service("api".into())),
+        authz("shop", "a-whole-namespace", PolicyTarget::Namespace),
+    ] {
+        index.apply(Change::AuthorizationPolicy(p.id.clone(), Some(p)));
+    }
+    let r = rate_limit("shop", "limits", "api", 100);
+    index.apply(Change::RateLimitPolicy(r.id.clone(), Some(r)));
+    let snap = index.flush();
+    // Only shop's services changed; default/api is another namespace's.
+    assert_eq!(changed(&snap), ["shop/api", "shop/web"]);
+    let api = decode_service(&snap, "shop/api");
+    let names: Vec<_> = api
+        .authorization_policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["a-whole-namespace", "z-api-only"]);
+    assert_eq!(
+        api.rate_limit_policy.as_ref().map(|r| r.name.as_str()),
+        Some("limits")
+    );
+    let web = decode_service(&snap, "shop/web");
+    assert_eq!(web.authorization_policies.len(), 1);
+    assert_eq!(web.rate_limit_policy, None);
+    let other = decode_service(&snap, "default/api");
+    assert!(other.authorization_policies.is_empty() && other.rate_limit_policy.is_none());
+
+    // Retargeting a policy updates both the old and the new target.
+    let moved = authz("shop", "z-api-only", PolicyTarget::Service("web".into()));
+    index.apply(Change::AuthorizationPolicy(moved.id.clone(), Some(moved)));
+    let snap = index.flush();
+    assert_eq!(changed(&snap), ["shop/api", "shop/web"]);
+    assert_eq!(
+        decode_service(&snap, "shop/web")
+            .authorization_policies
+            .len(),
+        2
+    );
+
+    // Deleting them takes them out again.
+    index.apply(Change::AuthorizationPolicy(
+        ObjectRef::new("shop", "a-whole-namespace"),
+        None,
+    ));
+    index.apply(Change::RateLimitPolicy(
+        ObjectRef::new("shop", "limits"),
+        None,
+    ));
+    let snap = index.flush();
+    let api = decode_service(&snap, "shop/api");
+    assert!(api.authorization_policies.is_empty() && api.rate_limit_policy.is_none());
+}
+
+#[test]
+fn a_service_created_after_its_policies_picks_them_up() {
+    let mut index = Index::new(bundle());
+    let p = authz("shop", "ns-wide", PolicyTarget::Namespace);
+    index.apply(Change::AuthorizationPolicy(p.id.clone(), Some(p)));
+    let r = rate_limit("shop", "limits", "api", 5);
+    index.apply(Change::RateLimitPolicy(r.id.clone(), Some(r)));
+    // Dangling: no service resource appears for a policy alone.
+    let snap = index.flush();
+    assert!(snap.services.is_empty(), "{:?}", snap.services.keys());
+    index.apply(Change::Service(
+        ObjectRef::new("shop", "api"),
+        Some(service("shop", "api", &[])),
+    ));
+    let snap = index.flush();
+    let api = decode_service(&snap, "shop/api");
+    assert_eq!(api.authorization_policies[0].name, "ns-wide");
+    assert_eq!(
+        api.rate_limit_policy
+            .unwrap()
+            .total
+            .unwrap()
+            .requests_per_second,
+        5
+    );
+}
+
+#[test]
+fn the_default_inbound_policy_is_the_services_own_or_the_control_planes() {
+    use crate::model::DefaultInbound;
+    let effective = |s: &Snapshot, name: &str| {
+        pb::DefaultInboundPolicy::try_from(decode_service(s, name).default_inbound_policy).unwrap()
+    };
+    let mut index = Index::new(bundle());
+    let mut own = service("shop", "own", &[]);
+    own.default_inbound = Some(DefaultInbound::Authenticated);
+    index.apply(Change::Service(own.id.clone(), Some(own)));
+    index.apply(Change::Service(
+        ObjectRef::new("shop", "plain"),
+        Some(service("shop", "plain", &[])),
+    ));
+    let snap = index.flush();
+    // Never UNSPECIFIED in discovery: the control plane's default is allow.
+    assert_eq!(
+        effective(&snap, "shop/plain"),
+        pb::DefaultInboundPolicy::Allow
+    );
+    assert_eq!(
+        effective(&snap, "shop/own"),
+        pb::DefaultInboundPolicy::Authenticated
+    );
+    // Changing the control plane's default changes only the services without their own.
+    index.set_default_inbound(DefaultInbound::Deny);
+    let snap = index.flush();
+    assert_eq!(changed(&snap), ["shop/plain"]);
+    assert_eq!(
+        effective(&snap, "shop/plain"),
+        pb::DefaultInboundPolicy::Deny
+    );
+    assert_eq!(index.default_inbound(), DefaultInbound::Deny);
+    // Setting it to what it is publishes nothing.
+    index.set_default_inbound(DefaultInbound::Deny);
+    assert_eq!(index.flush().generation, snap.generation);
+}
+
 /// Small universes so random sequences collide on the same objects often.
 fn arb_change() -> impl Strategy<Value = Change> {
     let ns = prop::sample::select(&NAMESPACES[..]);
@@ -222,8 +387,8 @@ fn arb_change() -> impl Strategy<Value = Change> {
             Change::Route(ObjectRef::new(ns, rname), present.then_some((created, r)))
         });
     let ep = (
-        ns,
-        name,
+        ns.clone(),
+        name.clone(),
         prop::sample::select(&["10.0.0.1:80", "10.0.0.2:80", "[fd00::1]:80"][..]),
         prop::sample::select(&["v1", "v2"][..]),
         prop::bool::ANY,
@@ -232,7 +397,30 @@ fn arb_change() -> impl Strategy<Value = Change> {
             let e = endpoint(ns, svc, addr, version);
             Change::Endpoint(e.service.clone(), e.address, present.then_some(e))
         });
-    prop_oneof![svc, rt, ep]
+    let ap = (
+        ns.clone(),
+        prop::sample::select(&["deny-all", "allow-web"][..]),
+        prop::option::of(name.clone()),
+        prop::bool::ANY,
+    )
+        .prop_map(|(ns, pname, target, present)| {
+            let target =
+                target.map_or(PolicyTarget::Namespace, |t| PolicyTarget::Service(t.into()));
+            let p = authz(ns, pname, target);
+            Change::AuthorizationPolicy(p.id.clone(), present.then_some(p))
+        });
+    let rl = (
+        ns,
+        prop::sample::select(&["limits", "more-limits"][..]),
+        name,
+        1u32..3,
+        prop::bool::ANY,
+    )
+        .prop_map(|(ns, pname, target, rps, present)| {
+            let r = rate_limit(ns, pname, target, rps);
+            Change::RateLimitPolicy(r.id.clone(), present.then_some(r))
+        });
+    prop_oneof![svc, rt, ep, ap, rl]
 }
 
 fn versions(s: &Snapshot) -> BTreeMap<(ResourceType, String), String> {
@@ -254,6 +442,8 @@ fn final_state(changes: &[Change]) -> Vec<Change> {
             Change::Service(id, _) => format!("s/{id}"),
             Change::Route(id, _) => format!("r/{id}"),
             Change::Endpoint(svc, addr, _) => format!("e/{svc}/{addr}"),
+            Change::AuthorizationPolicy(id, _) => format!("a/{id}"),
+            Change::RateLimitPolicy(id, _) => format!("l/{id}"),
         };
         last.insert(key, c.clone());
     }
@@ -262,6 +452,8 @@ fn final_state(changes: &[Change]) -> Vec<Change> {
             Change::Service(_, s) => s.is_some(),
             Change::Route(_, r) => r.is_some(),
             Change::Endpoint(_, _, e) => e.is_some(),
+            Change::AuthorizationPolicy(_, p) => p.is_some(),
+            Change::RateLimitPolicy(_, p) => p.is_some(),
         })
         .collect()
 }
