@@ -40,37 +40,28 @@ pub enum BadPath {
 /// with `/`. Case is kept. A path that needs none of this is returned borrowed, without
 /// allocating: this runs on every inbound request.
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
-    if is_clean(path)? {
+    if is_clean(path) {
         return Ok(Cow::Borrowed(path));
     }
     normalize_slow(path).map(Cow::Owned)
 }
 
-/// The fast path: `Ok(true)` when `path` is already normal, `Ok(false)` when it needs the slow
-/// path, an error for what is refused either way.
-fn is_clean(path: &str) -> Result<bool, BadPath> {
+/// The fast path: whether `path` is already normal (else the slow path normalizes or refuses
+/// it).
+fn is_clean(path: &str) -> bool {
     let b = path.as_bytes();
-    match b.first() {
-        None => return Ok(false),
-        Some(b'/') => {}
-        Some(b'*') if b.len() == 1 => return Ok(true),
-        Some(_) => {
-            // `\admin` is absolute once `\` becomes `/`: let the slow path decide.
-            return Ok(false);
-        }
+    match b {
+        [] => false,
+        [b'*'] => true,
+        // `\admin` is absolute once `\` becomes `/`: the slow path decides.
+        [first, ..] if *first != b'/' => false,
+        // Anything to change or refuse goes to the slow path, which names the first problem.
+        _ => b.iter().enumerate().all(|(i, &c)| match c {
+            0..=0x1F | 0x7F | b'#' | b'%' | b'\\' => false,
+            b'/' => !matches!(b.get(i + 1), Some(b'/' | b'.')),
+            _ => true,
+        }),
     }
-    let mut clean = true;
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            0 => return Err(BadPath::Nul),
-            0x01..=0x1F | 0x7F => return Err(BadPath::Control(c)),
-            b'#' => return Err(BadPath::Fragment),
-            b'%' | b'\\' => clean = false,
-            b'/' if matches!(b.get(i + 1), Some(b'/' | b'.')) => clean = false,
-            _ => {}
-        }
-    }
-    Ok(clean)
 }
 
 /// Steps 1–3 on any path (the fast path gives the same result where it applies; the property

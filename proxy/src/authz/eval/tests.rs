@@ -158,13 +158,15 @@ fn inbound(default: DefaultInbound, policies: Vec<AuthorizationPolicy>) -> Inbou
     }
 }
 
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 /// A request: client (`None`: plaintext), port, `Some((method, path, headers))` for HTTP.
 #[derive(Clone, Copy)]
 struct Req<'a> {
     client: Option<&'a str>,
     ip: &'a str,
     port: u16,
-    http: Option<(&'a str, &'a str, &'a [(&'a str, &'a str)])>,
+    http: Option<(&'a str, &'a str, Headers<'a>)>,
 }
 
 fn get(client: Option<&'static str>, path: &'static str) -> Req<'static> {
@@ -192,7 +194,7 @@ impl<'a> Req<'a> {
         }
         self
     }
-    fn headers(mut self, hs: &'a [(&'a str, &'a str)]) -> Self {
+    fn headers(mut self, hs: Headers<'a>) -> Self {
         if let Some(h) = &mut self.http {
             h.2 = hs;
         }

@@ -171,4 +171,10 @@ proptest! {
         let fast = normalize_path(&input).map(Cow::into_owned);
         prop_assert_eq!(fast, normalize_slow(&input));
     }
+
+    #[test]
+    fn fast_path_agrees_with_slow_path_on_any_string(input in "\\PC{0,24}") {
+        let fast = normalize_path(&input).map(Cow::into_owned);
+        prop_assert_eq!(fast, normalize_slow(&input));
+    }
 }
