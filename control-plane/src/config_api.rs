@@ -47,6 +47,8 @@ impl ConfigService {
 }
 
 mod policy;
+#[cfg(test)]
+mod tests;
 
 /// A validated document, ready to store (or as stored).
 enum Object {

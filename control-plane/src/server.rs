@@ -57,7 +57,7 @@ pub struct Config {
 /// The registry's store.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    /// Embedded, in memory; with a snapshot file, services and routes survive restarts.
+    /// Embedded, in memory; with a snapshot file, services, routes and policies survive restarts.
     Memory {
         snapshot: Option<PathBuf>,
     },

@@ -53,7 +53,8 @@ struct Args {
     /// Key prefix in etcd.
     #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/")]
     etcd_prefix: String,
-    /// Embedded store only: a snapshot file that keeps services and routes across restarts.
+    /// Embedded store only: a snapshot file that keeps services, routes and policies across
+    /// restarts.
     #[arg(long, env = "WEFT_STORE_SNAPSHOT", conflicts_with = "etcd_endpoints")]
     store_snapshot: Option<PathBuf>,
     /// An identity allowed to change config (repeatable). Default: the one `weftctl login`

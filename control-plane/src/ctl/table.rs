@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::manifest::{
-    AuthorizationPolicyManifest, EndpointManifest, HttpRouteManifest, Manifest,
+    AuthorizationPolicyManifest, EndpointManifest, HttpRouteManifest, Manifest, Metadata,
     RateLimitPolicyManifest, RateLimitSpec, ServiceManifest, TargetRefSpec,
 };
 
@@ -13,73 +13,43 @@ pub(super) type Services = BTreeSet<(String, String)>;
 /// Renders same-kind manifests (the kind of the first decides the columns). `services` is
 /// read for policies only.
 pub(super) fn render(items: &[Manifest], services: &Services) -> String {
-    let (header, rows): (&[&str], Vec<Vec<String>>) = match items.first() {
-        None => return String::new(),
-        Some(Manifest::Service(_)) => (
-            &["NAMESPACE", "NAME", "PORTS", "SELECTOR"],
-            items
-                .iter()
-                .filter_map(|m| match m {
-                    Manifest::Service(s) => Some(service_row(s)),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        Some(Manifest::HttpRoute(_)) => (
-            &["NAMESPACE", "NAME", "PARENTS", "BACKENDS"],
-            items
-                .iter()
-                .filter_map(|m| match m {
-                    Manifest::HttpRoute(r) => Some(route_row(r)),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        Some(Manifest::AuthorizationPolicy(_)) => (
-            &["NAMESPACE", "NAME", "TARGET", "ACTION", "MODE", "STATUS"],
-            items
-                .iter()
-                .filter_map(|m| match m {
-                    Manifest::AuthorizationPolicy(p) => Some(authorization_row(p, services)),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        Some(Manifest::RateLimitPolicy(_)) => (
-            &[
-                "NAMESPACE",
-                "NAME",
-                "TARGET",
-                "TOTAL",
-                "PER-IDENTITY",
-                "STATUS",
-            ],
-            items
-                .iter()
-                .filter_map(|m| match m {
-                    Manifest::RateLimitPolicy(p) => Some(rate_limit_row(p, services)),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        Some(Manifest::Endpoint(_)) => (
-            &[
-                "NAMESPACE",
-                "SERVICE",
-                "ADDRESS",
-                "IDENTITY",
-                "LABELS",
-                "READY",
-            ],
-            items
-                .iter()
-                .filter_map(|m| match m {
-                    Manifest::Endpoint(e) => Some(endpoint_row(e)),
-                    _ => None,
-                })
-                .collect(),
-        ),
+    let Some(first) = items.first() else {
+        return String::new();
     };
+    let header: &[&str] = match first {
+        Manifest::Service(_) => &["NAMESPACE", "NAME", "PORTS", "SELECTOR"],
+        Manifest::HttpRoute(_) => &["NAMESPACE", "NAME", "PARENTS", "BACKENDS"],
+        Manifest::AuthorizationPolicy(_) => {
+            &["NAMESPACE", "NAME", "TARGET", "ACTION", "MODE", "STATUS"]
+        }
+        Manifest::RateLimitPolicy(_) => &[
+            "NAMESPACE",
+            "NAME",
+            "TARGET",
+            "TOTAL",
+            "PER-IDENTITY",
+            "STATUS",
+        ],
+        Manifest::Endpoint(_) => &[
+            "NAMESPACE",
+            "SERVICE",
+            "ADDRESS",
+            "IDENTITY",
+            "LABELS",
+            "READY",
+        ],
+    };
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .filter(|m| std::mem::discriminant(*m) == std::mem::discriminant(first))
+        .map(|m| match m {
+            Manifest::Service(s) => service_row(s),
+            Manifest::HttpRoute(r) => route_row(r),
+            Manifest::AuthorizationPolicy(p) => authorization_row(p, services),
+            Manifest::RateLimitPolicy(p) => rate_limit_row(p, services),
+            Manifest::Endpoint(e) => endpoint_row(e),
+        })
+        .collect();
     align(header, &rows)
 }
 
@@ -197,38 +167,44 @@ fn endpoint_row(e: &EndpointManifest) -> Vec<String> {
     ]
 }
 
-/// `Kind/name`, and whether the target exists: a Service by name, a Namespace when it has any
-/// service.
-fn target(ns: &str, t: Option<&TargetRefSpec>, services: &Services) -> (String, &'static str) {
-    let Some(t) = t else {
-        return ("<none>".into(), "not attached");
+/// A policy's row: namespace, name, `Kind/name` of its target, the kind's own `columns`, and
+/// whether the target exists (a Service by name; a Namespace when it has any service).
+fn policy_row(
+    meta: &Metadata,
+    target: Option<&TargetRefSpec>,
+    columns: [String; 2],
+    services: &Services,
+) -> Vec<String> {
+    let ns = &meta.namespace;
+    let (target, attached) = match target {
+        None => ("<none>".to_owned(), false),
+        Some(t) => {
+            let kind = if t.kind.is_empty() {
+                "Service"
+            } else {
+                &t.kind
+            };
+            let attached = match kind {
+                "Namespace" => services.iter().any(|(n, _)| n == ns),
+                _ => services.contains(&(ns.clone(), t.name.clone())),
+            };
+            (format!("{kind}/{}", t.name), attached)
+        }
     };
-    let kind = if t.kind.is_empty() {
-        "Service"
-    } else {
-        &t.kind
-    };
-    let attached = match kind {
-        "Namespace" => services.iter().any(|(n, _)| n == ns),
-        _ => services.contains(&(ns.to_owned(), t.name.clone())),
-    };
-    (
-        format!("{kind}/{}", t.name),
-        if attached { "attached" } else { "not attached" },
-    )
+    let [a, b] = columns;
+    let status = if attached { "attached" } else { "not attached" };
+    vec![ns.clone(), meta.name.clone(), target, a, b, status.into()]
 }
 
 fn authorization_row(p: &AuthorizationPolicyManifest, services: &Services) -> Vec<String> {
-    let ns = &p.metadata.namespace;
-    let (target, status) = target(ns, p.spec.target_ref.as_ref(), services);
-    vec![
-        ns.clone(),
-        p.metadata.name.clone(),
-        target,
-        p.spec.action.clone().unwrap_or_else(|| "<none>".into()),
-        p.spec.mode.clone().unwrap_or_else(|| "Enforce".into()),
-        status.into(),
-    ]
+    let action = p.spec.action.clone().unwrap_or_else(|| "<none>".into());
+    let mode = p.spec.mode.clone().unwrap_or_else(|| "Enforce".into());
+    policy_row(
+        &p.metadata,
+        p.spec.target_ref.as_ref(),
+        [action, mode],
+        services,
+    )
 }
 
 /// `50/s`, or `50/s,burst=100` when the bucket holds more than a second's worth.
@@ -245,16 +221,11 @@ fn limit(l: Option<&RateLimitSpec>) -> String {
 }
 
 fn rate_limit_row(p: &RateLimitPolicyManifest, services: &Services) -> Vec<String> {
-    let ns = &p.metadata.namespace;
-    let (target, status) = target(ns, p.spec.target_ref.as_ref(), services);
-    vec![
-        ns.clone(),
-        p.metadata.name.clone(),
-        target,
+    let columns = [
         limit(p.spec.total.as_ref()),
         limit(p.spec.per_identity.as_ref()),
-        status.into(),
-    ]
+    ];
+    policy_row(&p.metadata, p.spec.target_ref.as_ref(), columns, services)
 }
 
 #[cfg(test)]

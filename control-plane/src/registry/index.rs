@@ -289,21 +289,24 @@ impl Index {
 
     /// Replaces the whole state (after a re-list); `flush` then publishes only the differences.
     pub fn reset(&mut self, changes: impl IntoIterator<Item = Change>) {
-        let ids: Vec<ObjectRef> = self.services.keys().cloned().collect();
-        for id in ids {
-            self.apply(Change::Service(id, None));
-        }
-        let ids: Vec<ObjectRef> = self.routes.keys().cloned().collect();
-        for id in ids {
-            self.apply(Change::Route(id, None));
-        }
-        let ids: Vec<ObjectRef> = self.authorization_policies.keys().cloned().collect();
-        for id in ids {
-            self.apply(Change::AuthorizationPolicy(id, None));
-        }
-        let ids: Vec<ObjectRef> = self.rate_limit_policies.keys().cloned().collect();
-        for id in ids {
-            self.apply(Change::RateLimitPolicy(id, None));
+        let removals: Vec<Change> = (self
+            .services
+            .keys()
+            .map(|id| Change::Service(id.clone(), None)))
+        .chain(self.routes.keys().map(|id| Change::Route(id.clone(), None)))
+        .chain(
+            self.authorization_policies
+                .keys()
+                .map(|id| Change::AuthorizationPolicy(id.clone(), None)),
+        )
+        .chain(
+            self.rate_limit_policies
+                .keys()
+                .map(|id| Change::RateLimitPolicy(id.clone(), None)),
+        )
+        .collect();
+        for c in removals {
+            self.apply(c);
         }
         // Every endpoint's resource is already dirty: its service's was marked above.
         self.endpoints.clear();
