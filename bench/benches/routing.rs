@@ -73,8 +73,12 @@ fn service(name: &str, routes: Vec<HttpRoute>) -> Held<ServiceConfig> {
                 }],
                 selector: BTreeMap::new(),
                 traffic: TrafficPolicy::default(),
+                default_inbound: None,
             },
             routes,
+            authorization: vec![],
+            rate_limit: None,
+            default_inbound: Default::default(),
         }),
     }
 }

@@ -33,6 +33,11 @@ pub struct AdminState {
     pub shutdown: watch::Sender<bool>,
     /// The data path's endpoint state, for `/explain`.
     pub balancers: Arc<Balancers>,
+    /// The inbound rate-limit buckets, for `/explain/inbound`.
+    pub limiter: Arc<crate::authz::ratelimit::RateLimiter>,
+    /// `--app-port`, the default port of `/explain/inbound`.
+    pub app_port: Option<u16>,
+    pub probe_paths: Vec<(u16, String)>,
 }
 
 /// Serves until `shutdown` flips.
@@ -56,6 +61,9 @@ pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::
                 async move {
                     if req.method() == Method::POST && req.uri().path() == "/explain" {
                         return Ok::<_, Infallible>(explain(req, &state).await);
+                    }
+                    if req.method() == Method::POST && req.uri().path() == "/explain/inbound" {
+                        return Ok::<_, Infallible>(explain_inbound(req, &state).await);
                     }
                     Ok::<_, Infallible>(route(&req, &state))
                 }
@@ -96,13 +104,13 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/certs") => {
             (StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n".into())
         }
-        (_, "/shutdown" | "/explain") => {
+        (_, "/shutdown" | "/explain" | "/explain/inbound") => {
             (StatusCode::METHOD_NOT_ALLOWED, TEXT, "use POST\n".into())
         }
         _ => (
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found: try /live, /ready, /metrics, /config_dump, /certs, POST /explain or POST /shutdown\n"
+            "not found: try /live, /ready, /metrics, /config_dump, /certs, POST /explain, POST /explain/inbound or POST /shutdown\n"
                 .into(),
         ),
     };
@@ -114,43 +122,75 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     resp
 }
 
-/// `POST /explain` with a JSON [`crate::explain::Query`]: what the data path would do with such
-/// a request now.
-async fn explain(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, body: String| {
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
-        resp
-    };
+fn json_reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON request body of at most 64 KiB, or the 400 to answer.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    expected: &str,
+) -> Result<T, Response<Full<Bytes>>> {
     let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
     {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return reply(
+            return Err(json_reply(
                 StatusCode::BAD_REQUEST,
                 json!({"error": format!("reading the body: {e}")}).to_string(),
-            );
+            ));
         }
     };
-    let query: crate::explain::Query = match serde_json::from_slice(&body) {
-        Ok(q) => q,
-        Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("expected {{\"authority\", \"path\", \"method\", \"headers\"}}: {e}")})
-                    .to_string(),
-            );
-        }
-    };
+    serde_json::from_slice(&body).map_err(|e| {
+        json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("expected {expected}: {e}")}).to_string(),
+        )
+    })
+}
+
+/// `POST /explain` with a JSON [`crate::explain::Query`]: what the data path would do with such
+/// a request now.
+async fn explain(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let query: crate::explain::Query =
+        match json_body(req, "{\"authority\", \"path\", \"method\", \"headers\"}").await {
+            Ok(q) => q,
+            Err(resp) => return resp,
+        };
     let config = state.config.borrow().clone();
     let out = crate::explain::explain(&config, &state.balancers, &query);
-    reply(StatusCode::OK, format!("{out:#}\n"))
+    json_reply(StatusCode::OK, format!("{out:#}\n"))
+}
+
+/// `POST /explain/inbound` with a JSON [`crate::authz::explain::InboundQuery`]: what this
+/// proxy's inbound policy would do with such a request now, and why.
+async fn explain_inbound(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let query: crate::authz::explain::InboundQuery = match json_body(
+        req,
+        "{\"from\", \"ip\", \"port\", \"method\", \"path\", \"headers\"}",
+    )
+    .await
+    {
+        Ok(q) => q,
+        Err(resp) => return resp,
+    };
+    let config = state.config.borrow().clone();
+    let out = crate::authz::explain::explain(
+        &config,
+        &state.limiter,
+        state.app_port,
+        &state.probe_paths,
+        &query,
+    );
+    json_reply(StatusCode::OK, format!("{out:#}\n"))
 }
 
 fn not_ready(state: &AdminState) -> Option<&'static str> {

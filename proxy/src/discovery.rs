@@ -36,6 +36,8 @@ pub struct Discovery {
     pub identity: Arc<Identity>,
     pub config: watch::Sender<Arc<MeshConfig>>,
     pub metrics: Arc<Metrics>,
+    /// What this workload serves: whose inbound policies to compile.
+    pub served: crate::authz::Served,
 }
 
 impl Discovery {
@@ -131,6 +133,15 @@ impl Discovery {
                 }
                 for name in &resp.removed_resources {
                     next.services.remove(name);
+                }
+                let inbound = crate::authz::compile(&self.served, &next);
+                if inbound != next.inbound {
+                    info!(
+                        policies = inbound.as_ref().map_or(0, |i| i.rules.policies.len()),
+                        default = %inbound.as_ref().map_or_else(Default::default, |i| i.rules.default),
+                        "inbound policy updated"
+                    );
+                    next.inbound = inbound;
                 }
             }
             pb::ENDPOINTS_TYPE_URL => {

@@ -9,6 +9,16 @@ use crate::body::{Body, full};
 
 /// The header naming why the proxy answered itself.
 pub const ERROR_HEADER: &str = "x-weft-error";
+/// The header naming the policy that denied a request (to mesh clients only).
+pub const POLICY_HEADER: &str = "x-weft-policy";
+
+/// Whether a peer proxy's response is a policy's refusal (denied or rate limited): the
+/// client's proxy neither retries it nor counts it against the endpoint.
+pub fn is_policy_refusal(resp_headers: &http::HeaderMap) -> bool {
+    resp_headers
+        .get(ERROR_HEADER)
+        .is_some_and(|v| v == "denied" || v == "rate-limited")
+}
 
 /// Whether a request is a gRPC call (its answers must be gRPC statuses).
 pub fn is_grpc(request_headers: &http::HeaderMap) -> bool {
@@ -45,6 +55,17 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("{0} is outside the mesh and passthrough is off")]
     Denied(String),
+    /// Inbound authorization refused the request. `describe`: the client is a verified mesh
+    /// identity, and may be told which policy (plaintext strangers are not).
+    #[error("denied by {policy}")]
+    Forbidden { policy: String, describe: bool },
+    /// A RateLimitPolicy's bucket is empty.
+    #[error("rate limited ({scope}): retry after {retry_after} s")]
+    RateLimited {
+        scope: &'static str,
+        retry_after: u64,
+        describe: bool,
+    },
     #[error("{0}")]
     AllEndpointsEjected(String),
     #[error("overloaded: {0}")]
@@ -81,7 +102,8 @@ impl ProxyError {
             ProxyError::Timeout(_) => "timeout",
             ProxyError::Upstream { .. } => "upstream-failed",
             ProxyError::BadRequest(_) => "bad-request",
-            ProxyError::Denied(_) => "denied",
+            ProxyError::Denied(_) | ProxyError::Forbidden { .. } => "denied",
+            ProxyError::RateLimited { .. } => "rate-limited",
             ProxyError::AllEndpointsEjected(_) => "all-endpoints-ejected",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::RetryBudgetExhausted { .. } => "retry-budget-exhausted",
@@ -100,7 +122,30 @@ impl ProxyError {
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Denied(_) | ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// Whether this is a policy's answer (403 or 429 from authorization or a rate limit): its
+    /// own headers, and an `x-weft-error` only for clients that may be told.
+    fn policy_headers(&self, h: &mut http::HeaderMap) -> Option<bool> {
+        match self {
+            ProxyError::Forbidden { policy, describe } => {
+                if *describe && let Ok(v) = HeaderValue::from_str(policy) {
+                    h.insert(POLICY_HEADER, v);
+                }
+                Some(*describe)
+            }
+            ProxyError::RateLimited {
+                retry_after,
+                describe,
+                ..
+            } => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                Some(*describe)
+            }
+            _ => None,
         }
     }
 
@@ -120,6 +165,7 @@ impl ProxyError {
         let code: u16 = match self.status().as_u16() {
             400 => 13, // INTERNAL
             403 => 7,  // PERMISSION_DENIED
+            429 => 8,  // RESOURCE_EXHAUSTED
             404 => 12, // UNIMPLEMENTED
             504 => 4,  // DEADLINE_EXCEEDED: our own timeout ran out
             _ => 14,   // UNAVAILABLE: 502, 503
@@ -144,15 +190,34 @@ impl ProxyError {
             HeaderValue::from_static("application/grpc"),
         );
         h.insert("grpc-status", HeaderValue::from(code));
-        if let Ok(v) = HeaderValue::from_str(&message) {
-            h.insert("grpc-message", v);
+        match self.policy_headers(h) {
+            Some(false) => {}
+            Some(true) => {
+                h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+            }
+            None => {
+                if let Ok(v) = HeaderValue::from_str(&message) {
+                    h.insert("grpc-message", v);
+                }
+                h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+            }
         }
-        h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
         resp
     }
 
     /// The response the proxy sends in place of the upstream's.
     pub fn into_response(self) -> Response<Body> {
+        let mut policy = http::HeaderMap::new();
+        if let Some(describe) = self.policy_headers(&mut policy) {
+            // A policy's answer has no body: it says nothing a header does not.
+            let mut resp = Response::new(crate::body::empty());
+            *resp.status_mut() = self.status();
+            if describe {
+                policy.insert(ERROR_HEADER, HeaderValue::from_static(self.reason()));
+            }
+            *resp.headers_mut() = policy;
+            return resp;
+        }
         let mut body = self.to_string();
         body.push('\n');
         let mut resp = Response::new(full(Bytes::from(body)));

@@ -257,6 +257,8 @@ async fn attempt(
         Ok((resp, grpc)) => {
             let status = resp.status().as_u16();
             let failure = match grpc {
+                // A server proxy's policy said no: retrying would only be refused again.
+                Some(code) if code != 0 && crate::error::is_policy_refusal(resp.headers()) => None,
                 Some(code) if code != 0 => Some(Failure::Grpc(code)),
                 _ if status >= 500 => Some(Failure::Status(status)),
                 _ => None,

@@ -5,16 +5,27 @@
 //! certificate and reaches the application as `x-weft-client-id` (whatever the client sent
 //! under that name is removed). ALPN says what follows: `h2` (HTTP, HTTP/1.1 requests marked
 //! with `weft-orig-proto`), `http/1.1` (an upgrade), or `weft.opaque` (TCP). Plaintext from
-//! clients outside the mesh is served in permissive mode and closed in strict mode.
+//! clients outside the mesh is served in permissive mode and closed in strict mode (except
+//! HTTP to `--probe-paths`, which kubelet sends without a certificate).
+//!
+//! Every HTTP request's path is normalized first (`authz::normalize`; what the application
+//! receives is the normalized path, so a policy and the application agree on what was asked
+//! for), then the workload's inbound policy decides (`authz`); an opaque connection is decided
+//! before a byte is forwarded, and closed if a later policy no longer allows it.
 
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response, Version};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span, info};
 use weft_certs::SpiffeId;
 
+use crate::authz::eval::HttpFacts;
+use crate::authz::normalize::normalize_path;
+use crate::authz::{Caller, InboundPolicy};
 use crate::body::{Body, streamed};
 use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
@@ -30,25 +41,36 @@ const DIRECTION: &str = "inbound";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handles one connection accepted on the inbound port.
-pub async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: std::net::SocketAddr) {
+pub async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let Some(app) = ctx.app.clone() else { return };
     let detected = match detect(&tcp, ctx.settings.detect_timeout).await {
         Ok(d) => d,
         Err(e) => return debug!(error = %e, "detection failed"),
     };
-    if detected != Detected::Tls && ctx.settings.mtls == MtlsMode::Strict {
+    let strict = ctx.settings.mtls == MtlsMode::Strict;
+    let http = match detected {
+        Detected::Http1 => Some(Http::Http1),
+        Detected::Http2 => Some(Http::Http2),
+        Detected::Tls | Detected::Opaque => None,
+    };
+    let probes = !ctx.probe_paths.is_empty();
+    if detected != Detected::Tls && strict && !(http.is_some() && probes) {
         info!(%peer, ?detected, "plaintext connection refused (--mtls strict)");
         return;
     }
-    match detected {
-        Detected::Tls => mtls(ctx, app, tcp).await,
-        Detected::Http1 => serve_http(ctx, app, tcp, Http::Http1, None).await,
-        Detected::Http2 => serve_http(ctx, app, tcp, Http::Http2, None).await,
-        Detected::Opaque => to_app_tcp(&ctx, &app, tcp).await,
+    let conn = Conn {
+        ip: peer.ip(),
+        client: None,
+        probes_only: strict,
+    };
+    match (detected, http) {
+        (Detected::Tls, _) => mtls(ctx, app, tcp, peer.ip()).await,
+        (_, Some(http)) => serve_http(ctx, app, tcp, http, conn).await,
+        _ => to_app_tcp(&ctx, &app, tcp, None, peer.ip()).await,
     }
 }
 
-async fn mtls(ctx: Arc<Ctx>, app: Arc<App>, tcp: TcpStream) {
+async fn mtls(ctx: Arc<Ctx>, app: Arc<App>, tcp: TcpStream, ip: IpAddr) {
     let config = match ctx.tls.server() {
         Ok(c) => c,
         Err(e) => return debug!(error = %e, "no TLS configuration"),
@@ -68,10 +90,29 @@ async fn mtls(ctx: Arc<Ctx>, app: Arc<App>, tcp: TcpStream) {
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let span = debug_span!("mtls", %client);
     async move {
+        let conn = |id: SpiffeId| match HeaderValue::from_str(id.as_str()) {
+            Ok(header) => Some(Conn {
+                ip,
+                client: Some(Arc::new(Client { id, header })),
+                probes_only: false,
+            }),
+            Err(e) => {
+                debug!(error = %e, "a SPIFFE ID that is no header value; closing");
+                None
+            }
+        };
         match alpn.as_deref() {
-            Some(ALPN_H2) => serve_http(ctx, app, tls, Http::Http2, Some(client)).await,
-            Some(ALPN_HTTP1) => serve_http(ctx, app, tls, Http::Http1, Some(client)).await,
-            Some(ALPN_OPAQUE) => to_app_tcp(&ctx, &app, tls).await,
+            Some(ALPN_H2) => {
+                if let Some(c) = conn(client) {
+                    serve_http(ctx, app, tls, Http::Http2, c).await;
+                }
+            }
+            Some(ALPN_HTTP1) => {
+                if let Some(c) = conn(client) {
+                    serve_http(ctx, app, tls, Http::Http1, c).await;
+                }
+            }
+            Some(ALPN_OPAQUE) => to_app_tcp(&ctx, &app, tls, Some(&client), ip).await,
             other => debug!(?other, "no usable ALPN; closing"),
         }
     }
@@ -79,27 +120,82 @@ async fn mtls(ctx: Arc<Ctx>, app: Arc<App>, tcp: TcpStream) {
     .await
 }
 
-async fn to_app_tcp<S>(ctx: &Ctx, app: &App, stream: S)
+/// Forwards an opaque connection once the inbound policy allows it, and closes it when a
+/// later policy no longer does.
+async fn to_app_tcp<S>(ctx: &Ctx, app: &App, stream: S, client: Option<&SpiffeId>, ip: IpAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let caller = Caller {
+        id: client,
+        ip,
+        port: app.addr.port(),
+    };
+    let policy = ctx.snapshot().inbound.clone();
+    if let Some(p) = &policy
+        && !p.check_tcp(caller, &ctx.metrics)
+    {
+        return;
+    }
     match TcpStream::connect(app.addr).await {
         Ok(upstream) => {
             let _ = upstream.set_nodelay(true);
-            let r = crate::tcp::splice(
+            let splice = crate::tcp::splice(
                 stream,
                 upstream,
                 ctx.settings.tcp_idle_timeout,
                 &ctx.metrics,
                 DIRECTION,
-            )
-            .await;
-            debug!(result = ?r, "opaque connection closed");
+            );
+            tokio::select! {
+                r = splice => debug!(result = ?r, "opaque connection closed"),
+                service = revoked(ctx, caller) => {
+                    info!(%service, client = %client.map_or_else(|| format!("plaintext {ip}"), ToString::to_string),
+                        "opaque connection closed: the inbound policy no longer allows it");
+                    ctx.metrics
+                        .authz_terminated
+                        .get_or_create(&crate::metrics::ServiceLabels { service })
+                        .inc();
+                }
+            }
         }
         Err(e) => {
             debug!(app = %app.addr, error = %e, "the application refused an opaque connection")
         }
     }
+}
+
+/// Resolves (with the service's name) when a new configuration's inbound policy denies what
+/// `caller` is doing; never while it allows it.
+async fn revoked(ctx: &Ctx, caller: Caller<'_>) -> String {
+    let mut config = ctx.config.clone();
+    config.mark_unchanged();
+    let mut last: Option<Arc<InboundPolicy>> = config.borrow().inbound.clone();
+    loop {
+        if config.changed().await.is_err() {
+            // The proxy is stopping; the drain closes the connection.
+            return std::future::pending().await;
+        }
+        let now = config.borrow_and_update().inbound.clone();
+        if now == last {
+            continue;
+        }
+        if let Some(p) = &now
+            && !p.decide_tcp(caller).allowed
+        {
+            return p.service.clone();
+        }
+        last = now;
+    }
+}
+
+/// What an HTTP connection knows of its client.
+#[derive(Debug, Clone)]
+struct Conn {
+    ip: IpAddr,
+    client: Option<Arc<Client>>,
+    /// A plaintext connection let in under `--mtls strict` for `--probe-paths` only.
+    probes_only: bool,
 }
 
 /// The verified client of an mTLS connection, and its ID as the header the application gets.
@@ -109,24 +205,15 @@ struct Client {
     header: HeaderValue,
 }
 
-async fn serve_http<S>(
-    ctx: Arc<Ctx>,
-    app: Arc<App>,
-    stream: S,
-    http: Http,
-    client: Option<SpiffeId>,
-) where
+async fn serve_http<S>(ctx: Arc<Ctx>, app: Arc<App>, stream: S, http: Http, conn: Conn)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let client = match client.map(|id| HeaderValue::from_str(id.as_str()).map(|h| (id, h))) {
-        None => None,
-        Some(Ok((id, header))) => Some(Arc::new(Client { id, header })),
-        Some(Err(e)) => return debug!(error = %e, "a SPIFFE ID that is no header value; closing"),
-    };
+    let conn = Arc::new(conn);
     let drain = ctx.drain.clone();
     let idle = ctx.settings.http_idle_timeout;
     serve(stream, http, &drain, idle, move |req| {
-        request(ctx.clone(), app.clone(), client.clone(), req)
+        request(ctx.clone(), app.clone(), conn.clone(), req)
     })
     .await;
 }
@@ -134,18 +221,25 @@ async fn serve_http<S>(
 async fn request(
     ctx: Arc<Ctx>,
     app: Arc<App>,
-    client: Option<Arc<Client>>,
-    req: Request<Body>,
+    conn: Arc<Conn>,
+    mut req: Request<Body>,
 ) -> Response<Body> {
     let start = Instant::now();
     let authority = authority_of(&req).unwrap_or_else(|| app.addr.to_string());
+    let client = conn.client.as_deref();
     let tls = client.is_some();
     ctx.count_request(DIRECTION, &authority, tls);
-    let span = debug_span!("req", method = %req.method(), %authority, path = req.uri().path());
     let grpc = crate::error::is_grpc(req.headers());
-    let result = to_app(&ctx, &app, client.as_deref(), &authority, req)
-        .instrument(span)
-        .await;
+    let result = match authorize(&ctx, &app, &conn, &mut req) {
+        Ok(()) => {
+            let span =
+                debug_span!("req", method = %req.method(), %authority, path = req.uri().path());
+            to_app(&ctx, &app, client, &authority, req)
+                .instrument(span)
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let (resp, error) = match result {
         Ok(r) => (r, ""),
         Err(e) => {
@@ -167,6 +261,65 @@ async fn request(
         start,
     );
     resp
+}
+
+/// Normalizes the request's path in place, then asks the inbound policy. `Err` is the answer.
+fn authorize(ctx: &Ctx, app: &App, conn: &Conn, req: &mut Request<Body>) -> Result<(), ProxyError> {
+    if req.method() != Method::CONNECT {
+        let normalized = match normalize_path(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(p)) => Some(p),
+            Err(e) => return Err(ProxyError::BadRequest(format!("path: {e}"))),
+        };
+        if let Some(path) = normalized {
+            set_path(req, &path)?;
+        }
+    }
+    let snapshot = ctx.snapshot();
+    let policy = snapshot.inbound.as_deref();
+    let port = app.addr.port();
+    if conn.probes_only {
+        // Plaintext under --mtls strict: nothing but the probe paths.
+        let path = req.uri().path();
+        let probe = matches!(*req.method(), Method::GET | Method::HEAD)
+            && ctx.probe_paths.iter().any(|(p, q)| *p == port && q == path);
+        return if probe {
+            Ok(())
+        } else {
+            Err(ProxyError::Forbidden {
+                policy: "mtls-strict".into(),
+                describe: false,
+            })
+        };
+    }
+    let Some(policy) = policy else { return Ok(()) };
+    let caller = Caller {
+        id: conn.client.as_deref().map(|c| &c.id),
+        ip: conn.ip,
+        port,
+    };
+    let http = HttpFacts {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        headers: req.headers(),
+    };
+    policy.check_http(caller, http, &ctx.limiter, &ctx.metrics)
+}
+
+/// Replaces the request's path, keeping its query (and scheme and authority if absolute).
+fn set_path(req: &mut Request<Body>, path: &str) -> Result<(), ProxyError> {
+    let mut parts = req.uri().clone().into_parts();
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e| ProxyError::BadRequest(format!("normalized path {path:?}: {e}")))?,
+    );
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("normalized path {path:?}: {e}")))?;
+    Ok(())
 }
 
 async fn to_app(

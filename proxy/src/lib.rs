@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod authz;
 pub mod backoff;
 pub mod balance;
 pub mod body;
@@ -89,6 +90,9 @@ pub struct InboundConfig {
     /// The IP peers reach this proxy on; default: the listen IP, or when that is unspecified,
     /// the local IP the control plane is reached from.
     pub advertise: Option<IpAddr>,
+    /// `--probe-paths`: (application port, path) pairs answered for GET and HEAD from any
+    /// client, whatever the policy (kubelet's probes carry no certificate).
+    pub probe_paths: Vec<(u16, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,12 +178,27 @@ impl Proxy {
         let (drain_requested, _) = watch::channel(false);
         let (config_tx, config_rx) = watch::channel(Arc::new(MeshConfig::default()));
         let balancers = Arc::new(balance::Balancers::default());
+        let limiter = Arc::new(authz::ratelimit::RateLimiter::new());
+        let probe_paths: Vec<(u16, String)> = config
+            .inbound
+            .as_ref()
+            .map(|i| i.probe_paths.clone())
+            .unwrap_or_default();
         let discovery = discovery::Discovery {
             cp: config.control_plane.clone(),
             node_id: config.node_id.clone(),
             identity: identity.clone(),
             config: config_tx,
             metrics: metrics.clone(),
+            served: config
+                .inbound
+                .as_ref()
+                .map(|i| authz::Served {
+                    service: i.service.clone(),
+                    labels: i.labels.clone(),
+                    probes: probe_paths.clone(),
+                })
+                .unwrap_or_default(),
         };
         let mut tasks = vec![
             tokio::spawn(identity::renew_forever(
@@ -197,6 +216,9 @@ impl Proxy {
                     config: config_rx.clone(),
                     shutdown: drain_requested.clone(),
                     balancers: balancers.clone(),
+                    limiter: limiter.clone(),
+                    app_port: config.inbound.as_ref().map(|i| i.app_port),
+                    probe_paths: probe_paths.clone(),
                 },
                 stop_rx.clone(),
             )),
@@ -220,6 +242,8 @@ impl Proxy {
             outside: listen::outside_client(),
             balancers: balancers.clone(),
             budgets: retry::Budgets::default(),
+            limiter: limiter.clone(),
+            probe_paths,
         });
         tasks.push(tokio::spawn(forget_removed(
             ctx.clone(),

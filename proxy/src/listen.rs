@@ -134,6 +134,10 @@ pub struct Ctx {
     pub balancers: Arc<Balancers>,
     /// Retry budgets, by route.
     pub budgets: Budgets,
+    /// Rate-limit buckets of the inbound policy (its only mutable state).
+    pub limiter: Arc<crate::authz::ratelimit::RateLimiter>,
+    /// `--probe-paths`: (application port, normalized path).
+    pub probe_paths: Vec<(u16, String)>,
 }
 
 impl Ctx {

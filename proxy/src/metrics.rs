@@ -64,6 +64,35 @@ pub struct EjectionLabels {
     pub backend: String,
 }
 
+/// Labels of `authz_decisions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// The served service, `namespace/name`.
+    pub service: String,
+    /// The port the request or connection was handed to.
+    pub port: u16,
+    /// `allow`, `deny`, `would-deny` or `would-allow` (the last two: an Audit policy's finding).
+    pub decision: &'static str,
+    /// `namespace/name` of the deciding policy, `default:<mode>`, `probe`, or
+    /// `allow-policies:<namespace>/<name>` (Allow policies applied and none matched).
+    pub policy: String,
+    pub tls: &'static str,
+}
+
+/// Labels of `rate_limited_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub service: String,
+    /// `total`, `identity` or `override`: the bucket that was empty.
+    pub scope: &'static str,
+}
+
+/// Labels of `authz_terminated_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
@@ -84,6 +113,9 @@ pub struct Metrics {
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RetryLabels, Counter>,
     pub ejections: Family<EjectionLabels, Counter>,
+    pub authz_decisions: Family<AuthzLabels, Counter>,
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+    pub authz_terminated: Family<ServiceLabels, Counter>,
     /// Per-request series, found with one fast lookup (see [`Metrics::count_response`]).
     hot: Mutex<HotSeries>,
 }
@@ -126,6 +158,9 @@ impl Metrics {
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             ejections: Family::default(),
+            authz_decisions: Family::default(),
+            rate_limited: Family::default(),
+            authz_terminated: Family::default(),
             hot: Mutex::new(HotSeries::default()),
         };
         let r = &mut m.registry;
@@ -213,6 +248,21 @@ impl Metrics {
             "outlier_ejections",
             "Endpoints taken out of rotation after consecutive failures, by backend",
             m.ejections.clone(),
+        );
+        r.register(
+            "authz_decisions",
+            "Inbound authorization decisions, by served service, port, decision, deciding policy and TLS",
+            m.authz_decisions.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Inbound requests refused 429 by a RateLimitPolicy, by service and the bucket that was empty",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "authz_terminated",
+            "Open opaque TCP connections closed because a new policy no longer allows them",
+            m.authz_terminated.clone(),
         );
         m
     }

@@ -8,13 +8,30 @@ use std::sync::Arc;
 use rustls_pki_types::CertificateDer;
 use weft_certs::{TrustBundle, TrustDomain};
 use weft_proto::mesh::v1 as pb;
-use weft_proto::model::{Endpoint, HttpRoute, Invalid, ObjectRef, Service};
+use weft_proto::model::{
+    AuthorizationPolicy, DefaultInbound, Endpoint, FieldError, HttpRoute, Invalid, ObjectRef,
+    RateLimitPolicy, Service,
+};
 
-/// One `weft.mesh.v1.Service` resource: the service and the routes attached to it.
+/// One `weft.mesh.v1.Service` resource: the service, the routes attached to it, and the
+/// inbound policy its server proxies enforce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub service: Service,
     pub routes: Vec<HttpRoute>,
+    /// Every AuthorizationPolicy targeting the service or its namespace, by `namespace/name`.
+    pub authorization: Vec<Arc<AuthorizationPolicy>>,
+    pub rate_limit: Option<Arc<RateLimitPolicy>>,
+    /// The control plane sends the effective value; an older one that sends none means allow.
+    pub default_inbound: DefaultInbound,
+}
+
+/// Prefixes each field of a nested message's errors with where the message sits.
+fn nested(errors: &mut Invalid, prefix: &str, e: Invalid) {
+    errors.0.extend(e.0.into_iter().map(|f| FieldError {
+        field: format!("{prefix}.{}", f.field),
+        message: f.message,
+    }));
 }
 
 impl TryFrom<pb::Service> for ServiceConfig {
@@ -22,22 +39,39 @@ impl TryFrom<pb::Service> for ServiceConfig {
 
     fn try_from(mut s: pb::Service) -> Result<Self, Invalid> {
         let routes = std::mem::take(&mut s.routes);
+        let policies = std::mem::take(&mut s.authorization_policies);
+        let rate_limit = s.rate_limit_policy.take();
         let mut errors = Invalid::default();
         let service = Service::try_from(s).map_err(|e| errors.0.extend(e.0));
         let mut converted = Vec::with_capacity(routes.len());
         for (i, r) in routes.into_iter().enumerate() {
             match HttpRoute::try_from(r) {
                 Ok(r) => converted.push(r),
-                Err(e) => errors.0.extend(e.0.into_iter().map(|mut f| {
-                    f.field = format!("routes[{i}].{}", f.field);
-                    f
-                })),
+                Err(e) => nested(&mut errors, &format!("routes[{i}]"), e),
             }
         }
+        let mut authorization = Vec::with_capacity(policies.len());
+        for (i, p) in policies.into_iter().enumerate() {
+            match AuthorizationPolicy::try_from(p) {
+                Ok(p) => authorization.push(Arc::new(p)),
+                Err(e) => nested(&mut errors, &format!("authorizationPolicies[{i}]"), e),
+            }
+        }
+        let rate_limit = match rate_limit.map(RateLimitPolicy::try_from) {
+            None => None,
+            Some(Ok(r)) => Some(Arc::new(r)),
+            Some(Err(e)) => {
+                nested(&mut errors, "rateLimitPolicy", e);
+                None
+            }
+        };
         match service {
             Ok(service) if errors.0.is_empty() => Ok(ServiceConfig {
+                default_inbound: service.default_inbound.unwrap_or_default(),
                 service,
                 routes: converted,
+                authorization,
+                rate_limit,
             }),
             _ => Err(errors),
         }
@@ -105,6 +139,9 @@ pub struct MeshConfig {
     /// `namespace/name` of the service → its endpoints.
     pub endpoints: BTreeMap<String, Held<EndpointSet>>,
     pub trust_bundle: Option<Held<TrustBundle>>,
+    /// This workload's inbound policy, compiled from `services` when they change; `None`:
+    /// nothing to enforce.
+    pub inbound: Option<Arc<crate::authz::InboundPolicy>>,
     /// The `system_version_info` of the last accepted response.
     pub system_version: String,
     /// Responses accepted so far.

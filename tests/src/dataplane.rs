@@ -290,6 +290,11 @@ pub struct ProxyOpts {
     pub ipv6: bool,
     /// Refuse destinations outside the mesh (`--outside-mesh refuse`).
     pub refuse_outside: bool,
+    /// `--probe-paths`.
+    pub probe_paths: Vec<(u16, String)>,
+    /// The namespace of the proxy's identity (`spiffe://mesh.test/ns/<it>/sa/<sa>`); default
+    /// `default`. Its service, if any, is still `default/<name>`.
+    pub namespace: Option<String>,
 }
 
 /// Writes a join token for `default/<sa>` into `dir`.
@@ -313,7 +318,15 @@ pub async fn start_proxy(
     sa: &str,
     opts: ProxyOpts,
 ) -> anyhow::Result<Proxy> {
-    let token_file = token_file(mesh, dir, sa).await?;
+    let token_file = match &opts.namespace {
+        None => token_file(mesh, dir, sa).await?,
+        Some(ns) => {
+            let token = mesh.ca.token(&workload(ns, sa), "10m").await?;
+            let file = dir.join(format!("{ns}-{sa}.token"));
+            std::fs::write(&file, token)?;
+            file
+        }
+    };
     let any_port: std::net::SocketAddr =
         if opts.ipv6 { "[::1]:0" } else { "127.0.0.1:0" }.parse()?;
     let proxy = Proxy::start(Config {
@@ -332,6 +345,7 @@ pub async fn start_proxy(
             service: Some(weft_proto::model::ObjectRef::new("default", service)),
             labels: Default::default(),
             advertise: None,
+            probe_paths: opts.probe_paths.clone(),
         }),
         outbound: Some(any_port),
         upstreams: opts

@@ -35,6 +35,7 @@ fn service(name: &str, selector: &[(&str, &str)]) -> Document {
                 .collect(),
             routes: vec![],
             traffic_policy: None,
+            ..Default::default()
         })),
     }
 }

@@ -62,6 +62,11 @@ struct RunArgs {
     /// The application's port on 127.0.0.1. Without it there is no inbound listener.
     #[arg(long, env = "WEFT_APP_PORT")]
     app_port: Option<u16>,
+    /// Health-probe paths answered for GET and HEAD from any client, plaintext included, even
+    /// under --mtls strict or a denying policy (kubelet cannot present a certificate):
+    /// PORT:/path, comma-separated. The Kubernetes injector sets it from the pod's probes.
+    #[arg(long, env = "WEFT_PROBE_PATHS", value_parser = parse_probe_path, value_delimiter = ',')]
+    probe_paths: Vec<(u16, String)>,
     /// Inbound listener: mTLS from peer proxies (and plaintext in permissive mode).
     #[arg(long, env = "WEFT_INBOUND", default_value = "0.0.0.0:4143")]
     inbound: SocketAddr,
@@ -142,6 +147,21 @@ fn parse_labels(s: &str) -> Result<Labels, String> {
         labels.insert(k.to_owned(), v.to_owned());
     }
     Ok(labels)
+}
+
+fn parse_probe_path(s: &str) -> Result<(u16, String), String> {
+    let (port, path) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not PORT:/path"))?;
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => return Err(format!("{port:?} is not a port (1 to 65535)")),
+    };
+    match weft_proxy::authz::normalize::normalize_path(path) {
+        Ok(p) if path.starts_with('/') => Ok((port, p.into_owned())),
+        Ok(_) => Err(format!("{path:?} is not a path starting with '/'")),
+        Err(e) => Err(format!("{path:?}: {e}")),
+    }
 }
 
 fn parse_upstream(s: &str) -> Result<(SocketAddr, String), String> {
@@ -254,6 +274,7 @@ async fn run(args: RunArgs) -> ExitCode {
             service: args.service,
             labels: args.labels,
             advertise: args.advertise_ip,
+            probe_paths: args.probe_paths,
         }),
         outbound: Some(args.outbound),
         upstreams: args.upstream,

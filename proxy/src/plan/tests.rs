@@ -19,8 +19,12 @@ fn svc(name: &str, port: u16, protocol: Protocol, routes: Vec<HttpRoute>) -> Ser
             }],
             selector: BTreeMap::new(),
             traffic: Default::default(),
+            default_inbound: None,
         },
         routes,
+        authorization: vec![],
+        rate_limit: None,
+        default_inbound: Default::default(),
     }
 }
 

@@ -48,9 +48,11 @@ fn a_valid_policy_converts_and_round_trips() {
     assert_eq!(back, p);
 }
 
+type Edit = Box<dyn Fn(&mut pb::AuthorizationPolicy)>;
+
 #[test]
 fn refusals_name_their_field() {
-    let cases: Vec<(Box<dyn Fn(&mut pb::AuthorizationPolicy)>, &str, &str)> = vec![
+    let cases: Vec<(Edit, &str, &str)> = vec![
         (
             Box::new(|p| p.from[0] = pb::AuthorizationFrom::default()),
             "spec.from[0]",
