@@ -124,6 +124,17 @@ enum Command {
         /// text or json (the proxy's answer as it is).
         #[arg(short = 'o', long, default_value = "text")]
         output: String,
+        /// Ask the server side instead: what the inbound policy of the proxy at --admin (the
+        /// server's) would decide for this request, and why. A tcp:// URL asks about an opaque
+        /// connection; the URL's port is the port the request reaches (default: --app-port).
+        #[arg(long, requires = "client")]
+        inbound: bool,
+        /// With --inbound: the client's SPIFFE ID.
+        #[arg(long, group = "client")]
+        from: Option<String>,
+        /// With --inbound: a client without a certificate.
+        #[arg(long, group = "client")]
+        plaintext: bool,
     },
     /// Remove an endpoint registered with `weftctl register`.
     Deregister {
@@ -356,11 +367,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             method,
             headers,
             output,
+            inbound,
+            from,
+            plaintext,
         } => {
             let json = match output.as_str() {
                 "json" => true,
                 "text" => false,
                 other => anyhow::bail!("-o {other}: use text or json"),
+            };
+            let inbound = match (inbound, from, plaintext) {
+                (false, None, false) => None,
+                (false, _, _) => anyhow::bail!("--from and --plaintext go with --inbound"),
+                (true, Some(id), _) => Some(ctl::explain::InboundClient::Identity(id)),
+                (true, None, _) => Some(ctl::explain::InboundClient::Plaintext),
             };
             let e = ctl::explain::Explain {
                 admin,
@@ -368,6 +388,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 method,
                 headers,
                 json,
+                inbound,
             };
             runtime()?.block_on(ctl::explain::explain(&e, &mut out))
         }

@@ -21,6 +21,17 @@ pub struct Explain {
     /// `Name: value` each.
     pub headers: Vec<String>,
     pub json: bool,
+    /// `--inbound`: ask the server side's inbound policy instead of the client side's routing.
+    pub inbound: Option<InboundClient>,
+}
+
+/// Who the request of `weftctl explain --inbound` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundClient {
+    /// `--from spiffe://…`: a meshed client with this identity.
+    Identity(String),
+    /// `--plaintext`: a client without a certificate.
+    Plaintext,
 }
 
 /// Splits a URL into authority and path (with its query).
@@ -39,14 +50,22 @@ fn split_url(url: &str) -> anyhow::Result<(String, String)> {
     Ok((authority.to_owned(), path.to_owned()))
 }
 
-pub async fn explain(e: &Explain, out: &mut dyn Write) -> anyhow::Result<()> {
-    let (authority, path) = split_url(&e.url)?;
-    let mut headers = Vec::new();
-    for h in &e.headers {
+fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for h in headers {
         let (k, v) = h
             .split_once(':')
             .with_context(|| format!("header {h:?}: expected \"Name: value\""))?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        out.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(out)
+}
+
+pub async fn explain(e: &Explain, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (authority, path) = split_url(&e.url)?;
+    let headers = parse_headers(&e.headers)?;
+    if let Some(client) = &e.inbound {
+        return explain_inbound(e, client, &authority, &path, headers, out).await;
     }
     let query = json!({
         "authority": authority,
@@ -54,36 +73,183 @@ pub async fn explain(e: &Explain, out: &mut dyn Write) -> anyhow::Result<()> {
         "method": e.method.to_uppercase(),
         "headers": headers,
     });
-    let tcp = tokio::net::TcpStream::connect(&e.admin)
-        .await
-        .with_context(|| format!("connect to the proxy's admin port {}", e.admin))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::post("/explain")
-        .header("host", &e.admin)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(query.to_string())))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .with_context(|| format!("POST /explain to {}", e.admin))?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!(
-            "the proxy at {} answered {status}: {}",
-            e.admin,
-            String::from_utf8_lossy(&body).trim()
-        );
-    }
-    let v: Value = serde_json::from_slice(&body).context("the proxy's answer is not JSON")?;
+    let v = post(&e.admin, "/explain", &query).await?;
     if e.json {
         writeln!(out, "{v:#}")?;
     } else {
         write!(out, "{}", render(&v, &e.method.to_uppercase(), &path))?;
     }
     Ok(())
+}
+
+/// `--inbound`: the URL's port (if any) is the port the request reaches; a `tcp://` URL asks
+/// about an opaque connection.
+async fn explain_inbound(
+    e: &Explain,
+    client: &InboundClient,
+    authority: &str,
+    path: &str,
+    headers: Vec<(String, String)>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let port = match authority.rsplit_once(':') {
+        Some((_, p)) => Some(
+            p.parse::<u16>()
+                .with_context(|| format!("{authority:?}: the port is not a number"))?,
+        ),
+        None => None,
+    };
+    let tcp = e.url.starts_with("tcp://");
+    let mut query = json!({
+        "port": port,
+        "headers": headers,
+    });
+    if let InboundClient::Identity(id) = client {
+        query["from"] = json!(id);
+    }
+    if !tcp {
+        // Methods are case-sensitive in policies: sent as given.
+        query["method"] = json!(e.method);
+        query["path"] = json!(path);
+    }
+    let v = post(&e.admin, "/explain/inbound", &query).await?;
+    if e.json {
+        writeln!(out, "{v:#}")?;
+    } else {
+        write!(out, "{}", render_inbound(&v))?;
+    }
+    Ok(())
+}
+
+/// POSTs a JSON query to a proxy's admin port and returns its JSON answer.
+async fn post(admin: &str, path: &str, query: &Value) -> anyhow::Result<Value> {
+    let tcp = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| format!("connect to the proxy's admin port {admin}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(path)
+        .header("host", admin)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(query.to_string())))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("POST {path} to {admin}"))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "the proxy at {admin} answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    serde_json::from_slice(&body).context("the proxy's answer is not JSON")
+}
+
+/// The server proxy's inbound explanation as text.
+pub fn render_inbound(v: &Value) -> String {
+    let mut t = String::new();
+    let mut line = |l: String| {
+        t.push_str(&l);
+        t.push('\n');
+    };
+    if !v["error"].is_null() {
+        line(format!("error:     {}", s(&v["error"]["message"])));
+        return t;
+    }
+    let r = &v["request"];
+    let what = if r["kind"] == "tcp" {
+        "opaque TCP connection".to_owned()
+    } else {
+        format!("{} {}", s(&r["method"]), s(&r["path"]))
+    };
+    line(format!(
+        "request:   {what} to port {} from {}",
+        s(&r["port"]),
+        s(&r["client"])
+    ));
+    if let Some(given) = r["path_given"].as_str() {
+        line(format!(
+            "           (path as given: {given}; policies see the normalized one)"
+        ));
+    }
+    if let Some(services) = v["services"].as_array()
+        && !services.is_empty()
+    {
+        let names: Vec<String> = services.iter().map(s).collect();
+        line(format!(
+            "service:   {} (default inbound policy: {})",
+            names.join(", "),
+            s(&v["default"])
+        ));
+    }
+    match v["policies"].as_array() {
+        Some(ps) if !ps.is_empty() => {
+            line("policies:".into());
+            for p in ps {
+                let verdict = if p["matched"] == true {
+                    "matched".to_owned()
+                } else {
+                    format!("not matched ({})", s(&p["why_not"]))
+                };
+                let audit = if p["mode"] == "Audit" { " [Audit]" } else { "" };
+                line(format!(
+                    "  {:<32} {:<6}{audit} {verdict}",
+                    s(&p["policy"]),
+                    s(&p["action"])
+                ));
+            }
+        }
+        _ => line("policies:  none target this service".into()),
+    }
+    if let Some(rl) = v["rate_limit"].as_object() {
+        let buckets: Vec<String> = rl
+            .get("buckets")
+            .and_then(Value::as_array)
+            .map(|bs| {
+                bs.iter()
+                    .map(|b| {
+                        format!(
+                            "{} {}/{} tokens ({}/s)",
+                            s(&b["scope"]),
+                            s(&b["tokens"]),
+                            s(&b["burst"]),
+                            s(&b["requests_per_second"])
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        line(format!(
+            "rate limit: {}: {}",
+            s(&v["rate_limit"]["policy"]),
+            buckets.join(", ")
+        ));
+    }
+    let d = &v["decision"];
+    let verdict = if d["allowed"] == true {
+        "ALLOW"
+    } else {
+        "DENY"
+    };
+    line(format!(
+        "decision:  {verdict} by {} → {}",
+        s(&d["by"]),
+        s(&d["response"])
+    ));
+    if let Some(reason) = d["reason"].as_str() {
+        line(format!("           {reason}"));
+    }
+    if let Some(a) = d["audit"].as_object() {
+        line(format!(
+            "audit:     {} (policy {}, not enforced)",
+            s(a.get("outcome").unwrap_or(&Value::Null)),
+            s(a.get("policy").unwrap_or(&Value::Null))
+        ));
+    }
+    t
 }
 
 fn s(v: &Value) -> String {

@@ -108,15 +108,35 @@ const MEMBERS: [Spec; 4] = [
     },
 ];
 
-/// The configuration the demo applies: the four services and the 90/10 canary.
+/// The configuration the demo applies: the four services, the 90/10 canary, and a policy
+/// that lets only `web` call `api` (whose selector takes in both versions' workloads, so their
+/// proxies enforce it).
 fn manifests(v1: u32, v2: u32) -> String {
     let mut docs = Vec::new();
     for name in ["web", "api", "api-v1", "api-v2"] {
+        let selector = if name == "api" {
+            "  selector: {app: api}\n"
+        } else {
+            ""
+        };
         docs.push(format!(
             "apiVersion: weft.io/v1alpha1\nkind: Service\nmetadata: {{namespace: {NAMESPACE}, name: {name}}}\n\
-             spec:\n  ports: [{{name: http, port: {SERVICE_PORT}, protocol: http1}}]\n"
+             spec:\n  ports: [{{name: http, port: {SERVICE_PORT}, protocol: http1}}]\n{selector}"
         ));
     }
+    docs.push(format!(
+        r#"apiVersion: weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  namespace: {NAMESPACE}
+  name: api-from-web
+spec:
+  targetRef: {{kind: Service, name: api}}
+  action: Allow
+  from:
+  - identities: ["spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/web"]
+"#
+    ));
     docs.push(format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -251,7 +271,8 @@ impl Demo {
             store,
         } = &running;
         let web = &ports.members[0];
-        let next = next_steps(weftctl, dir, web.outbound, web.admin);
+        let (api_v1, loadgen) = (&ports.members[1], &ports.members[3]);
+        let next = next_steps(weftctl, dir, web, (loadgen.outbound, api_v1.admin));
         let tty = std::io::stdout().is_terminal() && args.duration.is_none();
         if !tty {
             eprintln!("{next}");
@@ -632,9 +653,16 @@ async fn stop_signal() -> anyhow::Result<()> {
 }
 
 /// What to try while the demo runs, with its real paths and ports.
-fn next_steps(weftctl: &Path, dir: &Path, web_outbound: u16, web_admin: u16) -> String {
+fn next_steps(
+    weftctl: &Path,
+    dir: &Path,
+    web: &procs::MemberPorts,
+    (loadgen_outbound, api_admin): (u16, u16),
+) -> String {
     let ctl = weftctl.display();
     let d = dir.display();
+    let (web_outbound, web_admin) = (web.outbound, web.admin);
+    let loadgen = format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/loadgen");
     format!(
         "Try, in another terminal:
   export WEFT_CONFIG={d}/config.yaml
@@ -645,6 +673,9 @@ fn next_steps(weftctl: &Path, dir: &Path, web_outbound: u16, web_admin: u16) -> 
   curl -x http://127.0.0.1:{web_outbound} http://api.{NAMESPACE}:{SERVICE_PORT}/    # as web, through its proxy
   curl -s 127.0.0.1:{web_admin}/metrics | grep response_total
   curl -s 127.0.0.1:{web_admin}/certs
+Zero-trust: only web may call api (AuthorizationPolicy demo/api-from-web). As loadgen, denied:
+  curl -i -x http://127.0.0.1:{loadgen_outbound} http://api.{NAMESPACE}:{SERVICE_PORT}/    # 403, x-weft-error: denied
+  {ctl} explain --admin 127.0.0.1:{api_admin} --inbound --from {loadgen} http://api.{NAMESPACE}:{SERVICE_PORT}/
 Logs: {d}/*.log
 "
     )
@@ -659,7 +690,7 @@ mod tests {
         for (v1, v2) in [(90, 10), (50, 50)] {
             let text = manifests(v1, v2);
             let docs = crate::manifest::parse_manifests("demo.yaml", &text).unwrap();
-            assert_eq!(docs.len(), 5);
+            assert_eq!(docs.len(), 6);
             assert!(text.contains(&format!("name: api-v2, port: 8080, weight: {v2}")));
         }
     }
