@@ -13,6 +13,7 @@
 //! in one temp dir; all are killed on drop. The load generator, the proxies, the control plane
 //! and the backend share the machine's cores.
 
+mod authz;
 mod goals;
 mod load;
 mod peers;
@@ -99,6 +100,9 @@ pub(crate) enum TargetKind {
     /// As `Weft`, through its own client proxy addressing `api-split`, whose HTTPRoute splits
     /// 90/10 between two server proxies (`api-v1`, `api-v2`) with retries and timeouts on.
     WeftSplit,
+    /// As `Weft`, through its own client and server proxies, the server enforcing 10
+    /// AuthorizationPolicies and a rate limit that is never hit (see [`authz`]).
+    WeftAuthz,
     /// → client HAProxy (plain HTTP/1.1) → mutual TLS 1.3, HTTP/1.1 → server HAProxy → the
     /// backend; one thread each.
     Haproxy,
@@ -107,10 +111,11 @@ pub(crate) enum TargetKind {
 }
 
 impl TargetKind {
-    const ALL: [TargetKind; 5] = [
+    const ALL: [TargetKind; 6] = [
         TargetKind::Direct,
         TargetKind::Weft,
         TargetKind::WeftSplit,
+        TargetKind::WeftAuthz,
         TargetKind::Haproxy,
         TargetKind::NginxPair,
     ];
@@ -120,6 +125,7 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Weft => "weft",
             TargetKind::WeftSplit => "weft-split",
+            TargetKind::WeftAuthz => "weft-authz",
             TargetKind::Haproxy => "haproxy",
             TargetKind::NginxPair => "nginx-pair",
         }
@@ -150,6 +156,9 @@ struct Lab {
     split_client: WeftProxy,
     split_v1: WeftProxy,
     split_v2: WeftProxy,
+    /// The authz target's own pair.
+    authz_client: WeftProxy,
+    authz_server: WeftProxy,
     haproxy: PeerPair,
     nginx_pair: PeerPair,
     mesh: Mesh,
@@ -167,6 +176,7 @@ impl Lab {
         let backend = Backend::start(&tools.nginx, dir.path())?;
         let mesh = Mesh::start(bins, dir.path())?;
         mesh.apply("split.yaml", split::MANIFESTS)?;
+        mesh.apply("authz.yaml", &authz::manifests())?;
         let app_port = backend.addr.port();
         let server = |role: &str, service: &'static str| -> anyhow::Result<WeftProxy> {
             let token = mesh.token(service)?;
@@ -187,6 +197,20 @@ impl Lab {
         let split_v2 = server("split-server-v2", split::V2)?;
         let mut split_client = client("split-client", split::PARENT)?;
         split::wait_both_backends(&mut split_client, &split_v1, &split_v2, START_TIMEOUT)?;
+        let authz_server = server("authz-server", authz::SERVICE)?;
+        let authz_client = {
+            let token = mesh.token(authz::CLIENT)?;
+            let mut p = mesh.spawn_proxy(
+                authz::CLIENT,
+                &token,
+                ProxyKind::Client {
+                    service: authz::SERVICE,
+                },
+            )?;
+            p.wait_ready(Duration::from_millis(5))?;
+            p.wait_routable(Duration::from_millis(10))?;
+            p
+        };
         let peer = |kind| PeerPair::start(kind, tools, &mesh.ca_dir, backend.addr, dir.path());
         let haproxy = peer(PeerKind::Haproxy)?;
         let nginx_pair = peer(PeerKind::Nginx)?;
@@ -196,6 +220,8 @@ impl Lab {
             split_client,
             split_v1,
             split_v2,
+            authz_client,
+            authz_server,
             haproxy,
             nginx_pair,
             mesh,
@@ -248,6 +274,25 @@ impl Lab {
                     ProxyRef {
                         role: "server-v2",
                         pid: self.split_v2.proc.pid(),
+                    },
+                ],
+            },
+            Target {
+                kind: TargetKind::WeftAuthz,
+                url: format!(
+                    "http://{}/",
+                    self.authz_client
+                        .upstream
+                        .context("the authz client proxy has no upstream port")?
+                ),
+                proxies: vec![
+                    ProxyRef {
+                        role: "client",
+                        pid: self.authz_client.proc.pid(),
+                    },
+                    ProxyRef {
+                        role: "server",
+                        pid: self.authz_server.proc.pid(),
                     },
                 ],
             },

@@ -14,6 +14,8 @@ use super::{Results, StartTime, TargetKind, TargetResult};
 
 /// Issue 5: the split target's closed-loop throughput at least this share of the plain pair's.
 const SPLIT_RATIO_TARGET: f64 = 0.95;
+/// Issue 16: the authz target's closed-loop throughput at least this share of the plain pair's.
+const AUTHZ_RATIO_TARGET: f64 = 0.97;
 
 pub(crate) fn print(r: &Results, json: bool) {
     if json {
@@ -100,8 +102,13 @@ pub(super) fn rss_under_load(t: &TargetResult, i: usize) -> u64 {
 /// `weft-split` closed-loop throughput against `weft`'s: (ratio of the medians, ratio in each
 /// round), or `None` if either target is missing.
 fn split_ratio(r: &Results) -> Option<(f64, Vec<f64>)> {
+    ratio_to_weft(r, TargetKind::WeftSplit)
+}
+
+/// `kind`'s closed-loop throughput against `weft`'s, as [`split_ratio`].
+fn ratio_to_weft(r: &Results, kind: TargetKind) -> Option<(f64, Vec<f64>)> {
     let find = |k| r.targets.iter().find(|t| t.kind == k);
-    let (plain, split) = (find(TargetKind::Weft)?, find(TargetKind::WeftSplit)?);
+    let (plain, split) = (find(TargetKind::Weft)?, find(kind)?);
     let rps = |t: &TargetResult| t.rounds.iter().map(|x| x.wrk.rps).collect::<Vec<_>>();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     let each = rps(split)
@@ -202,6 +209,18 @@ pub(crate) fn markdown(r: &Results) -> String {
         }
     }
 
+    if let Some((ratio, each)) = ratio_to_weft(r, TargetKind::WeftAuthz) {
+        let each: Vec<String> = each.iter().map(|x| format!("{x:.3}")).collect();
+        s += &format!(
+            "\nweft-authz / weft, closed-loop throughput (medians): {ratio:.3} (each round: {}); target ≥ {AUTHZ_RATIO_TARGET}: {}.\n",
+            each.join(", "),
+            if ratio >= AUTHZ_RATIO_TARGET {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+    }
     if let Some((ratio, each)) = split_ratio(r) {
         let c = &r.split;
         s += &format!(
@@ -458,6 +477,9 @@ pub(crate) fn to_json(r: &Results) -> serde_json::Value {
         },
         "targets": targets,
         "weft_split": split,
+        "weft_authz": ratio_to_weft(r, TargetKind::WeftAuthz).map(|(ratio, each)| json!({
+            "throughput_ratio": ratio, "each_round": each, "target": AUTHZ_RATIO_TARGET,
+        })),
         "goals": {
             "throughput_ratio_to_haproxy_min": THROUGHPUT_VS_HAPROXY,
             "added_p99_ratio_to_haproxy_max": ADDED_P99_VS_HAPROXY,
