@@ -19,11 +19,12 @@ pub mod explain;
 pub mod normalize;
 pub mod ratelimit;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
 use tracing::info;
 use weft_certs::SpiffeId;
 use weft_proto::model::{AuthorizationPolicy, DefaultInbound, ObjectRef, Service};
@@ -61,11 +62,39 @@ impl Served {
 }
 
 /// A workload's compiled inbound policy, shared by the requests of one configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct InboundPolicy {
     pub rules: Inbound,
     /// `namespace/name` of the first service served (the registered one), for metrics and logs.
     pub service: String,
+    /// `authz_decisions_total` series by what decided, so a request counts without building
+    /// its label strings (the policies named are this snapshot's, so their addresses are
+    /// stable keys for its life).
+    counters: Mutex<HashMap<CounterKey, Counter, foldhash::fast::RandomState>>,
+}
+
+impl PartialEq for InboundPolicy {
+    fn eq(&self, other: &Self) -> bool {
+        self.rules == other.rules && self.service == other.service
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CounterKey {
+    port: u16,
+    tls: bool,
+    decision: &'static str,
+    /// The variant of `DecidedBy`, and the policy's address or the default's value.
+    by: (u8, usize),
+}
+
+fn by_key(by: &eval::DecidedBy<'_>) -> (u8, usize) {
+    match by {
+        eval::DecidedBy::Policy(id) => (0, std::ptr::from_ref(*id) as usize),
+        eval::DecidedBy::NoAllowMatched(id) => (1, std::ptr::from_ref(*id) as usize),
+        eval::DecidedBy::Default(d) => (2, *d as usize),
+        eval::DecidedBy::Probe => (3, 0),
+    }
 }
 
 /// The inbound policy of `served` in `config`; `None` when there is nothing to enforce.
@@ -108,6 +137,7 @@ pub fn compile(served: &Served, config: &MeshConfig) -> Option<Arc<InboundPolicy
             probes: served.probes.clone(),
         },
         service,
+        counters: Mutex::default(),
     }))
 }
 
@@ -192,20 +222,36 @@ impl InboundPolicy {
         metrics: &Metrics,
         what: impl Fn() -> String,
     ) {
-        let tls = crate::listen::tls_label(caller.id.is_some());
-        let count = |decision: &'static str, policy: String| {
-            metrics
-                .authz_decisions
-                .get_or_create(&AuthzLabels {
-                    service: self.service.clone(),
-                    port: caller.port,
-                    decision,
-                    policy,
-                    tls,
+        let tls = caller.id.is_some();
+        let count = |decision: &'static str, by: (u8, usize), policy: &dyn Fn() -> String| {
+            let key = CounterKey {
+                port: caller.port,
+                tls,
+                decision,
+                by,
+            };
+            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            counters
+                .entry(key)
+                .or_insert_with(|| {
+                    metrics
+                        .authz_decisions
+                        .get_or_create(&AuthzLabels {
+                            service: self.service.clone(),
+                            port: caller.port,
+                            decision,
+                            policy: policy(),
+                            tls: crate::listen::tls_label(tls),
+                        })
+                        .clone()
                 })
                 .inc();
         };
-        count(if d.allowed { "allow" } else { "deny" }, d.by.to_string());
+        count(
+            if d.allowed { "allow" } else { "deny" },
+            by_key(&d.by),
+            &|| d.by.to_string(),
+        );
         let client = || match caller.id {
             Some(id) => id.to_string(),
             None => format!("plaintext {}", caller.ip),
@@ -214,7 +260,8 @@ impl InboundPolicy {
             info!(client = %client(), service = %self.service, request = %what(), policy = %d.by, "denied");
         }
         if let Some((outcome, policy)) = &d.audit {
-            count(outcome.as_str(), policy.to_string());
+            let by = (4, std::ptr::from_ref(*policy) as usize);
+            count(outcome.as_str(), by, &|| policy.to_string());
             info!(client = %client(), service = %self.service, request = %what(), %policy, outcome = outcome.as_str(), "audit policy finding (not enforced)");
         }
     }
