@@ -176,11 +176,17 @@ impl Setup {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-
-    fn api_metric(&self, prefix: &str) -> Option<f64> {
-        metric_value(&self.api.metrics.encode(), prefix)
-    }
 }
+
+/// The sum of the series of `text` that start with `prefix` and contain every one of `labels`.
+fn sum_series(text: &str, prefix: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const DECISIONS: &str = "authz_decisions_total{service=\"default/api\",port=";
 
 /// A plaintext HTTP/1.1 request written as the bytes given, straight to `addr`; the status.
 async fn raw_status(addr: std::net::SocketAddr, request_line: &str) -> u16 {
@@ -263,11 +269,10 @@ async fn allow_by_identity_namespace_and_service_account() {
     s.until(1, "/", 200).await;
     assert_eq!(s.get(0, "/").await.0, 403);
     assert_eq!(s.get(2, "/").await.0, 403);
-    // Every denial was counted with the client's TLS.
-    let denied = s
-        .api_metric("authz_decisions_total{service=\"default/api\",port=")
-        .is_some();
-    assert!(denied, "{}", s.api.metrics.encode());
+    // Denials were counted, with the client's TLS.
+    let text = s.api.metrics.encode();
+    let denied = sum_series(&text, DECISIONS, &["decision=\"deny\"", "tls=\"true\""]);
+    assert!(denied >= 4.0, "{text}");
 }
 
 #[tokio::test]
@@ -302,28 +307,47 @@ async fn deny_overrides_allow_and_is_not_retried() {
     let h = s.until(0, "/admin/users", 403).await;
     assert_eq!(h["x-weft-policy"], "default/no-admin");
     assert_eq!(s.get(0, "/public").await.0, 200);
+    // Each denied request reached the server proxy once: the client's proxy did not retry.
+    let denials = || sum_series(&s.api.metrics.encode(), DECISIONS, &["decision=\"deny\""]);
+    let before = denials();
     for _ in 0..4 {
         assert_eq!(s.get(0, "/admin").await.0, 403);
     }
-    // Each denied request reached the server proxy once: the client's proxy did not retry.
-    let line = "authz_decisions_total{service=\"default/api\",port=";
-    let text = s.api.metrics.encode();
-    let denials: f64 = text
-        .lines()
-        .filter(|l| l.starts_with(line) && l.contains("decision=\"deny\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    let polled = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("response_total{direction=\"inbound\"")
-                && l.contains("status_code=\"403\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>();
-    assert_eq!(denials, polled, "{text}");
+    assert_eq!(denials(), before + 4.0, "{}", s.api.metrics.encode());
     let client_side = s.clients[0].metrics.encode();
     assert!(!client_side.contains("retries_total{"), "{client_side}");
+
+    // "Why was I denied?", asked of the server's proxy, says which policy and why.
+    let admin = s.api.admin_addr.to_string();
+    let explain = |from: String, path: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let url = format!("http://api.default{path}");
+            weft_tests::weftctl(&[
+                "explain",
+                "--admin",
+                &admin,
+                "--inbound",
+                "--from",
+                &from,
+                &url,
+            ])
+            .await
+            .unwrap()
+        }
+    };
+    let out = explain(web.clone(), "/x/../admin/users").await;
+    assert!(
+        out.contains("GET /admin/users"),
+        "normalized path shown: {out}"
+    );
+    assert!(
+        out.contains("default/no-admin") && out.contains("DENY by default/no-admin"),
+        "{out}"
+    );
+    let out = explain(web.clone(), "/public").await;
+    assert!(out.contains("ALLOW by default/any-mesh"), "{out}");
+    assert!(out.contains("not matched (to: path /public"), "{out}");
 }
 
 #[tokio::test]
@@ -364,10 +388,10 @@ async fn defaults_authenticated_and_deny_with_probe_paths() {
     assert_eq!(raw_status(inbound, "HEAD /healthz HTTP/1.1").await, 200);
     assert_eq!(raw_status(inbound, "POST /healthz HTTP/1.1").await, 403);
     assert_eq!(raw_status(inbound, "GET /healthz/more HTTP/1.1").await, 403);
-    assert!(
-        s.api_metric("authz_decisions_total{service=\"default/api\",port=")
-            .is_some()
-    );
+    // Both probes were allowed as probes, from a plaintext client.
+    let text = s.api.metrics.encode();
+    let probes = sum_series(&text, DECISIONS, &["policy=\"probe\"", "tls=\"false\""]);
+    assert_eq!(probes, 2.0, "{text}");
 }
 
 #[tokio::test]
@@ -392,7 +416,6 @@ async fn audit_policies_count_but_never_decide() {
     )
     .await
     .unwrap();
-    let would_deny = "authz_decisions_total{service=\"default/api\",port=";
     poll(DEADLINE, || {
         s.api
             .config
@@ -408,17 +431,11 @@ async fn audit_policies_count_but_never_decide() {
         assert_eq!(s.get(0, "/").await.0, 200, "an Audit Deny never denies");
     }
     let count = |decision: &str, policy: &str| -> f64 {
-        s.api
-            .metrics
-            .encode()
-            .lines()
-            .filter(|l| {
-                l.starts_with(would_deny)
-                    && l.contains(&format!("decision=\"{decision}\""))
-                    && l.contains(&format!("policy=\"{policy}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        let (d, p) = (
+            format!("decision=\"{decision}\""),
+            format!("policy=\"{policy}\""),
+        );
+        sum_series(&s.api.metrics.encode(), DECISIONS, &[&d, &p])
     };
     assert_eq!(count("would-deny", "default/audit-deny"), 3.0);
 

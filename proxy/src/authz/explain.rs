@@ -157,9 +157,12 @@ pub fn explain(
             }))
             .collect::<Vec<_>>()
     );
-    let now = Instant::now();
-    if let Some(rl) = &policy.rules.rate_limit {
-        let buckets = limiter.state(rl, client.as_ref(), now);
+    let buckets = policy
+        .rules
+        .rate_limit
+        .as_ref()
+        .map(|rl| (rl, limiter.state(rl, client.as_ref(), Instant::now())));
+    if let Some((rl, buckets)) = &buckets {
         out["rate_limit"] = json!({
             "policy": rl.id.to_string(),
             "buckets": buckets.iter().map(|b| json!({
@@ -172,12 +175,9 @@ pub fn explain(
     }
     let limited = decision.allowed
         && facts.http.is_some()
-        && policy.rules.rate_limit.as_ref().is_some_and(|rl| {
-            limiter
-                .state(rl, client.as_ref(), now)
-                .iter()
-                .any(|b| b.tokens < 1.0)
-        });
+        && buckets
+            .as_ref()
+            .is_some_and(|(_, bs)| bs.iter().any(|b| b.tokens < 1.0));
     let response = match (decision.allowed, limited, facts.http.is_some()) {
         (true, false, _) => "forwarded to the application".to_owned(),
         (true, true, _) => "429 x-weft-error: rate-limited".to_owned(),
