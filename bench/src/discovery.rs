@@ -123,7 +123,7 @@ async fn collect(args: &Args) -> anyhow::Result<Results> {
     let dir = tempfile::tempdir()?;
     let ca_dir = dir.path().join("ca");
     let td = TrustDomain::parse("bench.test")?;
-    weft_control_plane::ctl::ca_init(
+    weft_cli::ca_init(
         &td,
         &ca_dir,
         Duration::from_secs(86400),

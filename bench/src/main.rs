@@ -158,7 +158,7 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let ca_dir = dir.path().join("ca");
     let td = TrustDomain::parse("bench.test")?;
-    weft_control_plane::ctl::ca_init(
+    weft_cli::ca_init(
         &td,
         &ca_dir,
         Duration::from_secs(86400),

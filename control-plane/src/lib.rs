@@ -1,5 +1,5 @@
 //! The Weft control plane: the certificate service that signs proxies' CSRs into X509-SVIDs
-//! (this crate's first service), and the library behind the `weftctl` CLI.
+//! (this crate's first service), and the webhook; the `weftctl` CLI is the `cli/` crate.
 //!
 //! Request path of a Certify call: [`transport`] (TLS accept, peer identity) → tonic →
 //! [`identity`] (attest with [`attest`], sign with `weft_certs::CertificateAuthority`).
@@ -12,7 +12,6 @@ pub mod attest;
 pub mod authz;
 pub use weft_proto::client;
 pub mod config_api;
-pub mod ctl;
 pub mod discovery;
 pub mod identity;
 pub mod manifest;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use weft_control_plane::ctl::scrape;
+use weft_cli::scrape;
 
 use super::process::http_get;
 use super::setup::{BODY, WeftProxy};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::ctl::scrape::{Buckets, Sample};
+use crate::scrape::{Buckets, Sample};
 
 /// A proxy the view reads, and who it is.
 #[derive(Debug, Clone)]
@@ -396,7 +396,7 @@ pub(crate) fn line(s: &Stats, elapsed: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::scrape::parse;
+    use crate::scrape::parse;
 
     const TD: &str = "spiffe://demo.weft/ns/demo/sa/";
 

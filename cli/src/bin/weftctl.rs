@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weft_certs::{SpiffeId, TrustDomain};
-use weft_control_plane::ctl::{self, GetKind, Output};
+use weft_cli::{self as ctl, GetKind, Output};
 use weft_control_plane::model::ObjectRef;
 use weft_proto::config::v1 as cfg;
 

@@ -3,11 +3,16 @@
 //!
 //! - [`pki`]: commands on local files or one Certify call: the CA, tokens, certificates.
 //! - [`context`]: `weftctl login` and the context file every control-plane command reads.
-//! - [`config`]: `apply`, `get`, `delete` over the config API (documents from [`crate::manifest`]).
+//! - [`config`]: `apply`, `get`, `delete` over the config API (documents from [`weft_control_plane::manifest`]).
 //! - [`registry`]: `register` / `deregister` of endpoints outside the mesh.
 //! - [`explain`]: `explain`, asking a proxy's admin port what it would do with a request.
 //! - [`demo`]: `demo`, a whole mesh on one machine with a live view of it.
 //! - [`scrape`]: reading a proxy's Prometheus `/metrics`.
+//!
+//! Depends on the control plane's library for its document parsing and clients; the control
+//! plane's binary does not carry the CLI.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
 pub mod context;

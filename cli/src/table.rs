@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::manifest::{
+use weft_control_plane::manifest::{
     AuthorizationPolicyManifest, EndpointManifest, HttpRouteManifest, Manifest, Metadata,
     RateLimitPolicyManifest, RateLimitSpec, ServiceManifest, TargetRefSpec,
 };
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn columns_align() {
-        let docs = crate::manifest::parse_documents(
+        let docs = weft_control_plane::manifest::parse_documents(
             "t",
             "\
 apiVersion: weft.io/v1alpha1
@@ -262,7 +262,7 @@ data        db        5432/tcp          <none>
 
     #[test]
     fn routes_show_parents_and_weights() {
-        let docs = crate::manifest::parse_documents(
+        let docs = weft_control_plane::manifest::parse_documents(
             "t",
             "\
 apiVersion: gateway.networking.k8s.io/v1
@@ -288,7 +288,7 @@ default     canary   reviews:8080   reviews-v1=90,reviews-v2=10;reviews-v1=1
 
     #[test]
     fn policies_show_their_target_and_whether_it_exists() {
-        let docs = crate::manifest::parse_documents(
+        let docs = weft_control_plane::manifest::parse_documents(
             "t",
             "\
 apiVersion: weft.io/v1alpha1
@@ -323,7 +323,7 @@ shop        gone           Service/old      Deny     Enforce   not attached
         let none = render(&items[1..2], &Services::new());
         assert!(none.ends_with("Audit   not attached\n"), "{none}");
 
-        let docs = crate::manifest::parse_documents(
+        let docs = weft_control_plane::manifest::parse_documents(
             "t",
             "\
 apiVersion: weft.io/v1alpha1

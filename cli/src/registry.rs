@@ -10,7 +10,7 @@ use weft_proto::registry::v1 as reg;
 use weft_proto::registry::v1::registration_client::RegistrationClient;
 
 use super::{Context, RpcError};
-use crate::model::{self, ObjectRef};
+use weft_control_plane::model::{self, ObjectRef};
 
 /// What `weftctl register` needs.
 #[derive(Debug, Clone)]

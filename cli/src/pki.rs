@@ -11,8 +11,8 @@ use weft_certs::ca::{BUNDLE_FILE, CERT_FILE, KEY_FILE, write_new};
 use weft_certs::pem::{CertSummary, certs_from_file, certs_to_pem};
 use weft_certs::{CertificateAuthority, SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
 
-use crate::attest::TokenKey;
-use crate::attest::join::TOKEN_KEY_FILE;
+use weft_control_plane::attest::TokenKey;
+use weft_control_plane::attest::join::TOKEN_KEY_FILE;
 
 /// `weftctl ca init`: a new root and token key in `out` (created 0700; keys 0600).
 pub fn ca_init(
@@ -111,7 +111,7 @@ pub fn token_create(
     identity
         .workload()
         .context("join tokens are for workload identities")?;
-    if *identity == crate::control_plane_id(ca.trust_domain()) {
+    if *identity == weft_control_plane::control_plane_id(ca.trust_domain()) {
         bail!("{identity} is reserved for the control plane; it never gets a join token");
     }
     let key = TokenKey::load(&ca_dir.join(TOKEN_KEY_FILE))?;
@@ -190,16 +190,16 @@ impl std::fmt::Debug for CertRequest<'_> {
 pub async fn cert_request(req: CertRequest<'_>, w: &mut impl Write) -> anyhow::Result<()> {
     let td = req.identity.trust_domain();
     let bundle = TrustBundle::new(td.clone(), certs_from_file(req.trust_bundle)?)?;
-    let channel = crate::client::connect(
+    let channel = weft_control_plane::client::connect(
         req.control_plane,
         Arc::new(bundle),
-        crate::control_plane_id(&td),
+        weft_control_plane::control_plane_id(&td),
         None,
     )
     .await?;
     let key = WorkloadKey::generate()?;
     let got =
-        crate::client::certify(channel, &key, Some(req.identity), &req.token, req.ttl).await?;
+        weft_control_plane::client::certify(channel, &key, Some(req.identity), &req.token, req.ttl).await?;
     create_private_dir(req.out)?;
     let paths = [
         req.out.join("svid.crt"),

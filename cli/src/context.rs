@@ -71,7 +71,7 @@ pub enum ContextError {
     )]
     NoPath,
     #[error(transparent)]
-    Connect(#[from] crate::client::ClientError),
+    Connect(#[from] weft_control_plane::client::ClientError),
 }
 
 /// `$WEFT_CONFIG`, else `~/.config/weft/config.yaml`. (`--config` is resolved by clap, which
@@ -184,7 +184,7 @@ impl Context {
         let certified =
             rustls::sign::CertifiedKey::from_der(chain, key, &weft_certs::tls::provider())
                 .map_err(|e| invalid("key", format!("does not match the certificate: {e}")))?;
-        Ok(crate::client::connect(
+        Ok(weft_control_plane::client::connect(
             &self.file.control_plane,
             self.bundle.clone(),
             self.control_plane_id.clone(),
@@ -218,8 +218,8 @@ pub fn login(req: Login<'_>, w: &mut impl std::io::Write) -> anyhow::Result<()> 
         .with_context(|| format!("load CA from {}", req.ca_dir.display()))?
         .with_max_ttl(req.ttl);
     let td = ca.trust_domain().clone();
-    let identity = req.identity.unwrap_or_else(|| crate::default_admin_id(&td));
-    let cp = crate::control_plane_id(&td);
+    let identity = req.identity.unwrap_or_else(|| weft_control_plane::default_admin_id(&td));
+    let cp = weft_control_plane::control_plane_id(&td);
     if identity == cp {
         bail!("{identity} is the control plane's own identity; choose an admin identity");
     }
@@ -289,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().join("ca");
         let td = weft_certs::TrustDomain::parse("mesh.test").unwrap();
-        crate::ctl::ca_init(&td, &ca_dir, Duration::from_secs(3600), &mut Vec::new()).unwrap();
+        crate::ca_init(&td, &ca_dir, Duration::from_secs(3600), &mut Vec::new()).unwrap();
         (dir, ca_dir)
     }
 

@@ -689,7 +689,7 @@ mod tests {
     fn the_demo_manifests_parse_and_carry_the_weights() {
         for (v1, v2) in [(90, 10), (50, 50)] {
             let text = manifests(v1, v2);
-            let docs = crate::manifest::parse_manifests("demo.yaml", &text).unwrap();
+            let docs = weft_control_plane::manifest::parse_manifests("demo.yaml", &text).unwrap();
             assert_eq!(docs.len(), 6);
             assert!(text.contains(&format!("name: api-v2, port: 8080, weight: {v2}")));
         }

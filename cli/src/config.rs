@@ -1,4 +1,4 @@
-//! `weftctl apply`, `get` and `delete`: documents from [`crate::manifest`] over the
+//! `weftctl apply`, `get` and `delete`: documents from [`weft_control_plane::manifest`] over the
 //! `weft.config.v1.Config` API.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use weft_proto::config::v1 as cfg;
 use weft_proto::config::v1::config_client::ConfigClient;
 
 use super::{Context, RpcError, read_source, table};
-use crate::manifest::{self, Manifest, ManifestError, Origin, Parsed, Problem};
+use weft_control_plane::manifest::{self, Manifest, ManifestError, Origin, Parsed, Problem};
 
 /// What `weftctl apply` sends.
 #[derive(Debug)]
@@ -441,7 +441,7 @@ spec:
     fn statuses_read_as_one_line() {
         let s = tonic::Status::failed_precondition("referenced by httproute default/r");
         assert_eq!(
-            super::super::status_line(&s),
+            crate::status_line(&s),
             "FAILED_PRECONDITION: referenced by httproute default/r"
         );
     }
