@@ -26,3 +26,20 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# kubernetes-validate (PyPI) in a venv: the Kubernetes tests check every manifest that
+# `weftctl inject` and `weftctl install` write with `--strict`, for 1.29 and the newest
+# version the package knows (there is no API server on our machines).
+# Override the location with WEFT_VENV; tests find it the same way (tests/src/k8s.rs).
+venv="${WEFT_VENV:-$HOME/.cache/weft/venv}"
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "install-deps: apt-get install python3-venv"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null
+  fi
+  echo "install-deps: pip install kubernetes-validate into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi

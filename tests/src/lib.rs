@@ -16,6 +16,7 @@ use weft_control_plane::client::{self, Certified};
 pub mod ctl;
 pub mod dataplane;
 pub mod etcd;
+pub mod k8s;
 pub mod mesh;
 pub mod traffic;
 
@@ -38,6 +39,8 @@ pub fn bin(name: &str) -> PathBuf {
             "--bins",
             "-p",
             "weft-control-plane",
+            "-p",
+            "weft-cli",
             "-p",
             "weft-proxy",
         ]);
