@@ -2,6 +2,11 @@
 //! certificate and a first configuration), `/metrics`, `/config_dump` (the configuration held
 //! and its versions, JSON), `/certs` (identity, expiry, bundle fingerprints: never a key) and
 //! `POST /shutdown`.
+//!
+//! In a pod the admin port listens on the pod IP (kubelet probes `/live` and `/ready` there, and
+//! Prometheus scrapes `/metrics`), so only those three answer a client that is not on loopback;
+//! the rest (the configuration, `/explain`, `POST /shutdown`) answer loopback clients only —
+//! `kubectl port-forward` arrives on loopback.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -55,10 +60,14 @@ pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::
             _ = shutdown.changed() => return,
         };
         let state = state.clone();
+        let local_client = is_loopback(remote.ip());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move {
+                    if !local_client && !public_path(req.uri().path()) {
+                        return Ok::<_, Infallible>(forbidden_remote());
+                    }
                     if req.method() == Method::POST && req.uri().path() == "/explain" {
                         return Ok::<_, Infallible>(explain(req, &state).await);
                     }
@@ -76,6 +85,29 @@ pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::
             }
         });
     }
+}
+
+/// Whether a client is on this host (IPv4-mapped loopback included).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// The paths any client may read: health for kubelet, metrics for Prometheus.
+fn public_path(path: &str) -> bool {
+    matches!(path, "/live" | "/ready" | "/metrics")
+}
+
+fn forbidden_remote() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(
+        b"forbidden: only /live, /ready and /metrics answer clients outside this host; use kubectl port-forward or the pod's loopback\n",
+    )));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    resp
 }
 
 fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
@@ -291,4 +323,29 @@ fn certs(identity: &Identity) -> String {
         "bundle_sha256": bundle.fingerprints(),
     });
     format!("{body:#}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_health_and_metrics_answer_remote_clients() {
+        for (ip, path, allowed) in [
+            ("127.0.0.1", "/shutdown", true),
+            ("::1", "/config_dump", true),
+            ("::ffff:127.0.0.1", "/explain", true),
+            ("10.1.2.3", "/ready", true),
+            ("10.1.2.3", "/live", true),
+            ("10.1.2.3", "/metrics", true),
+            ("10.1.2.3", "/shutdown", false),
+            ("10.1.2.3", "/config_dump", false),
+            ("10.1.2.3", "/certs", false),
+            ("fd00::1", "/explain/inbound", false),
+            ("::ffff:10.0.0.1", "/shutdown", false),
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(is_loopback(ip) || public_path(path), allowed, "{ip} {path}");
+        }
+    }
 }

@@ -37,6 +37,7 @@ pub mod tcp;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod wait_ready;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -63,7 +64,9 @@ pub struct Config {
     /// PEM roots to trust before discovery sends the live bundle; its trust domain is the
     /// proxy's.
     pub trust_bundle: PathBuf,
-    pub trust_domain: weft_certs::TrustDomain,
+    /// The trust domain; `None` takes it from the bundle's roots (`spiffe://<td>` URI SAN).
+    /// When both are there they must agree.
+    pub trust_domain: Option<weft_certs::TrustDomain>,
     pub admin: SocketAddr,
     /// This proxy instance's name in the control plane's logs (e.g. the pod name).
     pub node_id: String,
@@ -149,7 +152,8 @@ impl Proxy {
             path: config.trust_bundle.clone(),
             reason: e.to_string(),
         })?;
-        let bundle = TrustBundle::from_pem(config.trust_domain.clone(), &pem, "trust bundle")
+        let bundle =
+            TrustBundle::from_pem_deriving(config.trust_domain.as_ref(), &pem, "trust bundle")
             .map_err(|e| StartError::Bundle {
                 path: config.trust_bundle.clone(),
                 reason: e.to_string(),

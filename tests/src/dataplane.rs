@@ -336,7 +336,7 @@ pub async fn start_proxy(
             cert_ttl: opts.cert_ttl,
         },
         trust_bundle: mesh.ca.bundle_file(),
-        trust_domain: weft_certs::TrustDomain::parse(TD)?,
+        trust_domain: Some(weft_certs::TrustDomain::parse(TD)?),
         admin: "127.0.0.1:0".parse()?,
         node_id: sa.to_owned(),
         inbound: opts.app.map(|(port, service)| InboundConfig {

@@ -56,7 +56,7 @@ async fn start_proxy(
             cert_ttl: ttl,
         },
         trust_bundle: mesh.ca.bundle_file(),
-        trust_domain: weft_certs::TrustDomain::parse(TD)?,
+        trust_domain: Some(weft_certs::TrustDomain::parse(TD)?),
         admin: "127.0.0.1:0".parse()?,
         node_id: sa.to_owned(),
         inbound: None,
@@ -150,7 +150,7 @@ async fn a_refused_token_fails_the_start_with_the_reason() {
             cert_ttl: None,
         },
         trust_bundle: mesh.ca.bundle_file(),
-        trust_domain: weft_certs::TrustDomain::parse(TD).unwrap(),
+        trust_domain: Some(weft_certs::TrustDomain::parse(TD).unwrap()),
         admin: "127.0.0.1:0".parse().unwrap(),
         node_id: "web".into(),
         inbound: None,
@@ -225,4 +225,155 @@ async fn a_bad_flag_is_one_line_and_exit_2() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_missing_or_unknown_flag_is_named_in_one_line() {
+    for (args, names) in [
+        (vec!["run"], vec!["--control-plane", "--trust-bundle", "--token-file"]),
+        (
+            vec![
+                "run",
+                "--control-plane",
+                "127.0.0.1:1",
+                "--trust-bundle",
+                "/x",
+                "--token-file",
+                "/x",
+                "--no-such-flag",
+            ],
+            vec!["--no-such-flag"],
+        ),
+        (vec!["wait-ready", "--admin", "nowhere"], vec!["--admin"]),
+    ] {
+        let out = tokio::process::Command::new(weft_tests::bin("weft-proxy"))
+            .args(&args)
+            .env_remove("WEFT_CONTROL_PLANE")
+            .env_remove("WEFT_TRUST_BUNDLE")
+            .env_remove("WEFT_TOKEN_FILE")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        for name in names {
+            assert!(stderr.contains(name), "{args:?} does not name {name}: {stderr}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_trust_domain_comes_from_the_bundle_and_a_contradicting_flag_is_refused() {
+    let mesh = TestMesh::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = mesh.ca.token(&workload("default", "web"), "10m").await.unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    // Without the flag: the bundle's root names the trust domain.
+    let proxy = Proxy::start(Config {
+        control_plane: ControlPlane {
+            addr: mesh.cp.grpc_addr().to_string(),
+            token_file: token_file.clone(),
+            cert_ttl: None,
+        },
+        trust_bundle: mesh.ca.bundle_file(),
+        trust_domain: None,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        node_id: "web".into(),
+        inbound: None,
+        outbound: None,
+        upstreams: vec![],
+        data: Default::default(),
+        drain_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let (_, certs) = admin_until(&proxy, "/certs", |s, _| s == 200).await;
+    assert!(certs.contains(&format!("spiffe://{TD}/ns/default/sa/web")), "{certs}");
+    proxy.shutdown().await;
+
+    // A flag that contradicts the bundle: refused before anything is asked of the control plane.
+    let bundle = mesh.ca.bundle_file();
+    let out = tokio::process::Command::new(weft_tests::bin("weft-proxy"))
+        .args(["run", "--control-plane", &mesh.cp.grpc_addr().to_string()])
+        .arg("--trust-bundle")
+        .arg(&bundle)
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--trust-domain", "other.test", "--admin", "127.0.0.1:0"])
+        .args(["--outbound", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("other.test") && stderr.contains(TD),
+        "the refusal names both trust domains: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn wait_ready_returns_once_the_proxy_is_ready_and_fails_with_what_it_saw() {
+    // Nothing listens: it gives up after its timeout, exit 1, naming the address and the cause.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = tokio::process::Command::new(weft_tests::bin("weft-proxy"))
+        .args(["wait-ready", "--admin", &format!("127.0.0.1:{port}")])
+        .args(["--timeout", "1s"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}/ready")) && stderr.contains("refused"),
+        "{stderr}"
+    );
+
+    // Started before the proxy, as a postStart hook is: it is still waiting while nothing is
+    // ready, and exits 0 once the proxy's /ready answers 200.
+    let mut waiter = tokio::process::Command::new(weft_tests::bin("weft-proxy"))
+        .args(["wait-ready", "--admin", &format!("127.0.0.1:{port}")])
+        .args(["--timeout", "60s"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mesh = TestMesh::start().await.unwrap();
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "wait-ready returned before any proxy existed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token = mesh.ca.token(&workload("default", "web"), "10m").await.unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let proxy = Proxy::start(Config {
+        control_plane: ControlPlane {
+            addr: mesh.cp.grpc_addr().to_string(),
+            token_file,
+            cert_ttl: None,
+        },
+        trust_bundle: mesh.ca.bundle_file(),
+        trust_domain: None,
+        admin: format!("127.0.0.1:{port}").parse().unwrap(),
+        node_id: "web".into(),
+        inbound: None,
+        outbound: None,
+        upstreams: vec![],
+        data: Default::default(),
+        drain_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), waiter.wait())
+        .await
+        .expect("wait-ready never returned")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let (code, _) = http_get(&proxy.admin_addr.to_string(), "/ready").await.unwrap();
+    assert_eq!(code, 200, "wait-ready returned while /ready was not 200");
+    proxy.shutdown().await;
 }

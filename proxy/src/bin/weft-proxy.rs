@@ -24,6 +24,19 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Run(RunArgs),
+    /// Wait until a proxy's admin /ready answers 200 (for a Kubernetes postStart hook or a
+    /// script); exits 1 with what it last saw if the timeout passes first.
+    WaitReady(WaitReadyArgs),
+}
+
+#[derive(clap::Args)]
+struct WaitReadyArgs {
+    /// The proxy's admin address.
+    #[arg(long, default_value = "127.0.0.1:4191")]
+    admin: SocketAddr,
+    /// How long to wait.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+    timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -35,9 +48,10 @@ struct RunArgs {
     /// discovery.
     #[arg(long, env = "WEFT_TRUST_BUNDLE")]
     trust_bundle: PathBuf,
-    /// The trust domain (the one of the bundle's CA).
+    /// The trust domain. Default: the one the bundle's root names (its spiffe://<td> URI SAN,
+    /// as `weftctl ca init` makes it); a value that contradicts the bundle is refused.
     #[arg(long, env = "WEFT_TRUST_DOMAIN")]
-    trust_domain: TrustDomain,
+    trust_domain: Option<TrustDomain>,
     /// Join token or Kubernetes service account token file (read again whenever needed).
     #[arg(long, env = "WEFT_TOKEN_FILE")]
     token_file: PathBuf,
@@ -195,14 +209,14 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One line naming what is wrong (clap's first line), then exit 2.
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("weft-proxy: {}", line.trim_start_matches("error: "));
+            eprintln!("weft-proxy: {}", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::WaitReady(w) => return wait_ready(&w),
+    };
     // `Targets` (`info,weft_proxy=debug`), not `EnvFilter`: the same directives for targets and
     // levels, without the regex engine in the binary.
     let filter = match std::env::var("WEFT_LOG") {
@@ -304,6 +318,50 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     proxy.shutdown().await;
     ExitCode::SUCCESS
+}
+
+fn wait_ready(w: &WaitReadyArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weft-proxy: start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let interval = Duration::from_millis(200);
+    match runtime.block_on(weft_proxy::wait_ready::wait_ready(w.admin, w.timeout, interval)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// clap's error as one line that names what is wrong. Its first line says what kind of error it
+/// is and, for a missing argument, the indented lines after it name the flags:
+/// `the following required arguments were not provided: --control-plane <CONTROL_PLANE>`.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let mut out = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    if out.ends_with(':') {
+        let named: Vec<&str> = lines
+            .take_while(|l| l.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        if !named.is_empty() {
+            out.push(' ');
+            out.push_str(&named.join(", "));
+        }
+    }
+    out
 }
 
 async fn terminated() {
