@@ -96,6 +96,9 @@ pub struct InboundConfig {
     /// `--probe-paths`: (application port, path) pairs answered for GET and HEAD from any
     /// client, whatever the policy (kubelet's probes carry no certificate).
     pub probe_paths: Vec<(u16, String)>,
+    /// `--default-inbound-policy`: this workload's default, applied when stricter than the
+    /// served services' own (a pod can tighten, never loosen).
+    pub default_inbound: Option<weft_proto::model::DefaultInbound>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +204,7 @@ impl Proxy {
                     service: i.service.clone(),
                     labels: i.labels.clone(),
                     probes: probe_paths.clone(),
+                    default: i.default_inbound,
                 })
                 .unwrap_or_default(),
         };

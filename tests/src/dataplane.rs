@@ -295,6 +295,8 @@ pub struct ProxyOpts {
     /// The namespace of the proxy's identity (`spiffe://mesh.test/ns/<it>/sa/<sa>`); default
     /// `default`. Its service, if any, is still `default/<name>`.
     pub namespace: Option<String>,
+    /// `--default-inbound-policy`: the workload's own (tightening) default.
+    pub default_inbound: Option<weft_proto::model::DefaultInbound>,
 }
 
 /// Writes a join token for `default/<sa>` into `dir`.
@@ -346,6 +348,7 @@ pub async fn start_proxy(
             labels: Default::default(),
             advertise: None,
             probe_paths: opts.probe_paths.clone(),
+            default_inbound: opts.default_inbound,
         }),
         outbound: Some(any_port),
         upstreams: opts

@@ -44,6 +44,9 @@ pub struct Served {
     pub labels: BTreeMap<String, String>,
     /// `--probe-paths`: (port, path) pairs always answered for GET and HEAD.
     pub probes: Vec<(u16, String)>,
+    /// `--default-inbound-policy`: this workload's own default, which can only tighten the
+    /// served services' (the strictest applies), never loosen what a service owner set.
+    pub default: Option<DefaultInbound>,
 }
 
 impl Served {
@@ -103,10 +106,26 @@ fn by_key(by: &eval::DecidedBy<'_>) -> (u8, usize) {
 /// the strictest default applies (deny, then authenticated, then allow), and the rate limit is
 /// the registered service's, else the first other's that has one.
 pub fn compile(served: &Served, config: &MeshConfig) -> Option<Arc<InboundPolicy>> {
-    let own = served.service.as_ref()?;
+    let local = served.default.unwrap_or(DefaultInbound::Allow);
+    let Some(own) = served.service.as_ref() else {
+        // Not registered under a service: only the workload's own default can apply.
+        return (local != DefaultInbound::Allow).then(|| {
+            Arc::new(InboundPolicy {
+                rules: Inbound {
+                    services: Vec::new(),
+                    policies: Vec::new(),
+                    default: local,
+                    rate_limit: None,
+                    probes: served.probes.clone(),
+                },
+                service: String::new(),
+                counters: Mutex::default(),
+            })
+        });
+    };
     let mut services = Vec::new();
     let mut policies: BTreeMap<ObjectRef, Arc<AuthorizationPolicy>> = BTreeMap::new();
-    let mut default = DefaultInbound::Allow;
+    let mut default = local;
     let mut rate_limit = None;
     let registered = config.services.get(&own.key()).into_iter();
     let others = config

@@ -64,7 +64,36 @@ fn served(labels: &[(&str, &str)]) -> Served {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         probes: vec![],
+        default: None,
     }
+}
+
+#[test]
+fn the_workload_default_only_tightens() {
+    let allow = config(vec![svc("api-v1", &[], DefaultInbound::Allow)]);
+    let deny = config(vec![svc("api-v1", &[], DefaultInbound::Deny)]);
+    let with = |d| Served {
+        default: Some(d),
+        ..served(&[])
+    };
+    let compiled = |s: &Served, c: &MeshConfig| compile(s, c).map(|p| p.rules.default);
+    assert_eq!(
+        compiled(&with(DefaultInbound::Authenticated), &allow),
+        Some(DefaultInbound::Authenticated)
+    );
+    assert_eq!(
+        compiled(&with(DefaultInbound::Allow), &deny),
+        Some(DefaultInbound::Deny),
+        "a pod cannot loosen its service's default"
+    );
+    assert_eq!(compiled(&with(DefaultInbound::Allow), &allow), None);
+    // Not registered under a service: the workload's own default still applies.
+    let unregistered = Served {
+        service: None,
+        default: Some(DefaultInbound::Deny),
+        ..Served::default()
+    };
+    assert_eq!(compiled(&unregistered, &allow), Some(DefaultInbound::Deny));
 }
 
 #[test]

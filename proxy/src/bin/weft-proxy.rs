@@ -81,6 +81,11 @@ struct RunArgs {
     /// PORT:/path, comma-separated. The Kubernetes injector sets it from the pod's probes.
     #[arg(long, env = "WEFT_PROBE_PATHS", value_parser = parse_probe_path, value_delimiter = ',')]
     probe_paths: Vec<(u16, String)>,
+    /// This workload's default for inbound requests no Allow policy speaks about: allow,
+    /// authenticated or deny. It only tightens: the strictest of it and the served services'
+    /// own defaults applies. Default: the services' (the control plane's).
+    #[arg(long, env = "WEFT_DEFAULT_INBOUND_POLICY", value_parser = model::DefaultInbound::parse)]
+    default_inbound_policy: Option<model::DefaultInbound>,
     /// Inbound listener: mTLS from peer proxies (and plaintext in permissive mode).
     #[arg(long, env = "WEFT_INBOUND", default_value = "0.0.0.0:4143")]
     inbound: SocketAddr,
@@ -289,6 +294,7 @@ async fn run(args: RunArgs) -> ExitCode {
             labels: args.labels,
             advertise: args.advertise_ip,
             probe_paths: args.probe_paths,
+            default_inbound: args.default_inbound_policy,
         }),
         outbound: Some(args.outbound),
         upstreams: args.upstream,
