@@ -168,8 +168,9 @@ pub async fn tcp_echo() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// A gRPC echo backend (h2c). A unary message `unavailable-once:<id>` fails with UNAVAILABLE
-/// the first time each id is seen (for retry tests).
+/// A gRPC echo backend (h2c). A unary message `unavailable-once:<id>` fails with UNAVAILABLE,
+/// and `exhausted-once:<id>` with RESOURCE_EXHAUSTED, the first time each id is seen (for retry
+/// tests).
 pub async fn grpc_echo() -> anyhow::Result<SocketAddr> {
     use echo::Msg;
     use echo::echo_server::{Echo, EchoServer};
@@ -188,6 +189,13 @@ pub async fn grpc_echo() -> anyhow::Result<SocketAddr> {
                 && self.seen.lock().unwrap().insert(text.clone())
             {
                 return Err(tonic::Status::unavailable(format!("{text}: try again")));
+            }
+            if text.starts_with("exhausted-once:")
+                && self.seen.lock().unwrap().insert(text.clone())
+            {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "{text}: try again"
+                )));
             }
             let client = req
                 .metadata()

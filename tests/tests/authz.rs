@@ -591,6 +591,17 @@ async fn grpc_denials_and_rate_limits_are_grpc_statuses_and_not_retried() {
     };
     let r = client.unary(echo::Msg { text: "hi".into() }).await;
     assert!(r.is_ok(), "{r:?}");
+    // The route does retry RESOURCE_EXHAUSTED when the backend answers it: without this, "not
+    // retried" below would prove nothing.
+    let r = client
+        .unary(echo::Msg {
+            text: "exhausted-once:control".into(),
+        })
+        .await;
+    assert!(r.is_ok(), "the backend's RESOURCE_EXHAUSTED was not retried: {r:?}");
+    let retries = |text: &str| sum_series(text, "retries_total{", &[]);
+    let retried = retries(&web.metrics.encode());
+    assert_eq!(retried, 1.0, "one retry for the backend's refusal");
 
     let web_id = workload("default", "web");
     apply(
@@ -675,7 +686,11 @@ async fn grpc_denials_and_rate_limits_are_grpc_statuses_and_not_retried() {
         Some(f64::from(exhausted)),
         "each refusal reached the server once: {text}"
     );
-    assert!(!web.metrics.encode().contains("retries_total{"));
+    assert_eq!(
+        retries(&web.metrics.encode()),
+        retried,
+        "a denial or rate limit was retried"
+    );
 }
 
 /// A TCP backend that counts the bytes it receives and echoes them.
