@@ -103,6 +103,10 @@ pub(crate) enum TargetKind {
     /// As `Weft`, through its own client and server proxies, the server enforcing 10
     /// AuthorizationPolicies and a rate limit that is never hit (see [`authz`]).
     WeftAuthz,
+    /// A second plain pair, identical to `Weft` (its own client and server proxies, service
+    /// `api-twin`): the noise floor of a ratio between two pairs of one run. `weft-twin / weft`
+    /// is what `weft-authz / weft` would be if policy cost nothing.
+    WeftTwin,
     /// → client HAProxy (plain HTTP/1.1) → mutual TLS 1.3, HTTP/1.1 → server HAProxy → the
     /// backend; one thread each.
     Haproxy,
@@ -111,11 +115,12 @@ pub(crate) enum TargetKind {
 }
 
 impl TargetKind {
-    const ALL: [TargetKind; 6] = [
+    const ALL: [TargetKind; 7] = [
         TargetKind::Direct,
         TargetKind::Weft,
         TargetKind::WeftSplit,
         TargetKind::WeftAuthz,
+        TargetKind::WeftTwin,
         TargetKind::Haproxy,
         TargetKind::NginxPair,
     ];
@@ -126,6 +131,7 @@ impl TargetKind {
             TargetKind::Weft => "weft",
             TargetKind::WeftSplit => "weft-split",
             TargetKind::WeftAuthz => "weft-authz",
+            TargetKind::WeftTwin => "weft-twin",
             TargetKind::Haproxy => "haproxy",
             TargetKind::NginxPair => "nginx-pair",
         }
@@ -147,6 +153,10 @@ pub(crate) struct ProxyRef {
     pub(crate) pid: u32,
 }
 
+/// The twin target's service: a plain one, like `api`.
+const TWIN_SERVICE: &str = "api-twin";
+const TWIN_MANIFESTS: &str = "apiVersion: weft.io/v1alpha1\nkind: Service\nmetadata: {namespace: default, name: api-twin}\nspec:\n  ports: [{name: http, port: 80, protocol: http1}]\n";
+
 /// Everything the targets need, running. Field order is drop order: processes first, then
 /// the temp dir they write in.
 struct Lab {
@@ -159,6 +169,9 @@ struct Lab {
     /// The authz target's own pair.
     authz_client: WeftProxy,
     authz_server: WeftProxy,
+    /// The twin target's pair (a plain pair like the first: the noise floor).
+    twin_client: WeftProxy,
+    twin_server: WeftProxy,
     haproxy: PeerPair,
     nginx_pair: PeerPair,
     mesh: Mesh,
@@ -177,6 +190,7 @@ impl Lab {
         let mesh = Mesh::start(bins, dir.path())?;
         mesh.apply("split.yaml", split::MANIFESTS)?;
         mesh.apply("authz.yaml", &authz::manifests())?;
+        mesh.apply("twin.yaml", TWIN_MANIFESTS)?;
         let app_port = backend.addr.port();
         let server = |role: &str, service: &'static str| -> anyhow::Result<WeftProxy> {
             let token = mesh.token(service)?;
@@ -211,6 +225,8 @@ impl Lab {
             p.wait_routable(Duration::from_millis(10))?;
             p
         };
+        let twin_server = server("twin-server", TWIN_SERVICE)?;
+        let twin_client = client("twin-client", TWIN_SERVICE)?;
         let peer = |kind| PeerPair::start(kind, tools, &mesh.ca_dir, backend.addr, dir.path());
         let haproxy = peer(PeerKind::Haproxy)?;
         let nginx_pair = peer(PeerKind::Nginx)?;
@@ -222,6 +238,8 @@ impl Lab {
             split_v2,
             authz_client,
             authz_server,
+            twin_client,
+            twin_server,
             haproxy,
             nginx_pair,
             mesh,
@@ -293,6 +311,25 @@ impl Lab {
                     ProxyRef {
                         role: "server",
                         pid: self.authz_server.proc.pid(),
+                    },
+                ],
+            },
+            Target {
+                kind: TargetKind::WeftTwin,
+                url: format!(
+                    "http://{}/",
+                    self.twin_client
+                        .upstream
+                        .context("the twin client proxy has no upstream port")?
+                ),
+                proxies: vec![
+                    ProxyRef {
+                        role: "client",
+                        pid: self.twin_client.proc.pid(),
+                    },
+                    ProxyRef {
+                        role: "server",
+                        pid: self.twin_server.proc.pid(),
                     },
                 ],
             },
@@ -552,19 +589,29 @@ pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
     }
     let split_before = lab.split_counts()?;
     for round in 1..=args.rounds {
-        let mut wrk = Vec::new();
-        for t in &targets {
+        // Odd rounds run the targets in order, even rounds in reverse (A B, B A, …): a target
+        // measured right after another (a warmer or hotter machine) must not always be the
+        // same one — it skewed the weft-authz / weft ratio before (docs/benchmarks.md).
+        let order: Vec<usize> = if round % 2 == 1 {
+            (0..targets.len()).collect()
+        } else {
+            (0..targets.len()).rev().collect()
+        };
+        let mut wrk = vec![None; targets.len()];
+        for &i in &order {
+            let t = &targets[i];
             eprintln!(
                 "pair: round {round}/{}: {} closed loop",
                 args.rounds,
                 t.kind.name()
             );
-            wrk.push(observe(&t.proxies, || {
+            wrk[i] = Some(observe(&t.proxies, || {
                 load::wrk(&tools, &t.url, args.connections, args.duration)
             })?);
             lab.check_alive()?;
         }
-        for (i, t) in targets.iter().enumerate() {
+        for &i in &order {
+            let t = &targets[i];
             eprintln!(
                 "pair: round {round}/{}: {} at {} rps",
                 args.rounds,
@@ -575,7 +622,9 @@ pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
                 load::oha(&tools, &t.url, args.connections, args.rate, args.duration)
             })?;
             lab.check_alive()?;
-            let (wrk, wrk_usage, wrk_machine_vcpu) = wrk[i].clone();
+            let Some((wrk, wrk_usage, wrk_machine_vcpu)) = wrk[i].clone() else {
+                bail!("round {round}: {} was not measured", t.kind.name());
+            };
             results[i].rounds.push(Round {
                 wrk,
                 wrk_usage,

@@ -221,6 +221,13 @@ pub(crate) fn markdown(r: &Results) -> String {
             }
         );
     }
+    if let Some((ratio, each)) = ratio_to_weft(r, TargetKind::WeftTwin) {
+        let each: Vec<String> = each.iter().map(|x| format!("{x:.3}")).collect();
+        s += &format!(
+            "\nweft-twin / weft, closed-loop throughput (medians): {ratio:.3} (each round: {}): two identical plain pairs, the noise floor of the ratios above and below.\n",
+            each.join(", "),
+        );
+    }
     if let Some((ratio, each)) = split_ratio(r) {
         let c = &r.split;
         s += &format!(
@@ -479,6 +486,9 @@ pub(crate) fn to_json(r: &Results) -> serde_json::Value {
         "weft_split": split,
         "weft_authz": ratio_to_weft(r, TargetKind::WeftAuthz).map(|(ratio, each)| json!({
             "throughput_ratio": ratio, "each_round": each, "target": AUTHZ_RATIO_TARGET,
+        })),
+        "weft_twin": ratio_to_weft(r, TargetKind::WeftTwin).map(|(ratio, each)| json!({
+            "throughput_ratio": ratio, "each_round": each,
         })),
         "goals": {
             "throughput_ratio_to_haproxy_min": THROUGHPUT_VS_HAPROXY,
