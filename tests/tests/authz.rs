@@ -889,3 +889,46 @@ async fn rate_limits_per_identity_with_an_override() {
     assert_eq!(m("identity"), f64::from(limited[0]), "{text}");
     assert_eq!(m("override"), f64::from(limited[1]), "{text}");
 }
+
+#[tokio::test]
+async fn strict_mtls_lets_plaintext_in_for_probe_paths_only() {
+    let mesh = TestMesh::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = mesh.cp.grpc_addr().to_string();
+    apply(
+        &mesh,
+        vec![service(
+            "api",
+            80,
+            Protocol::Http1,
+            pb::DefaultInboundPolicy::Allow,
+        )],
+    )
+    .await
+    .unwrap();
+    let backend = http_backend("api-v1", false).await.unwrap();
+    let opts = ProxyOpts {
+        app: Some((backend.port(), "api".into())),
+        probe_paths: vec![(backend.port(), "/healthz".into())],
+        strict: true,
+        ..Default::default()
+    };
+    let api = start_proxy(&mesh, &cp, dir.path(), "api", opts)
+        .await
+        .unwrap();
+    let inbound = api.inbound_addr.unwrap();
+    // kubelet's probe (plaintext, no certificate) reaches the application...
+    assert_eq!(raw_status(inbound, "GET /healthz HTTP/1.1").await, 200);
+    assert_eq!(raw_status(inbound, "HEAD /healthz HTTP/1.1").await, 200);
+    // ...and nothing else does in plaintext, not even with an allowing default.
+    assert_eq!(raw_status(inbound, "GET /x HTTP/1.1").await, 403);
+    assert_eq!(raw_status(inbound, "POST /healthz HTTP/1.1").await, 403);
+    // A meshed client still gets everything.
+    let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts::default())
+        .await
+        .unwrap();
+    wait_endpoints(&web, "api", 1).await.unwrap();
+    let out = web.outbound_addr.unwrap();
+    let (status, _, _) = proxy_get(out, "http://api.default/x").await.unwrap();
+    assert_eq!(status, 200);
+}
