@@ -87,6 +87,52 @@ pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::
     }
 }
 
+/// The admin port while the proxy waits for its first certificate: `/live` is 200 (the
+/// process is fine; restarting it would not help), `/ready` and everything else 503 with what
+/// it is waiting for. Returns the listener when `done` fires, for [`run`] to take over.
+pub async fn serve_starting(
+    listener: TcpListener,
+    waiting: watch::Receiver<String>,
+    done: tokio::sync::oneshot::Receiver<()>,
+) -> TcpListener {
+    tokio::pin!(done);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut done => return listener,
+        };
+        let waiting = waiting.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let why = waiting.borrow().clone();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/live" => (StatusCode::OK, "ok\n".to_owned()),
+                        _ => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    *resp.status_mut() = status;
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(false);
+            if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {
+                debug!(%remote, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
 /// Whether a client is on this host (IPv4-mapped loopback included).
 fn is_loopback(ip: std::net::IpAddr) -> bool {
     match ip {

@@ -100,13 +100,34 @@ impl Identity {
     }
 }
 
-/// Gets the first SVID with the join token.
+/// Gets the first SVID with the join token. While the control plane cannot be reached (or
+/// answers that it is unavailable) it keeps trying with backoff, saying so in the log and in
+/// `waiting` (what the admin's `/ready` shows meanwhile): a pod scheduled during a control
+/// plane restart waits instead of crash-looping. A refusal (a bad token, a wrong trust
+/// domain) ends it at once with the reason.
 pub async fn bootstrap(
     cp: &ControlPlane,
     bundle: Arc<TrustBundle>,
     metrics: &Metrics,
+    waiting: &watch::Sender<String>,
 ) -> Result<Arc<Identity>, IdentityError> {
-    let svid = certify_with_token(cp, bundle.clone()).await?;
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
+    let svid = loop {
+        match certify_with_token(cp, bundle.clone()).await {
+            Ok(svid) => break svid,
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                warn!(
+                    error = %e,
+                    retry_in = ?delay,
+                    "cannot get a certificate yet; not ready, retrying"
+                );
+                waiting.send_replace(format!("waiting for the control plane: {e}"));
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     info!(identity = %svid.id, not_after = ?svid.not_after, "certified");
     metrics.set_cert_expiry(svid.not_after);
     let (renewed, _) = watch::channel(0);
@@ -182,6 +203,28 @@ async fn certify_with_token(
         return Err(IdentityError::Foreign(got.svid.id.to_string()));
     }
     Ok(got.svid)
+}
+
+impl IdentityError {
+    /// Whether trying again later can succeed: the control plane was unreachable or said it
+    /// is unavailable. A refusal (`PERMISSION_DENIED`, `UNAUTHENTICATED`, `INVALID_ARGUMENT`),
+    /// a bad address or local file is not.
+    pub fn is_transient(&self) -> bool {
+        use tonic::Code;
+        match self {
+            IdentityError::Client(ClientError::Connect { .. }) => true,
+            IdentityError::Client(ClientError::Certify(s)) => matches!(
+                s.code(),
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::Cancelled
+                    | Code::Unknown
+            ),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

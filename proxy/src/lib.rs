@@ -113,6 +113,8 @@ pub enum StartError {
     },
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
+    #[error("the admin listener's start-up task failed: {0}")]
+    Admin(String),
     #[error("advertised address: {0}")]
     Advertise(String),
 }
@@ -179,8 +181,20 @@ impl Proxy {
                 Arc::<str>::from(authority.as_str()),
             ));
         }
-        let identity =
-            identity::bootstrap(&config.control_plane, Arc::new(bundle), &metrics).await?;
+        // Until the first certificate, the admin port says what the proxy is waiting for.
+        let (waiting_tx, waiting) = watch::channel("no certificate yet".to_owned());
+        let (started, started_rx) = tokio::sync::oneshot::channel();
+        let starting = tokio::spawn(admin::serve_starting(admin, waiting, started_rx));
+        let identity = identity::bootstrap(
+            &config.control_plane,
+            Arc::new(bundle),
+            &metrics,
+            &waiting_tx,
+        )
+        .await;
+        let _ = started.send(());
+        let admin = starting.await.map_err(|e| StartError::Admin(e.to_string()))?;
+        let identity = identity?;
         let (stop, stop_rx) = watch::channel(false);
         let (drain_requested, _) = watch::channel(false);
         let (config_tx, config_rx) = watch::channel(Arc::new(MeshConfig::default()));

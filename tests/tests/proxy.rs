@@ -377,3 +377,125 @@ async fn wait_ready_returns_once_the_proxy_is_ready_and_fails_with_what_it_saw()
     assert_eq!(code, 200, "wait-ready returned while /ready was not 200");
     proxy.shutdown().await;
 }
+
+/// Forwards every connection on `listener` to `to` (a control plane that "comes back").
+fn forward(listener: tokio::net::TcpListener, to: std::net::SocketAddr) {
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut b) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_proxy_started_before_its_control_plane_waits_unready_then_becomes_ready() {
+    let mesh = TestMesh::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = mesh.ca.token(&workload("default", "web"), "10m").await.unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // Nothing listens on `cp` yet: the control plane is "down".
+    let (cp, admin) = (free(), free());
+    let spawn = || {
+        tokio::process::Command::new(weft_tests::bin("weft-proxy"))
+            .args(["run", "--control-plane", &cp.to_string()])
+            .arg("--trust-bundle")
+            .arg(mesh.ca.bundle_file())
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(["--admin", &admin.to_string(), "--outbound", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut proxy = spawn();
+    let admin_s = admin.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let (Ok((200, _)), Ok((503, why))) = (
+            http_get(&admin_s, "/live").await,
+            http_get(&admin_s, "/ready").await,
+        ) && why.contains("waiting for the control plane")
+        {
+            break;
+        }
+        assert!(proxy.try_wait().unwrap().is_none(), "the proxy exited");
+        assert!(tokio::time::Instant::now() < deadline, "never live-but-waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The control plane "comes back" on its address: the proxy certifies and is ready.
+    forward(
+        tokio::net::TcpListener::bind(cp).await.unwrap(),
+        mesh.cp.grpc_addr(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = http_get(&admin_s, "/ready").await {
+            break;
+        }
+        assert!(proxy.try_wait().unwrap().is_none(), "the proxy exited");
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = proxy.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), proxy.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn sigterm_while_waiting_for_the_control_plane_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = weft_tests::TestCa::init(TD).await.unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "x").unwrap();
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (cp, admin) = (free(), free());
+    let mut proxy = tokio::process::Command::new(weft_tests::bin("weft-proxy"))
+        .args(["run", "--control-plane", &cp.to_string()])
+        .arg("--trust-bundle")
+        .arg(ca.bundle_file())
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--admin", &admin.to_string(), "--outbound", "127.0.0.1:0"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let admin_s = admin.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(http_get(&admin_s, "/ready").await, Ok((503, _))) {
+        assert!(tokio::time::Instant::now() < deadline, "admin never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = proxy.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -311,7 +311,16 @@ async fn run(args: RunArgs) -> ExitCode {
         },
         drain_timeout: args.drain_timeout,
     };
-    let proxy = match Proxy::start(config).await {
+    // Start can wait a long time for an unreachable control plane; SIGTERM meanwhile is an
+    // ordinary stop (exit 0: nothing was served, nothing failed).
+    let started = tokio::select! {
+        r = Proxy::start(config) => r,
+        () = terminated() => {
+            tracing::info!("stopped before the first certificate");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let proxy = match started {
         Ok(p) => p,
         Err(e) => {
             eprintln!("weft-proxy: {e}");
