@@ -45,3 +45,19 @@ pub const CONFIG_ANNOTATION_PREFIX: &str = "config.weft.io/";
 pub fn control_plane_addr() -> String {
     format!("{CONTROL_PLANE}.{NAMESPACE}.svc:{GRPC_PORT}")
 }
+
+/// The registry of the default images (`<registry>/weft-proxy:<version>`). A placeholder: an
+/// install sets its own (`weftctl install --registry`, the control plane's `--proxy-image`).
+pub const DEFAULT_REGISTRY: &str = "ghcr.io/weft-mesh";
+/// The containers the injector adds.
+pub const PROXY_CONTAINER: &str = "weft-proxy";
+pub const INIT_CONTAINER: &str = "weft-init";
+/// Annotation on an injected pod: `injected`.
+pub const STATUS_ANNOTATION: &str = "weft.io/inject-status";
+/// Annotation on an injected pod: the proxy version.
+pub const VERSION_ANNOTATION: &str = "weft.io/proxy-version";
+/// Annotation on an injected pod: the trust root's SHA-256 fingerprint.
+pub const TRUST_ROOT_ANNOTATION: &str = "weft.io/trust-root-sha256";
+/// Annotation on an injected pod: the keys the injector created (so uninject removes exactly
+/// those and gives back the object it was given).
+pub const CREATED_ANNOTATION: &str = "weft.io/inject-created";
