@@ -14,6 +14,7 @@ pub use weft_proto::client;
 pub mod config_api;
 pub mod discovery;
 pub mod identity;
+pub mod injector;
 pub mod manifest;
 pub mod metrics;
 pub use weft_proto::model;

@@ -40,6 +40,14 @@ pub struct OpLabels {
     pub op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// `injected`, `skipped`, `unchanged` (already injected) or `invalid` (a malformed review).
+    pub outcome: &'static str,
+    /// Why it was skipped (`disabled`, `host-network`, `other-proxy`, …); empty otherwise.
+    pub reason: &'static str,
+}
+
 /// Latency buckets from 1 ms to ~16 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -66,6 +74,8 @@ pub struct Metrics {
     pub registry_invalid_objects: Family<KindLabels, Counter>,
     pub store_errors: Family<OpLabels, Counter>,
     pub registrations_active: Gauge,
+    pub injector_reviews: Family<ReviewLabels, Counter>,
+    pub injector_tls_reload_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -167,7 +177,21 @@ impl Default for Metrics {
             "Open endpoint registration streams",
             registrations_active.clone(),
         );
+        let injector_reviews = Family::<ReviewLabels, Counter>::default();
+        registry.register(
+            "injector_reviews",
+            "AdmissionReviews the sidecar injector answered, by outcome and skip reason",
+            injector_reviews.clone(),
+        );
+        let injector_tls_reload_failures = Counter::default();
+        registry.register(
+            "injector_tls_reload_failures",
+            "Changed webhook serving certificates that failed to load (the last good one is kept)",
+            injector_tls_reload_failures.clone(),
+        );
         Self {
+            injector_reviews,
+            injector_tls_reload_failures,
             discovery_connected,
             discovery_pushes,
             discovery_acks,

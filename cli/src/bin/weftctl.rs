@@ -55,6 +55,42 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Add the Weft proxy to the pod templates of Kubernetes objects (files or stdin), as the
+    /// injector webhook would; every document is written back in order, a summary to stderr.
+    Inject {
+        /// A file, a directory of .yaml/.yml/.json files, or - for stdin (repeatable).
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        files: Vec<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+        output: ctl::inject::Format,
+        /// Only label pod templates weft.io/inject=enabled, for the webhook to inject at
+        /// admission.
+        #[arg(long)]
+        annotate: bool,
+        /// The proxy image.
+        #[arg(long, default_value_t = weft_inject::config::default_image("weft-proxy"))]
+        proxy_image: String,
+        /// The init image (weft-proxy init, with iptables).
+        #[arg(long, default_value_t = weft_inject::config::default_image("weft-proxy-init"))]
+        init_image: String,
+        /// The control plane's address as the pods dial it.
+        #[arg(long, default_value_t = weft_inject::names::control_plane_addr())]
+        control_plane_addr: String,
+        /// The trust bundle (ca.crt): its root's fingerprint is recorded on injected pods.
+        #[arg(long)]
+        trust_bundle: Option<PathBuf>,
+        /// The control plane's namespace, never injected.
+        #[arg(long, default_value = weft_inject::names::NAMESPACE)]
+        namespace: String,
+    },
+    /// Remove what `weftctl inject` (or the webhook) added.
+    Uninject {
+        /// A file, a directory of .yaml/.yml/.json files, or - for stdin (repeatable).
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        files: Vec<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+        output: ctl::inject::Format,
+    },
     /// List services, endpoints, routes or policies.
     Get {
         /// services (svc), endpoints (ep), routes (httproutes), authorizationpolicies (authz)
@@ -285,6 +321,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
             &mut out,
         ),
+        Command::Inject {
+            files,
+            output,
+            annotate,
+            proxy_image,
+            init_image,
+            control_plane_addr,
+            trust_bundle,
+            namespace,
+        } => {
+            let mode = if annotate {
+                ctl::inject::Mode::Annotate
+            } else {
+                let trust_root_sha256 = match trust_bundle {
+                    Some(b) => Some(ctl::inject::trust_root_fingerprint(&b)?),
+                    None => None,
+                };
+                ctl::inject::Mode::Inject(weft_inject::InjectConfig {
+                    proxy_image,
+                    init_image,
+                    control_plane_addr,
+                    control_plane_namespace: namespace,
+                    trust_root_sha256,
+                })
+            };
+            let inputs = ctl::inject::read_inputs(&files)?;
+            ctl::inject::run(&inputs, &mode, output, &mut out, &mut std::io::stderr())
+        }
+        Command::Uninject { files, output } => {
+            let inputs = ctl::inject::read_inputs(&files)?;
+            let mode = ctl::inject::Mode::Uninject;
+            ctl::inject::run(&inputs, &mode, output, &mut out, &mut std::io::stderr())
+        }
         Command::Apply { files, dry_run } => {
             // Parse before loading the context: a broken file is reported even when logged out.
             let parsed = ctl::config::parse_files(&files)?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use weft_certs::{SpiffeId, TrustDomain};
 use weft_control_plane::attest::K8sConfig;
+use weft_control_plane::injector::{Injector, InjectorConfig};
 use weft_control_plane::model::DefaultInbound;
 use weft_control_plane::store::EtcdConfig;
 use weft_control_plane::{Config, ControlPlane, StoreConfig};
@@ -74,6 +75,26 @@ struct Args {
     /// paths excepted).
     #[arg(long, env = "WEFT_DEFAULT_INBOUND_POLICY", default_value = "allow", value_parser = DefaultInbound::parse)]
     default_inbound_policy: DefaultInbound,
+    /// The sidecar injector's HTTPS address (POST /inject, the MutatingWebhookConfiguration's
+    /// service; GET /live and /ready for kubelet). Without it there is no injector.
+    #[arg(long, env = "WEFT_INJECTOR_LISTEN", requires = "injector_tls_dir")]
+    injector_listen: Option<SocketAddr>,
+    /// The injector's serving certificate: tls.crt and tls.key (a Kubernetes TLS secret
+    /// mounted as a directory). Re-read when they change.
+    #[arg(long, env = "WEFT_INJECTOR_TLS_DIR")]
+    injector_tls_dir: Option<PathBuf>,
+    /// The proxy image injected pods run.
+    #[arg(long, env = "WEFT_PROXY_IMAGE", default_value_t = weft_inject::config::default_image("weft-proxy"))]
+    proxy_image: String,
+    /// The init image injected pods run (`weft-proxy init`; has iptables).
+    #[arg(long, env = "WEFT_PROXY_INIT_IMAGE", default_value_t = weft_inject::config::default_image("weft-proxy-init"))]
+    proxy_init_image: String,
+    /// The control plane's address as injected proxies dial it.
+    #[arg(long, env = "WEFT_INJECTOR_CONTROL_PLANE_ADDR", default_value_t = weft_inject::names::control_plane_addr())]
+    injector_control_plane_addr: String,
+    /// The control plane's own namespace, never injected.
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = weft_inject::names::NAMESPACE)]
+    namespace: String,
 }
 
 fn parse_registration_ttl(s: &str) -> Result<Duration, String> {
@@ -159,8 +180,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registration_ttl: args.registration_ttl,
     };
     let cp = ControlPlane::start_with_default_inbound(config, args.default_inbound_policy).await?;
+    let (stop_injector, stopped) = tokio::sync::watch::channel(false);
+    if let (Some(listen), Some(tls_dir)) = (args.injector_listen, args.injector_tls_dir) {
+        let inject = weft_inject::InjectConfig {
+            proxy_image: args.proxy_image,
+            init_image: args.proxy_init_image,
+            control_plane_addr: args.injector_control_plane_addr,
+            control_plane_namespace: args.namespace,
+            trust_root_sha256: cp.trust_bundle().fingerprints().into_iter().next(),
+        };
+        let config = InjectorConfig {
+            listen,
+            tls_dir,
+            inject,
+        };
+        let injector = Injector::start(config, cp.metrics(), stopped).await?;
+        tracing::info!(addr = %injector.addr, "injector started");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
+    stop_injector.send_replace(true);
     cp.shutdown().await;
     Ok(())
 }
