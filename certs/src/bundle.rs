@@ -24,9 +24,15 @@ pub enum BundleError {
     )]
     NoTrustDomain,
     #[error("the bundle's roots disagree on the trust domain: {first} and {second}")]
-    MixedTrustDomains { first: TrustDomain, second: TrustDomain },
+    MixedTrustDomains {
+        first: TrustDomain,
+        second: TrustDomain,
+    },
     #[error("trust domain {given} was given, but the bundle's roots are for {found}")]
-    TrustDomainMismatch { given: TrustDomain, found: TrustDomain },
+    TrustDomainMismatch {
+        given: TrustDomain,
+        found: TrustDomain,
+    },
 }
 
 /// The one trust domain the roots' `spiffe://` URI SANs name, if any does.
@@ -206,7 +212,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("dev.example") && e.contains("prod.example"), "{e}");
+        assert!(
+            e.contains("dev.example") && e.contains("prod.example"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -218,7 +218,9 @@ pub fn login(req: Login<'_>, w: &mut impl std::io::Write) -> anyhow::Result<()> 
         .with_context(|| format!("load CA from {}", req.ca_dir.display()))?
         .with_max_ttl(req.ttl);
     let td = ca.trust_domain().clone();
-    let identity = req.identity.unwrap_or_else(|| weft_control_plane::default_admin_id(&td));
+    let identity = req
+        .identity
+        .unwrap_or_else(|| weft_control_plane::default_admin_id(&td));
     let cp = weft_control_plane::control_plane_id(&td);
     if identity == cp {
         bail!("{identity} is the control plane's own identity; choose an admin identity");

@@ -113,7 +113,12 @@ fn apply(mode: &Mode, object: &Value) -> (Value, Report) {
 fn summary(mode: &Mode, r: &Report) -> String {
     match (mode, &r.outcome) {
         (Mode::Annotate, Outcome::Injected) => {
-            format!("{}/{} labelled {}=enabled", r.kind, r.name, weft_inject::names::INJECT_LABEL)
+            format!(
+                "{}/{} labelled {}=enabled",
+                r.kind,
+                r.name,
+                weft_inject::names::INJECT_LABEL
+            )
         }
         _ => r.to_string(),
     }
@@ -232,8 +237,18 @@ items:
 
     fn run_on(text: &str, mode: &Mode) -> (String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        run(&[("s.yaml".into(), text.into())], mode, Format::Yaml, &mut out, &mut err).unwrap();
-        (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+        run(
+            &[("s.yaml".into(), text.into())],
+            mode,
+            Format::Yaml,
+            &mut out,
+            &mut err,
+        )
+        .unwrap();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
     }
 
     #[test]
@@ -257,16 +272,31 @@ items:
         // Uninject gives back the input's objects.
         let (back, err) = run_on(&out, &Mode::Uninject);
         assert!(err.contains("deployment/web uninjected"), "{err}");
-        let original: Vec<Value> = documents("in", STREAM).unwrap().into_iter().flatten().collect();
-        let back: Vec<Value> = documents("back", &back).unwrap().into_iter().flatten().collect();
+        let original: Vec<Value> = documents("in", STREAM)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        let back: Vec<Value> = documents("back", &back)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
         assert_eq!(back, original);
     }
 
     #[test]
     fn annotate_only_labels_pod_templates() {
         let (out, err) = run_on(STREAM, &Mode::Annotate);
-        assert!(err.contains("deployment/web labelled weft.io/inject=enabled"), "{err}");
-        let docs: Vec<Value> = documents("out", &out).unwrap().into_iter().flatten().collect();
+        assert!(
+            err.contains("deployment/web labelled weft.io/inject=enabled"),
+            "{err}"
+        );
+        let docs: Vec<Value> = documents("out", &out)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
         let template = &docs[1]["spec"]["template"];
         assert_eq!(template["metadata"]["labels"]["weft.io/inject"], "enabled");
         assert_eq!(template["spec"]["containers"].as_array().unwrap().len(), 1);
@@ -276,7 +306,10 @@ items:
     fn invalid_yaml_writes_nothing_and_names_the_document() {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let e = run(
-            &[("bad.yaml".into(), "kind: Pod\n---\nkind: [unclosed\n".into())],
+            &[(
+                "bad.yaml".into(),
+                "kind: Pod\n---\nkind: [unclosed\n".into(),
+            )],
             &Mode::Uninject,
             Format::Yaml,
             &mut out,

@@ -199,7 +199,8 @@ pub async fn cert_request(req: CertRequest<'_>, w: &mut impl Write) -> anyhow::R
     .await?;
     let key = WorkloadKey::generate()?;
     let got =
-        weft_control_plane::client::certify(channel, &key, Some(req.identity), &req.token, req.ttl).await?;
+        weft_control_plane::client::certify(channel, &key, Some(req.identity), &req.token, req.ttl)
+            .await?;
     create_private_dir(req.out)?;
     let paths = [
         req.out.join("svid.crt"),

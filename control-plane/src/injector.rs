@@ -73,8 +73,8 @@ fn load(dir: &Path) -> Result<Arc<CertifiedKey>, String> {
         let path = dir.join(f);
         std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))
     };
-    let certs = weft_certs::pem::certs_from_pem(&read("tls.crt")?, "tls.crt")
-        .map_err(|e| e.to_string())?;
+    let certs =
+        weft_certs::pem::certs_from_pem(&read("tls.crt")?, "tls.crt").map_err(|e| e.to_string())?;
     let key =
         weft_certs::pem::key_from_pem(&read("tls.key")?, "tls.key").map_err(|e| e.to_string())?;
     let provider = weft_certs::tls::provider();
@@ -125,7 +125,9 @@ impl ReloadingCert {
                     }
                 },
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, "injector serving certificate files unreadable; keeping the last good one"),
+                Err(e) => {
+                    warn!(error = %e, "injector serving certificate files unreadable; keeping the last good one")
+                }
             }
         }
         s.key.clone()
@@ -217,7 +219,8 @@ async fn serve(
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                .await
             {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return debug!(%remote, error = %e, "injector TLS handshake failed"),
@@ -285,7 +288,11 @@ async fn handle(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> 
             })
             .inc();
         warn!(error = %why, "injector: a review it cannot answer");
-        reply(StatusCode::BAD_REQUEST, TEXT, format!("{why}\n").into_bytes())
+        reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            format!("{why}\n").into_bytes(),
+        )
     };
     let body = match Limited::new(req.into_body(), weft_inject::review::MAX_BODY)
         .collect()

@@ -78,7 +78,10 @@ pub const OVERRIDES: &[&str] = &[
 impl Overrides {
     /// Reads the `config.weft.io/…` annotations; each problem is one warning naming the
     /// annotation, and that annotation is ignored.
-    pub(crate) fn read(annotations: Option<&Map<String, Value>>, warnings: &mut Vec<String>) -> Self {
+    pub(crate) fn read(
+        annotations: Option<&Map<String, Value>>,
+        warnings: &mut Vec<String>,
+    ) -> Self {
         let mut o = Overrides {
             native_sidecar: true,
             ..Default::default()
@@ -95,7 +98,9 @@ impl Overrides {
                 continue;
             };
             let checked = match name {
-                "proxy-cpu-request" | "proxy-cpu-limit" | "proxy-memory-request"
+                "proxy-cpu-request"
+                | "proxy-cpu-limit"
+                | "proxy-memory-request"
                 | "proxy-memory-limit" => quantity(v),
                 "skip-inbound-ports" | "skip-outbound-ports" => ports(v),
                 "skip-subnets" => subnets(v),
@@ -171,7 +176,9 @@ pub(crate) fn ports(s: &str) -> Result<(), String> {
             Some((a, b)) => {
                 let (a, b) = (port(a)?, port(b)?);
                 if a > b {
-                    return Err(format!("has the range {item:?}, which ends before it starts"));
+                    return Err(format!(
+                        "has the range {item:?}, which ends before it starts"
+                    ));
                 }
             }
             None => {
@@ -204,9 +211,12 @@ fn subnets(s: &str) -> Result<(), String> {
 fn log_level(s: &str) -> Result<(), String> {
     const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
     for d in s.split(',') {
-        let level = d.rsplit_once('=').map_or(d, |(target, level)| {
-            if target.is_empty() { "" } else { level }
-        });
+        let level = d.rsplit_once('=').map_or(
+            d,
+            |(target, level)| {
+                if target.is_empty() { "" } else { level }
+            },
+        );
         if !LEVELS.contains(&level) {
             return Err(format!(
                 "has {d:?}: use LEVEL or TARGET=LEVEL, LEVEL one of {}",

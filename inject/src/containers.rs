@@ -118,7 +118,11 @@ pub(crate) fn init_container(cfg: &InjectConfig, o: &Overrides, facts: &PodFacts
         "--admin-port".into(),
         names::PROXY_ADMIN_PORT.to_string(),
     ];
-    let mut skip_in: Vec<String> = facts.skip_inbound_ports.iter().map(i32::to_string).collect();
+    let mut skip_in: Vec<String> = facts
+        .skip_inbound_ports
+        .iter()
+        .map(i32::to_string)
+        .collect();
     skip_in.extend(o.skip_inbound_ports.clone());
     if !skip_in.is_empty() {
         args.extend(["--skip-inbound-ports".into(), skip_in.join(",")]);
@@ -131,7 +135,11 @@ pub(crate) fn init_container(cfg: &InjectConfig, o: &Overrides, facts: &PodFacts
     }
     Container {
         name: names::INIT_CONTAINER.into(),
-        image: Some(o.init_image.clone().unwrap_or_else(|| cfg.init_image.clone())),
+        image: Some(
+            o.init_image
+                .clone()
+                .unwrap_or_else(|| cfg.init_image.clone()),
+        ),
         args: Some(args),
         resources: Some(resources(("10m", "10Mi", "32Mi"), &Overrides::default())),
         // iptables needs root and NET_ADMIN/NET_RAW, nothing else; its lock file needs a
@@ -193,10 +201,17 @@ pub(crate) fn proxy_container(
         env("WEFT_ADMIN", format!("0.0.0.0:{}", names::PROXY_ADMIN_PORT)),
     ];
     if let Some(service) = &facts.service {
-        vars.push(env("WEFT_SERVICE", format!("$(WEFT_POD_NAMESPACE)/{service}")));
+        vars.push(env(
+            "WEFT_SERVICE",
+            format!("$(WEFT_POD_NAMESPACE)/{service}"),
+        ));
     }
     if !facts.labels.is_empty() {
-        let labels: Vec<String> = facts.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels: Vec<String> = facts
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         vars.push(env("WEFT_LABELS", labels.join(",")));
     }
     if let Some(port) = facts.app_port {
@@ -218,7 +233,11 @@ pub(crate) fn proxy_container(
     };
     Container {
         name: names::PROXY_CONTAINER.into(),
-        image: Some(o.proxy_image.clone().unwrap_or_else(|| cfg.proxy_image.clone())),
+        image: Some(
+            o.proxy_image
+                .clone()
+                .unwrap_or_else(|| cfg.proxy_image.clone()),
+        ),
         args: Some(vec!["run".into()]),
         env: Some(vars),
         ports: Some(vec![

@@ -145,7 +145,9 @@ fn check(template: &Value, cfg: &InjectConfig, namespace: Option<&str>) -> Resul
         Some(other) => return skip(Skip::InvalidLabel(other.to_owned())),
     }
     if namespace == Some(cfg.control_plane_namespace.as_str()) {
-        return skip(Skip::ControlPlaneNamespace(cfg.control_plane_namespace.clone()));
+        return skip(Skip::ControlPlaneNamespace(
+            cfg.control_plane_namespace.clone(),
+        ));
     }
     let Some(spec) = obj(template, "spec") else {
         return skip(Skip::Malformed("the pod template has no spec".into()));
@@ -282,8 +284,17 @@ pub(crate) fn uninject(template: &mut Value) -> bool {
     };
     let created: Vec<String> = t
         .get("metadata")
-        .and_then(|m| m.get("annotations")?.get(names::CREATED_ANNOTATION)?.as_str())
-        .map(|s| s.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .and_then(|m| {
+            m.get("annotations")?
+                .get(names::CREATED_ANNOTATION)?
+                .as_str()
+        })
+        .map(|s| {
+            s.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) {
         let ours = |key: &str, names: &[&str], spec: &mut Map<String, Value>| {

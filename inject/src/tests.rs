@@ -68,7 +68,10 @@ fn a_deployment_gets_init_then_native_sidecar_before_its_own_init_containers() {
     assert_eq!(get("WEFT_PROBE_PATHS"), Some("8080:/healthz"));
     assert_eq!(get("WEFT_LABELS"), Some("app=web,version=v2"));
     let init_args = spec["initContainers"][0]["args"].to_string();
-    assert!(init_args.contains("\"--skip-inbound-ports\",\"9090\""), "{init_args}");
+    assert!(
+        init_args.contains("\"--skip-inbound-ports\",\"9090\""),
+        "{init_args}"
+    );
     let annotations = &out["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations[names::TRUST_ROOT_ANNOTATION], "ab:cd");
     assert_eq!(annotations[names::VERSION_ANNOTATION], VERSION);
@@ -115,7 +118,10 @@ fn a_cronjob_is_injected_in_its_job_template_and_warned_without_a_service() {
     assert_eq!(report.outcome, Outcome::Injected);
     let t = &out["spec"]["jobTemplate"]["spec"]["template"];
     assert_eq!(t["spec"]["initContainers"][1]["name"], "weft-proxy");
-    assert!(report.warnings[0].contains("not registered under a service"), "{report}");
+    assert!(
+        report.warnings[0].contains("not registered under a service"),
+        "{report}"
+    );
     assert_eq!(
         t["metadata"]["annotations"][names::CREATED_ANNOTATION],
         "spec.initContainers,spec.volumes,metadata,metadata.annotations"
@@ -216,12 +222,26 @@ fn a_review_echoes_the_uid_always_allows_and_patches_to_the_injected_object() {
 fn a_bad_review_is_a_clear_error() {
     for (body, says) in [
         ("{", "not JSON"),
-        (r#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}"#, "v1beta1"),
-        (r#"{"apiVersion": "admission.k8s.io/v1", "kind": "Pod"}"#, "expected AdmissionReview"),
-        (r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}"#, "uid"),
-        (r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u"}}"#, "object"),
+        (
+            r#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}"#,
+            "v1beta1",
+        ),
+        (
+            r#"{"apiVersion": "admission.k8s.io/v1", "kind": "Pod"}"#,
+            "expected AdmissionReview",
+        ),
+        (
+            r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}"#,
+            "uid",
+        ),
+        (
+            r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u"}}"#,
+            "object",
+        ),
     ] {
-        let e = review::review(body.as_bytes(), &cfg()).unwrap_err().to_string();
+        let e = review::review(body.as_bytes(), &cfg())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(says), "{body}: {e}");
     }
 }
@@ -230,7 +250,13 @@ fn a_bad_review_is_a_clear_error() {
 /// annotations, labels and ports, keys in varying orders.
 fn workload() -> impl Strategy<Value = Value> {
     let kind = prop::sample::select(vec![
-        "Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob",
+        "Pod",
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "ReplicaSet",
+        "Job",
+        "CronJob",
     ]);
     let name = "[a-z][a-z0-9-]{0,10}[a-z0-9]";
     (

@@ -159,10 +159,10 @@ impl Proxy {
         })?;
         let bundle =
             TrustBundle::from_pem_deriving(config.trust_domain.as_ref(), &pem, "trust bundle")
-            .map_err(|e| StartError::Bundle {
-                path: config.trust_bundle.clone(),
-                reason: e.to_string(),
-            })?;
+                .map_err(|e| StartError::Bundle {
+                    path: config.trust_bundle.clone(),
+                    reason: e.to_string(),
+                })?;
         let metrics = Arc::new(Metrics::new());
         // Bind first: a taken port fails start before anything is asked of the control plane.
         let (admin, admin_addr) = bind("admin", config.admin).await?;
@@ -193,7 +193,9 @@ impl Proxy {
         )
         .await;
         let _ = started.send(());
-        let admin = starting.await.map_err(|e| StartError::Admin(e.to_string()))?;
+        let admin = starting
+            .await
+            .map_err(|e| StartError::Admin(e.to_string()))?;
         let identity = identity?;
         let (stop, stop_rx) = watch::channel(false);
         let (drain_requested, _) = watch::channel(false);

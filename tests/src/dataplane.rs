@@ -190,8 +190,7 @@ pub async fn grpc_echo() -> anyhow::Result<SocketAddr> {
             {
                 return Err(tonic::Status::unavailable(format!("{text}: try again")));
             }
-            if text.starts_with("exhausted-once:")
-                && self.seen.lock().unwrap().insert(text.clone())
+            if text.starts_with("exhausted-once:") && self.seen.lock().unwrap().insert(text.clone())
             {
                 return Err(tonic::Status::resource_exhausted(format!(
                     "{text}: try again"

@@ -598,7 +598,10 @@ async fn grpc_denials_and_rate_limits_are_grpc_statuses_and_not_retried() {
             text: "exhausted-once:control".into(),
         })
         .await;
-    assert!(r.is_ok(), "the backend's RESOURCE_EXHAUSTED was not retried: {r:?}");
+    assert!(
+        r.is_ok(),
+        "the backend's RESOURCE_EXHAUSTED was not retried: {r:?}"
+    );
     let retries = |text: &str| sum_series(text, "retries_total{", &[]);
     let retried = retries(&web.metrics.encode());
     assert_eq!(retried, 1.0, "one retry for the backend's refusal");

@@ -230,7 +230,10 @@ async fn a_bad_flag_is_one_line_and_exit_2() {
 #[tokio::test]
 async fn a_missing_or_unknown_flag_is_named_in_one_line() {
     for (args, names) in [
-        (vec!["run"], vec!["--control-plane", "--trust-bundle", "--token-file"]),
+        (
+            vec!["run"],
+            vec!["--control-plane", "--trust-bundle", "--token-file"],
+        ),
         (
             vec![
                 "run",
@@ -258,7 +261,10 @@ async fn a_missing_or_unknown_flag_is_named_in_one_line() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
         for name in names {
-            assert!(stderr.contains(name), "{args:?} does not name {name}: {stderr}");
+            assert!(
+                stderr.contains(name),
+                "{args:?} does not name {name}: {stderr}"
+            );
         }
     }
 }
@@ -267,7 +273,11 @@ async fn a_missing_or_unknown_flag_is_named_in_one_line() {
 async fn the_trust_domain_comes_from_the_bundle_and_a_contradicting_flag_is_refused() {
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let token = mesh.ca.token(&workload("default", "web"), "10m").await.unwrap();
+    let token = mesh
+        .ca
+        .token(&workload("default", "web"), "10m")
+        .await
+        .unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).unwrap();
     // Without the flag: the bundle's root names the trust domain.
@@ -290,7 +300,10 @@ async fn the_trust_domain_comes_from_the_bundle_and_a_contradicting_flag_is_refu
     .await
     .unwrap();
     let (_, certs) = admin_until(&proxy, "/certs", |s, _| s == 200).await;
-    assert!(certs.contains(&format!("spiffe://{TD}/ns/default/sa/web")), "{certs}");
+    assert!(
+        certs.contains(&format!("spiffe://{TD}/ns/default/sa/web")),
+        "{certs}"
+    );
     proxy.shutdown().await;
 
     // A flag that contradicts the bundle: refused before anything is asked of the control plane.
@@ -347,7 +360,11 @@ async fn wait_ready_returns_once_the_proxy_is_ready_and_fails_with_what_it_saw()
         "wait-ready returned before any proxy existed"
     );
     let dir = tempfile::tempdir().unwrap();
-    let token = mesh.ca.token(&workload("default", "web"), "10m").await.unwrap();
+    let token = mesh
+        .ca
+        .token(&workload("default", "web"), "10m")
+        .await
+        .unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).unwrap();
     let proxy = Proxy::start(Config {
@@ -373,7 +390,9 @@ async fn wait_ready_returns_once_the_proxy_is_ready_and_fails_with_what_it_saw()
         .expect("wait-ready never returned")
         .unwrap();
     assert!(status.success(), "{status:?}");
-    let (code, _) = http_get(&proxy.admin_addr.to_string(), "/ready").await.unwrap();
+    let (code, _) = http_get(&proxy.admin_addr.to_string(), "/ready")
+        .await
+        .unwrap();
     assert_eq!(code, 200, "wait-ready returned while /ready was not 200");
     proxy.shutdown().await;
 }
@@ -395,7 +414,11 @@ fn forward(listener: tokio::net::TcpListener, to: std::net::SocketAddr) {
 async fn a_proxy_started_before_its_control_plane_waits_unready_then_becomes_ready() {
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let token = mesh.ca.token(&workload("default", "web"), "10m").await.unwrap();
+    let token = mesh
+        .ca
+        .token(&workload("default", "web"), "10m")
+        .await
+        .unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).unwrap();
     let free = || {
@@ -429,7 +452,10 @@ async fn a_proxy_started_before_its_control_plane_waits_unready_then_becomes_rea
             break;
         }
         assert!(proxy.try_wait().unwrap().is_none(), "the proxy exited");
-        assert!(tokio::time::Instant::now() < deadline, "never live-but-waiting");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never live-but-waiting"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The control plane "comes back" on its address: the proxy certifies and is ready.
@@ -485,7 +511,10 @@ async fn sigterm_while_waiting_for_the_control_plane_exits_0() {
     let admin_s = admin.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !matches!(http_get(&admin_s, "/ready").await, Ok((503, _))) {
-        assert!(tokio::time::Instant::now() < deadline, "admin never answered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admin never answered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pid = proxy.id().unwrap().to_string();

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Wait until a proxy's admin /ready answers 200 (for a Kubernetes postStart hook or a
     /// script); exits 1 with what it last saw if the timeout passes first.
     WaitReady(WaitReadyArgs),
@@ -219,7 +219,7 @@ fn main() -> ExitCode {
         }
     };
     let args = match cli.command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         Command::WaitReady(w) => return wait_ready(&w),
     };
     // `Targets` (`info,weft_proxy=debug`), not `EnvFilter`: the same directives for targets and
@@ -347,7 +347,9 @@ fn wait_ready(w: &WaitReadyArgs) -> ExitCode {
         }
     };
     let interval = Duration::from_millis(200);
-    match runtime.block_on(weft_proxy::wait_ready::wait_ready(w.admin, w.timeout, interval)) {
+    match runtime.block_on(weft_proxy::wait_ready::wait_ready(
+        w.admin, w.timeout, interval,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft-proxy: {e}");
