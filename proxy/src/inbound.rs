@@ -1,5 +1,6 @@
 //! The inbound side: connections to this workload, handed to the application on
-//! `127.0.0.1:<app-port>`.
+//! `127.0.0.1:<port>` — the port a redirected connection was for (`SO_ORIGINAL_DST`, so a pod
+//! with several ports works), else `--app-port`.
 //!
 //! mTLS from peer proxies is terminated here; the client's SPIFFE ID comes from its verified
 //! certificate and reaches the application as `x-weft-client-id` (whatever the client sent
@@ -42,7 +43,21 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handles one connection accepted on the inbound port.
 pub async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
-    let Some(app) = ctx.app.clone() else { return };
+    // Redirected by `weft-proxy init`: to the port the client asked for. Dialed directly (a
+    // peer proxy on the inbound port): to `--app-port`.
+    let redirected = tcp
+        .local_addr()
+        .ok()
+        .and_then(|local| crate::orig_dst::original_dst(&tcp, local));
+    let app = match redirected {
+        Some(dst) => ctx.apps.on_port(dst.port()),
+        None => match ctx.apps.default_app() {
+            Some(app) => app,
+            None => {
+                return debug!(%peer, "not redirected and no --app-port: nowhere to send it; closing");
+            }
+        },
+    };
     let detected = match detect(&tcp, ctx.settings.detect_timeout).await {
         Ok(d) => d,
         Err(e) => return debug!(error = %e, "detection failed"),

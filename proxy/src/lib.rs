@@ -24,8 +24,10 @@ pub mod forward;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod init;
 pub mod listen;
 pub mod metrics;
+pub mod orig_dst;
 pub mod outbound;
 pub mod peers;
 pub mod plan;
@@ -53,7 +55,7 @@ use weft_certs::TrustBundle;
 use weft_proto::model::ObjectRef;
 
 use crate::identity::{ControlPlane, Identity, IdentityError};
-use crate::listen::{App, Ctx, DataPathConfig};
+use crate::listen::{Ctx, DataPathConfig};
 use crate::metrics::Metrics;
 use crate::resources::MeshConfig;
 
@@ -85,8 +87,10 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct InboundConfig {
     pub listen: SocketAddr,
-    /// The application's port on 127.0.0.1.
-    pub app_port: u16,
+    /// The application's port on 127.0.0.1, for connections that were not redirected
+    /// (peer proxies dialing the inbound port). Redirected ones go to the port they were
+    /// for (`SO_ORIGINAL_DST`); without this, a connection that was not redirected is closed.
+    pub app_port: Option<u16>,
     /// The service to register the endpoint under; `None`: not registered.
     pub service: Option<ObjectRef>,
     pub labels: BTreeMap<String, String>,
@@ -241,7 +245,7 @@ impl Proxy {
                     shutdown: drain_requested.clone(),
                     balancers: balancers.clone(),
                     limiter: limiter.clone(),
-                    app_port: config.inbound.as_ref().map(|i| i.app_port),
+                    app_port: config.inbound.as_ref().and_then(|i| i.app_port),
                     probe_paths: probe_paths.clone(),
                 },
                 stop_rx.clone(),
@@ -257,12 +261,10 @@ impl Proxy {
             settings: config.data.clone(),
             metrics: metrics.clone(),
             drain: drain_watch,
-            app: config.inbound.as_ref().map(|i| {
-                Arc::new(App::new(
-                    SocketAddr::from(([127, 0, 0, 1], i.app_port)),
-                    config.data.connect_timeout,
-                ))
-            }),
+            apps: listen::AppPorts::new(
+                config.inbound.as_ref().and_then(|i| i.app_port),
+                config.data.connect_timeout,
+            ),
             outside: listen::outside_client(),
             balancers: balancers.clone(),
             budgets: retry::Budgets::default(),

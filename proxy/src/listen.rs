@@ -117,6 +117,62 @@ impl App {
 }
 
 /// Everything a connection handler reads.
+/// The application's ports on 127.0.0.1, each with its connection pools, made on first use.
+#[derive(Debug)]
+pub struct AppPorts {
+    default: Option<Arc<App>>,
+    redirected: std::sync::Mutex<std::collections::HashMap<u16, Arc<App>>>,
+    connect_timeout: Duration,
+}
+
+/// At most this many distinct redirected ports keep pools (a pod listens on a few; a client
+/// probing every port must not grow the map without bound).
+const MAX_APP_PORTS: usize = 256;
+
+impl AppPorts {
+    pub fn new(default: Option<u16>, connect_timeout: Duration) -> Self {
+        Self {
+            default: default.map(|p| {
+                Arc::new(App::new(
+                    SocketAddr::from(([127, 0, 0, 1], p)),
+                    connect_timeout,
+                ))
+            }),
+            redirected: Default::default(),
+            connect_timeout,
+        }
+    }
+
+    /// Whether there is an application to serve at all (a default port, or redirection).
+    pub fn default_app(&self) -> Option<Arc<App>> {
+        self.default.clone()
+    }
+
+    /// The application on `port` (a redirected connection's original port).
+    pub fn on_port(&self, port: u16) -> Arc<App> {
+        if let Some(d) = &self.default
+            && d.addr.port() == port
+        {
+            return d.clone();
+        }
+        let mut map = self
+            .redirected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(app) = map.get(&port) {
+            return app.clone();
+        }
+        let app = Arc::new(App::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            self.connect_timeout,
+        ));
+        if map.len() < MAX_APP_PORTS {
+            map.insert(port, app.clone());
+        }
+        app
+    }
+}
+
 #[derive(Debug)]
 pub struct Ctx {
     pub config: watch::Receiver<Arc<MeshConfig>>,
@@ -125,9 +181,9 @@ pub struct Ctx {
     pub settings: DataPathConfig,
     pub metrics: Arc<Metrics>,
     pub drain: drain::Watch,
-    /// The local application (inbound), if this proxy has one; shared by every inbound
-    /// request.
-    pub app: Option<Arc<App>>,
+    /// The local application's ports (inbound): `--app-port`, and the ports redirected
+    /// connections were for; each shared by every inbound request to it.
+    pub apps: AppPorts,
     /// Plain HTTP to destinations outside the mesh (outbound passthrough).
     pub outside: Client<HttpConnector, Body>,
     /// How endpoints have behaved: latency, requests in flight, ejections.

@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use socket2::SockRef;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span};
 use weft_certs::SpiffeId;
@@ -49,31 +48,10 @@ enum Mode {
     Fixed(Arc<str>),
 }
 
-/// The original destination of a redirected connection; `None` when it was not redirected.
-fn original_dst(tcp: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
-    let sock = SockRef::from(tcp);
-    // A dual-stack listener ([::]) sees IPv4 clients as v4-mapped IPv6 addresses; their
-    // original destination is in the IPv4 table.
-    let dst = match local {
-        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none() => sock.original_dst_v6(),
-        _ => sock.original_dst_v4(),
-    }
-    .ok()?
-    .as_socket()?;
-    let unmapped = |a: SocketAddr| match a {
-        SocketAddr::V6(v6) => v6
-            .ip()
-            .to_ipv4_mapped()
-            .map_or(a, |ip| SocketAddr::new(ip.into(), v6.port())),
-        v4 => v4,
-    };
-    (unmapped(dst) != unmapped(local)).then_some(unmapped(dst))
-}
-
 /// Handles one connection accepted on the main outbound listener.
 pub async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, _peer: SocketAddr) {
     let Ok(local) = tcp.local_addr() else { return };
-    match original_dst(&tcp, local) {
+    match crate::orig_dst::original_dst(&tcp, local) {
         None => match detect(&tcp, ctx.settings.detect_timeout).await {
             Ok(Detected::Http1) => serve_http(ctx, tcp, Http::Http1, Mode::Proxy).await,
             Ok(Detected::Http2) => serve_http(ctx, tcp, Http::Http2, Mode::Proxy).await,

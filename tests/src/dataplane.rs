@@ -350,7 +350,7 @@ pub async fn start_proxy(
         node_id: sa.to_owned(),
         inbound: opts.app.map(|(port, service)| InboundConfig {
             listen: any_port,
-            app_port: port,
+            app_port: Some(port),
             service: Some(weft_proto::model::ObjectRef::new("default", service)),
             labels: Default::default(),
             advertise: None,

@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Run(Box<RunArgs>),
+    /// Install the nat rules that send a pod's TCP through its proxy (the init container's
+    /// job); --cleanup removes them, --dry-run prints them.
+    Init(weft_proxy::init::Args),
     /// Wait until a proxy's admin /ready answers 200 (for a Kubernetes postStart hook or a
     /// script); exits 1 with what it last saw if the timeout passes first.
     WaitReady(WaitReadyArgs),
@@ -73,7 +76,8 @@ struct RunArgs {
     /// Labels of the registered endpoint (k=v,k2=v2), e.g. version=v2.
     #[arg(long, env = "WEFT_LABELS", value_parser = parse_labels, default_value = "")]
     labels: Labels,
-    /// The application's port on 127.0.0.1. Without it there is no inbound listener.
+    /// The application's port on 127.0.0.1, for inbound connections that were not redirected
+    /// (redirected ones go to the port they were for).
     #[arg(long, env = "WEFT_APP_PORT")]
     app_port: Option<u16>,
     /// Health-probe paths answered for GET and HEAD from any client, plaintext included, even
@@ -86,9 +90,14 @@ struct RunArgs {
     /// own defaults applies. Default: the services' (the control plane's).
     #[arg(long, env = "WEFT_DEFAULT_INBOUND_POLICY", value_parser = model::DefaultInbound::parse)]
     default_inbound_policy: Option<model::DefaultInbound>,
-    /// Inbound listener: mTLS from peer proxies (and plaintext in permissive mode).
+    /// Inbound listener: mTLS from peer proxies (and plaintext in permissive mode), and the
+    /// connections `weft-proxy init` redirects. It runs when --app-port is given, or when this
+    /// is given explicitly (flag or env).
     #[arg(long, env = "WEFT_INBOUND", default_value = "0.0.0.0:4143")]
     inbound: SocketAddr,
+    /// Set from the parse: whether --inbound was given rather than defaulted.
+    #[arg(skip)]
+    inbound_explicit: bool,
     /// The IP registered for the inbound endpoint; default: the inbound IP, or if that is
     /// 0.0.0.0, the local IP that reaches the control plane.
     #[arg(long, env = "WEFT_ADVERTISE_IP")]
@@ -206,8 +215,12 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
         Err(e) if !e.use_stderr() => {
             // --help, --version
             let _ = e.print();
@@ -218,10 +231,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let args = match cli.command {
+    let mut args = match cli.command {
         Command::Run(args) => *args,
         Command::WaitReady(w) => return wait_ready(&w),
+        Command::Init(a) => {
+            return match weft_proxy::init::main(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weft-proxy init: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
+    // `--inbound` (or WEFT_INBOUND) given explicitly runs the inbound listener even without
+    // `--app-port`: a pod whose redirected connections say which port they are for.
+    args.inbound_explicit = matches.subcommand_matches("run").is_some_and(|m| {
+        m.value_source("inbound") != Some(clap::parser::ValueSource::DefaultValue)
+    });
     // `Targets` (`info,weft_proxy=debug`), not `EnvFilter`: the same directives for targets and
     // levels, without the regex engine in the binary.
     let filter = match std::env::var("WEFT_LOG") {
@@ -287,9 +314,9 @@ async fn run(args: RunArgs) -> ExitCode {
         trust_domain: args.trust_domain,
         admin: args.admin,
         node_id,
-        inbound: args.app_port.map(|app_port| InboundConfig {
+        inbound: (args.app_port.is_some() || args.inbound_explicit).then(|| InboundConfig {
             listen: args.inbound,
-            app_port,
+            app_port: args.app_port,
             service: args.service,
             labels: args.labels,
             advertise: args.advertise_ip,
