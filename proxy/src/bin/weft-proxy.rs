@@ -314,7 +314,7 @@ async fn run(args: RunArgs) -> ExitCode {
         trust_domain: args.trust_domain,
         admin: args.admin,
         node_id,
-        inbound: (args.app_port.is_some() || args.inbound_explicit).then(|| InboundConfig {
+        inbound: (args.app_port.is_some() || args.inbound_explicit).then_some(InboundConfig {
             listen: args.inbound,
             app_port: args.app_port,
             service: args.service,
