@@ -177,6 +177,9 @@ pub(crate) fn proxy_container(
     facts: &PodFacts,
     native: bool,
 ) -> Container {
+    // Listeners on `[::]` take IPv4 and IPv6 (the proxy falls back to 0.0.0.0 on a kernel
+    // without IPv6); the outbound one is reachable only through the OUTPUT redirect, as
+    // PREROUTING sends every other inbound port to the inbound listener.
     let mut vars = vec![
         env_field("WEFT_POD_NAME", "metadata.name"),
         env_field("WEFT_POD_NAMESPACE", "metadata.namespace"),
@@ -192,13 +195,13 @@ pub(crate) fn proxy_container(
         env("WEFT_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
         env(
             "WEFT_INBOUND",
-            format!("0.0.0.0:{}", names::PROXY_INBOUND_PORT),
+            format!("[::]:{}", names::PROXY_INBOUND_PORT),
         ),
         env(
             "WEFT_OUTBOUND",
-            format!("127.0.0.1:{}", names::PROXY_OUTBOUND_PORT),
+            format!("[::]:{}", names::PROXY_OUTBOUND_PORT),
         ),
-        env("WEFT_ADMIN", format!("0.0.0.0:{}", names::PROXY_ADMIN_PORT)),
+        env("WEFT_ADMIN", format!("[::]:{}", names::PROXY_ADMIN_PORT)),
     ];
     if let Some(service) = &facts.service {
         vars.push(env(

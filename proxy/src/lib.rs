@@ -128,7 +128,17 @@ async fn bind(
     addr: SocketAddr,
 ) -> Result<(TcpListener, SocketAddr), StartError> {
     let err = |source| StartError::Listen { what, addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        // `[::]` (dual-stack, what the injector asks for) on a kernel without IPv6: the
+        // IPv4 wildcard serves everything there is.
+        Err(e) if addr.ip() == IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            info!(%addr, error = %e, "no IPv6 here; listening on {v4}");
+            TcpListener::bind(v4).await.map_err(err)?
+        }
+        Err(e) => return Err(err(e)),
+    };
     let local = listener.local_addr().map_err(err)?;
     Ok((listener, local))
 }
