@@ -145,6 +145,7 @@ impl ControlPlane {
         let token_key = TokenKey::load(&config.ca_dir.join(TOKEN_KEY_FILE))?;
         let k8s = config.k8s.clone().map(K8sVerifier::load).transpose()?;
         let attestor = Arc::new(Attestor::new(td.clone(), token_key, k8s));
+        let jwks_verifier = attestor.k8s();
 
         let metrics = Arc::new(Metrics::default());
         metrics.ca_expiration.set(ca.not_after().unix_timestamp());
@@ -228,6 +229,7 @@ impl ControlPlane {
         let config_td = td.clone();
         let snapshots_for_admin = snapshots.clone();
         let mut grpc_shutdown = shutdown_rx.clone();
+        let jwks_shutdown = shutdown_rx.clone();
         let grpc_task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -259,6 +261,11 @@ impl ControlPlane {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         });
+        let jwks_task = tokio::spawn(async move {
+            if let Some(v) = jwks_verifier {
+                crate::attest::jwks::refresh(v, jwks_shutdown).await;
+            }
+        });
         let admin_task = tokio::spawn(crate::admin::run(
             admin,
             metrics.clone(),
@@ -276,7 +283,7 @@ impl ControlPlane {
             store,
             revisions,
             shutdown,
-            tasks: vec![grpc_task, admin_task, registry_task],
+            tasks: vec![grpc_task, admin_task, registry_task, jwks_task],
         })
     }
 

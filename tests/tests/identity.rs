@@ -797,7 +797,9 @@ impl K8sIssuer {
 
     fn config(&self) -> K8sConfig {
         K8sConfig {
-            jwks_path: self.jwks_dir.path().join("jwks.json"),
+            jwks: weft_control_plane::attest::JwksSource::File(
+                self.jwks_dir.path().join("jwks.json"),
+            ),
             issuer: "https://kubernetes.default.svc".into(),
             audience: "weft".into(),
         }
@@ -931,6 +933,127 @@ async fn kubernetes_service_account_tokens() {
 }
 
 /// RS256 service-account tokens (the Kubernetes default) end to end.
+/// Serves `jwks` at `GET /openid/v1/jwks` over HTTPS (a certificate for `localhost` from a CA
+/// it returns), only to the bearer `token`; counts the requests it answered.
+async fn api_server_jwks(
+    jwks: String,
+    token: &'static str,
+) -> (u16, String, Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &rcgen::Issuer::new(ca, &ca_key))
+        .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(weft_certs::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, jwks, count) = (acceptor.clone(), jwks.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let ok = req.uri().path() == "/openid/v1/jwks"
+                            && req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                == Some(&format!("Bearer {token}"));
+                        let (status, body) = if ok {
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            (200, jwks.clone())
+                        } else {
+                            (401, "Unauthorized".to_owned())
+                        };
+                        async move {
+                            let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, ca_pem, served)
+}
+
+/// In a cluster the JWKS comes from the API server: fetched over HTTPS verified by the
+/// service-account CA, with the pod's own token as the bearer.
+#[tokio::test]
+async fn kubernetes_tokens_verified_against_a_jwks_fetched_from_the_api_server() {
+    let k8s = K8sIssuer::new();
+    let jwks = std::fs::read_to_string(k8s.jwks_dir.path().join("jwks.json")).unwrap();
+    let (port, ca_pem, served) = api_server_jwks(jwks, "pod-token").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &ca_pem).unwrap();
+    std::fs::write(dir.path().join("token"), "pod-token\n").unwrap();
+    let mut config = k8s.config();
+    config.jwks = weft_control_plane::attest::JwksSource::Url {
+        url: format!("https://localhost:{port}/openid/v1/jwks"),
+        ca: dir.path().join("ca.crt"),
+        token_file: Some(dir.path().join("token")),
+    };
+    let mesh = Mesh::start(Some(config)).await;
+    let iss = "https://kubernetes.default.svc";
+    let token = k8s.token("default", "web", "weft", iss, 600, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ok = loop {
+        match certify(&mesh.addr(), mesh.ca.bundle(), WEB, &token).await {
+            Ok(ok) => break ok,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never verified with the fetched JWKS: {e:#}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ok.svid.id, id(WEB));
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // Without the bearer the API server refuses, and so no key is ever known.
+    let (port, ca_pem, served) = api_server_jwks(
+        std::fs::read_to_string(k8s.jwks_dir.path().join("jwks.json")).unwrap(),
+        "another-token",
+    )
+    .await;
+    std::fs::write(dir.path().join("ca2.crt"), &ca_pem).unwrap();
+    let mut config = k8s.config();
+    config.jwks = weft_control_plane::attest::JwksSource::Url {
+        url: format!("https://localhost:{port}/openid/v1/jwks"),
+        ca: dir.path().join("ca2.crt"),
+        token_file: Some(dir.path().join("token")),
+    };
+    let refused = Mesh::start(Some(config)).await;
+    let status = refused.refuse(req(token.clone(), csr(WEB))).await;
+    assert_status(&status, Code::Unauthenticated, "cluster-key-1");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn kubernetes_rs256_tokens() {
     let k8s = K8sIssuer::new_rsa();

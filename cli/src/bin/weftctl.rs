@@ -83,6 +83,46 @@ enum Command {
         #[arg(long, default_value = weft_inject::names::NAMESPACE)]
         namespace: String,
     },
+    /// Print the Kubernetes manifests of a Weft control plane (pipe to kubectl apply -f -).
+    Install {
+        /// Three control-plane replicas (anti-affinity, disruption budgets), a 3-member etcd
+        /// unless --etcd-endpoints, and a webhook that fails closed.
+        #[arg(long)]
+        ha: bool,
+        /// The CA directory from `weftctl ca init` (put into the weft-ca Secret).
+        #[arg(
+            long,
+            required_unless_present = "external_ca",
+            conflicts_with = "external_ca"
+        )]
+        ca_dir: Option<PathBuf>,
+        /// A Secret (tls.crt, tls.key, ca.crt: cert-manager's layout) that holds the CA
+        /// instead; needs --trust-bundle and --trust-domain.
+        #[arg(long, requires_all = ["trust_bundle", "trust_domain"])]
+        external_ca: Option<String>,
+        /// The trust bundle (PEM roots) with --external-ca.
+        #[arg(long)]
+        trust_bundle: Option<PathBuf>,
+        /// The trust domain with --external-ca.
+        #[arg(long)]
+        trust_domain: Option<TrustDomain>,
+        /// An existing etcd cluster's client URLs (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
+        /// Where the Weft images are (REGISTRY/weft-control-plane:VERSION, …).
+        #[arg(long, default_value = weft_inject::names::DEFAULT_REGISTRY)]
+        registry: String,
+        /// The images' tag.
+        #[arg(long, default_value = weft_inject::VERSION)]
+        version: String,
+        /// The cluster's service-account token issuer (kubectl get --raw
+        /// /.well-known/openid-configuration shows it).
+        #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
+        jwt_issuer: String,
+        /// The etcd image for --ha without --etcd-endpoints.
+        #[arg(long, default_value = "quay.io/coreos/etcd:v3.5.21")]
+        etcd_image: String,
+    },
     /// Remove what `weftctl inject` (or the webhook) added.
     Uninject {
         /// A file, a directory of .yaml/.yml/.json files, or - for stdin (repeatable).
@@ -348,6 +388,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let inputs = ctl::inject::read_inputs(&files)?;
             ctl::inject::run(&inputs, &mode, output, &mut out, &mut std::io::stderr())
+        }
+        Command::Install {
+            ha,
+            ca_dir,
+            external_ca,
+            trust_bundle,
+            trust_domain,
+            etcd_endpoints,
+            registry,
+            version,
+            jwt_issuer,
+            etcd_image,
+        } => {
+            let ca = match (ca_dir, external_ca, trust_bundle, trust_domain) {
+                (Some(dir), None, _, _) => ctl::install::CaSource::Dir(dir),
+                (None, Some(secret), Some(trust_bundle), Some(trust_domain)) => {
+                    ctl::install::CaSource::External {
+                        secret,
+                        trust_bundle,
+                        trust_domain,
+                    }
+                }
+                _ => anyhow::bail!(
+                    "give --ca-dir, or --external-ca with --trust-bundle and --trust-domain"
+                ),
+            };
+            let text = ctl::install::render(&ctl::install::Install {
+                ha,
+                ca,
+                etcd_endpoints,
+                registry,
+                version,
+                jwt_issuer,
+                etcd_image,
+            })?;
+            use std::io::Write as _;
+            out.write_all(text.as_bytes())?;
+            Ok(())
         }
         Command::Uninject { files, output } => {
             let inputs = ctl::inject::read_inputs(&files)?;

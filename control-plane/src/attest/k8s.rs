@@ -12,13 +12,30 @@ use super::AttestError;
 /// Where to find the keys and what the tokens must say.
 #[derive(Debug, Clone)]
 pub struct K8sConfig {
-    /// JWKS file.
-    pub jwks_path: std::path::PathBuf,
+    /// Where the JWKS comes from.
+    pub jwks: JwksSource,
     /// Required `iss`, e.g. `https://kubernetes.default.svc.cluster.local`.
     pub issuer: String,
     /// Required audience (one of `aud`), e.g. `weft`.
     pub audience: String,
 }
+
+/// The cluster's JWKS: a file (`kubectl get --raw /openid/v1/jwks`), or fetched from the API
+/// server (in a cluster) and refreshed ([`super::jwks`]).
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    File(std::path::PathBuf),
+    Url {
+        /// e.g. `https://kubernetes.default.svc/openid/v1/jwks`.
+        url: String,
+        /// The CA that verifies the API server (the pod's service-account `ca.crt`).
+        ca: std::path::PathBuf,
+        /// A bearer token to send (the pod's own service-account token), read per fetch.
+        token_file: Option<std::path::PathBuf>,
+    },
+}
+
+type Key = (Option<String>, DecodingKey, jsonwebtoken::Algorithm);
 
 #[derive(Debug, Deserialize)]
 struct K8sClaims {
@@ -38,15 +55,21 @@ struct Named {
     name: String,
 }
 
-/// A verifier with the JWKS loaded.
+/// A verifier with the JWKS loaded (replaced whole when a fetched JWKS changes).
 pub struct K8sVerifier {
     config: K8sConfig,
-    keys: Vec<(Option<String>, DecodingKey, jsonwebtoken::Algorithm)>,
+    keys: std::sync::RwLock<std::sync::Arc<Vec<Key>>>,
+    /// Woken when a token names a key we do not have (the cluster may have rotated).
+    pub(crate) unknown_key: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for K8sVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kids: Vec<_> = self.keys.iter().map(|(k, _, a)| (k.clone(), *a)).collect();
+        let kids: Vec<_> = self
+            .keys()
+            .iter()
+            .map(|(k, _, a)| (k.clone(), *a))
+            .collect();
         f.debug_struct("K8sVerifier")
             .field("config", &self.config)
             .field("keys", &kids)
@@ -62,42 +85,86 @@ pub struct JwksError {
 }
 
 impl K8sVerifier {
+    /// Loads a JWKS file now; a URL source starts with no keys, which [`super::jwks::refresh`]
+    /// fetches (until then Kubernetes tokens are refused as of an unknown key).
     pub fn load(config: K8sConfig) -> Result<Self, JwksError> {
-        let path = config.jwks_path.display().to_string();
-        let bytes = std::fs::read(&config.jwks_path).map_err(|e| JwksError {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        Self::from_json(config, &bytes).map_err(|reason| JwksError { path, reason })
+        let keys = match &config.jwks {
+            JwksSource::File(file) => {
+                let path = file.display().to_string();
+                let bytes = std::fs::read(file).map_err(|e| JwksError {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                parse_keys(&bytes).map_err(|reason| JwksError { path, reason })?
+            }
+            JwksSource::Url { .. } => Vec::new(),
+        };
+        Ok(Self::with_keys(config, keys))
     }
 
+    fn with_keys(config: K8sConfig, keys: Vec<Key>) -> Self {
+        Self {
+            config,
+            keys: std::sync::RwLock::new(std::sync::Arc::new(keys)),
+            unknown_key: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn config(&self) -> &K8sConfig {
+        &self.config
+    }
+
+    fn keys(&self) -> std::sync::Arc<Vec<Key>> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the keys with a fetched JWKS; returns how many it has.
+    pub fn replace_keys(&self, json: &[u8]) -> Result<usize, String> {
+        let keys = parse_keys(json)?;
+        let n = keys.len();
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(keys);
+        Ok(n)
+    }
+
+    #[cfg(test)]
     fn from_json(config: K8sConfig, json: &[u8]) -> Result<Self, String> {
-        let set: JwkSet =
-            serde_json::from_slice(json).map_err(|e| format!("not a JWK set: {e}"))?;
-        let mut keys = Vec::new();
-        for (i, jwk) in set.keys.iter().enumerate() {
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {i}: {e}"))?;
-            let alg = match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => jsonwebtoken::Algorithm::RS256,
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(p) => match p.curve {
-                    jsonwebtoken::jwk::EllipticCurve::P256 => jsonwebtoken::Algorithm::ES256,
-                    jsonwebtoken::jwk::EllipticCurve::P384 => jsonwebtoken::Algorithm::ES384,
-                    ref c => return Err(format!("key {i}: curve {c:?} is not supported")),
-                },
-                other => {
-                    return Err(format!(
-                        "key {i}: key type {other:?} is not supported (RSA or EC)"
-                    ));
-                }
-            };
-            keys.push((jwk.common.key_id.clone(), key, alg));
-        }
-        if keys.is_empty() {
-            return Err("the key set is empty".into());
-        }
-        Ok(Self { config, keys })
+        Ok(Self::with_keys(config, parse_keys(json)?))
     }
+}
 
+fn parse_keys(json: &[u8]) -> Result<Vec<Key>, String> {
+    let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWK set: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {i}: {e}"))?;
+        let alg = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                jsonwebtoken::jwk::EllipticCurve::P256 => jsonwebtoken::Algorithm::ES256,
+                jsonwebtoken::jwk::EllipticCurve::P384 => jsonwebtoken::Algorithm::ES384,
+                ref c => return Err(format!("key {i}: curve {c:?} is not supported")),
+            },
+            other => {
+                return Err(format!(
+                    "key {i}: key type {other:?} is not supported (RSA or EC)"
+                ));
+            }
+        };
+        keys.push((jwk.common.key_id.clone(), key, alg));
+    }
+    if keys.is_empty() {
+        return Err("the key set is empty".into());
+    }
+    Ok(keys)
+}
+
+impl K8sVerifier {
     /// Verifies `token` and maps it to `spiffe://<td>/ns/<namespace>/sa/<service-account>`.
     pub fn verify(
         &self,
@@ -105,15 +172,16 @@ impl K8sVerifier {
         header: &jsonwebtoken::Header,
         td: &TrustDomain,
     ) -> Result<SpiffeId, AttestError> {
+        let keys = self.keys();
         let (_, key, alg) = match &header.kid {
-            Some(kid) => self
-                .keys
+            Some(kid) => keys
                 .iter()
                 .find(|(k, _, _)| k.as_deref() == Some(kid.as_str())),
-            None if self.keys.len() == 1 => self.keys.first(),
+            None if keys.len() == 1 => keys.first(),
             None => None,
         }
         .ok_or_else(|| {
+            self.unknown_key.notify_one();
             AttestError::UnknownKey(header.kid.clone().unwrap_or_else(|| "<none>".into()))
         })?;
         let mut validation = Validation::new(*alg);
@@ -147,7 +215,7 @@ mod tests {
 
     fn config() -> K8sConfig {
         K8sConfig {
-            jwks_path: "jwks.json".into(),
+            jwks: JwksSource::File("jwks.json".into()),
             issuer: "iss".into(),
             audience: "weft".into(),
         }
@@ -162,7 +230,7 @@ mod tests {
         );
         let v = K8sVerifier::from_json(config(), json.as_bytes()).unwrap();
         let algs: Vec<_> = v
-            .keys
+            .keys()
             .iter()
             .map(|(kid, _, alg)| (kid.clone(), *alg))
             .collect();

@@ -3,12 +3,13 @@
 //! apart before anything is trusted, then each is verified against its own keys.
 
 pub mod join;
+pub mod jwks;
 pub mod k8s;
 
 use weft_certs::{SpiffeId, TrustDomain};
 
 pub use join::{JoinClaims, TokenKey};
-pub use k8s::{K8sConfig, K8sVerifier};
+pub use k8s::{JwksSource, K8sConfig, K8sVerifier};
 
 /// Why a token was refused. Every variant maps to `UNAUTHENTICATED` except `Internal`.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +97,7 @@ impl Attestation {
 pub struct Attestor {
     trust_domain: TrustDomain,
     join: TokenKey,
-    k8s: Option<K8sVerifier>,
+    k8s: Option<std::sync::Arc<K8sVerifier>>,
 }
 
 impl Attestor {
@@ -104,8 +105,13 @@ impl Attestor {
         Self {
             trust_domain,
             join,
-            k8s,
+            k8s: k8s.map(std::sync::Arc::new),
         }
+    }
+
+    /// The Kubernetes token verifier, for the task that refreshes its keys.
+    pub fn k8s(&self) -> Option<std::sync::Arc<K8sVerifier>> {
+        self.k8s.clone()
     }
 
     /// The identity `token` grants.

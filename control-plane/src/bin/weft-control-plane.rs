@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use weft_certs::{SpiffeId, TrustDomain};
-use weft_control_plane::attest::K8sConfig;
+use weft_control_plane::attest::{JwksSource, K8sConfig};
 use weft_control_plane::injector::{Injector, InjectorConfig};
 use weft_control_plane::model::DefaultInbound;
 use weft_control_plane::store::EtcdConfig;
@@ -36,8 +36,18 @@ struct Args {
     #[arg(long = "server-name", env = "WEFT_SERVER_NAMES", value_delimiter = ',')]
     server_names: Vec<String>,
     /// JWKS file for Kubernetes service-account token attestation.
-    #[arg(long, env = "WEFT_JWKS", requires_all = ["jwt_issuer", "jwt_audience"])]
+    #[arg(long, env = "WEFT_JWKS", requires_all = ["jwt_issuer", "jwt_audience"], conflicts_with = "jwks_url")]
     jwks: Option<PathBuf>,
+    /// The JWKS fetched from the API server instead (in a cluster:
+    /// https://kubernetes.default.svc/openid/v1/jwks), and refreshed.
+    #[arg(long, env = "WEFT_JWKS_URL", requires_all = ["jwt_issuer", "jwt_audience", "jwks_ca"])]
+    jwks_url: Option<String>,
+    /// The CA that verifies --jwks-url's server (in a pod: the service-account ca.crt).
+    #[arg(long, env = "WEFT_JWKS_CA")]
+    jwks_ca: Option<PathBuf>,
+    /// A bearer token sent to --jwks-url, read per fetch (in a pod: its service-account token).
+    #[arg(long, env = "WEFT_JWKS_TOKEN_FILE")]
+    jwks_token_file: Option<PathBuf>,
     /// Required `iss` of Kubernetes tokens.
     #[arg(long, env = "WEFT_JWT_ISSUER")]
     jwt_issuer: Option<String>,
@@ -149,9 +159,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.server_names
     };
-    let k8s = match (args.jwks, args.jwt_issuer, args.jwt_audience) {
-        (Some(jwks_path), Some(issuer), Some(audience)) => Some(K8sConfig {
-            jwks_path,
+    let jwks = match (args.jwks, args.jwks_url, args.jwks_ca) {
+        (Some(file), _, _) => Some(JwksSource::File(file)),
+        (None, Some(url), Some(ca)) => Some(JwksSource::Url {
+            url,
+            ca,
+            token_file: args.jwks_token_file,
+        }),
+        _ => None,
+    };
+    let k8s = match (jwks, args.jwt_issuer, args.jwt_audience) {
+        (Some(jwks), Some(issuer), Some(audience)) => Some(K8sConfig {
+            jwks,
             issuer,
             audience,
         }),
