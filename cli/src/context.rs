@@ -253,6 +253,83 @@ pub fn login(req: Login<'_>, w: &mut impl std::io::Write) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// What `weftctl login --token-file` needs.
+#[derive(Debug)]
+pub struct TokenLogin<'a> {
+    pub control_plane: &'a str,
+    /// The mesh's trust bundle (its trust domain comes from the root).
+    pub trust_bundle: &'a Path,
+    /// A join token, or a Kubernetes service-account token for the audience `weft`.
+    pub token_file: &'a Path,
+    /// Requested lifetime; the control plane may cap it.
+    pub ttl: Duration,
+    pub config: &'a Path,
+}
+
+/// `weftctl login --token-file`: the identity a token attests, certified by the control plane
+/// like a proxy's (no CA key on this machine). The key is made here, written only into the
+/// context file (0600), never sent. Whether that identity may change config is the control
+/// plane's `--admin-identity` list: asked with an empty dry-run apply and said.
+pub async fn login_with_token(
+    req: TokenLogin<'_>,
+    w: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let pem = std::fs::read(req.trust_bundle)
+        .with_context(|| format!("read {}", req.trust_bundle.display()))?;
+    let bundle = weft_certs::TrustBundle::from_pem_deriving(
+        None,
+        &pem,
+        &req.trust_bundle.display().to_string(),
+    )?;
+    let token = std::fs::read_to_string(req.token_file)
+        .with_context(|| format!("read {}", req.token_file.display()))?;
+    let td = bundle.trust_domain().clone();
+    let cp = weft_control_plane::control_plane_id(&td);
+    let bundle = Arc::new(bundle);
+    let channel =
+        weft_control_plane::client::connect(req.control_plane, bundle.clone(), cp.clone(), None)
+            .await?;
+    let key = WorkloadKey::generate()?;
+    let got = weft_control_plane::client::certify(channel, &key, None, token.trim(), Some(req.ttl))
+        .await
+        .context("the control plane refused the token")?;
+    let identity = got.svid.id.clone();
+    let file = ContextFile {
+        control_plane: req.control_plane.to_owned(),
+        control_plane_identity: cp.to_string(),
+        identity: identity.to_string(),
+        trust_bundle: bundle.to_pem(),
+        certificate: certs_to_pem(&got.chain),
+        key: key.to_pkcs8_pem(),
+    };
+    write(req.config, &file)?;
+    let ctx = Context::load(req.config)?;
+    let mut client = weft_proto::config::v1::config_client::ConfigClient::new(ctx.connect().await?);
+    let probe = client
+        .apply(weft_proto::config::v1::ApplyRequest {
+            documents: Vec::new(),
+            dry_run: true,
+        })
+        .await;
+    let admin = !matches!(&probe, Err(s) if s.code() == tonic::Code::PermissionDenied);
+    let expires = time::OffsetDateTime::from(got.svid.not_after);
+    writeln!(
+        w,
+        "Logged in to {} as {identity} (certificate expires {expires}); context written to {}",
+        req.control_plane,
+        req.config.display()
+    )?;
+    if !admin {
+        writeln!(
+            w,
+            "warning: {identity} is not one of the control plane's admin identities \
+             (--admin-identity): apply, delete and register will be refused; get and explain work"
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes `file` to `path` with mode 0600, creating parent directories (0700), replacing any
 /// previous context atomically (a temp file beside it, then a rename) so a reader never sees a
 /// half-written key.

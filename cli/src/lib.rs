@@ -28,7 +28,7 @@ pub mod scrape;
 mod table;
 
 pub use config::{ApplyArgs, GetArgs, GetKind, Output, apply, delete_files, delete_objects, get};
-pub use context::{Context, ContextError, ContextFile, Login, login};
+pub use context::{Context, ContextError, ContextFile, Login, TokenLogin, login, login_with_token};
 pub use pki::{CertRequest, ca_init, ca_inspect, cert_inspect, cert_request, token_create};
 pub use registry::{Deregister, Register, deregister, register};
 

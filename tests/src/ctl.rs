@@ -44,6 +44,13 @@ impl Ctl {
         Ok(ctl)
     }
 
+    /// A `weftctl` with an empty context dir (log in with [`Ctl::ok`]).
+    pub fn logged_out() -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+        })
+    }
+
     /// The context file (`WEFT_CONFIG` of every run).
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("weft/config.yaml")

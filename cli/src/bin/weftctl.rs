@@ -37,8 +37,16 @@ enum Command {
         /// host:port of the control plane.
         #[arg(long, env = "WEFT_CONTROL_PLANE")]
         control_plane: String,
+        /// Mint the admin certificate locally from the CA directory (needs the CA key).
+        #[arg(long, required_unless_present = "token_file", conflicts_with_all = ["token_file", "trust_bundle"])]
+        ca_dir: Option<PathBuf>,
+        /// Or: get a certificate from the control plane for what this token attests (a join
+        /// token, or `kubectl create token weft-admin -n weft-system --audience weft`).
+        #[arg(long, requires = "trust_bundle")]
+        token_file: Option<PathBuf>,
+        /// The mesh's trust bundle (ca.crt), with --token-file.
         #[arg(long)]
-        ca_dir: PathBuf,
+        trust_bundle: Option<PathBuf>,
         /// Lifetime of the admin certificate.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
@@ -348,9 +356,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Login {
             control_plane,
-            ca_dir,
+            ca_dir: None,
+            token_file: Some(token_file),
+            trust_bundle: Some(trust_bundle),
+            ttl,
+            identity: _,
+        } => runtime()?.block_on(ctl::login_with_token(
+            ctl::TokenLogin {
+                control_plane: &control_plane,
+                trust_bundle: &trust_bundle,
+                token_file: &token_file,
+                ttl,
+                config: &config_path(cli.config)?,
+            },
+            &mut out,
+        )),
+        Command::Login { ca_dir: None, .. } => {
+            anyhow::bail!("give --ca-dir, or --token-file with --trust-bundle")
+        }
+        Command::Login {
+            control_plane,
+            ca_dir: Some(ca_dir),
             ttl,
             identity,
+            ..
         } => ctl::login(
             ctl::Login {
                 control_plane: &control_plane,
