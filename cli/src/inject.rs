@@ -173,6 +173,9 @@ pub fn run(
                 }
                 let text = serde_saphyr::to_string(doc).context("encode YAML")?;
                 out.write_all(text.as_bytes())?;
+                if !text.ends_with('\n') {
+                    writeln!(out)?;
+                }
             }
             Format::Json => {
                 serde_json::to_writer_pretty(&mut *out, doc).context("encode JSON")?;

@@ -558,6 +558,9 @@ pub fn render(i: &Install) -> anyhow::Result<String> {
             out.push_str("---\n");
         }
         out.push_str(&serde_saphyr::to_string(d).context("encode YAML")?);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
     }
     Ok(out)
 }
