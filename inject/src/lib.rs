@@ -133,22 +133,29 @@ fn describe(object: &Value) -> (String, String) {
     (kind, name)
 }
 
-/// The object with a Weft proxy injected into its pod template, and what was done.
-/// `namespace` is where the object lives when it is known better than its `metadata`
-/// (an admission request's namespace).
-pub fn inject(object: &Value, config: &InjectConfig, namespace: Option<&str>) -> (Value, Report) {
+/// The report to start from (`not a workload` until shown otherwise), and where the object's
+/// pod template is, if its kind has one.
+fn start(object: &Value) -> (Report, Option<&'static str>) {
     let (kind, name) = describe(object);
-    let mut report = Report {
+    let report = Report {
         kind,
         name,
         outcome: Outcome::Skipped(Skip::NotAWorkload),
         warnings: Vec::new(),
     };
-    let Some(pointer) = object
+    let pointer = object
         .get("kind")
         .and_then(Value::as_str)
-        .and_then(template_pointer)
-    else {
+        .and_then(template_pointer);
+    (report, pointer)
+}
+
+/// The object with a Weft proxy injected into its pod template, and what was done.
+/// `namespace` is where the object lives when it is known better than its `metadata`
+/// (an admission request's namespace).
+pub fn inject(object: &Value, config: &InjectConfig, namespace: Option<&str>) -> (Value, Report) {
+    let (mut report, pointer) = start(object);
+    let Some(pointer) = pointer else {
         return (object.clone(), report);
     };
     let namespace = namespace.or_else(|| object.get("metadata")?.get("namespace")?.as_str());
@@ -169,18 +176,8 @@ pub fn inject(object: &Value, config: &InjectConfig, namespace: Option<&str>) ->
 
 /// The object without the Weft proxy [`inject`] added.
 pub fn uninject(object: &Value) -> (Value, Report) {
-    let (kind, name) = describe(object);
-    let mut report = Report {
-        kind,
-        name,
-        outcome: Outcome::Skipped(Skip::NotAWorkload),
-        warnings: Vec::new(),
-    };
-    let Some(pointer) = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .and_then(template_pointer)
-    else {
+    let (mut report, pointer) = start(object);
+    let Some(pointer) = pointer else {
         return (object.clone(), report);
     };
     let mut out = object.clone();

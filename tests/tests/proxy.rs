@@ -269,6 +269,26 @@ async fn a_missing_or_unknown_flag_is_named_in_one_line() {
     }
 }
 
+/// A client-only proxy for `default/web`, its trust domain taken from the bundle.
+fn web_config(mesh: &TestMesh, token_file: std::path::PathBuf, admin: &str) -> Config {
+    Config {
+        control_plane: ControlPlane {
+            addr: mesh.cp.grpc_addr().to_string(),
+            token_file,
+            cert_ttl: None,
+        },
+        trust_bundle: mesh.ca.bundle_file(),
+        trust_domain: None,
+        admin: admin.parse().unwrap(),
+        node_id: "web".into(),
+        inbound: None,
+        outbound: None,
+        upstreams: vec![],
+        data: Default::default(),
+        drain_timeout: Duration::from_secs(5),
+    }
+}
+
 #[tokio::test]
 async fn the_trust_domain_comes_from_the_bundle_and_a_contradicting_flag_is_refused() {
     let mesh = TestMesh::start().await.unwrap();
@@ -281,24 +301,9 @@ async fn the_trust_domain_comes_from_the_bundle_and_a_contradicting_flag_is_refu
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).unwrap();
     // Without the flag: the bundle's root names the trust domain.
-    let proxy = Proxy::start(Config {
-        control_plane: ControlPlane {
-            addr: mesh.cp.grpc_addr().to_string(),
-            token_file: token_file.clone(),
-            cert_ttl: None,
-        },
-        trust_bundle: mesh.ca.bundle_file(),
-        trust_domain: None,
-        admin: "127.0.0.1:0".parse().unwrap(),
-        node_id: "web".into(),
-        inbound: None,
-        outbound: None,
-        upstreams: vec![],
-        data: Default::default(),
-        drain_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let proxy = Proxy::start(web_config(&mesh, token_file.clone(), "127.0.0.1:0"))
+        .await
+        .unwrap();
     let (_, certs) = admin_until(&proxy, "/certs", |s, _| s == 200).await;
     assert!(
         certs.contains(&format!("spiffe://{TD}/ns/default/sa/web")),
@@ -367,24 +372,9 @@ async fn wait_ready_returns_once_the_proxy_is_ready_and_fails_with_what_it_saw()
         .unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).unwrap();
-    let proxy = Proxy::start(Config {
-        control_plane: ControlPlane {
-            addr: mesh.cp.grpc_addr().to_string(),
-            token_file,
-            cert_ttl: None,
-        },
-        trust_bundle: mesh.ca.bundle_file(),
-        trust_domain: None,
-        admin: format!("127.0.0.1:{port}").parse().unwrap(),
-        node_id: "web".into(),
-        inbound: None,
-        outbound: None,
-        upstreams: vec![],
-        data: Default::default(),
-        drain_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let proxy = Proxy::start(web_config(&mesh, token_file, &format!("127.0.0.1:{port}")))
+        .await
+        .unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), waiter.wait())
         .await
         .expect("wait-ready never returned")
