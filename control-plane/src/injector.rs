@@ -61,6 +61,8 @@ struct CertState {
     key: Arc<CertifiedKey>,
     mtimes: (SystemTime, SystemTime),
     checked: Instant,
+    /// The files' times when they last failed to load: not tried again until they change.
+    failed: Option<(SystemTime, SystemTime)>,
 }
 
 fn mtimes(dir: &Path) -> std::io::Result<(SystemTime, SystemTime)> {
@@ -98,6 +100,7 @@ impl ReloadingCert {
                 key,
                 mtimes,
                 checked: Instant::now(),
+                failed: None,
             }),
             failures,
         })
@@ -112,14 +115,15 @@ impl ReloadingCert {
         if s.checked.elapsed() >= RELOAD_CHECK {
             s.checked = Instant::now();
             match mtimes(&self.dir) {
-                Ok(m) if m != s.mtimes => match load(&self.dir) {
+                Ok(m) if m != s.mtimes && Some(m) != s.failed => match load(&self.dir) {
                     Ok(key) => {
                         info!(dir = %self.dir.display(), "injector serving certificate reloaded");
                         s.key = key;
                         s.mtimes = m;
                     }
                     Err(e) => {
-                        // A secret update writes both files; the next check sees the pair.
+                        // A secret update writes both files; the next change is tried again.
+                        s.failed = Some(m);
                         self.failures.inc();
                         warn!(error = %e, "injector serving certificate changed but does not load; keeping the last good one");
                     }

@@ -202,6 +202,7 @@ pub(crate) fn proxy_container(
             format!("[::]:{}", names::PROXY_OUTBOUND_PORT),
         ),
         env("WEFT_ADMIN", format!("[::]:{}", names::PROXY_ADMIN_PORT)),
+        env("WEFT_INBOUND_REDIRECTED", "true"),
     ];
     if let Some(service) = &facts.service {
         vars.push(env(

@@ -103,6 +103,9 @@ pub struct InboundConfig {
     /// `--default-inbound-policy`: this workload's default, applied when stricter than the
     /// served services' own (a pod can tighten, never loosen).
     pub default_inbound: Option<weft_proto::model::DefaultInbound>,
+    /// `--inbound-redirected`: the pod redirects every inbound port to this proxy; registered
+    /// as [`registration::REDIRECTED_LABEL`] so clients dial the port their application asked for.
+    pub redirected: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,7 +311,7 @@ impl Proxy {
                     registration: registration::Registration {
                         service: service.clone(),
                         address: SocketAddr::new(ip, local.port()),
-                        labels: cfg.labels.clone(),
+                        labels: registration::labels(&cfg.labels, cfg.redirected),
                     },
                     metrics: metrics.clone(),
                 };

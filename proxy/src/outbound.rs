@@ -67,9 +67,20 @@ pub async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, _peer: SocketAddr) {
 
 async fn transparent(ctx: Arc<Ctx>, tcp: TcpStream, dst: SocketAddr) {
     let config = ctx.snapshot();
-    let Some((service, endpoint)) = plan::endpoint_by_ip(&config, dst.ip()) else {
+    let Some((service, mut endpoint)) = plan::endpoint_by_ip(&config, dst.ip()) else {
         return passthrough_tcp(&ctx, tcp, &dst.to_string()).await;
     };
+    if dst.port() != endpoint.address.port()
+        && endpoint
+            .labels
+            .get(crate::registration::REDIRECTED_LABEL)
+            .is_some_and(|v| v == "true")
+    {
+        // The peer's pod redirects every port to its proxy, which reads the port back: dial
+        // what the application dialed (mTLS, the same expected identity). Other peers serve
+        // only their app port, on the registered address.
+        endpoint.address = dst;
+    }
     let declared = config
         .services
         .get(&service.to_string())

@@ -20,6 +20,22 @@ use crate::backoff::Backoff;
 use crate::identity::{ControlPlane, Identity};
 use crate::metrics::Metrics;
 
+/// The endpoint label of a proxy whose pod redirects inbound traffic to it (`weft-proxy
+/// init`, `--inbound-redirected`): a client proxy whose application dialed
+/// `<endpoint IP>:<port>` dials that same address over mTLS, and this proxy reads the port back
+/// (`SO_ORIGINAL_DST`), so every port of the pod is reached with the client's identity. Without
+/// it, clients dial the registered address (the inbound port), which serves `--app-port`.
+pub const REDIRECTED_LABEL: &str = "weft.io/inbound-redirected";
+
+/// The labels to register: the configured ones, and [`REDIRECTED_LABEL`] when redirected.
+pub fn labels(configured: &BTreeMap<String, String>, redirected: bool) -> BTreeMap<String, String> {
+    let mut labels = configured.clone();
+    if redirected {
+        labels.insert(REDIRECTED_LABEL.to_owned(), "true".to_owned());
+    }
+    labels
+}
+
 /// What this proxy registers.
 #[derive(Debug, Clone)]
 pub struct Registration {

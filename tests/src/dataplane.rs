@@ -356,6 +356,7 @@ pub async fn start_proxy(
             advertise: None,
             probe_paths: opts.probe_paths.clone(),
             default_inbound: opts.default_inbound,
+            redirected: false,
         }),
         outbound: Some(any_port),
         upstreams: opts

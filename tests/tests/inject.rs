@@ -400,8 +400,26 @@ async fn a_rotated_serving_certificate_is_served_without_a_restart() {
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
     let webhook_ca = ca_params.self_signed(&ca_key).unwrap().pem();
     write_serving(tls.path(), &ca_params, &ca_key);
-    let (_cp, addr) = start(&ca, tls.path()).await;
+    let (cp, addr) = start(&ca, tls.path()).await;
     let (_, _, first) = https(&addr, &webhook_ca, "GET", "/ready", vec![]).await;
+
+    // A broken update is noticed, counted, and the last good certificate is kept.
+    std::fs::write(tls.path().join("tls.crt"), "not a certificate").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, metrics) = weft_tests::http_get(&cp.admin_addr, "/metrics")
+            .await
+            .unwrap();
+        if weft_tests::metric_value(&metrics, "injector_tls_reload_failures_total") == Some(1.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        // Handshakes are what look at the files.
+        let _ = https(&addr, &webhook_ca, "GET", "/ready", vec![]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, leaf) = https(&addr, &webhook_ca, "GET", "/ready", vec![]).await;
+    assert_eq!((status, leaf == first), (200, true));
 
     // The secret is updated (as the kubelet does: new files in place).
     write_serving(tls.path(), &ca_params, &ca_key);

@@ -417,6 +417,7 @@ async fn inside_the_pod() {
         .args(["--service", "default/api", "--app-port", "8080"])
         .args(["--inbound", "[::]:4143", "--outbound", "[::]:4140"])
         .args(["--admin", "0.0.0.0:4191", "--advertise-ip", POD_IP])
+        .arg("--inbound-redirected")
         .stdin(Stdio::null());
     let _proxy = Bg(proxy.spawn().unwrap());
 
@@ -438,8 +439,20 @@ async fn inside_the_pod() {
         tokens[1].display().to_string(),
         tokens[2].display().to_string(),
     );
+    let as_proxy = [
+        "setpriv",
+        "--reuid=2102",
+        "--regid=2102",
+        "--clear-groups",
+        "--",
+    ];
     let _ext_proxy = Bg(in_other(
         &[
+            as_proxy[0],
+            as_proxy[1],
+            as_proxy[2],
+            as_proxy[3],
+            as_proxy[4],
             &proxy_str,
             "run",
             "--control-plane",
@@ -468,6 +481,11 @@ async fn inside_the_pod() {
     let upstream = format!("127.0.0.1:{CLIENT_UPSTREAM}=api.default:8080");
     let _web_proxy = Bg(in_other(
         &[
+            as_proxy[0],
+            as_proxy[1],
+            as_proxy[2],
+            as_proxy[3],
+            as_proxy[4],
             &proxy_str,
             "run",
             "--control-plane",
@@ -533,6 +551,39 @@ async fn inside_the_pod() {
         get_in_pod_as(0, &format!("{OTHER_IP}:{EXT_SKIPPED}")).unwrap(),
         format!("{EXT_SKIPPED} none {POD_IP}")
     );
+
+    // The other pod gets its own rules (its proxies run as 2102 too; its backend's ports are
+    // skipped): its application's connections to either of the pod's ports now go through
+    // its proxy, which dials the port asked for over mTLS (the pod registered as redirected),
+    // so the application on each port sees the client's identity.
+    let skip = format!("{EXT_PORT},{EXT_SKIPPED}");
+    let other_init = in_other(
+        &[
+            &proxy_str,
+            "init",
+            "--outbound-port",
+            "4141",
+            "--skip-inbound-ports",
+            &skip,
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(other_init.status.success(), "{other_init:?}");
+    for port in APP_PORTS {
+        let body = until(
+            "meshed client to both ports",
+            || get_from_other(&format!("{POD_IP}:{port}")),
+            |b| b.contains("spiffe://"),
+        )
+        .await;
+        assert_eq!(body, format!("{port} {web_id} 127.0.0.1"));
+    }
+    let other_undo = in_other(&[&proxy_str, "init", "--cleanup"], &[])
+        .output()
+        .unwrap();
+    assert!(other_undo.status.success(), "{other_undo:?}");
 
     // --cleanup leaves no rule of ours; legacy mode works the same, and auto then picks it.
     let undo = init(&["--cleanup"]);

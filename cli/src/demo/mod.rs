@@ -448,7 +448,6 @@ impl Demo {
                 .arg(&token)
                 .args(["--admin", &lo(p.admin).to_string()])
                 .args(["--outbound", &lo(p.outbound).to_string()])
-                .args(["--inbound", &lo(p.inbound).to_string()])
                 .args(["--node-id", spec.name])
                 .args(["--drain-timeout", "2s"])
                 .env("WEFT_LOG", "info");
@@ -456,6 +455,7 @@ impl Demo {
                 cmd.args(["--service", &format!("{NAMESPACE}/{}", spec.name)])
                     .args(["--labels", spec.labels])
                     .args(["--app-port", &p.app.to_string()])
+                    .args(["--inbound", &lo(p.inbound).to_string()])
                     .args(["--advertise-ip", "127.0.0.1"]);
             }
             if let Some(to) = spec.upstream {

@@ -95,6 +95,11 @@ struct RunArgs {
     /// is given explicitly (flag or env).
     #[arg(long, env = "WEFT_INBOUND", default_value = "0.0.0.0:4143")]
     inbound: SocketAddr,
+    /// This pod's inbound ports are all redirected to the proxy (`weft-proxy init`): client
+    /// proxies then dial the port their application asked for, and every port of the pod is
+    /// reached with the client's identity. The injector sets it.
+    #[arg(long, env = "WEFT_INBOUND_REDIRECTED")]
+    inbound_redirected: bool,
     /// Set from the parse: whether --inbound was given rather than defaulted.
     #[arg(skip)]
     inbound_explicit: bool,
@@ -322,6 +327,7 @@ async fn run(args: RunArgs) -> ExitCode {
             advertise: args.advertise_ip,
             probe_paths: args.probe_paths,
             default_inbound: args.default_inbound_policy,
+            redirected: args.inbound_redirected,
         }),
         outbound: Some(args.outbound),
         upstreams: args.upstream,
