@@ -198,21 +198,32 @@ impl Proxy {
                 Arc::<str>::from(authority.as_str()),
             ));
         }
-        // Until the first certificate, the admin port says what the proxy is waiting for.
+        // If the first certificate does not come at once, the admin port says what the proxy
+        // is waiting for. Only then: its server is code an idle sidecar need not touch.
         let (waiting_tx, waiting) = watch::channel("no certificate yet".to_owned());
-        let (started, started_rx) = tokio::sync::oneshot::channel();
-        let starting = tokio::spawn(admin::serve_starting(admin, waiting, started_rx));
-        let identity = identity::bootstrap(
-            &config.control_plane,
-            Arc::new(bundle),
-            &metrics,
-            &waiting_tx,
-        )
-        .await;
-        let _ = started.send(());
-        let admin = starting
-            .await
-            .map_err(|e| StartError::Admin(e.to_string()))?;
+        let mut first_wait = waiting_tx.subscribe();
+        let (identity, admin) = {
+            let boot = identity::bootstrap(
+                &config.control_plane,
+                Arc::new(bundle),
+                &metrics,
+                &waiting_tx,
+            );
+            tokio::pin!(boot);
+            tokio::select! {
+                r = &mut boot => (r, admin),
+                _ = first_wait.changed() => {
+                    let (started, started_rx) = tokio::sync::oneshot::channel();
+                    let starting = tokio::spawn(admin::serve_starting(admin, waiting, started_rx));
+                    let r = (&mut boot).await;
+                    let _ = started.send(());
+                    let admin = starting
+                        .await
+                        .map_err(|e| StartError::Admin(e.to_string()))?;
+                    (r, admin)
+                }
+            }
+        };
         let identity = identity?;
         let (stop, stop_rx) = watch::channel(false);
         let (drain_requested, _) = watch::channel(false);
