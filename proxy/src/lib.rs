@@ -294,6 +294,7 @@ impl Proxy {
             budgets: retry::Budgets::default(),
             limiter: limiter.clone(),
             probe_paths,
+            namespace: own_namespace(&identity.svid().id),
         });
         tasks.push(tokio::spawn(forget_removed(
             ctx.clone(),
@@ -404,6 +405,13 @@ impl Proxy {
         let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
         info!("proxy stopped");
     }
+}
+
+/// The namespace of `spiffe://td/ns/<namespace>/sa/<account>`.
+fn own_namespace(id: &weft_certs::SpiffeId) -> Option<Arc<str>> {
+    let rest = id.path().strip_prefix("/ns/")?;
+    let ns = rest.split('/').next()?;
+    (!ns.is_empty()).then(|| Arc::from(ns))
 }
 
 /// Drops what the data path learned about services and routes once a new configuration no

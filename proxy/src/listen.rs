@@ -194,6 +194,9 @@ pub struct Ctx {
     pub limiter: Arc<crate::authz::ratelimit::RateLimiter>,
     /// `--probe-paths`: (application port, normalized path).
     pub probe_paths: Vec<(u16, String)>,
+    /// This workload's namespace (from its SPIFFE ID): what a one-label host (`api`, as an
+    /// application in a Kubernetes namespace calls a neighbour) is looked up in.
+    pub namespace: Option<Arc<str>>,
 }
 
 impl Ctx {

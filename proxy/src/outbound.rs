@@ -46,6 +46,10 @@ enum Mode {
     Direct(Arc<Plan>),
     /// An `--upstream` port: every request to this authority.
     Fixed(Arc<str>),
+    /// A redirected connection to an address that is no mesh endpoint (in Kubernetes, a
+    /// Service's cluster IP): by authority when it names a mesh service (a one-label host in
+    /// this workload's namespace), else on to this original destination as it was.
+    Original(SocketAddr),
 }
 
 /// Handles one connection accepted on the main outbound listener.
@@ -68,7 +72,13 @@ pub async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, _peer: SocketAddr) {
 async fn transparent(ctx: Arc<Ctx>, tcp: TcpStream, dst: SocketAddr) {
     let config = ctx.snapshot();
     let Some((service, mut endpoint)) = plan::endpoint_by_ip(&config, dst.ip()) else {
-        return passthrough_tcp(&ctx, tcp, &dst.to_string()).await;
+        // HTTP is routed by its authority (the mesh's routes, splits and mTLS apply to
+        // `http://api.shop` however it was resolved); anything else passes through.
+        return match detect(&tcp, ctx.settings.detect_timeout).await {
+            Ok(Detected::Http1) => serve_http(ctx, tcp, Http::Http1, Mode::Original(dst)).await,
+            Ok(Detected::Http2) => serve_http(ctx, tcp, Http::Http2, Mode::Original(dst)).await,
+            _ => passthrough_tcp(&ctx, tcp, &dst.to_string()).await,
+        };
     };
     if dst.port() != endpoint.address.port()
         && endpoint
@@ -266,7 +276,10 @@ async fn route(
         // request goes, so its size is paid on every request (docs/benchmarks.md).
         return Box::pin(connect_tunnel(ctx, &config, authority, req, outcome)).await;
     }
-    let target = plan::target_for(&config, authority);
+    let target = plan::target_for(&config, authority).or_else(|| match (mode, &ctx.namespace) {
+        (Mode::Original(_), Some(ns)) => short_name_target(&config, authority, ns),
+        _ => None,
+    });
     let facts = RequestFacts {
         method: req.method().as_str(),
         path: req.uri().path(),
@@ -280,7 +293,7 @@ async fn route(
         }
         (None, Mode::Direct(plan)) => Some(Ok(Cow::Borrowed(&**plan))),
         (None, Mode::Fixed(_)) => Some(Err(ProxyError::NoRoute(authority.to_owned()))),
-        (None, Mode::Proxy) => None,
+        (None, Mode::Proxy | Mode::Original(_)) => None,
     };
     match plan {
         Some(plan) => {
@@ -291,9 +304,33 @@ async fn route(
         }
         None => {
             ctx.count_request(DIRECTION, authority, false);
-            Box::pin(outside(ctx, authority, req)).await
+            match mode {
+                // Where the application was going, whatever its Host says.
+                Mode::Original(dst) => Box::pin(outside(ctx, &dst.to_string(), req)).await,
+                _ => Box::pin(outside(ctx, authority, req)).await,
+            }
         }
     }
+}
+
+/// `api` or `api:8080` (no dot): the service `api` in `namespace`.
+fn short_name_target(
+    config: &crate::resources::MeshConfig,
+    authority: &str,
+    namespace: &str,
+) -> Option<plan::Target> {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    if host.is_empty() || host.contains('.') || host.contains('[') {
+        return None;
+    }
+    let qualified = match port {
+        Some(p) => format!("{host}.{namespace}:{p}"),
+        None => format!("{host}.{namespace}"),
+    };
+    plan::target_for(config, &qualified)
 }
 
 /// Sends a request as the plan says: upgrades on their own HTTP/1.1 connection, everything

@@ -32,6 +32,9 @@ const APP_PORTS: [u16; 2] = [8080, 9090];
 /// rules.
 const EXT_PORT: u16 = 7070;
 const EXT_SKIPPED: u16 = 7071;
+/// An address in front of the other service that is no mesh endpoint (as a Kubernetes
+/// Service's cluster IP is).
+const CLUSTER_IP: &str = "10.231.0.9";
 /// The meshed client's local port in the other pod (its proxy's `--upstream`).
 const CLIENT_UPSTREAM: u16 = 15001;
 
@@ -95,6 +98,17 @@ fn a_pods_traffic_goes_through_its_proxy_and_init_is_idempotent_and_undoable() {
         ]);
         sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
     }
+    // An address of the other pod's that no endpoint registers: a Service's cluster IP.
+    sh(&[
+        "ip",
+        "-n",
+        &other,
+        "addr",
+        "add",
+        &format!("{CLUSTER_IP}/24"),
+        "dev",
+        &b,
+    ]);
     let out = Command::new("ip")
         .args(["netns", "exec", &pod])
         .arg(std::env::current_exe().unwrap())
@@ -146,7 +160,7 @@ async fn echo(listen: SocketAddr) {
 }
 
 /// One GET; `Err` with what went wrong.
-async fn get(addr: &str, path: &str) -> Result<String, String> {
+async fn get(addr: &str, path: &str, host: &str) -> Result<String, String> {
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
@@ -156,7 +170,7 @@ async fn get(addr: &str, path: &str) -> Result<String, String> {
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let req = hyper::Request::get(path)
-            .header("host", addr)
+            .header("host", host)
             .body(Empty::<Bytes>::new())
             .unwrap();
         let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
@@ -198,7 +212,9 @@ async fn helper() {
         }
         "get" => {
             let path = std::env::var("WEFT_HELPER_PATH").unwrap_or_else(|_| "/".into());
-            match get(&std::env::var("WEFT_HELPER_ADDR").unwrap(), &path).await {
+            let addr = std::env::var("WEFT_HELPER_ADDR").unwrap();
+            let host = std::env::var("WEFT_HELPER_HOST").unwrap_or_else(|_| addr.clone());
+            match get(&addr, &path, &host).await {
                 Ok(body) => println!("RESULT ok {body}"),
                 Err(e) => println!("RESULT err {e}"),
             }
@@ -255,6 +271,11 @@ fn get_from_other(addr: &str) -> Result<String, String> {
 
 /// GET from inside the pod, as `uid` (a helper process, so the uid is its own).
 fn get_in_pod_as(uid: u32, addr: &str) -> Result<String, String> {
+    get_in_pod_with_host(uid, addr, addr)
+}
+
+/// The same with another Host header (what an application that resolved a name sends).
+fn get_in_pod_with_host(uid: u32, addr: &str, host: &str) -> Result<String, String> {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("setpriv")
         .args([
@@ -267,6 +288,7 @@ fn get_in_pod_as(uid: u32, addr: &str) -> Result<String, String> {
         .args(["--ignored", "--exact", "helper", "--nocapture"])
         .env("WEFT_HELPER", "get")
         .env("WEFT_HELPER_ADDR", addr)
+        .env("WEFT_HELPER_HOST", host)
         .output()
         .unwrap();
     result(&out)
@@ -542,6 +564,26 @@ async fn inside_the_pod() {
     )
     .await;
     assert_eq!(out, format!("7070 {api_id} 127.0.0.1"));
+    // To an address that is no endpoint (a cluster IP), HTTP is routed by its Host: a mesh
+    // service's name (qualified, or one label in the pod's own namespace) goes over mTLS to
+    // that service; any other host goes on, as it was, to where the application was going.
+    let cluster = format!("{CLUSTER_IP}:{EXT_PORT}");
+    for host in [
+        "ext.default:7070",
+        "ext.default.svc.cluster.local:7070",
+        "ext:7070",
+    ] {
+        assert_eq!(
+            get_in_pod_with_host(0, &cluster, host),
+            Ok(format!("7070 {api_id} 127.0.0.1")),
+            "Host {host}"
+        );
+    }
+    assert_eq!(
+        get_in_pod_with_host(0, &cluster, "elsewhere.example"),
+        Ok(format!("7070 none {POD_IP}"))
+    );
+
     // The proxy's own uid bypasses it, and so does a skipped port.
     assert_eq!(
         get_in_pod_as(2102, &format!("{OTHER_IP}:{EXT_PORT}")).unwrap(),
