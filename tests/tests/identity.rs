@@ -1129,3 +1129,25 @@ async fn external_intermediate_as_the_ca() {
         "{err}"
     );
 }
+
+/// SIGHUP (a closed terminal, an operator expecting a reload) does not end the control plane.
+#[tokio::test]
+async fn sighup_is_logged_and_the_control_plane_keeps_serving() {
+    let ca = TestCa::init(TD).await.unwrap();
+    let cp = ControlPlaneProcess::start(&ca.path(), &[]).await.unwrap();
+    let pid = cp.pid().unwrap().to_string();
+    for _ in 0..2 {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    cp.wait_for_log("SIGHUP").await.unwrap();
+    assert_eq!(http_get(&cp.admin_addr, "/ready").await.unwrap().0, 200);
+    let token = ca.token(WEB, "10m").await.unwrap();
+    let got = certify(&cp.grpc_addr, ca.bundle(), WEB, &token)
+        .await
+        .unwrap();
+    assert_eq!(got.svid.id, id(WEB));
+}

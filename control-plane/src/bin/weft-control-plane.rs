@@ -151,6 +151,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Before anything starts: from here on SIGHUP cannot end the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let server_names = if args.server_names.is_empty() {
         Config::DEFAULT_SERVER_NAMES
             .iter()
@@ -216,22 +218,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let injector = Injector::start(config, cp.metrics(), stopped).await?;
         tracing::info!(addr = %injector.addr, "injector started");
     }
-    shutdown_signal().await;
+    shutdown_signal(hup).await;
     tracing::info!("shutting down");
     stop_injector.send_replace(true);
     cp.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. SIGHUP, whose default action would end the process (a
+/// terminal closing, an operator expecting a reload), is logged and otherwise ignored:
+/// nothing is reloaded on a signal (the injector's certificate reloads when its files change).
+async fn shutdown_signal(mut hup: Option<tokio::signal::unix::Signal>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: nothing to reload on a signal (the injector's certificate reloads when its files change); still serving");
+            }
+        }
     }
 }
 
