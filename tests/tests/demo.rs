@@ -189,3 +189,78 @@ async fn an_unreachable_etcd_is_named_before_anything_starts() {
     assert!(stderr.contains("leave out --etcd"), "{stderr}");
     assert!(!stderr.contains("==> weft-control-plane"), "{stderr}");
 }
+
+/// The state letter of `/proc/<pid>/stat`, or `None` once the process is gone.
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The pids whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(") ")?.1.to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn demo_killed_with_sigkill_leaves_nothing_running() {
+    let mut demo = Command::new(bin("weftctl"))
+        .args([
+            "demo",
+            "--duration",
+            "120s",
+            "--base-port",
+            "0",
+            "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = demo.id().unwrap();
+    // The control plane and the four proxies are up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let started = loop {
+        let kids = children(pid);
+        if kids.len() >= 5 {
+            break kids;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the demo started {} children",
+            kids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    demo.start_kill().unwrap();
+    let _ = demo.wait().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let alive: Vec<u32> = started
+            .iter()
+            .copied()
+            .filter(|p| state(*p).is_some_and(|s| s != 'Z'))
+            .collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running after weftctl was killed: {alive:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -157,7 +157,11 @@ impl Child {
             .stderr(err)
             // Its own process group: a terminal's Ctrl-C goes to weftctl alone, which stops
             // the children in order.
-            .process_group(0);
+            .process_group(0)
+            // And if weftctl dies without stopping them (SIGKILL), they stop themselves: the
+            // child asks for SIGTERM on its parent's death. weftctl's runtime is one thread,
+            // the main one, which spawns them and lives as long as the demo.
+            .env("WEFT_EXIT_WITH_PARENT", std::process::id().to_string());
         let child = tokio::process::Command::from(cmd)
             .kill_on_drop(true)
             .spawn()

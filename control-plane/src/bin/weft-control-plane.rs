@@ -129,6 +129,7 @@ fn parse_svid_ttl(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    exit_with_parent();
     let args = Args::parse();
     init_tracing(&args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -147,6 +148,25 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `WEFT_EXIT_WITH_PARENT=<pid>` (set by `weftctl demo` on its children): SIGTERM this process
+/// when its parent dies, even by SIGKILL, so nothing is left running. The signal follows the
+/// parent's spawning thread; the demo spawns from its main thread. If the parent is already
+/// gone (reparented before the request took effect), exit now.
+fn exit_with_parent() {
+    let Some(expected) = std::env::var("WEFT_EXIT_WITH_PARENT")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+    if set_parent_process_death_signal(Some(Signal::TERM)).is_ok()
+        && getppid().map(|p| p.as_raw_pid()) != Some(expected)
+    {
+        std::process::exit(0);
     }
 }
 

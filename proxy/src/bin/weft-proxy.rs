@@ -220,6 +220,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    exit_with_parent();
     use clap::{CommandFactory as _, FromArgMatches as _};
     let parsed = Cli::command()
         .try_get_matches()
@@ -366,6 +367,25 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     proxy.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// `WEFT_EXIT_WITH_PARENT=<pid>` (set by `weftctl demo` on its children): SIGTERM this process
+/// when its parent dies, even by SIGKILL, so nothing is left running. The signal follows the
+/// parent's spawning thread; the demo spawns from its main thread. If the parent is already
+/// gone (reparented before the request took effect), exit now.
+fn exit_with_parent() {
+    let Some(expected) = std::env::var("WEFT_EXIT_WITH_PARENT")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+    if set_parent_process_death_signal(Some(Signal::TERM)).is_ok()
+        && getppid().map(|p| p.as_raw_pid()) != Some(expected)
+    {
+        std::process::exit(0);
+    }
 }
 
 fn wait_ready(w: &WaitReadyArgs) -> ExitCode {
