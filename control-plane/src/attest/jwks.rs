@@ -115,6 +115,7 @@ pub async fn refresh(verifier: Arc<K8sVerifier>, mut shutdown: watch::Receiver<b
     };
     let mut failures = 0u32;
     loop {
+        let fetched_at = tokio::time::Instant::now();
         let wait = match fetch(&url, &ca, token_file.as_deref()).await {
             Ok(body) => match verifier.replace_keys(&body) {
                 Ok(n) => {
@@ -139,9 +140,9 @@ pub async fn refresh(verifier: Arc<K8sVerifier>, mut shutdown: watch::Receiver<b
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = verifier.unknown_key.notified() => {
-                // A token named a key we lack: fetch soon, but not more often than MIN_GAP.
+                // A token named a key we lack: fetch now, but not more often than MIN_GAP.
                 tokio::select! {
-                    () = tokio::time::sleep(MIN_GAP) => {}
+                    () = tokio::time::sleep_until(fetched_at + MIN_GAP) => {}
                     _ = shutdown.changed() => return,
                 }
             }
