@@ -518,3 +518,60 @@ async fn sigterm_while_waiting_for_the_control_plane_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// `Max open files` of a process: (soft, hard).
+fn open_files_limit(pid: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_open_files_soft_limit_is_raised_to_the_hard_limit_at_start() {
+    let (_, hard) = open_files_limit("self");
+    assert_ne!(hard, "1024", "this test needs a hard limit above 1024");
+    let ca = weft_tests::TestCa::init(TD).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "x").unwrap();
+    // Started with a soft limit of 1024 (as many systems default to); no control plane is
+    // needed: the proxy waits for it, and the limit is raised before.
+    let mut proxy = tokio::process::Command::new("prlimit")
+        .arg(format!("--nofile=1024:{hard}"))
+        .arg(weft_tests::bin("weft-proxy"))
+        .args(["run", "--control-plane", "127.0.0.1:1"])
+        .arg("--trust-bundle")
+        .arg(ca.bundle_file())
+        .arg("--token-file")
+        .arg(dir.path().join("token"))
+        .args(["--admin", "127.0.0.1:0", "--outbound", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = proxy.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let said = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("open files soft limit raised") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .unwrap();
+    assert!(
+        said.contains("from=1024") && said.contains(&format!("to={hard}")),
+        "{said}"
+    );
+    let pid = proxy.id().unwrap().to_string();
+    assert_eq!(open_files_limit(&pid), (hard.clone(), hard));
+}

@@ -132,6 +132,7 @@ fn main() -> ExitCode {
     exit_with_parent();
     let args = Args::parse();
     init_tracing(&args.log_format);
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,6 +168,29 @@ fn exit_with_parent() {
         && getppid().map(|p| p.as_raw_pid()) != Some(expected)
     {
         std::process::exit(0);
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit (a busy proxy holds a socket per
+/// connection; 1,024, a common default, caps it), and says so.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::info!(
+                from = soft,
+                to = hard,
+                "open files soft limit raised to the hard limit"
+            ),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "open files soft limit not raised"),
+        }
     }
 }
 

@@ -272,8 +272,13 @@ fn main() -> ExitCode {
     use tracing_subscriber::util::SubscriberInitExt as _;
     let registry = tracing_subscriber::registry().with(filter);
     match args.log_format {
+        // Colours only on a terminal: `kubectl logs` and files get plain text.
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .init(),
         LogFormat::Json => registry
             .with(
@@ -283,6 +288,7 @@ fn main() -> ExitCode {
             )
             .init(),
     }
+    raise_open_files_limit();
     // One core (the default) runs everything on one thread: a sidecar has less than a core of
     // work, and a second worker only adds wake-ups (futexes, work stealing) per request.
     let runtime = match args.cores {
@@ -385,6 +391,29 @@ fn exit_with_parent() {
         && getppid().map(|p| p.as_raw_pid()) != Some(expected)
     {
         std::process::exit(0);
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit (a busy proxy holds a socket per
+/// connection; 1,024, a common default, caps it), and says so.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::info!(
+                from = soft,
+                to = hard,
+                "open files soft limit raised to the hard limit"
+            ),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "open files soft limit not raised"),
+        }
     }
 }
 
