@@ -15,13 +15,12 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, Namespace, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, Secret, SecretProjection, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, Secret,
+    SecretProjection, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeProjection, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
@@ -101,25 +100,6 @@ fn requirement(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement
         key: key.into(),
         operator: op.into(),
         values: Some(values.iter().map(|v| (*v).to_owned()).collect()),
-    }
-}
-
-fn restricted() -> SecurityContext {
-    SecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(CP_UID),
-        run_as_group: Some(CP_UID),
-        read_only_root_filesystem: Some(true),
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 
@@ -487,7 +467,7 @@ pub fn render(i: &Install) -> anyhow::Result<String> {
             limits: Some(quantities(&[("memory", "512Mi")])),
             ..Default::default()
         }),
-        security_context: Some(restricted()),
+        security_context: Some(weft_inject::restricted(CP_UID)),
         volume_mounts: Some(mounts),
         ..Default::default()
     };
@@ -690,7 +670,7 @@ fn etcd(image: &str) -> Vec<anyhow::Result<serde_json::Value>> {
         }),
         security_context: Some(SecurityContext {
             read_only_root_filesystem: Some(false),
-            ..restricted()
+            ..weft_inject::restricted(CP_UID)
         }),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".into(),

@@ -42,6 +42,28 @@ pub(crate) struct PodFacts {
     pub labels: Vec<(String, String)>,
 }
 
+/// A container that runs as `uid` (and its group), non-root, on a read-only root filesystem,
+/// with no capabilities and the runtime's default seccomp profile: what Pod Security's
+/// `restricted` level asks. The control plane's manifests use it too.
+pub fn restricted(uid: i64) -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -146,18 +168,13 @@ pub(crate) fn init_container(cfg: &InjectConfig, o: &Overrides, facts: &PodFacts
         // writable /run.
         security_context: Some(SecurityContext {
             run_as_user: Some(0),
+            run_as_group: None,
             run_as_non_root: Some(false),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
                 add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
                 drop: Some(vec!["ALL".into()]),
             }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
+            ..restricted(0)
         }),
         volume_mounts: Some(vec![VolumeMount {
             name: RUN_VOLUME.into(),
@@ -269,22 +286,7 @@ pub(crate) fn proxy_container(
             ..Default::default()
         }),
         resources: Some(resources(("10m", "20Mi", "64Mi"), o)),
-        security_context: Some(SecurityContext {
-            run_as_user: Some(i64::from(names::PROXY_UID)),
-            run_as_group: Some(i64::from(names::PROXY_UID)),
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(restricted(i64::from(names::PROXY_UID))),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: TOKEN_VOLUME.into(),

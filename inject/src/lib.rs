@@ -21,6 +21,7 @@ use std::fmt;
 use serde_json::Value;
 
 pub use config::{InjectConfig, VERSION};
+pub use containers::restricted;
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]

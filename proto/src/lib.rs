@@ -9,6 +9,7 @@
 pub mod client;
 pub mod codec;
 pub mod model;
+pub mod process;
 
 /// `weft.identity.v1`: the certificate service.
 pub mod identity {

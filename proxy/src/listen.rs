@@ -116,7 +116,6 @@ impl App {
     }
 }
 
-/// Everything a connection handler reads.
 /// The application's ports on 127.0.0.1, each with its connection pools, made on first use.
 #[derive(Debug)]
 pub struct AppPorts {
@@ -143,7 +142,7 @@ impl AppPorts {
         }
     }
 
-    /// Whether there is an application to serve at all (a default port, or redirection).
+    /// `--app-port`'s application: where connections that were not redirected go.
     pub fn default_app(&self) -> Option<Arc<App>> {
         self.default.clone()
     }
@@ -173,6 +172,7 @@ impl AppPorts {
     }
 }
 
+/// Everything a connection handler reads.
 #[derive(Debug)]
 pub struct Ctx {
     pub config: watch::Receiver<Arc<MeshConfig>>,

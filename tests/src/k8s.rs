@@ -51,6 +51,61 @@ pub fn validate_strict(name: &str, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A cluster's service-account signing key (ES256), as the API server holds one: its JWK for
+/// the JWKS, and the tokens `kubectl create token SA -n NS --audience weft` would print.
+pub struct ServiceAccountKey {
+    kid: String,
+    jwk: serde_json::Value,
+    key: jsonwebtoken::EncodingKey,
+}
+
+impl std::fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountKey")
+            .field("kid", &self.kid)
+            .finish()
+    }
+}
+
+impl ServiceAccountKey {
+    pub fn new(kid: &str) -> Self {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = key.public_key_raw(); // 0x04 || x || y
+        Self {
+            kid: kid.into(),
+            jwk: serde_json::json!({
+                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+                "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
+            }),
+            key: jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+        }
+    }
+
+    /// A JWKS document with these keys.
+    pub fn jwks(keys: &[&ServiceAccountKey]) -> String {
+        serde_json::json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
+            .to_string()
+    }
+
+    /// A projected token for `ns/sa`, audience `weft`, from `issuer`, valid 10 minutes.
+    pub fn token(&self, issuer: &str, ns: &str, sa: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({
+            "aud": ["weft"], "iss": issuer, "exp": now + 600, "iat": now, "nbf": now,
+            "sub": format!("system:serviceaccount:{ns}:{sa}"),
+            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": "u1"}},
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,53 +6,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http_body_util::Full;
 use hyper::body::Bytes;
+use weft_tests::k8s::ServiceAccountKey;
 use weft_tests::{ControlPlaneProcess, TestCa, certify, poll};
 
 const TD: &str = "mesh.test";
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const BEARER: &str = "the-control-planes-own-sa-token";
-
-struct SigningKey {
-    kid: String,
-    jwk: serde_json::Value,
-    key: jsonwebtoken::EncodingKey,
-}
-
-impl SigningKey {
-    fn new(kid: &str) -> Self {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let raw = key.public_key_raw();
-        Self {
-            kid: kid.into(),
-            jwk: serde_json::json!({
-                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
-                "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
-            }),
-            key: jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
-        }
-    }
-
-    fn token(&self, ns: &str, sa: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = serde_json::json!({
-            "aud": ["weft"], "iss": ISSUER, "exp": now + 600, "iat": now, "nbf": now,
-            "sub": format!("system:serviceaccount:{ns}:{sa}"),
-            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": "u1"}},
-        });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
-    }
-}
 
 /// What the fake API server serves: a JWKS body (or a 500 when `None`), and every
 /// Authorization header it saw.
@@ -123,17 +86,13 @@ async fn api_server(state: Arc<Mutex<ApiState>>, dir: &std::path::Path) -> u16 {
     port
 }
 
-fn jwks(keys: &[&SigningKey]) -> String {
-    serde_json::json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}).to_string()
-}
-
 #[tokio::test]
 async fn a_fetched_jwks_attests_service_account_tokens_and_follows_rotation() {
     let ca = TestCa::init(TD).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let first = SigningKey::new("k1");
+    let first = ServiceAccountKey::new("k1");
     let state = Arc::new(Mutex::new(ApiState {
-        jwks: Some(jwks(&[&first])),
+        jwks: Some(ServiceAccountKey::jwks(&[&first])),
         ..ApiState::default()
     }));
     let port = api_server(state.clone(), dir.path()).await;
@@ -168,7 +127,7 @@ async fn a_fetched_jwks_attests_service_account_tokens_and_follows_rotation() {
         &cp.grpc_addr,
         ca.bundle(),
         web,
-        &first.token("default", "web"),
+        &first.token(ISSUER, "default", "web"),
     )
     .await
     .unwrap();
@@ -176,9 +135,9 @@ async fn a_fetched_jwks_attests_service_account_tokens_and_follows_rotation() {
 
     // The API server rotates its key: a token naming the new key id triggers a fetch, and a
     // retry (as a proxy's backoff would) succeeds.
-    let second = SigningKey::new("k2");
-    state.lock().unwrap().jwks = Some(jwks(&[&first, &second]));
-    let token = second.token("default", "web");
+    let second = ServiceAccountKey::new("k2");
+    state.lock().unwrap().jwks = Some(ServiceAccountKey::jwks(&[&first, &second]));
+    let token = second.token(ISSUER, "default", "web");
     let err = certify(&cp.grpc_addr, ca.bundle(), web, &token)
         .await
         .unwrap_err()
@@ -198,12 +157,12 @@ async fn a_fetched_jwks_attests_service_account_tokens_and_follows_rotation() {
 
     // The server fails: the last good keys stay, with a warning.
     state.lock().unwrap().jwks = None;
-    let third = SigningKey::new("k3");
+    let third = ServiceAccountKey::new("k3");
     let _ = certify(
         &cp.grpc_addr,
         ca.bundle(),
         web,
-        &third.token("default", "web"),
+        &third.token(ISSUER, "default", "web"),
     )
     .await;
     poll(Duration::from_secs(20), || {
@@ -217,7 +176,7 @@ async fn a_fetched_jwks_attests_service_account_tokens_and_follows_rotation() {
         &cp.grpc_addr,
         ca.bundle(),
         web,
-        &first.token("default", "web"),
+        &first.token(ISSUER, "default", "web"),
     )
     .await
     .unwrap();

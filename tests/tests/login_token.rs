@@ -4,53 +4,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use weft_tests::ctl::Ctl;
+use weft_tests::k8s::ServiceAccountKey;
 use weft_tests::{ControlPlaneProcess, TestCa};
 
 const TD: &str = "mesh.test";
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const SERVICE: &str = "apiVersion: weft.io/v1alpha1\nkind: Service\nmetadata: {namespace: default, name: api}\nspec:\n  ports: [{name: http, port: 80, protocol: http1}]\n";
-
-/// A cluster's service-account token signer and its JWKS file.
-struct Cluster {
-    key: jsonwebtoken::EncodingKey,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let raw = key.public_key_raw();
-        let jwks = serde_json::json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": "sa-key",
-            "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
-        }]});
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).unwrap();
-        let key = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
-        Self { key, dir }
-    }
-
-    /// What `kubectl create token SA -n NS --audience weft` prints.
-    fn token(&self, ns: &str, sa: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = serde_json::json!({
-            "aud": ["weft"], "iss": ISSUER, "exp": now + 600, "iat": now, "nbf": now,
-            "sub": format!("system:serviceaccount:{ns}:{sa}"),
-            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": "u"}},
-        });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.kid = Some("sa-key".into());
-        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
-    }
-}
 
 async fn login(ctl: &Ctl, cp: &ControlPlaneProcess, ca: &TestCa, token: &str) -> String {
     let token_file = ctl.file("token", token).unwrap();
@@ -70,8 +31,10 @@ async fn login(ctl: &Ctl, cp: &ControlPlaneProcess, ca: &TestCa, token: &str) ->
 #[tokio::test]
 async fn a_token_logs_in_without_the_ca_key_and_only_admins_change_config() {
     let ca = TestCa::init(TD).await.unwrap();
-    let cluster = Cluster::new();
-    let jwks = cluster.dir.path().join("jwks.json");
+    let cluster = ServiceAccountKey::new("sa-key");
+    let jwks_dir = tempfile::tempdir().unwrap();
+    let jwks = jwks_dir.path().join("jwks.json");
+    std::fs::write(&jwks, ServiceAccountKey::jwks(&[&cluster])).unwrap();
     let cp = ControlPlaneProcess::start(
         &ca.path(),
         &[
@@ -108,7 +71,13 @@ async fn a_token_logs_in_without_the_ca_key_and_only_admins_change_config() {
 
     // `kubectl create token weft-admin -n weft-system --audience weft`: the same.
     let ctl = Ctl::logged_out().unwrap();
-    let said = login(&ctl, &cp, &ca, &cluster.token("weft-system", "weft-admin")).await;
+    let said = login(
+        &ctl,
+        &cp,
+        &ca,
+        &cluster.token(ISSUER, "weft-system", "weft-admin"),
+    )
+    .await;
     assert!(
         said.contains(&format!("as {admin}")) && !said.contains("warning"),
         "{said}"
@@ -119,7 +88,7 @@ async fn a_token_logs_in_without_the_ca_key_and_only_admins_change_config() {
     // Another service account logs in (it is a mesh identity), is told it is no admin, and
     // its config changes are refused with a message that says why.
     let ctl = Ctl::logged_out().unwrap();
-    let said = login(&ctl, &cp, &ca, &cluster.token("default", "web")).await;
+    let said = login(&ctl, &cp, &ca, &cluster.token(ISSUER, "default", "web")).await;
     let web = format!("spiffe://{TD}/ns/default/sa/web");
     assert!(said.contains(&format!("as {web}")), "{said}");
     assert!(

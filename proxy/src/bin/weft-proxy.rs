@@ -220,7 +220,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    exit_with_parent();
+    weft_proto::process::exit_with_parent();
     use clap::{CommandFactory as _, FromArgMatches as _};
     let parsed = Cli::command()
         .try_get_matches()
@@ -288,7 +288,7 @@ fn main() -> ExitCode {
             )
             .init(),
     }
-    raise_open_files_limit();
+    weft_proto::process::raise_open_files_limit_and_log();
     // One core (the default) runs everything on one thread: a sidecar has less than a core of
     // work, and a second worker only adds wake-ups (futexes, work stealing) per request.
     let runtime = match args.cores {
@@ -373,48 +373,6 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     proxy.shutdown().await;
     ExitCode::SUCCESS
-}
-
-/// `WEFT_EXIT_WITH_PARENT=<pid>` (set by `weftctl demo` on its children): SIGTERM this process
-/// when its parent dies, even by SIGKILL, so nothing is left running. The signal follows the
-/// parent's spawning thread; the demo spawns from its main thread. If the parent is already
-/// gone (reparented before the request took effect), exit now.
-fn exit_with_parent() {
-    let Some(expected) = std::env::var("WEFT_EXIT_WITH_PARENT")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
-        return;
-    };
-    use rustix::process::{Signal, getppid, set_parent_process_death_signal};
-    if set_parent_process_death_signal(Some(Signal::TERM)).is_ok()
-        && getppid().map(|p| p.as_raw_pid()) != Some(expected)
-    {
-        std::process::exit(0);
-    }
-}
-
-/// Raises the open-files soft limit to the hard limit (a busy proxy holds a socket per
-/// connection; 1,024, a common default, caps it), and says so.
-fn raise_open_files_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
-        && soft < hard
-    {
-        let raised = Rlimit {
-            current: Some(hard),
-            maximum: Some(hard),
-        };
-        match setrlimit(Resource::Nofile, raised) {
-            Ok(()) => tracing::info!(
-                from = soft,
-                to = hard,
-                "open files soft limit raised to the hard limit"
-            ),
-            Err(e) => tracing::warn!(soft, hard, error = %e, "open files soft limit not raised"),
-        }
-    }
 }
 
 fn wait_ready(w: &WaitReadyArgs) -> ExitCode {
