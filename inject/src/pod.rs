@@ -57,7 +57,7 @@ pub(crate) fn inject(
         return skip;
     }
     let meta = obj(template, "metadata");
-    let labels = obj(template, "metadata").and_then(|m| m.get("labels")?.as_object());
+    let labels = meta.and_then(|m| m.get("labels")?.as_object());
     let annotations = meta.and_then(|m| m.get("annotations")?.as_object());
     let overrides = Overrides::read(annotations, warnings);
     let Some(spec) = obj(template, "spec") else {
