@@ -45,18 +45,25 @@ pub struct AdminState {
     pub probe_paths: Vec<(u16, String)>,
 }
 
+/// The next connection; a failed accept (EMFILE and friends) is retried after a pause
+/// rather than spun on.
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                debug!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` flips.
 pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = accept(&listener) => c,
             _ = shutdown.changed() => return,
         };
         let state = state.clone();
@@ -98,14 +105,7 @@ pub async fn serve_starting(
     tokio::pin!(done);
     loop {
         let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = accept(&listener) => c,
             _ = &mut done => return listener,
         };
         let waiting = waiting.clone();
