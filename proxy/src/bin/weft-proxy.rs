@@ -311,6 +311,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
+    // One listener for the whole run: a SIGTERM that arrives while start hands over to
+    // serving must not fall between two listeners and be lost.
+    let mut stop = StopSignals::new();
     let node_id = args.node_id.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
@@ -355,7 +358,7 @@ async fn run(args: RunArgs) -> ExitCode {
     // ordinary stop (exit 0: nothing was served, nothing failed).
     let started = tokio::select! {
         r = Proxy::start(config) => r,
-        () = terminated() => {
+        () = stop.recv() => {
             tracing::info!("stopped before the first certificate");
             return ExitCode::SUCCESS;
         }
@@ -368,7 +371,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     tokio::select! {
-        () = terminated() => {}
+        () = stop.recv() => {}
         () = proxy.shutdown_requested() => {}
     }
     proxy.shutdown().await;
@@ -421,17 +424,34 @@ fn one_line(text: &str) -> String {
     out
 }
 
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, listened for from the moment this is made until the process ends.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT (never, for one that could not be listened to).
+    async fn recv(&mut self) {
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            () = next(&mut self.term) => {}
+            () = next(&mut self.int) => {}
         }
     }
 }
