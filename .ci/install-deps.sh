@@ -15,6 +15,10 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 # REDIRECT rule (tests/tests/transparent.rs).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# chromium: the web dashboard's end-to-end test loads its page in headless Chromium and saves a
+# screenshot (tests/tests/dashboard.rs); fonts-dejavu-core so that screenshot has glyphs.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

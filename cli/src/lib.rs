@@ -9,6 +9,7 @@
 //! - [`install`]: `install`, the manifests of a control plane for Kubernetes.
 //! - [`inject`]: `inject` and `uninject`, the sidecar injector offline.
 //! - [`demo`]: `demo`, a whole mesh on one machine with a live view of it.
+//! - [`dashboard`]: `dashboard`, the mesh at a glance in a browser (from `/metrics` or Prometheus).
 //! - [`scrape`]: reading a proxy's Prometheus `/metrics`.
 //!
 //! Depends on the control plane's library for its document parsing and clients; the control
@@ -18,6 +19,7 @@
 
 pub mod config;
 pub mod context;
+pub mod dashboard;
 pub mod demo;
 pub mod explain;
 pub mod inject;

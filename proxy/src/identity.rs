@@ -75,7 +75,7 @@ impl Identity {
     }
 
     fn replace(&self, svid: Svid, metrics: &Metrics) {
-        metrics.set_cert_expiry(svid.not_after);
+        metrics.set_cert_expiry(svid.id.as_str(), svid.not_after);
         if let Ok(mut s) = self.svid.write() {
             *s = (svid, Instant::now());
         }
@@ -129,7 +129,7 @@ pub async fn bootstrap(
         }
     };
     info!(identity = %svid.id, not_after = ?svid.not_after, "certified");
-    metrics.set_cert_expiry(svid.not_after);
+    metrics.set_cert_expiry(svid.id.as_str(), svid.not_after);
     let (renewed, _) = watch::channel(0);
     Ok(Arc::new(Identity {
         svid: RwLock::new((svid, Instant::now())),

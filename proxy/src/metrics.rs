@@ -17,6 +17,14 @@ pub struct TypeLabels {
     pub r#type: &'static str,
 }
 
+/// Labels of `identity_cert_expiration_timestamp_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    /// The proxy's own SPIFFE ID (its certificate's), so a scraper can tell whose series these
+    /// are (`weftctl dashboard` joins both ends of an edge with it).
+    pub identity: String,
+}
+
 /// Labels of `request_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -96,7 +104,7 @@ pub struct ServiceLabels {
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
-    pub cert_expiration: Gauge,
+    pub cert_expiration: Family<IdentityLabels, Gauge>,
     pub renewals: Counter,
     pub renewal_failures: Counter,
     pub discovery_connected: Gauge,
@@ -141,7 +149,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut m = Metrics {
             registry: Registry::default(),
-            cert_expiration: Gauge::default(),
+            cert_expiration: Family::default(),
             renewals: Counter::default(),
             renewal_failures: Counter::default(),
             discovery_connected: Gauge::default(),
@@ -166,7 +174,7 @@ impl Metrics {
         let r = &mut m.registry;
         r.register(
             "identity_cert_expiration_timestamp_seconds",
-            "When the proxy's current certificate expires (Unix seconds)",
+            "When the proxy's current certificate expires (Unix seconds), labelled with its SPIFFE ID",
             m.cert_expiration.clone(),
         );
         r.register(
@@ -267,12 +275,17 @@ impl Metrics {
         m
     }
 
-    pub fn set_cert_expiry(&self, not_after: SystemTime) {
+    /// Sets `identity_cert_expiration_timestamp_seconds` for the proxy's identity (one series:
+    /// renewals keep the identity).
+    pub fn set_cert_expiry(&self, identity: &str, not_after: SystemTime) {
         let secs = not_after
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         self.cert_expiration
+            .get_or_create(&IdentityLabels {
+                identity: identity.to_owned(),
+            })
             .set(i64::try_from(secs).unwrap_or(i64::MAX));
     }
 

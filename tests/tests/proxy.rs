@@ -129,8 +129,12 @@ async fn a_proxy_certifies_becomes_ready_and_follows_the_configuration() {
     assert!(!certs.contains("PRIVATE KEY"), "{certs}");
     let (_, metrics) = admin_until(&proxy, "/metrics", |s, _| s == 200).await;
     assert!(metrics.contains("discovery_connected 1"), "{metrics}");
+    // Labelled with the proxy's own identity, so a scraper knows whose series these are.
     assert!(
-        metrics.contains("identity_cert_expiration_timestamp_seconds"),
+        metrics.contains(&format!(
+            "identity_cert_expiration_timestamp_seconds{{identity=\"{}\"}}",
+            workload("default", "web")
+        )),
         "{metrics}"
     );
     assert!(!metrics.contains("discovery_nacks_total{"), "{metrics}");

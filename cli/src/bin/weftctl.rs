@@ -192,6 +192,10 @@ enum Command {
     /// A whole mesh on this machine: the control plane, four proxies, demo services with a
     /// 90/10 canary, a traffic generator, and a live view of it (Ctrl-C stops it all).
     Demo(ctl::demo::Args),
+    /// Serve a live web page of the mesh: services, who calls whom (rate, success, mTLS),
+    /// splits, proxy errors, denials, the control plane. Reads the proxies' /metrics or
+    /// Prometheus.
+    Dashboard(ctl::dashboard::Args),
     /// Ask a proxy what it would do with a request: the route rule that matches, backends and
     /// weights, timeouts, retries, and each endpoint with its latency and ejection state.
     Explain {
@@ -537,6 +541,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(ctl::register(&ctx, &r, &mut out))
         }
         Command::Demo(args) => runtime()?.block_on(ctl::demo::run(args)),
+        Command::Dashboard(args) => runtime()?.block_on(ctl::dashboard::run(args)),
         Command::Explain {
             url,
             admin,

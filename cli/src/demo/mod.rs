@@ -63,6 +63,13 @@ pub struct Args {
     /// Keep the work directory (CA, tokens, logs) instead of removing it.
     #[arg(long)]
     pub keep: bool,
+    /// The port of the web dashboard on 127.0.0.1 [default: BASE+2; any free port with
+    /// --base-port 0]; 0: any free port.
+    #[arg(long, conflicts_with = "no_dashboard")]
+    pub dashboard_port: Option<u16>,
+    /// Do not serve the web dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {
@@ -183,6 +190,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(url) = &args.etcd {
         check_etcd(url).await?;
     }
+    let dashboard = match (args.no_dashboard, args.dashboard_port) {
+        (true, _) => None,
+        (false, Some(port)) => Some(port),
+        (false, None) if args.base_port == 0 => Some(0),
+        (false, None) => Some(
+            args.base_port
+                .checked_add(2)
+                .context("--base-port too high")?,
+        ),
+    };
+    let dashboard = match dashboard {
+        Some(port) => Some(crate::dashboard::bind(lo(port)).await.context(
+            "the web dashboard (choose another with --dashboard-port, or --no-dashboard)",
+        )?),
+        None => None,
+    };
 
     let dir = tempfile::Builder::new()
         .prefix("weft-demo.")
@@ -192,6 +215,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         children: Vec::new(),
         tasks: tokio::task::JoinSet::new(),
         etcd_cleanup: None,
+        dashboard,
+        dashboard_url: None,
     };
     // Watched from here on, so an interrupt while starting still stops what has started.
     let mut signal = tokio::spawn(stop_signal());
@@ -227,6 +252,9 @@ struct Demo {
     tasks: tokio::task::JoinSet<()>,
     /// `(etcd URL, key prefix)` to delete at the end.
     etcd_cleanup: Option<(String, String)>,
+    /// The web dashboard's listener, until it is served.
+    dashboard: Option<TcpListener>,
+    dashboard_url: Option<String>,
 }
 
 fn step(what: &str) {
@@ -270,18 +298,42 @@ impl Demo {
             grpc,
             store,
         } = &running;
+        if let Some(listener) = self.dashboard.take() {
+            let url = crate::dashboard::url_of(listener.local_addr()?);
+            // Every proxy's admin address and the control plane's.
+            let mut targets: Vec<String> = admins.iter().map(ToString::to_string).collect();
+            targets.push(lo(ports.cp_admin).to_string());
+            let source = crate::dashboard::scrape_source(&targets, None)?;
+            self.tasks.spawn(async move {
+                if let Err(e) =
+                    crate::dashboard::serve(listener, Box::new(source), Duration::from_secs(2))
+                        .await
+                {
+                    eprintln!("the web dashboard stopped: {e:#}");
+                }
+            });
+            step(&format!("web dashboard: {url}"));
+            self.dashboard_url = Some(url);
+        }
         let web = &ports.members[0];
         let (api_v1, loadgen) = (&ports.members[1], &ports.members[3]);
-        let next = next_steps(weftctl, dir, web, (loadgen.outbound, api_v1.admin));
+        let mut next = next_steps(weftctl, dir, web, (loadgen.outbound, api_v1.admin));
+        if let Some(url) = &self.dashboard_url {
+            next = format!("Web dashboard: {url}\n{next}");
+        }
         let tty = std::io::stdout().is_terminal() && args.duration.is_none();
         if !tty {
             eprintln!("{next}");
         }
         let header = format!(
-            "Weft demo: control plane {grpc} ({store}), 4 proxies, trust domain {TRUST_DOMAIN}. {}",
+            "Weft demo: control plane {grpc} ({store}), 4 proxies, trust domain {TRUST_DOMAIN}. {}{}",
             match args.duration {
                 Some(d) => format!("Stops after {}.", humantime::format_duration(d)),
                 None => "Ctrl-C stops everything.".to_owned(),
+            },
+            match &self.dashboard_url {
+                Some(url) => format!("\nWeb dashboard: {url}"),
+                None => String::new(),
             }
         );
         let view = View {
