@@ -1,10 +1,10 @@
 //! What the dashboard remembers between readings, in memory only: each workload's trend (inbound
-//! rate and success) and every proxy error reason with when it was first and last seen, for the
-//! last [`KEEP`].
+//! rate and success), and every proxy error reason and authorization refusal with when it was
+//! first and last seen, for the last [`KEEP`].
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::mesh::{Mesh, ProxyError};
+use super::mesh::{Decision, Mesh, ProxyError};
 
 /// How far back trends and errors go.
 pub(crate) const KEEP: f64 = 600.0;
@@ -15,6 +15,7 @@ type ErrorKey = (String, String, String, String, String, String);
 pub(crate) struct History {
     trends: BTreeMap<String, VecDeque<(f64, f64, Option<f64>)>>,
     errors: BTreeMap<ErrorKey, ProxyError>,
+    decisions: BTreeMap<(String, String, String, String), Decision>,
 }
 
 fn key(e: &ProxyError) -> ErrorKey {
@@ -74,6 +75,38 @@ impl History {
                 .then(b.rps.total_cmp(&a.rps))
         });
         mesh.errors = errors;
+
+        for d in self.decisions.values_mut() {
+            d.rps = 0.0;
+        }
+        for d in mesh.decisions.drain(..) {
+            if d.rps <= 0.0 {
+                continue;
+            }
+            let k = (
+                d.at.clone(),
+                d.service.clone(),
+                d.decision.clone(),
+                d.policy.clone(),
+            );
+            let first_seen = self.decisions.get(&k).map_or(now, |old| old.first_seen);
+            self.decisions.insert(
+                k,
+                Decision {
+                    first_seen,
+                    last_seen: now,
+                    ..d
+                },
+            );
+        }
+        self.decisions.retain(|_, d| d.last_seen >= cutoff);
+        let mut decisions: Vec<Decision> = self.decisions.values().cloned().collect();
+        decisions.sort_by(|a, b| {
+            b.last_seen
+                .total_cmp(&a.last_seen)
+                .then(b.rps.total_cmp(&a.rps))
+        });
+        mesh.decisions = decisions;
     }
 }
 
@@ -115,13 +148,24 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
-            decisions: vec![],
+            decisions: error_rps
+                .map(|rps| Decision {
+                    at: "api".into(),
+                    service: "a/api".into(),
+                    decision: "deny".into(),
+                    policy: "a/only-web".into(),
+                    rps,
+                    first_seen: 0.0,
+                    last_seen: 0.0,
+                })
+                .into_iter()
+                .collect(),
             control_plane: None,
         }
     }
 
     #[test]
-    fn trends_and_errors_are_kept_for_ten_minutes() {
+    fn trends_errors_and_denials_are_kept_for_ten_minutes() {
         let mut h = History::default();
         let mut m = mesh(1.0, Some(2.0));
         h.record(&mut m, 1000.0);
@@ -141,9 +185,15 @@ mod tests {
             (m.errors.len(), m.errors[0].rps, m.errors[0].last_seen),
             (1, 0.0, 1002.0)
         );
+        let d = &m.decisions;
+        assert_eq!(
+            (d.len(), d[0].rps, d[0].first_seen, d[0].last_seen),
+            (1, 0.0, 1000.0, 1002.0)
+        );
         let mut m = mesh(3.0, Some(0.0));
         h.record(&mut m, 1002.0 + KEEP + 1.0);
         assert!(m.errors.is_empty());
+        assert!(m.decisions.is_empty());
         // The trend's old points went too.
         assert_eq!(m.services[0].trend.len(), 2);
     }

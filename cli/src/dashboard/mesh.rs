@@ -196,6 +196,9 @@ pub(crate) struct Decision {
     /// The deciding policy, or the empty bucket's scope for a rate limit.
     pub(crate) policy: String,
     pub(crate) rps: f64,
+    /// Unix seconds, filled in by the history: when it was first and last seen.
+    pub(crate) first_seen: f64,
+    pub(crate) last_seen: f64,
 }
 
 /// The control plane(s) among the targets.
@@ -581,6 +584,8 @@ pub(crate) fn build(r: &Reading, now: f64) -> Mesh {
                 decision,
                 policy,
                 rps,
+                first_seen: now,
+                last_seen: now,
             })
             .collect(),
         control_plane: has_cp.then_some(cp),

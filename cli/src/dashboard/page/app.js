@@ -132,16 +132,21 @@ function renderGraph(m) {
   for (const s of m.services || []) if (s.kind === 'workload') inGraph.add(s.id);
   const nodes = (m.services || []).filter((s) => inGraph.has(s.id));
   const cols = layout(nodes, edges);
+  const layerOf = {};
+  cols.forEach((c, i) => (c || []).forEach((n) => { layerOf[n.id] = i; }));
+  // Edges that skip a layer arc over the top, so they do not cross the nodes between.
+  const skips = (e) => layerOf[e.to] - layerOf[e.from] > 1;
+  const TOP = edges.some(skips) ? 50 : 0;
   const rows = Math.max(1, ...cols.map((c) => (c || []).length));
   const width = PAD * 2 + cols.length * NODE_W + Math.max(0, cols.length - 1) * COL_GAP;
-  const height = PAD * 2 + rows * NODE_H + (rows - 1) * ROW_GAP + 20;
+  const height = TOP + PAD * 2 + rows * NODE_H + (rows - 1) * ROW_GAP + 20;
   g.setAttribute('viewBox', `0 0 ${width} ${height}`);
   g.setAttribute('width', width);
   g.setAttribute('height', height);
   const pos = {};
   cols.forEach((c, i) => (c || []).forEach((n, j) => {
     const colH = c.length * NODE_H + (c.length - 1) * ROW_GAP;
-    const top = PAD + (rows * NODE_H + (rows - 1) * ROW_GAP - colH) / 2;
+    const top = TOP + PAD + (rows * NODE_H + (rows - 1) * ROW_GAP - colH) / 2;
     pos[n.id] = { x: PAD + i * (NODE_W + COL_GAP), y: top + j * (NODE_H + ROW_GAP) };
   }));
   const defs = svg('defs', {});
@@ -151,21 +156,26 @@ function renderGraph(m) {
   }
   const kids = [defs];
   const maxRps = Math.max(1, ...edges.map((e) => e.traffic.rps));
+  let overN = 0;
   for (const e of edges) {
     const a = pos[e.from], b = pos[e.to];
     if (!a || !b) continue;
     const h = health(e.traffic.success, e.traffic.rps);
     const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x - 1, y2 = b.y + NODE_H / 2;
     const back = x2 <= x1;
+    const over = !back && skips(e);
+    const arcY = PAD / 2;
     const d = back
       ? `M${a.x + NODE_W / 2},${a.y + NODE_H} C${a.x + NODE_W / 2},${a.y + NODE_H + 60} ${b.x + NODE_W / 2},${b.y + NODE_H + 60} ${b.x + NODE_W / 2},${b.y + NODE_H + 2}`
-      : `M${x1},${y1} C${x1 + COL_GAP / 2},${y1} ${x2 - COL_GAP / 2},${y2} ${x2},${y2}`;
+      : over
+        ? `M${a.x + NODE_W / 2},${a.y} C${a.x + NODE_W / 2},${arcY} ${b.x - COL_GAP / 2},${arcY} ${x2},${y2}`
+        : `M${x1},${y1} C${x1 + COL_GAP / 2},${y1} ${x2 - COL_GAP / 2},${y2} ${x2},${y2}`;
     const w = 1.5 + 5 * Math.log1p(e.traffic.rps) / Math.log1p(maxRps);
     const ids = `caller: ${e.client_id || '(not verified by the callee: ' + (e.from === 'unmeshed' ? 'no certificate' : 'not scraped') + ')'}\ncallee: ${e.server_id || '(not verified by the caller)'}`;
     const label = `${rate(e.traffic.rps)} rps · ${pct(e.traffic.success)} · ${e.mtls ? 'mTLS' : 'PLAINTEXT'}`;
     // The label sits on the curve's midpoint, nudged above it; for a fan-out, nearer the caller.
-    const mx = back ? (a.x + b.x + NODE_W) / 2 : x1 + (x2 - x1) * 0.5;
-    const my = back ? Math.max(a.y, b.y) + NODE_H + 50 : (y1 + y2) / 2 - 8;
+    const mx = back ? (a.x + b.x + NODE_W) / 2 : over ? (a.x + NODE_W / 2 + b.x) / 2 : x1 + (x2 - x1) * 0.5;
+    const my = back ? Math.max(a.y, b.y) + NODE_H + 50 : over ? arcY + 10 + 14 * (overN++ % 3) : (y1 + y2) / 2 - 8;
     kids.push(svg('g', {
       class: 'edge ' + h, 'data-from': nameOf(e.from), 'data-to': nameOf(e.to), 'data-mtls': String(e.mtls),
       'data-client-id': e.client_id, 'data-server-id': e.server_id, 'data-rps': e.traffic.rps.toFixed(3),
@@ -259,8 +269,8 @@ function renderErrors(m) {
     td(e.client_id ? nameOf(e.client_id) : '–', null, e.client_id), td(rate(e.rps), 'num'),
     td(clock(e.first_seen)), td(clock(e.last_seen)))), 'None in the last 10 minutes.');
   fill('#decisions', (m.decisions || []).map((d) => el('tr', { 'data-decision': d.decision },
-    td(nameOf(d.at)), td(d.service), td(d.decision, d.decision === 'deny' || d.decision === 'rate-limited' ? 'warn' : ''),
-    td(d.policy, 'id'), td(rate(d.rps), 'num'))), 'No denials now.');
+    td(nameOf(d.at)), td(d.service), td(d.decision, d.rps > 0 && (d.decision === 'deny' || d.decision === 'rate-limited') ? 'warn' : ''),
+    td(d.policy, 'id'), td(rate(d.rps), 'num'), td(clock(d.last_seen)))), 'None in the last 10 minutes.');
 }
 
 function renderControl(m) {
