@@ -19,6 +19,8 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # screenshot (tests/tests/dashboard.rs); fonts-dejavu-core so that screenshot has glyphs.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
+# prometheus: `weftctl dashboard --prometheus` is tested against a real one (tests/tests/dashboard.rs).
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -84,6 +84,16 @@ impl Demo {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The admin addresses the demo announced: the control plane's and each proxy's.
+    fn admins(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.starts_with("==> weft-"))
+            .filter_map(|l| l.split("admin http://").nth(1))
+            .map(|a| a.trim().trim_end_matches('/').to_owned())
+            .collect()
+    }
+
     /// SIGTERM, as Ctrl-C would: the demo stops its processes and exits.
     async fn stop(mut self) {
         let pid = self.child.id().unwrap();
@@ -104,11 +114,11 @@ impl Demo {
 }
 
 /// `/api/mesh` once the demo's three edges carry traffic (rates need two scrapes first).
-async fn mesh_with_edges(demo: &Demo) -> Value {
+async fn mesh_with_edges(demo: &Demo, addr: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut last = Value::Null;
     loop {
-        if let Ok((200, body)) = http_get(&demo.dashboard, "/api/mesh").await {
+        if let Ok((200, body)) = http_get(addr, "/api/mesh").await {
             last = serde_json::from_str(&body).unwrap();
             let edges = last["edges"].as_array().map_or(0, |e| {
                 e.iter()
@@ -317,7 +327,7 @@ async fn the_demo_dashboard_shows_the_mesh_in_chromium() {
     let addr = demo.dashboard.clone();
 
     // The JSON endpoint, against the demo's topology.
-    let mesh = mesh_with_edges(&demo).await;
+    let mesh = mesh_with_edges(&demo, &addr).await;
     check_mesh(&mesh);
 
     // loadgen may not call api (the demo's AuthorizationPolicy): a few tries through its proxy
@@ -489,5 +499,103 @@ async fn the_demo_dashboard_shows_the_mesh_in_chromium() {
         chromium_bin.display()
     );
 
+    demo.stop().await;
+}
+
+/// A Prometheus (Debian's) on a free loopback port, scraping `targets` every second; killed on
+/// drop.
+struct Prometheus {
+    _child: Child,
+    _dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Prometheus {
+    async fn start(targets: &[String]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s}}\nscrape_configs:\n- job_name: weft\n  static_configs:\n  - targets: [{}]\n",
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("this test needs Debian's prometheus: run .ci/install-deps.sh");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get(&addr, "/-/ready").await, Ok((200, _))) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus on {addr} not ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Prometheus {
+            _child: child,
+            _dir: dir,
+            addr,
+        }
+    }
+}
+
+/// `weftctl dashboard --prometheus` on a real Prometheus that scrapes the demo shows the same
+/// mesh as the demo's own dashboard (which scrapes directly).
+#[tokio::test]
+async fn the_dashboard_reads_the_mesh_from_prometheus() {
+    let demo = Demo::start().await;
+    let admins = demo.admins();
+    assert_eq!(admins.len(), 5, "{admins:?}\n{}", demo.log());
+    let prom = Prometheus::start(&admins).await;
+    let mut dash = Command::new(bin("weftctl"))
+        .args(["dashboard", "--listen", "127.0.0.1:0", "--window", "10s"])
+        .args(["--prometheus", &format!("http://{}", prom.addr)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dash.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("weftctl dashboard printed nothing within 30 s")
+        .unwrap()
+        .unwrap_or_default();
+    let addr = first
+        .strip_prefix("weftctl dashboard: http://")
+        .and_then(|l| l.split('/').next())
+        .unwrap_or_else(|| panic!("not the dashboard's URL: {first}"))
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let mesh = mesh_with_edges(&demo, &addr).await;
+    assert!(
+        mesh["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("Prometheus http://"),
+        "{}",
+        mesh["source"]
+    );
+    check_mesh(&mesh);
+    drop(dash);
     demo.stop().await;
 }

@@ -1,6 +1,6 @@
-//! `weftctl dashboard`: the mesh at a glance in a browser. A task reads a [`source::Source`]
-//! every `--interval` (the proxies' `/metrics`, or Prometheus), [`mesh::build`] turns the reading
-//! into services, edges, splits, errors and the control plane's state, [`history::History`]
+//! `weftctl dashboard`: the mesh at a glance in a browser. A task reads a `source::Source`
+//! every `--interval` (the proxies' `/metrics`, or Prometheus), `mesh::build` turns the reading
+//! into services, edges, splits, errors and the control plane's state, `history::History`
 //! adds trends; an HTTP server (hyper) serves one page, its script and stylesheet (compiled in
 //! with `include_str!`: no build step, nothing fetched from elsewhere) and `GET /api/mesh`,
 //! which the page polls every 2 s.

@@ -7,7 +7,8 @@
 //!                                                          (HTTPRoute demo/api 90/10) ╚═► api-v2's proxy ─► api-v2 (fails 30 %)
 //! ```
 //!
-//! The view refreshes every second from the proxies' own `/metrics`. Ctrl-C (or `--duration`)
+//! The view refreshes every second from the proxies' own `/metrics`; the web dashboard
+//! ([`crate::dashboard`], in-process, scraping the same admin ports) shows it in a browser. Ctrl-C (or `--duration`)
 //! stops every process it started and removes its files (and its keys, with `--etcd`).
 
 mod apps;
