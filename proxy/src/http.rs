@@ -167,25 +167,31 @@ where
     let body_idle = limits.body_idle_timeout;
     // The handler's future, counted in and out of the connection's activity.
     let track = move |req: Request<Incoming>| {
-        let seen = seen.clone();
+        // Counted from the moment hyper hands the request over: a stream reset before its
+        // handler first runs is a cancelled request too.
+        let in_flight = InFlight::start(seen.clone());
         let handled = handler(req.map(|b| IdleBody::new(b, body_idle).boxed()));
         async move {
-            let mut in_flight = InFlight::start(seen);
+            // The whole guard moves in (not just the field written below).
+            let mut in_flight = in_flight;
             let resp = handled.await;
             in_flight.answered = true;
             Ok::<_, Infallible>(resp)
         }
     };
-    // Resolves once the connection has had no request in flight for `idle`.
+    // Resolves once the connection has had no request in flight for `idle`, or its client
+    // cancelled too many requests.
     let idle_out = async move {
         loop {
-            match activity.idle_deadline(idle) {
-                Some(at) if at <= tokio::time::Instant::now() => return "idle",
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => tokio::select! {
-                    () = tokio::time::sleep(idle.min(Duration::from_secs(1))) => {}
-                    () = activity.too_many_resets.notified() => return "rapid-reset",
-                },
+            let now = tokio::time::Instant::now();
+            let wake = match activity.idle_deadline(idle) {
+                Some(at) if at <= now => return "idle",
+                Some(at) => at,
+                None => now + idle.min(Duration::from_secs(1)),
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = activity.too_many_resets.notified() => return "rapid-reset",
             }
         }
     };
