@@ -16,9 +16,9 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use tokio::net::TcpListener;
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::{debug, info};
 
@@ -60,7 +60,11 @@ async fn accept(
     listener: &TcpListener,
     limit: &ConnectionLimit,
     refused: Option<&Counter>,
-) -> (tokio::net::TcpStream, std::net::SocketAddr, OwnedSemaphorePermit) {
+) -> (
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    OwnedSemaphorePermit,
+) {
     loop {
         match listener.accept().await {
             Ok((tcp, remote)) => match limit.try_acquire("admin") {

@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use http_body_util::BodyExt;
 use tracing::{debug, warn};
 
 use crate::body::{Body, streamed};
+use crate::drain;
 use crate::error::ProxyError;
 use crate::limits::{self, IdleBody};
-use crate::drain;
 use crate::listen::{Ctx, DataPathConfig};
 use crate::metrics::{LimitLabels, Metrics};
 
@@ -488,17 +488,12 @@ mod tests {
                         metrics: &metrics,
                         direction: "inbound",
                     };
-                    serve(
-                        tcp,
-                        Http::Http1,
-                        on,
-                        |req| async move {
-                            if req.uri().path() == "/slow" {
-                                tokio::time::sleep(Duration::from_millis(600)).await;
-                            }
-                            Response::new(crate::body::full("ok"))
-                        },
-                    )
+                    serve(tcp, Http::Http1, on, |req| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(600)).await;
+                        }
+                        Response::new(crate::body::full("ok"))
+                    })
                     .await;
                 });
             }

@@ -31,7 +31,7 @@ use crate::body::{Body, streamed};
 use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
 use crate::http::{
-    CLIENT_ID, Http, ORIG_PROTO, authority_of, forward_upgrade, is_upgrade, serve, Served,
+    CLIENT_ID, Http, ORIG_PROTO, Served, authority_of, forward_upgrade, is_upgrade, serve,
     set_absolute_uri, set_origin_form, strip_hop_by_hop,
 };
 use crate::listen::{App, Ctx, MtlsMode};

@@ -188,7 +188,9 @@ where
                 }
                 t
             }
-            None => this.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            None => this
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         this.armed = true;
         ready!(timer.as_mut().poll(cx));
@@ -214,9 +216,15 @@ mod tests {
         let limit = ConnectionLimit::new(2);
         let a = limit.try_acquire("test").expect("first");
         let _b = limit.try_acquire("test").expect("second");
-        assert!(limit.try_acquire("test").is_none(), "third is over the limit");
+        assert!(
+            limit.try_acquire("test").is_none(),
+            "third is over the limit"
+        );
         drop(a);
-        assert!(limit.try_acquire("test").is_some(), "a slot freed by a closed connection");
+        assert!(
+            limit.try_acquire("test").is_some(),
+            "a slot freed by a closed connection"
+        );
     }
 
     #[tokio::test(start_paused = true)]

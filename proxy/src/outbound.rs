@@ -26,7 +26,7 @@ use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
 use crate::forward;
 use crate::http::{
-    Http, ORIG_PROTO, authority_of, forward_upgrade, is_upgrade, serve, Served, set_absolute_uri,
+    Http, ORIG_PROTO, Served, authority_of, forward_upgrade, is_upgrade, serve, set_absolute_uri,
     strip_hop_by_hop,
 };
 use crate::listen::Ctx;

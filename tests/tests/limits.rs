@@ -143,7 +143,10 @@ async fn each_listener_closes_connections_past_its_limit_and_counts_them() {
         if let Ok((200, text)) = http_get(&lab.web.admin, "/metrics").await {
             break text;
         }
-        assert!(tokio::time::Instant::now() < deadline, "admin never came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admin never came back"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(
@@ -208,7 +211,9 @@ async fn oversized_request_heads_get_431_and_never_reach_the_application() {
             "30 headers",
             format!(
                 "GET /ok HTTP/1.1\r\nhost: api.default\r\n{}\r\n",
-                (0..30).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()
+                (0..30)
+                    .map(|i| format!("x-h{i}: v\r\n"))
+                    .collect::<String>()
             ),
         ),
     ] {
@@ -219,10 +224,7 @@ async fn oversized_request_heads_get_431_and_never_reach_the_application() {
                 .await
                 .unwrap();
             let text = String::from_utf8_lossy(&got);
-            assert!(
-                text.starts_with("HTTP/1.1 431"),
-                "{what} to {addr}: {text}"
-            );
+            assert!(text.starts_with("HTTP/1.1 431"), "{what} to {addr}: {text}");
         }
     }
     let m = Lab::metrics(&lab.web).await;
@@ -263,9 +265,11 @@ async fn oversized_request_heads_get_431_and_never_reach_the_application() {
 async fn a_request_body_that_stalls_is_cut_off() {
     let lab = Lab::start(&["--body-idle-timeout", "1s"]).await;
     let mut tcp = TcpStream::connect(lab.web.outbound).await.unwrap();
-    tcp.write_all(b"POST /count HTTP/1.1\r\nhost: api.default\r\ncontent-length: 100\r\n\r\n0123456789")
-        .await
-        .unwrap();
+    tcp.write_all(
+        b"POST /count HTTP/1.1\r\nhost: api.default\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
     // 10 of 100 bytes, then nothing: the proxy gives up on the body, the request fails, the
     // connection closes. Without the limit it would wait for the body as long as the
     // client keeps the connection.
@@ -328,7 +332,9 @@ async fn http2_rapid_reset_gets_a_goaway_and_other_clients_are_served() {
         sent += 1;
     }
     let closed = tokio::time::timeout(Duration::from_secs(20), conn).await;
-    eprintln!("rapid reset: {sent} requests sent and cancelled; ended: {ended:?}; conn: {closed:?}");
+    eprintln!(
+        "rapid reset: {sent} requests sent and cancelled; ended: {ended:?}; conn: {closed:?}"
+    );
     assert!(
         closed.is_ok() && sent < 1000,
         "the connection survived {sent} cancelled requests"
@@ -382,7 +388,9 @@ async fn a_normal_client_is_answered_while_idle_and_slowloris_connections_pile_u
     }
     // The slowloris heads are cut off by --header-read-timeout.
     for mut s in slow {
-        read_to_close(&mut s, Duration::from_secs(20)).await.unwrap();
+        read_to_close(&mut s, Duration::from_secs(20))
+            .await
+            .unwrap();
     }
     drop(idle);
     // Everything is released when the clients go.

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use weft_certs::TrustDomain;
 use weft_proto::model::{self, ObjectRef};
 use weft_proxy::identity::ControlPlane;
-use clap::builder::TypedValueParser as _;
 use weft_proxy::limits::Limits;
 use weft_proxy::listen::{DataPathConfig, MtlsMode};
 use weft_proxy::{Config, InboundConfig, Proxy};
