@@ -16,16 +16,14 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-use tracing::warn;
+
+pub use weft_proto::limits::ConnectionLimit;
 
 use crate::body::BodyError;
 
@@ -68,59 +66,6 @@ impl Default for Limits {
             h2_max_concurrent_streams: 1024,
             h2_max_resets_per_conn: 1000,
         }
-    }
-}
-
-/// The open-connection count of one listener.
-#[derive(Debug, Clone)]
-pub struct ConnectionLimit {
-    slots: Arc<Semaphore>,
-    max: usize,
-    /// When the last "limit reached" line was logged (ms since `epoch`), and how many were
-    /// refused since.
-    last_logged_ms: Arc<AtomicU64>,
-    refused_since_log: Arc<AtomicU64>,
-    epoch: Instant,
-}
-
-/// How often a listener at its connection limit says so.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl ConnectionLimit {
-    pub fn new(max: usize) -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
-            max,
-            last_logged_ms: Arc::new(AtomicU64::new(0)),
-            refused_since_log: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
-        }
-    }
-
-    /// A slot for one connection, held until the connection ends; `None` at the limit (logged
-    /// at most once per 10 s, with the count refused since the last line).
-    pub fn try_acquire(&self, listener: &str) -> Option<OwnedSemaphorePermit> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Some(p);
-        }
-        let refused = self.refused_since_log.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.epoch.elapsed().as_millis() as u64 + LOG_EVERY.as_millis() as u64;
-        let last = self.last_logged_ms.load(Ordering::Relaxed);
-        if now >= last + LOG_EVERY.as_millis() as u64
-            && self
-                .last_logged_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.refused_since_log.store(0, Ordering::Relaxed);
-            warn!(
-                listener,
-                max = self.max,
-                refused,
-                "connection limit reached: closing new connections (--max-connections)"
-            );
-        }
-        None
     }
 }
 
@@ -210,22 +155,6 @@ where
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
-
-    #[test]
-    fn connection_limit_refuses_past_max_and_frees_on_drop() {
-        let limit = ConnectionLimit::new(2);
-        let a = limit.try_acquire("test").expect("first");
-        let _b = limit.try_acquire("test").expect("second");
-        assert!(
-            limit.try_acquire("test").is_none(),
-            "third is over the limit"
-        );
-        drop(a);
-        assert!(
-            limit.try_acquire("test").is_some(),
-            "a slot freed by a closed connection"
-        );
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_fails_after_the_idle_timeout_and_a_flowing_one_does_not() {

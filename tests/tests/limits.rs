@@ -404,3 +404,56 @@ async fn a_normal_client_is_answered_while_idle_and_slowloris_connections_pile_u
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_grpc_and_admin_ports_close_connections_past_their_limits() {
+    let ca = weft_tests::TestCa::init("mesh.test").await.unwrap();
+    let cp = weft_tests::ControlPlaneProcess::start(&ca.path(), &["--max-connections", "3"])
+        .await
+        .unwrap();
+    // Three clients that never finish their TLS handshake hold the gRPC port's slots...
+    let grpc: SocketAddr = cp.grpc_addr.parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(grpc).await.unwrap());
+    }
+    // ...so a fourth is closed at once, long before the 10 s handshake timeout.
+    let mut extra = TcpStream::connect(grpc).await.unwrap();
+    read_to_close(&mut extra, Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The admin port (limit 128) answers meanwhile, and counts the refusal.
+    let (status, text) = http_get(&cp.admin_addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metric_value(&text, "connections_refused_total{listener=\"grpc\"}") >= Some(1.0),
+        "{text}"
+    );
+    assert!(
+        cp.log().contains("connection limit reached"),
+        "{}",
+        cp.log()
+    );
+    // Slots come back when the clients go: a real client gets its certificate.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let token = ca
+        .token("spiffe://mesh.test/ns/default/sa/web", "10m")
+        .await
+        .unwrap();
+    loop {
+        if weft_tests::certify(
+            &cp.grpc_addr,
+            ca.bundle(),
+            "spiffe://mesh.test/ns/default/sa/web",
+            &token,
+        )
+        .await
+        .is_ok()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", cp.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
