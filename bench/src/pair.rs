@@ -13,6 +13,7 @@
 //! in one temp dir; all are killed on drop. The load generator, the proxies, the control plane
 //! and the backend share the machine's cores.
 
+pub(crate) mod abuse;
 mod authz;
 mod goals;
 mod load;

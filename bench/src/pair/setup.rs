@@ -240,12 +240,14 @@ impl Mesh {
             .args(["--node-id", role])
             .env("WEFT_LOG", "info");
         let mut upstream = None;
+        let mut inbound = None;
         match kind {
             ProxyKind::Server { service, app_port } => {
                 cmd.args(["--service", &format!("default/{service}")])
                     .args(["--app-port", &app_port.to_string()])
                     .args(["--inbound", &loopback(third).to_string()])
                     .args(["--advertise-ip", "127.0.0.1"]);
+                inbound = Some(loopback(third));
             }
             ProxyKind::Client { service } => {
                 cmd.args([
@@ -265,6 +267,7 @@ impl Mesh {
             proc,
             admin,
             upstream,
+            inbound,
             spawned,
         })
     }
@@ -289,6 +292,8 @@ pub(crate) struct WeftProxy {
     pub(crate) admin: SocketAddr,
     /// The client's local port to its service.
     pub(crate) upstream: Option<SocketAddr>,
+    /// The server's inbound port.
+    pub(crate) inbound: Option<SocketAddr>,
     /// Just before the process was spawned.
     pub(crate) spawned: Instant,
 }
