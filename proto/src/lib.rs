@@ -10,6 +10,7 @@ pub mod client;
 pub mod codec;
 pub mod model;
 pub mod process;
+pub mod process_metrics;
 
 /// `weft.identity.v1`: the certificate service.
 pub mod identity {
