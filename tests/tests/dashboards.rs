@@ -429,7 +429,11 @@ async fn dashboards_and_alerts_have_data_in_a_real_prometheus() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let path = if i.is_multiple_of(20) { "/slow/1200" } else { "/" };
+                let path = if i.is_multiple_of(20) {
+                    "/slow/1200"
+                } else {
+                    "/"
+                };
                 let url = format!("http://api.default:80{path}");
                 tokio::spawn(async move { proxy_get(proxy, &url).await });
                 tokio::time::sleep(Duration::from_millis(every_ms)).await;
