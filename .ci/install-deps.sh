@@ -15,6 +15,9 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 # REDIRECT rule (tests/tests/transparent.rs).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# prometheus (with promtool): the dashboards test scrapes a running mesh with a real Prometheus
+# and evaluates every panel and alert rule of deploy/ (tests/tests/dashboards.rs).
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -203,6 +203,17 @@ impl Default for Metrics {
             "Changed webhook serving certificates that failed to load (the last good one is kept)",
             injector_tls_reload_failures.clone(),
         );
+        registry.register_collector(Box::new(weft_proto::process_metrics::ProcessCollector));
+        // Known label sets start at 0, so the first NACK or store error is an increase an
+        // alert can see (`increase()` finds nothing in a series that appears at 1).
+        for r#type in ["service", "endpoints", "trust_bundle"] {
+            let _ = discovery_pushes.get_or_create(&TypeLabels { r#type });
+            let _ = discovery_acks.get_or_create(&TypeLabels { r#type });
+            let _ = discovery_nacks.get_or_create(&TypeLabels { r#type });
+        }
+        for op in ["list", "watch"] {
+            let _ = store_errors.get_or_create(&OpLabels { op });
+        }
         Self {
             injector_reviews,
             injector_tls_reload_failures,

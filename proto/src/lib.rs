@@ -11,6 +11,7 @@ pub mod codec;
 pub mod limits;
 pub mod model;
 pub mod process;
+pub mod process_metrics;
 
 /// `weft.identity.v1`: the certificate service.
 pub mod identity {

@@ -290,6 +290,13 @@ impl Metrics {
             "Open opaque TCP connections closed because a new policy no longer allows them",
             m.authz_terminated.clone(),
         );
+        r.register_collector(Box::new(weft_proto::process_metrics::ProcessCollector));
+        // Known label sets start at 0, so a first NACK is an increase an alert can see
+        // (`increase()` finds nothing in a series that appears at 1).
+        for r#type in ["service", "endpoints", "trust_bundle"] {
+            let _ = m.discovery_acks.get_or_create(&TypeLabels { r#type });
+            let _ = m.discovery_nacks.get_or_create(&TypeLabels { r#type });
+        }
         m
     }
 

@@ -483,7 +483,20 @@ impl ProxyProcess {
         sa: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let token = token_file(mesh, dir, sa).await?;
+        Self::start_with_ca(&mesh.ca, cp_addr, dir, sa, extra).await
+    }
+
+    /// [`ProxyProcess::start`] for a control plane of `ca` that is not a [`TestMesh`]'s (a
+    /// `weft-control-plane` process).
+    pub async fn start_with_ca(
+        ca: &crate::TestCa,
+        cp_addr: &str,
+        dir: &Path,
+        sa: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let token = dir.join(format!("{sa}.token"));
+        std::fs::write(&token, ca.token(&workload("default", sa), "10m").await?)?;
         let free = || -> anyhow::Result<SocketAddr> {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             Ok(l.local_addr()?)
@@ -493,7 +506,7 @@ impl ProxyProcess {
         let mut child = Command::new(crate::bin("weft-proxy"))
             .arg("run")
             .args(["--control-plane", cp_addr])
-            .args(["--trust-bundle", mesh.ca.bundle_file().to_str().unwrap()])
+            .args(["--trust-bundle", ca.bundle_file().to_str().unwrap()])
             .args(["--trust-domain", TD])
             .args(["--token-file", token.to_str().unwrap()])
             .args(["--admin", &admin.to_string()])

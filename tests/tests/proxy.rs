@@ -133,7 +133,11 @@ async fn a_proxy_certifies_becomes_ready_and_follows_the_configuration() {
         metrics.contains("identity_cert_expiration_timestamp_seconds"),
         "{metrics}"
     );
-    assert!(!metrics.contains("discovery_nacks_total{"), "{metrics}");
+    assert_eq!(
+        weft_tests::metric_value(&metrics, "discovery_nacks_total{type=\"service\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
     proxy.shutdown().await;
 }
 
