@@ -31,6 +31,10 @@ pub(crate) struct Args {
     /// the proxy's 30 s --header-read-timeout, which would close both kinds).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     hold: Duration,
+    /// Waves of connections, each opened, held and closed: a second wave shows whether the
+    /// memory of the first is reused.
+    #[arg(long, default_value_t = 2)]
+    waves: usize,
     /// Where weft-proxy, weft-control-plane and weftctl are.
     #[arg(long, default_value = "target/release")]
     bin_dir: std::path::PathBuf,
@@ -48,6 +52,12 @@ struct Outcome {
     normal_failed: u64,
     first_failure: Option<String>,
     rss_before_kib: u64,
+    waves: Vec<Wave>,
+}
+
+/// One wave of connections, opened, held and closed.
+#[derive(Debug, Default)]
+struct Wave {
     rss_peak_kib: u64,
     rss_after_kib: u64,
     open_at_peak: f64,
@@ -56,8 +66,9 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn per_idle_kib(&self) -> f64 {
-        (self.rss_peak_kib.saturating_sub(self.rss_before_kib)) as f64
+    /// Resident memory per open connection at `w`'s peak, beyond the idle baseline.
+    fn per_connection_kib(&self, w: &Wave) -> f64 {
+        (w.rss_peak_kib.saturating_sub(self.rss_before_kib)) as f64
             / (self.idle + self.slowloris).max(1) as f64
     }
 }
@@ -126,65 +137,14 @@ pub(crate) fn run(args: Args, json_out: bool) -> anyhow::Result<()> {
         })
     };
 
-    eprintln!("abuse: opening {} idle keep-alive connections", args.idle);
-    let mut idle = Vec::with_capacity(args.idle);
-    for i in 0..args.idle {
-        idle.push(keep_alive(inbound).with_context(|| format!("idle connection {i}"))?);
-    }
-    eprintln!("abuse: opening {} slowloris connections", args.slowloris);
-    let mut slow = Vec::with_capacity(args.slowloris);
-    for i in 0..args.slowloris {
-        let mut tcp = TcpStream::connect(inbound).with_context(|| format!("slowloris {i}"))?;
-        tcp.write_all(b"GET / HTTP/1.1\r\nhost: api.default\r\n")?;
-        tcp.set_nonblocking(true)?;
-        slow.push(tcp);
-    }
-    let want = (args.idle + args.slowloris) as f64;
-    let open = |admin: SocketAddr| -> anyhow::Result<f64> {
-        let (_, text) = http_get(admin, "/metrics", Duration::from_secs(10))?;
-        Ok(text
-            .lines()
-            .find(|l| l.starts_with("tcp_open_connections{direction=\"inbound\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0))
-    };
-    let held_until = Instant::now() + args.hold;
-    let mut rss_peak_kib = 0;
-    let mut open_at_peak = 0.0;
-    let mut slowloris_closed_by_proxy = 0;
-    while Instant::now() < held_until {
-        // A byte a second on every slowloris connection (a closed one stops counting).
-        slow.retain_mut(|tcp| match tcp.write(b"x") {
-            Ok(_) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            Err(_) => {
-                slowloris_closed_by_proxy += 1;
-                false
-            }
-        });
-        rss_peak_kib = rss_peak_kib.max(status_kib(pid, "VmRSS")?);
-        open_at_peak = f64::max(open_at_peak, open(server.admin)?);
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    if open_at_peak < want {
-        eprintln!("abuse: only {open_at_peak} of {want} connections were open at once");
+    let mut waves = Vec::new();
+    for wave_no in 1..=args.waves {
+        waves.push(wave(wave_no, &args, inbound, server.admin, pid)?);
     }
     stop.store(true, Ordering::Relaxed);
     let first_failure = normal
         .join()
         .map_err(|_| anyhow::anyhow!("the normal client's thread panicked"))?;
-    drop(idle);
-    drop(slow);
-    // Released: the open count falls back, and so does the memory (allocator permitting).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut open_after = open(server.admin)?;
-    while open_after > 2.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        open_after = open(server.admin)?;
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    let rss_after_kib = status_kib(pid, "VmRSS")?;
     server.proc.check_alive()?;
     let outcome = Outcome {
         idle: args.idle,
@@ -193,11 +153,7 @@ pub(crate) fn run(args: Args, json_out: bool) -> anyhow::Result<()> {
         normal_failed: failed.load(Ordering::Relaxed),
         first_failure,
         rss_before_kib,
-        rss_peak_kib,
-        rss_after_kib,
-        open_at_peak,
-        open_after,
-        slowloris_closed_by_proxy,
+        waves,
     };
     drop(backend);
     if json_out {
@@ -213,6 +169,69 @@ pub(crate) fn run(args: Args, json_out: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One wave: open every connection, hold them (a byte a second on the slowloris ones), close
+/// them all, and wait for the proxy to count them closed.
+fn wave(
+    n: usize,
+    args: &Args,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+    pid: u32,
+) -> anyhow::Result<Wave> {
+    eprintln!("abuse: wave {n}: opening {} idle keep-alive connections", args.idle);
+    let mut idle = Vec::with_capacity(args.idle);
+    for i in 0..args.idle {
+        idle.push(keep_alive(inbound).with_context(|| format!("idle connection {i}"))?);
+    }
+    eprintln!("abuse: wave {n}: opening {} slowloris connections", args.slowloris);
+    let mut slow = Vec::with_capacity(args.slowloris);
+    for i in 0..args.slowloris {
+        let mut tcp = TcpStream::connect(inbound).with_context(|| format!("slowloris {i}"))?;
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: api.default\r\n")?;
+        tcp.set_nonblocking(true)?;
+        slow.push(tcp);
+    }
+    let held_until = Instant::now() + args.hold;
+    let mut w = Wave::default();
+    while Instant::now() < held_until {
+        // A byte a second on every slowloris connection (a closed one stops counting).
+        slow.retain_mut(|tcp| match tcp.write(b"x") {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            Err(_) => {
+                w.slowloris_closed_by_proxy += 1;
+                false
+            }
+        });
+        w.rss_peak_kib = w.rss_peak_kib.max(status_kib(pid, "VmRSS")?);
+        w.open_at_peak = f64::max(w.open_at_peak, open_inbound(admin)?);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    drop(idle);
+    drop(slow);
+    // Released: the open count falls back, and so does the memory (allocator permitting).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    w.open_after = open_inbound(admin)?;
+    while w.open_after > 2.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        w.open_after = open_inbound(admin)?;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    w.rss_after_kib = status_kib(pid, "VmRSS")?;
+    Ok(w)
+}
+
+/// `tcp_open_connections{direction="inbound"}` of the proxy at `admin`.
+fn open_inbound(admin: SocketAddr) -> anyhow::Result<f64> {
+    let (_, text) = http_get(admin, "/metrics", Duration::from_secs(10))?;
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("tcp_open_connections{direction=\"inbound\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0))
 }
 
 /// A keep-alive connection that made one request (read whole) and now sits idle.
@@ -239,25 +258,32 @@ fn keep_alive(addr: SocketAddr) -> anyhow::Result<TcpStream> {
 
 fn markdown(o: &Outcome, args: &Args) -> String {
     let total = o.normal_ok + o.normal_failed;
-    format!(
-        "| idle + slowloris | open at once | normal client answered | proxy RSS before | at peak | per connection | after close (open) |\n\
-         |---|---|---|---|---|---|---|\n\
-         | {} + {} | {} | {}/{} ({:.1} %) | {:.1} MiB | {:.1} MiB | {:.2} KiB | {:.1} MiB ({}) |\n\n\
-         slowloris connections closed by the proxy during the {:?} hold: {}\n",
+    let mut out = format!(
+        "{} idle keep-alive + {} slowloris connections to the server proxy's inbound port, held {:?} per wave; \
+         the normal client through its own proxy answered {}/{} ({:.1} %). Proxy RSS before: {:.1} MiB.\n\n\
+         | wave | open at once | RSS at peak | per connection | RSS after all closed (open) | slowloris closed by the proxy |\n\
+         |---|---|---|---|---|---|\n",
         o.idle,
         o.slowloris,
-        o.open_at_peak,
+        args.hold,
         o.normal_ok,
         total,
         100.0 * o.normal_ok as f64 / total.max(1) as f64,
         o.rss_before_kib as f64 / 1024.0,
-        o.rss_peak_kib as f64 / 1024.0,
-        o.per_idle_kib(),
-        o.rss_after_kib as f64 / 1024.0,
-        o.open_after,
-        args.hold,
-        o.slowloris_closed_by_proxy,
-    )
+    );
+    for (i, w) in o.waves.iter().enumerate() {
+        out += &format!(
+            "| {} | {} | {:.1} MiB | {:.2} KiB | {:.1} MiB ({}) | {} |\n",
+            i + 1,
+            w.open_at_peak,
+            w.rss_peak_kib as f64 / 1024.0,
+            o.per_connection_kib(w),
+            w.rss_after_kib as f64 / 1024.0,
+            w.open_after,
+            w.slowloris_closed_by_proxy,
+        );
+    }
+    out
 }
 
 fn to_json(o: &Outcome, args: &Args) -> serde_json::Value {
@@ -265,15 +291,17 @@ fn to_json(o: &Outcome, args: &Args) -> serde_json::Value {
         "idle": o.idle,
         "slowloris": o.slowloris,
         "hold_s": args.hold.as_secs_f64(),
-        "open_at_peak": o.open_at_peak,
         "normal_ok": o.normal_ok,
         "normal_failed": o.normal_failed,
         "first_failure": o.first_failure,
         "rss_before_kib": o.rss_before_kib,
-        "rss_peak_kib": o.rss_peak_kib,
-        "rss_after_kib": o.rss_after_kib,
-        "per_connection_kib": o.per_idle_kib(),
-        "open_after": o.open_after,
-        "slowloris_closed_by_proxy": o.slowloris_closed_by_proxy,
+        "waves": o.waves.iter().map(|w| json!({
+            "open_at_peak": w.open_at_peak,
+            "rss_peak_kib": w.rss_peak_kib,
+            "per_connection_kib": o.per_connection_kib(w),
+            "rss_after_kib": w.rss_after_kib,
+            "open_after": w.open_after,
+            "slowloris_closed_by_proxy": w.slowloris_closed_by_proxy,
+        })).collect::<Vec<_>>(),
     })
 }
