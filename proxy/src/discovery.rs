@@ -13,6 +13,7 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
+use weft_certs::TrustDomain;
 use weft_proto::discovery::v1::aggregated_discovery_client::AggregatedDiscoveryClient;
 use weft_proto::discovery::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use weft_proto::mesh::v1 as pb;
@@ -122,57 +123,16 @@ impl Discovery {
     /// nothing changes.
     fn apply(&self, resp: DeltaDiscoveryResponse) -> Result<(), String> {
         let current = self.config.borrow().clone();
-        let mut next = (*current).clone();
-        match resp.type_url.as_str() {
-            pb::SERVICE_TYPE_URL => {
-                for r in resp.resources {
-                    let (name, held) = convert::<pb::Service, ServiceConfig>(r, &resp.type_url)?;
-                    let id = &held.value.service.id;
-                    check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
-                    next.services.insert(name, held);
-                }
-                for name in &resp.removed_resources {
-                    next.services.remove(name);
-                }
-                let inbound = crate::authz::compile(&self.served, &next);
-                if inbound != next.inbound {
-                    info!(
-                        policies = inbound.as_ref().map_or(0, |i| i.rules.policies.len()),
-                        default = %inbound.as_ref().map_or_else(Default::default, |i| i.rules.default),
-                        "inbound policy updated"
-                    );
-                    next.inbound = inbound;
-                }
-            }
-            pb::ENDPOINTS_TYPE_URL => {
-                for r in resp.resources {
-                    let (name, held) = convert::<pb::Endpoints, EndpointSet>(r, &resp.type_url)?;
-                    let id = &held.value.service;
-                    check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
-                    next.endpoints.insert(name, held);
-                }
-                for name in &resp.removed_resources {
-                    next.endpoints.remove(name);
-                }
-            }
-            pb::TRUST_BUNDLE_TYPE_URL => {
-                let td = self.identity.bundle().trust_domain().clone();
-                for r in resp.resources {
-                    let (name, version, msg) = decode::<pb::TrustBundle>(r, &resp.type_url)?;
-                    check_name(&name, &msg.trust_domain)?;
-                    let bundle =
-                        trust_bundle(msg, &td).map_err(|e| format!("resource {name}: {e}"))?;
-                    next.trust_bundle = Some(Held {
-                        version,
-                        value: Arc::new(bundle),
-                    });
-                }
-                // The roots are never dropped: a removal leaves the last bundle in place.
-            }
-            other => return Err(format!("type_url {other:?} was not subscribed to")),
+        let td = self.identity.bundle().trust_domain().clone();
+        let next = next_config(&current, resp, &td, &self.served)?;
+        if next.inbound != current.inbound {
+            let inbound = &next.inbound;
+            info!(
+                policies = inbound.as_ref().map_or(0, |i| i.rules.policies.len()),
+                default = %inbound.as_ref().map_or_else(Default::default, |i| i.rules.default),
+                "inbound policy updated"
+            );
         }
-        next.system_version = resp.system_version_info;
-        next.generation += 1;
         if let Some(b) = &next.trust_bundle
             && current.trust_bundle.as_ref().map(|c| &c.version) != Some(&b.version)
         {
@@ -186,6 +146,62 @@ impl Discovery {
         self.config.send_replace(Arc::new(next));
         Ok(())
     }
+}
+
+/// The configuration that follows `current` once `resp` is accepted, or why the whole response
+/// is refused (a NACK; `current` stays). Pure: [`Discovery::apply`] logs and publishes the
+/// result, and the fuzz target `discovery_response` feeds it arbitrary responses.
+pub fn next_config(
+    current: &MeshConfig,
+    resp: DeltaDiscoveryResponse,
+    td: &TrustDomain,
+    served: &crate::authz::Served,
+) -> Result<MeshConfig, String> {
+    let mut next = current.clone();
+    match resp.type_url.as_str() {
+        pb::SERVICE_TYPE_URL => {
+            for r in resp.resources {
+                let (name, held) = convert::<pb::Service, ServiceConfig>(r, &resp.type_url)?;
+                let id = &held.value.service.id;
+                check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
+                next.services.insert(name, held);
+            }
+            for name in &resp.removed_resources {
+                next.services.remove(name);
+            }
+            let inbound = crate::authz::compile(served, &next);
+            if inbound != next.inbound {
+                next.inbound = inbound;
+            }
+        }
+        pb::ENDPOINTS_TYPE_URL => {
+            for r in resp.resources {
+                let (name, held) = convert::<pb::Endpoints, EndpointSet>(r, &resp.type_url)?;
+                let id = &held.value.service;
+                check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
+                next.endpoints.insert(name, held);
+            }
+            for name in &resp.removed_resources {
+                next.endpoints.remove(name);
+            }
+        }
+        pb::TRUST_BUNDLE_TYPE_URL => {
+            for r in resp.resources {
+                let (name, version, msg) = decode::<pb::TrustBundle>(r, &resp.type_url)?;
+                check_name(&name, &msg.trust_domain)?;
+                let bundle = trust_bundle(msg, td).map_err(|e| format!("resource {name}: {e}"))?;
+                next.trust_bundle = Some(Held {
+                    version,
+                    value: Arc::new(bundle),
+                });
+            }
+            // The roots are never dropped: a removal leaves the last bundle in place.
+        }
+        other => return Err(format!("type_url {other:?} was not subscribed to")),
+    }
+    next.system_version = resp.system_version_info;
+    next.generation += 1;
+    Ok(next)
 }
 
 fn decode<M: Message + Default>(
