@@ -24,7 +24,7 @@ timeout=${FUZZ_TIMEOUT:-5}
 rss=${FUZZ_RSS_MB:-1024}
 max_len=${FUZZ_MAX_LEN:-0}
 target_dir=${WEFT_FUZZ_TARGET_DIR:-$root/fuzz/target}
-triple=$(rustc +nightly -vV | sed -n 's/^host: //p')
+triple=$(cargo +nightly -vV | sed -n 's/^host: //p')
 bin_dir=$target_dir/$triple/release
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
@@ -38,7 +38,7 @@ targets=${FUZZ_TARGETS:-$all_targets}
 # -s none: our code is `forbid(unsafe_code)`; what we look for is panics (debug assertions and
 # overflow checks on: -a), hangs and memory growth, which need no sanitizer. ASan would halve
 # the executions per second and instrument none of the C in aws-lc anyway.
-echo "== build ($(rustc +nightly --version), $(cargo +nightly fuzz --version))"
+echo "== build ($(cargo +nightly -V), $(cargo +nightly fuzz --version))"
 cargo +nightly fuzz build -s none -a --fuzz-dir fuzz --target-dir "$target_dir"
 
 results=$root/fuzz/results

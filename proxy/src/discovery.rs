@@ -257,3 +257,63 @@ fn type_name(type_url: &str) -> &'static str {
         _ => "unknown",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::discovery::v1::Resource;
+
+    fn service(ns: &str, port: u32) -> Resource {
+        let body = pb::Service {
+            namespace: ns.into(),
+            name: "reviews".into(),
+            ports: vec![pb::Port {
+                name: "http".into(),
+                port,
+                protocol: pb::Protocol::Http1.into(),
+            }],
+            ..Default::default()
+        };
+        Resource {
+            name: format!("{ns}/reviews"),
+            version: "v1".into(),
+            resource: Some(prost_types::Any {
+                type_url: pb::SERVICE_TYPE_URL.into(),
+                value: body.encode_to_vec(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn response(resources: Vec<Resource>) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: pb::SERVICE_TYPE_URL.into(),
+            resources,
+            system_version_info: "s1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_response_is_taken_whole_or_refused_whole() {
+        let td = TrustDomain::parse("mesh.test").unwrap();
+        let served = crate::authz::Served::default();
+        let empty = MeshConfig::default();
+        let next =
+            next_config(&empty, response(vec![service("shop", 9080)]), &td, &served).unwrap();
+        assert_eq!(next.services.keys().collect::<Vec<_>>(), ["shop/reviews"]);
+        assert_eq!((next.generation, next.system_version.as_str()), (1, "s1"));
+        // One bad resource refuses the response, naming it; nothing of it is taken.
+        let err = next_config(
+            &next,
+            response(vec![service("web", 8080), service("bad", 0)]),
+            &td,
+            &served,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("resource bad/reviews:"), "{err}");
+        let mut wrong = response(vec![]);
+        wrong.type_url = "type.googleapis.com/other".into();
+        assert!(next_config(&next, wrong, &td, &served).is_err());
+    }
+}
