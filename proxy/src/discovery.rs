@@ -281,7 +281,6 @@ mod tests {
                 type_url: pb::SERVICE_TYPE_URL.into(),
                 value: body.encode_to_vec(),
             }),
-            ..Default::default()
         }
     }
 
