@@ -420,7 +420,6 @@ pub fn resources(snapshot: &Snapshot, ty: ResourceType) -> Vec<Resource> {
             name: r.name.clone(),
             version: r.version.clone(),
             resource: Some(r.body.clone()),
-            ..Default::default()
         })
         .collect()
 }
@@ -450,7 +449,6 @@ pub fn discovery_responses() -> Vec<Vec<u8>> {
             resources: all.clone(),
             nonce: "1".into(),
             removed_resources: vec!["shop/gone".into()],
-            ..Default::default()
         };
         out.push(whole.encode_to_vec());
         for r in all.into_iter().take(8) {

@@ -37,8 +37,9 @@ pub enum BadPath {
 ///    §5.2.4, never above the root; a trailing `/.` or `/..` leaves a trailing `/`).
 ///
 /// The empty path becomes `/`; `*` (`OPTIONS *`) is returned unchanged; anything else must start
-/// with `/`. Case is kept. A path that needs none of this is returned borrowed, without
-/// allocating: this runs on every inbound request.
+/// with `/`. Case is kept. A path with no `%` that needs none of this is returned borrowed,
+/// without allocating: this runs on every inbound request. (A path with escapes is rebuilt even
+/// when they are already normal; the result is equal.)
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
     if is_clean(path) {
         return Ok(Cow::Borrowed(path));
