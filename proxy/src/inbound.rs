@@ -36,6 +36,7 @@ use crate::http::{
 };
 use crate::listen::{App, Ctx, MtlsMode};
 use crate::metrics::ResponseLabels;
+use crate::observe::Exchange;
 use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE};
 
 const DIRECTION: &str = "inbound";
@@ -240,6 +241,12 @@ async fn request(
     mut req: Request<Body>,
 ) -> Response<Body> {
     let start = Instant::now();
+    // Tracing or access logs on: the request is observed (boxed: the off path's future
+    // stays the size it was).
+    let mut observed = ctx
+        .observe
+        .as_ref()
+        .map(|o| Exchange::begin(o, DIRECTION, &mut req, Some(conn.ip)));
     let authority = authority_of(&req).unwrap_or_else(|| app.addr.to_string());
     let client = conn.client.as_deref();
     let tls = client.is_some();
@@ -247,6 +254,11 @@ async fn request(
     let grpc = crate::error::is_grpc(req.headers());
     let result = match authorize(&ctx, &app, &conn, &mut req) {
         Ok(()) => {
+            if let Some(x) = &mut observed {
+                x.path = req.uri().path().to_owned();
+                let body = std::mem::replace(req.body_mut(), crate::body::empty());
+                *req.body_mut() = x.count_request_body(body);
+            }
             let span =
                 debug_span!("req", method = %req.method(), %authority, path = req.uri().path());
             to_app(&ctx, &app, client, &authority, req)
@@ -262,6 +274,17 @@ async fn request(
             let reason = e.reason();
             (e.into_response_for(grpc), reason)
         }
+    };
+    let resp = match observed {
+        Some(mut x) => {
+            x.authority.clone_from(&authority);
+            x.client_id = client.map(|c| c.id.to_string()).unwrap_or_default();
+            x.server_id.clone_from(&x.observe.own_id);
+            x.endpoint = app.addr.to_string();
+            x.attempts = 1;
+            x.finish(resp, error)
+        }
+        None => resp,
     };
     ctx.count_response(
         ResponseLabels {
