@@ -1,0 +1,330 @@
+//! Traces and access logs end to end: client → proxy `web` → proxy `api` → application, with
+//! spans exported over OTLP/gRPC to a real receiver that is not ours (`weft_tests::otlp`:
+//! opentelemetry-proto's TraceService on grpcio), and access log lines read from the proxies'
+//! files.
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use weft_proto::mesh::v1::Protocol;
+use weft_proxy::access_log::{AccessLogConfig, Format};
+use weft_proxy::trace::TraceConfig;
+use weft_tests::dataplane::{
+    ProxyOpts, apply, body, proxy_request, service, start_proxy, wait_endpoints,
+};
+use weft_tests::mesh::TestMesh;
+use weft_tests::otlp::Collector;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+/// Odd spacing and order on purpose: it must arrive exactly as sent.
+const TRACESTATE: &str = "rojo=00f067aa0ba902b7 ,congo=t61rcWkgMzE,  x@y=z";
+
+/// An application that answers with the trace headers it received, as JSON.
+async fn header_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    };
+                    let seen = serde_json::json!({
+                        "traceparent": h("traceparent"),
+                        "tracestate": h("tracestate"),
+                    });
+                    Ok::<_, Infallible>(Response::new(weft_proxy::body::full(seen.to_string())))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Chain {
+    _mesh: TestMesh,
+    dir: tempfile::TempDir,
+    api: weft_proxy::Proxy,
+    web: weft_proxy::Proxy,
+}
+
+/// `web` (client only) and `api` (with `header_app`), both tracing to `endpoint` and writing
+/// access logs to files in the chain's directory (`web.log` JSON, `api.log` text).
+async fn chain(endpoint: &str) -> Chain {
+    let mesh = TestMesh::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = mesh.cp.grpc_addr().to_string();
+    apply(&mesh, vec![service("api", 80, Protocol::Http1)])
+        .await
+        .unwrap();
+    let app = header_app().await;
+    let trace = |name: &str| {
+        Some(TraceConfig {
+            endpoint: endpoint.to_owned(),
+            ca: None,
+            sample_rate: 0.0,
+            service_name: name.to_owned(),
+        })
+    };
+    let log = |file: &str, format| {
+        Some(AccessLogConfig {
+            format,
+            file: Some(dir.path().join(file)),
+        })
+    };
+    let api_opts = ProxyOpts {
+        app: Some((app.port(), "api".into())),
+        trace: trace("default/api"),
+        access_log: log("api.log", Format::Text),
+        ..Default::default()
+    };
+    let api = start_proxy(&mesh, &cp, dir.path(), "api", api_opts)
+        .await
+        .unwrap();
+    let web_opts = ProxyOpts {
+        trace: trace("default/web"),
+        access_log: log("web.log", Format::Json),
+        ..Default::default()
+    };
+    let web = start_proxy(&mesh, &cp, dir.path(), "web", web_opts)
+        .await
+        .unwrap();
+    wait_endpoints(&web, "api", 1).await.unwrap();
+    Chain {
+        _mesh: mesh,
+        dir,
+        api,
+        web,
+    }
+}
+
+/// Sends GET `path` through `web` with `headers`; returns the status and what the application
+/// saw.
+async fn get(
+    web: &weft_proxy::Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let resp = proxy_request(
+        web.outbound_addr.unwrap(),
+        "GET",
+        &format!("http://api.default{path}"),
+        headers,
+        body(""),
+    )
+    .await
+    .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+fn span_of<'a>(spans: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
+    spans
+        .iter()
+        .find(|s| s["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} span in {spans:?}"))
+}
+
+#[tokio::test]
+async fn a_sampled_request_makes_a_client_and_a_server_span_in_one_chain() {
+    let collector = Collector::start().await.unwrap();
+    let c = chain(&collector.endpoint()).await;
+    // First what must not be traced: no header, an unsampled one, an invalid one.
+    let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    let (status, seen) = get(&c.web, "/plain", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen["traceparent"],
+        serde_json::Value::Null,
+        "no trace is started"
+    );
+    let unsampled = format!("00-{unsampled_trace}-b7ad6b7169203331-00");
+    let (status, seen) = get(&c.web, "/unsampled", &[("traceparent", &unsampled)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen["traceparent"],
+        unsampled.as_str(),
+        "an unsampled header passes untouched"
+    );
+    for bad in [
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        "zz-not-a-header",
+    ] {
+        let (status, _) = get(&c.web, "/invalid", &[("traceparent", bad)]).await;
+        assert_eq!(
+            status, 200,
+            "{bad}: an invalid header is no reason to refuse"
+        );
+    }
+
+    // Then a sampled one.
+    let incoming = format!("00-{TRACE}-{PARENT}-01");
+    let (status, seen) = get(
+        &c.web,
+        "/items/1",
+        &[("traceparent", &incoming), ("tracestate", TRACESTATE)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(seen["tracestate"], TRACESTATE, "tracestate byte for byte");
+    let spans = collector.wait_trace(TRACE, 2).await.unwrap();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let client = span_of(&spans, "SPAN_KIND_CLIENT");
+    let server = span_of(&spans, "SPAN_KIND_SERVER");
+    // The chain: caller's span → web's CLIENT span → api's SERVER span → the application.
+    assert_eq!(client["parent_span_id"], PARENT);
+    assert_eq!(server["parent_span_id"], client["span_id"]);
+    let app_saw = seen["traceparent"].as_str().unwrap();
+    assert_eq!(
+        app_saw,
+        format!("00-{TRACE}-{}-01", server["span_id"].as_str().unwrap()),
+        "the application's parent is api's SERVER span, flags kept"
+    );
+    for s in [client, server] {
+        assert_eq!(s["flags"].as_u64().unwrap() & 1, 1);
+        assert_eq!(s["status"], "STATUS_CODE_UNSET");
+        assert_eq!(s["scope"], "weft-proxy");
+        let a = &s["attributes"];
+        assert_eq!(a["http.request.method"], "GET");
+        assert_eq!(a["url.path"], "/items/1");
+        assert_eq!(a["url.scheme"], "http");
+        assert_eq!(a["http.response.status_code"], 200);
+        assert_eq!(a["weft.client_id"], "spiffe://mesh.test/ns/default/sa/web");
+        assert_eq!(a["weft.server_id"], "spiffe://mesh.test/ns/default/sa/api");
+        assert!(s["end"].as_u64() >= s["start"].as_u64());
+    }
+    assert_eq!(client["name"], "GET default/api");
+    assert_eq!(client["resource"]["service.name"], "default/web");
+    let a = &client["attributes"];
+    assert_eq!(a["server.address"], "api.default");
+    assert_eq!(a["server.port"], 80);
+    assert_eq!(a["weft.backend"], "default/api");
+    assert_eq!(a["weft.retry"], 1);
+    assert_eq!(a["weft.endpoint"], c.api.inbound_addr.unwrap().to_string());
+    assert_eq!(a["network.peer.address"], "127.0.0.1");
+    assert_eq!(server["resource"]["service.name"], "default/api");
+    assert_eq!(server["attributes"]["network.peer.address"], "127.0.0.1");
+
+    // Both exporters send in order: with the sampled request's spans in, anything the earlier
+    // requests had made would be in too. They made nothing.
+    let all = collector.spans();
+    assert_eq!(all.len(), 2, "only the sampled request is traced: {all:?}");
+
+    // The access logs: one line per request at each proxy, with the trace ID of the traced one.
+    let web_log = c.dir.path().join("web.log");
+    let lines = weft_tests::poll(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&web_log).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines.len() >= 6).then_some(lines)
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines.len(), 6);
+    let traced = lines.last().unwrap();
+    assert_eq!(traced["direction"], "outbound");
+    assert_eq!(traced["protocol"], "http");
+    assert_eq!(traced["method"], "GET");
+    assert_eq!(traced["authority"], "api.default:80");
+    assert_eq!(traced["path"], "/items/1");
+    assert_eq!(traced["status"], 200);
+    assert_eq!(traced["grpc_status"], serde_json::Value::Null);
+    assert_eq!(traced["client_id"], "spiffe://mesh.test/ns/default/sa/web");
+    assert_eq!(traced["server_id"], "spiffe://mesh.test/ns/default/sa/api");
+    assert_eq!(traced["route"], "");
+    assert_eq!(traced["backend"], "default/api");
+    assert_eq!(traced["endpoint"], c.api.inbound_addr.unwrap().to_string());
+    assert_eq!(traced["attempts"], 1);
+    assert_eq!(traced["error"], "");
+    assert_eq!(traced["trace_id"], TRACE);
+    assert_eq!(traced["bytes_in"], 0);
+    assert_eq!(
+        traced["bytes_out"].as_u64().unwrap(),
+        serde_json::to_string(&seen).unwrap().len() as u64
+    );
+    assert!(traced["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        lines[0]["trace_id"], "",
+        "an untraced request has no trace ID"
+    );
+    let api_log = c.dir.path().join("api.log");
+    let text = weft_tests::poll(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&api_log).ok()?;
+        (text.lines().count() >= 6).then_some(text)
+    })
+    .await
+    .unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(last.contains(" direction=inbound protocol=http "), "{last}");
+    assert!(
+        last.contains(" client_id=spiffe://mesh.test/ns/default/sa/web "),
+        "{last}"
+    );
+    assert!(last.contains(" path=/items/1 status=200 "), "{last}");
+    assert!(last.contains(&format!(" trace_id={TRACE}")), "{last}");
+}
+
+/// A collector that takes connections and never answers (worse than one that is not there,
+/// which refuses at once): traced requests go through as fast as ever; the export is given up
+/// and counted.
+#[tokio::test]
+async fn a_collector_that_is_down_costs_no_request() {
+    // Accepts and holds every connection, answering nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let c = chain(&endpoint).await;
+    let incoming = format!("00-{TRACE}-{PARENT}-01");
+    let started = Instant::now();
+    for i in 0..20 {
+        let (status, seen) = get(&c.web, &format!("/r/{i}"), &[("traceparent", &incoming)]).await;
+        assert_eq!(status, 200);
+        assert!(
+            seen["traceparent"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("00-{TRACE}-"))
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "20 traced requests took {took:?}"
+    );
+    // The export is given up (timeout) and counted; nothing waited for it.
+    let metrics = format!("{}", c.web.admin_addr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = weft_tests::http_get(&metrics, "/metrics").await.unwrap();
+        if weft_tests::metric_value(&text, "span_export_failures_total").unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no export failure counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
