@@ -36,7 +36,7 @@ use crate::http::{
 };
 use crate::listen::{App, Ctx, MtlsMode};
 use crate::metrics::ResponseLabels;
-use crate::observe::Exchange;
+use crate::observe::{Exchange, TcpConn};
 use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE};
 
 const DIRECTION: &str = "inbound";
@@ -153,6 +153,19 @@ where
     {
         return;
     }
+    // Access logs on: the connection's line is written when it ends.
+    let observed = ctx.observe.as_ref().map(|o| {
+        let conn = TcpConn {
+            direction: DIRECTION,
+            client_id: client.map(ToString::to_string).unwrap_or_default(),
+            server_id: o.own_id.clone(),
+            peer: Some(ip),
+            authority: app.addr.to_string(),
+            endpoint: app.addr.to_string(),
+            ..TcpConn::default()
+        };
+        (o, conn, (Instant::now(), std::time::SystemTime::now()))
+    });
     match TcpStream::connect(app.addr).await {
         Ok(upstream) => {
             let _ = upstream.set_nodelay(true);
@@ -164,7 +177,12 @@ where
                 DIRECTION,
             );
             tokio::select! {
-                r = splice => debug!(result = ?r, "opaque connection closed"),
+                r = splice => {
+                    debug!(result = ?r, "opaque connection closed");
+                    if let Some((o, conn, start)) = observed {
+                        o.log_tcp(conn, start, r.as_ref().ok().copied(), "");
+                    }
+                }
                 service = revoked(ctx, caller) => {
                     info!(%service, client = %client.map_or_else(|| format!("plaintext {ip}"), ToString::to_string),
                         "opaque connection closed: the inbound policy no longer allows it");
@@ -176,7 +194,10 @@ where
             }
         }
         Err(e) => {
-            debug!(app = %app.addr, error = %e, "the application refused an opaque connection")
+            debug!(app = %app.addr, error = %e, "the application refused an opaque connection");
+            if let Some((o, conn, start)) = observed {
+                o.log_tcp(conn, start, None, "connect-failed");
+            }
         }
     }
 }

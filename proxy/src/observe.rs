@@ -231,6 +231,51 @@ impl End {
     }
 }
 
+/// An opaque TCP connection, for its access log line.
+#[derive(Debug, Default)]
+pub struct TcpConn {
+    pub direction: &'static str,
+    pub client_id: String,
+    pub server_id: String,
+    pub peer: Option<IpAddr>,
+    /// The original destination or service authority.
+    pub authority: String,
+    pub backend: String,
+    pub endpoint: String,
+}
+
+impl Observe {
+    /// Logs a finished opaque connection (access logs on): `moved` is what `tcp::splice`
+    /// returned, bytes from and to the client.
+    pub fn log_tcp(
+        &self,
+        conn: TcpConn,
+        start: (Instant, SystemTime),
+        moved: Option<(u64, u64)>,
+        error: &'static str,
+    ) {
+        let Some(log) = &self.log else { return };
+        let (bytes_in, bytes_out) = moved.unwrap_or_default();
+        log.log(Record {
+            time: crate::access_log::rfc3339(start.1),
+            direction: conn.direction,
+            protocol: "tcp",
+            client_id: conn.client_id,
+            server_id: conn.server_id,
+            peer: conn.peer.map(|p| p.to_string()).unwrap_or_default(),
+            authority: conn.authority,
+            duration_ms: start.0.elapsed().as_secs_f64() * 1000.0,
+            bytes_in,
+            bytes_out,
+            backend: conn.backend,
+            endpoint: conn.endpoint,
+            attempts: 1,
+            error,
+            ..Record::default()
+        });
+    }
+}
+
 /// A gRPC status other than OK, as `error.type` (gRPC answers errors with HTTP 200).
 pub fn grpc_error(code: Option<u16>) -> Option<String> {
     code.filter(|c| *c != 0).map(|c| format!("grpc-status {c}"))

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
@@ -31,7 +31,7 @@ use crate::http::{
 };
 use crate::listen::Ctx;
 use crate::metrics::ResponseLabels;
-use crate::observe::Exchange;
+use crate::observe::{Exchange, TcpConn};
 use crate::plan::{self, Plan, RequestFacts};
 use crate::tls::{ALPN_HTTP1, ALPN_OPAQUE};
 
@@ -165,8 +165,32 @@ async fn connect_planned(
 }
 
 async fn opaque_to_peer(ctx: &Ctx, tcp: TcpStream, plan: &Plan) {
+    // Access logs on: the connection's line is written when it ends.
+    let observed = ctx.observe.as_ref().map(|o| {
+        let conn = TcpConn {
+            direction: DIRECTION,
+            client_id: o.own_id.clone(),
+            peer: tcp.peer_addr().ok().map(|a| a.ip()),
+            authority: format!("{}:{}", plan.backend, plan.backend_port),
+            backend: plan.backend.to_string(),
+            ..TcpConn::default()
+        };
+        (o, conn, (Instant::now(), SystemTime::now()))
+    });
     match connect_planned(ctx, plan, ALPN_OPAQUE).await {
         Ok(upstream) => {
+            let observed = observed.map(|(o, mut conn, start)| {
+                conn.server_id = crate::tls::peer_id(&upstream)
+                    .map(|i| i.to_string())
+                    .unwrap_or_default();
+                conn.endpoint = upstream
+                    .get_ref()
+                    .0
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                (o, conn, start)
+            });
             let r = crate::tcp::splice(
                 tcp,
                 upstream,
@@ -176,8 +200,16 @@ async fn opaque_to_peer(ctx: &Ctx, tcp: TcpStream, plan: &Plan) {
             )
             .await;
             debug!(result = ?r, backend = %plan.backend, "opaque connection closed");
+            if let Some((o, conn, start)) = observed {
+                o.log_tcp(conn, start, r.as_ref().ok().copied(), "");
+            }
         }
-        Err(e) => debug!(error = %e, reason = e.reason(), "opaque connection refused"),
+        Err(e) => {
+            debug!(error = %e, reason = e.reason(), "opaque connection refused");
+            if let Some((o, conn, start)) = observed {
+                o.log_tcp(conn, start, None, e.reason());
+            }
+        }
     }
 }
 
