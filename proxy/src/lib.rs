@@ -7,7 +7,8 @@
 //! Data path (only reads that state): [`outbound`] (the application's connections out: plan with
 //! [`plan`], mTLS to the peer with [`peers`] and [`tls`]) and [`inbound`] (mTLS from peers to the
 //! application), on the shared plumbing in [`listen`], [`http`], [`detect`] and [`tcp`], with
-//! one [`drain`] signal for shutdown.
+//! one [`drain`] signal for shutdown. Traces ([`trace`]) and access logs ([`access_log`]) are
+//! gathered per request by [`observe`], only when configured.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod access_log;
