@@ -275,11 +275,12 @@ async fn attempt(
     let endpoint = lease.endpoint;
     let (mut parts, ()) = head.into_parts();
     // A traced request: this attempt's CLIENT span, named as the parent of what it sends.
+    // Boxed: untraced attempts' futures stay the size they were.
     let span = match observed.and_then(|x| Some((x, x.trace?, x.observe.tracer.as_ref()?))) {
         Some((x, parent, tracer)) => {
             let (span, header) = parent.child();
             parts.headers.insert(TRACEPARENT, header);
-            Some((x, tracer, span))
+            Some(Box::new((x, tracer, span)))
         }
         None => None,
     };
@@ -337,7 +338,8 @@ async fn attempt(
         None | Some(Failure::Grpc(_)) => Outcome::Success,
         Some(_) => Outcome::Failure,
     };
-    if let Some((x, tracer, span)) = span {
+    if let Some(traced) = span {
+        let (x, tracer, span) = *traced;
         tracer.submit(client_span(x, span, plan, endpoint, retry, &result));
     }
     finish(ctx, plan, lease, bad);

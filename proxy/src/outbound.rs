@@ -171,7 +171,10 @@ async fn opaque_to_peer(ctx: &Ctx, tcp: TcpStream, plan: &Plan) {
             direction: DIRECTION,
             client_id: o.own_id.clone(),
             peer: tcp.peer_addr().ok().map(|a| a.ip()),
-            authority: format!("{}:{}", plan.backend, plan.backend_port),
+            authority: format!(
+                "{}.{}:{}",
+                plan.backend.name, plan.backend.namespace, plan.backend_port
+            ),
             backend: plan.backend.to_string(),
             ..TcpConn::default()
         };

@@ -328,3 +328,74 @@ async fn a_collector_that_is_down_costs_no_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An opaque TCP connection is one line at each proxy when it closes, with the bytes each way.
+#[tokio::test]
+async fn an_opaque_connection_is_one_access_log_line_at_each_proxy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = TestMesh::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = mesh.cp.grpc_addr().to_string();
+    apply(&mesh, vec![service("db", 5432, Protocol::Tcp)])
+        .await
+        .unwrap();
+    let backend = weft_tests::dataplane::tcp_echo().await.unwrap();
+    let log = |file: &str| {
+        Some(AccessLogConfig {
+            format: Format::Json,
+            file: Some(dir.path().join(file)),
+        })
+    };
+    let db_opts = ProxyOpts {
+        app: Some((backend.port(), "db".into())),
+        access_log: log("db.log"),
+        ..Default::default()
+    };
+    let db = start_proxy(&mesh, &cp, dir.path(), "db", db_opts)
+        .await
+        .unwrap();
+    let web_opts = ProxyOpts {
+        upstreams: vec!["db.default:5432".into()],
+        access_log: log("web.log"),
+        ..Default::default()
+    };
+    let web = start_proxy(&mesh, &cp, dir.path(), "web", web_opts)
+        .await
+        .unwrap();
+    wait_endpoints(&web, "db", 1).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(web.upstream_addrs[0])
+        .await
+        .unwrap();
+    tcp.write_all(&[7u8; 1000]).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tcp.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back.len(), 1000);
+    drop(tcp);
+    let line = |file: &str| {
+        let path = dir.path().join(file);
+        weft_tests::poll(Duration::from_secs(10), move || {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let first = text.lines().next()?;
+            Some(serde_json::from_str::<serde_json::Value>(first).unwrap())
+        })
+    };
+    let out = line("web.log").await.unwrap();
+    assert_eq!(out["direction"], "outbound");
+    assert_eq!(out["protocol"], "tcp");
+    assert_eq!(out["status"], 0);
+    assert_eq!(out["bytes_in"], 1000);
+    assert_eq!(out["bytes_out"], 1000);
+    assert_eq!(out["backend"], "default/db");
+    assert_eq!(out["authority"], "db.default:5432");
+    assert_eq!(out["endpoint"], db.inbound_addr.unwrap().to_string());
+    assert_eq!(out["client_id"], "spiffe://mesh.test/ns/default/sa/web");
+    assert_eq!(out["server_id"], "spiffe://mesh.test/ns/default/sa/db");
+    let inb = line("db.log").await.unwrap();
+    assert_eq!(inb["direction"], "inbound");
+    assert_eq!(inb["protocol"], "tcp");
+    assert_eq!(inb["bytes_in"], 1000);
+    assert_eq!(inb["bytes_out"], 1000);
+    assert_eq!(inb["client_id"], "spiffe://mesh.test/ns/default/sa/web");
+    assert_eq!(inb["endpoint"], backend.to_string());
+}
