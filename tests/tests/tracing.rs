@@ -399,3 +399,84 @@ async fn an_opaque_connection_is_one_access_log_line_at_each_proxy() {
     assert_eq!(inb["client_id"], "spiffe://mesh.test/ns/default/sa/web");
     assert_eq!(inb["endpoint"], backend.to_string());
 }
+
+/// gRPC: the RPC attributes on both spans; a failing call's status (trailers-only) makes both
+/// spans errors, a successful call's (in the trailers) is read at the server's end of the body.
+#[tokio::test]
+async fn grpc_calls_carry_rpc_attributes_and_statuses() {
+    use weft_tests::dataplane::echo::{Msg, echo_client::EchoClient};
+    let collector = Collector::start().await.unwrap();
+    let mesh = TestMesh::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = mesh.cp.grpc_addr().to_string();
+    apply(&mesh, vec![service("grpc", 50051, Protocol::Grpc)])
+        .await
+        .unwrap();
+    let backend = weft_tests::dataplane::grpc_echo().await.unwrap();
+    let trace = |name: &str| {
+        Some(TraceConfig {
+            endpoint: collector.endpoint(),
+            ca: None,
+            sample_rate: 0.0,
+            service_name: name.to_owned(),
+        })
+    };
+    let server_opts = ProxyOpts {
+        app: Some((backend.port(), "grpc".into())),
+        trace: trace("default/grpc"),
+        ..Default::default()
+    };
+    let _server = start_proxy(&mesh, &cp, dir.path(), "grpc", server_opts)
+        .await
+        .unwrap();
+    let web_opts = ProxyOpts {
+        upstreams: vec!["grpc.default:50051".into()],
+        trace: trace("default/web"),
+        ..Default::default()
+    };
+    let web = start_proxy(&mesh, &cp, dir.path(), "web", web_opts)
+        .await
+        .unwrap();
+    wait_endpoints(&web, "grpc", 1).await.unwrap();
+    let mut client = EchoClient::connect(format!("http://{}", web.upstream_addrs[0]))
+        .await
+        .unwrap();
+    let call = |trace_id: &str, text: &str| {
+        let mut req = tonic::Request::new(Msg { text: text.into() });
+        req.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-{PARENT}-01").parse().unwrap(),
+        );
+        req
+    };
+    let ok_trace = "11111111111111111111111111111111";
+    let bad_trace = "22222222222222222222222222222222";
+    client.unary(call(ok_trace, "hi")).await.unwrap();
+    let status = client
+        .unary(call(bad_trace, "exhausted-once:x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+
+    let ok = collector.wait_trace(ok_trace, 2).await.unwrap();
+    for s in &ok {
+        let a = &s["attributes"];
+        assert_eq!(a["rpc.system.name"], "grpc", "{s}");
+        assert_eq!(a["rpc.method"], "weft.test.v1.Echo/Unary", "{s}");
+        assert_eq!(a["url.path"], "/weft.test.v1.Echo/Unary", "{s}");
+        assert_eq!(s["status"], "STATUS_CODE_UNSET", "{s}");
+    }
+    // The server's span ends with the body: the OK status from the trailers.
+    assert_eq!(
+        span_of(&ok, "SPAN_KIND_SERVER")["attributes"]["rpc.status_code"],
+        0
+    );
+    let bad = collector.wait_trace(bad_trace, 2).await.unwrap();
+    for s in &bad {
+        let a = &s["attributes"];
+        assert_eq!(a["rpc.status_code"], 8, "{s}");
+        assert_eq!(a["error.type"], "grpc-status 8", "{s}");
+        assert_eq!(a["http.response.status_code"], 200, "{s}");
+        assert_eq!(s["status"], "STATUS_CODE_ERROR", "{s}");
+    }
+}

@@ -185,9 +185,12 @@ pub fn decide(
     sample_rate: f64,
     random: impl FnOnce() -> f64,
 ) -> Option<Parent> {
-    let parsed = headers
-        .get(context::TRACEPARENT)
-        .and_then(|v| TraceParent::parse(v.as_bytes()));
+    // More than one `traceparent` is as good as none (the spec's rule).
+    let mut all = headers.get_all(context::TRACEPARENT).iter();
+    let parsed = match (all.next(), all.next()) {
+        (Some(v), None) => TraceParent::parse(v.as_bytes()),
+        _ => None,
+    };
     match parsed {
         Some(p) if p.sampled() => Some(Parent {
             trace_id: p.trace_id,
@@ -265,6 +268,23 @@ mod tests {
                 assert!(p.flags & context::FLAG_SAMPLED != 0);
             }
         }
+    }
+
+    #[test]
+    fn two_traceparent_headers_are_none() {
+        let mut h = headers(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        h.append(
+            context::TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                .parse()
+                .unwrap(),
+        );
+        assert!(decide(&h, 0.0, || 0.0).is_none());
+        // ...and a new trace at the sample rate, as for any request without a valid one.
+        let p = decide(&h, 1.0, || 0.5).unwrap();
+        assert_eq!(p.parent, None);
     }
 
     #[test]
