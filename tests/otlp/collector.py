@@ -2,7 +2,7 @@
 grpcio (both from PyPI, not ours). Prints its port on the first line of stdout, then writes every
 span it receives as one JSON line to the file named by its argument.
 
-usage: collector.py SPANS_FILE
+usage: collector.py SPANS_FILE [CERT_PEM KEY_PEM]   (with a certificate: TLS)
 """
 
 import json
@@ -52,7 +52,12 @@ def main():
     out = open(sys.argv[1], "a", encoding="utf-8")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(out), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if len(sys.argv) > 3:
+        with open(sys.argv[2], "rb") as c, open(sys.argv[3], "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
     server.wait_for_termination()

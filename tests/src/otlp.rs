@@ -45,12 +45,27 @@ impl std::fmt::Debug for Collector {
 
 impl Collector {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// The same over TLS with `(certificate chain PEM, key PEM)`.
+    pub async fn start_tls(cert: &str, key: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some((cert, key))).await
+    }
+
+    async fn start_with(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let spans = dir.path().join("spans.jsonl");
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("otlp/collector.py");
-        let mut child = tokio::process::Command::new(python()?)
-            .arg(&script)
-            .arg(&spans)
+        let mut cmd = tokio::process::Command::new(python()?);
+        cmd.arg(&script).arg(&spans);
+        if let Some((cert, key)) = tls {
+            let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&c, cert)?;
+            std::fs::write(&k, key)?;
+            cmd.arg(c).arg(k);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -480,3 +480,59 @@ async fn grpc_calls_carry_rpc_attributes_and_statuses() {
         assert_eq!(s["status"], "STATUS_CODE_ERROR", "{s}");
     }
 }
+
+/// `https://` with `--otlp-ca`: the spans reach a TLS collector whose certificate chains to the
+/// given roots and names the endpoint's host.
+#[tokio::test]
+async fn spans_go_to_an_https_collector_verified_with_the_given_roots() {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "otlp test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let collector = Collector::start_tls(&leaf.pem(), &leaf_key.serialize_pem())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+
+    let mesh = TestMesh::start().await.unwrap();
+    let cp = mesh.cp.grpc_addr().to_string();
+    apply(&mesh, vec![service("api", 80, Protocol::Http1)])
+        .await
+        .unwrap();
+    let app = header_app().await;
+    let api_opts = ProxyOpts {
+        app: Some((app.port(), "api".into())),
+        trace: Some(TraceConfig {
+            endpoint: format!("https://localhost:{}", collector.port),
+            ca: Some(ca),
+            sample_rate: 0.0,
+            service_name: "default/api".into(),
+        }),
+        ..Default::default()
+    };
+    let _api = start_proxy(&mesh, &cp, dir.path(), "api", api_opts)
+        .await
+        .unwrap();
+    let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts::default())
+        .await
+        .unwrap();
+    wait_endpoints(&web, "api", 1).await.unwrap();
+    let incoming = format!("00-{TRACE}-{PARENT}-01");
+    let (status, _) = get(&web, "/tls", &[("traceparent", &incoming)]).await;
+    assert_eq!(status, 200);
+    // web does not trace: api's SERVER span has the caller's span as its parent.
+    let spans = collector.wait_trace(TRACE, 1).await.unwrap();
+    assert_eq!(spans[0]["kind"], "SPAN_KIND_SERVER");
+    assert_eq!(spans[0]["parent_span_id"], PARENT);
+}

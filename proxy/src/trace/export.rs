@@ -277,3 +277,82 @@ pub fn to_otlp(s: SpanRecord) -> Span {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: &str, ca: Option<std::path::PathBuf>) -> TraceConfig {
+        TraceConfig {
+            endpoint: endpoint.into(),
+            ca,
+            sample_rate: 0.0,
+            service_name: "default/web".into(),
+        }
+    }
+
+    /// A bad endpoint or CA fails start with a message naming the flag and the problem.
+    #[test]
+    fn bad_settings_are_refused_with_the_flag_named() {
+        let m = Metrics::new();
+        for (endpoint, ca, want) in [
+            (
+                "ftp://collector:4317",
+                None,
+                "--otlp-endpoint \"ftp://collector:4317\": the scheme must be http:// or https://",
+            ),
+            ("collector:4317", None, "the scheme must be"),
+            (
+                "https://collector:4317",
+                None,
+                "an https:// endpoint needs --otlp-ca",
+            ),
+            (
+                "https://collector:4317",
+                Some("/nonexistent/ca.pem".into()),
+                "--otlp-ca /nonexistent/ca.pem:",
+            ),
+        ] {
+            let err = start(&config(endpoint, ca), &m).unwrap_err().to_string();
+            assert!(err.contains(want), "{endpoint}: {err}");
+        }
+        let dir = std::env::temp_dir().join(format!("weft-otlp-ca-{}", std::process::id()));
+        std::fs::write(&dir, "not a certificate").unwrap();
+        let err = start(&config("https://collector:4317", Some(dir.clone())), &m)
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&dir);
+        assert!(err.contains("no certificates in the file"), "{err}");
+    }
+
+    #[test]
+    fn a_span_in_otlp_keeps_ids_kind_times_attributes_and_status() {
+        let start = UNIX_EPOCH + Duration::from_nanos(1_000);
+        let s = SpanRecord {
+            trace_id: super::super::TraceId([1; 16]),
+            span_id: super::super::SpanId([2; 8]),
+            parent: Some(super::super::SpanId([3; 8])),
+            flags: 1,
+            kind: Kind::Client,
+            name: "GET default/api".into(),
+            start,
+            end: start + Duration::from_nanos(500),
+            attributes: vec![("server.port", Value::Int(80)), ("url.path", "/x".into())],
+            error: Some("503".into()),
+        };
+        let o = to_otlp(s);
+        assert_eq!(o.trace_id, vec![1; 16]);
+        assert_eq!(o.span_id, vec![2; 8]);
+        assert_eq!(o.parent_span_id, vec![3; 8]);
+        assert_eq!(o.kind, span::SpanKind::Client as i32);
+        assert_eq!(
+            (o.start_time_unix_nano, o.end_time_unix_nano),
+            (1_000, 1_500)
+        );
+        assert_eq!(o.attributes.len(), 2);
+        assert_eq!(o.attributes[0].key, "server.port");
+        let status = o.status.unwrap();
+        assert_eq!(status.code, status::StatusCode::Error as i32);
+        assert_eq!(status.message, "503");
+    }
+}
