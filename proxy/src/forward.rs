@@ -34,42 +34,29 @@ pub struct Forwarded {
     pub server_id: Option<SpiffeId>,
     /// A retry was due and the budget refused it.
     pub budget_exhausted: bool,
-    /// Attempts sent.
-    pub attempts: u32,
-    /// The last attempt's endpoint.
-    pub endpoint: Option<SocketAddr>,
-}
-
-/// What the attempts of an observed request share: `attempts` counts them, `endpoint` is the
-/// last one's; with the request traced, each gets a CLIENT span.
-#[derive(Debug, Default)]
-struct Tally {
-    attempts: u32,
-    endpoint: Option<SocketAddr>,
 }
 
 /// Sends `head` + `body` as the plan says. `head` is ready for the peer (HTTP/2, absolute URI,
-/// hop-by-hop headers gone); its body is ignored.
+/// hop-by-hop headers gone); its body is ignored. An observed request (`observed`) has its
+/// attempts and last endpoint noted there and, when traced, a CLIENT span per attempt.
 pub async fn forward(
     ctx: &Ctx,
     plan: &Plan,
     head: Request<()>,
     body: Body,
-    observed: Option<&Exchange>,
+    observed: Option<&mut Exchange>,
 ) -> Forwarded {
     let mut server_id = None;
     let mut budget_exhausted = false;
-    let mut tally = Tally::default();
     // The attempts' future is made in each arm, not bound before the match: a bound future
     // moved into `timeout` would keep its own slot in this future too, doubling the size of
     // what every request moves (docs/benchmarks.md). The same goes for `attempt` below.
     let (server, exhausted) = (&mut server_id, &mut budget_exhausted);
-    let sent = (&mut tally, observed);
     let result = match plan.timeouts.request {
         Some(limit) => {
             match tokio::time::timeout(
                 limit,
-                attempts(ctx, plan, head, body, server, exhausted, sent),
+                attempts(ctx, plan, head, body, server, exhausted, observed),
             )
             .await
             {
@@ -81,7 +68,7 @@ pub async fn forward(
                 ))),
             }
         }
-        None => attempts(ctx, plan, head, body, server, exhausted, sent).await,
+        None => attempts(ctx, plan, head, body, server, exhausted, observed).await,
     };
     let result = match result {
         Ok(mut resp) if budget_exhausted => {
@@ -101,8 +88,6 @@ pub async fn forward(
         result,
         server_id,
         budget_exhausted,
-        attempts: tally.attempts,
-        endpoint: tally.endpoint,
     }
 }
 
@@ -113,7 +98,7 @@ async fn attempts(
     body: Body,
     server_id: &mut Option<SpiffeId>,
     budget_exhausted: &mut bool,
-    (tally, observed): (&mut Tally, Option<&Exchange>),
+    mut observed: Option<&mut Exchange>,
 ) -> Result<Response<Body>, ProxyError> {
     let state = ctx.balancers.service(&plan.backend);
     let _pending = state.admit(plan.traffic.max_pending_requests)?;
@@ -122,9 +107,20 @@ async fn attempts(
         // No retries: one attempt, the body streamed straight through.
         let lease = pick(&state, plan, &[])?;
         *server_id = Some(lease.endpoint.identity.clone());
-        tally.attempts = 1;
-        tally.endpoint = Some(lease.endpoint.address);
-        let (result, _) = attempt(ctx, plan, lease, head, body, false, (observed, 0)).await;
+        if let Some(x) = observed.as_deref_mut() {
+            x.attempts = 1;
+            x.endpoint = lease.endpoint.address.to_string();
+        }
+        let (result, _) = attempt(
+            ctx,
+            plan,
+            lease,
+            head,
+            body,
+            false,
+            (observed.as_deref(), 0),
+        )
+        .await;
         return result;
     };
     let peek_grpc = !policy.grpc_on.is_empty();
@@ -159,8 +155,10 @@ async fn attempts(
                 "the request body cannot be sent again".into(),
             ));
         };
-        tally.attempts += 1;
-        tally.endpoint = Some(lease.endpoint.address);
+        if let Some(x) = observed.as_deref_mut() {
+            x.attempts += 1;
+            x.endpoint = lease.endpoint.address.to_string();
+        }
         let (result, failure) = attempt(
             ctx,
             plan,
@@ -168,7 +166,7 @@ async fn attempts(
             clone_head(&head),
             b,
             peek_grpc,
-            (observed, n),
+            (observed.as_deref(), n),
         )
         .await;
         let Some(failure) = failure else {

@@ -443,14 +443,7 @@ async fn to_peer(
     }
     parts.version = Version::HTTP_2;
     let head = Request::from_parts(parts, ());
-    let forwarded = forward::forward(ctx, plan, head, body, observed.as_deref()).await;
-    if let Some(x) = observed {
-        x.attempts = forwarded.attempts;
-        x.endpoint = forwarded
-            .endpoint
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-    }
+    let forwarded = forward::forward(ctx, plan, head, body, observed).await;
     outcome.server_id = forwarded.server_id;
     outcome.budget_exhausted = forwarded.budget_exhausted;
     let resp = forwarded.result?;
