@@ -15,7 +15,9 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::access_log::{AccessLog, Record};
 use crate::body::{Body, BodyError};
-use crate::trace::{Kind, OpenSpan, Parent, Tracer, Value, context::TRACEPARENT, error_type};
+use crate::trace::{
+    Kind, OpenSpan, Parent, SpanRecord, Tracer, Value, context::TRACEPARENT, error_type,
+};
 
 /// What is on: tracing, access logs, or both.
 #[derive(Debug)]
@@ -176,9 +178,9 @@ struct End {
 
 impl End {
     fn emit(self, bytes_out: u64, grpc_status: Option<u16>) {
-        let x = self.exchange;
-        let o = &x.observe;
-        if let (Some(tracer), Some(span)) = (&o.tracer, x.server_span) {
+        let mut x = self.exchange;
+        let o = &x.observe.clone();
+        if let (Some(tracer), Some(span)) = (&o.tracer, x.server_span.take()) {
             let mut a = http_attributes(
                 &x.method,
                 &x.authority,
@@ -203,6 +205,17 @@ impl End {
             }
             let name = format!("{} {}", x.method, x.authority);
             tracer.submit(span.end(Kind::Server, name, a, error));
+        }
+        if let (Some(tracer), Some(parent), "outbound", 0, false) = (
+            &o.tracer,
+            x.trace,
+            x.direction,
+            x.attempts,
+            self.error.is_empty(),
+        ) {
+            // Answered by this proxy before any attempt (no route, no endpoints, overloaded,
+            // denied): one CLIENT span says so, or the trace would not show where it ended.
+            tracer.submit(unsent_span(&x, parent, self.status, self.error));
         }
         if let Some(log) = &o.log {
             log.log(Record {
@@ -274,6 +287,30 @@ impl Observe {
             ..Record::default()
         });
     }
+}
+
+/// The CLIENT span of an outbound request the proxy answered itself before any attempt.
+fn unsent_span(x: &Exchange, parent: Parent, status: u16, reason: &'static str) -> SpanRecord {
+    let mut a = http_attributes(&x.method, &x.authority, &x.path, Some(status), x.grpc, None);
+    a.push(("error.type", reason.into()));
+    a.push(("weft.route", x.route.as_str().into()));
+    a.push(("weft.backend", x.backend.as_str().into()));
+    a.push(("weft.client_id", x.client_id.as_str().into()));
+    a.push(("weft.error", reason.into()));
+    let target = if x.backend.is_empty() {
+        &x.authority
+    } else {
+        &x.backend
+    };
+    let span = OpenSpan {
+        trace_id: parent.trace_id,
+        span_id: crate::trace::SpanId::random(),
+        parent: parent.parent,
+        flags: parent.flags,
+        start: x.wall,
+    };
+    let name = format!("{} {target}", x.method);
+    span.end(Kind::Client, name, a, Some(reason.to_owned()))
 }
 
 /// A gRPC status other than OK, as `error.type` (gRPC answers errors with HTTP 200).

@@ -67,9 +67,16 @@ async fn chain(endpoint: &str) -> Chain {
     let mesh = TestMesh::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cp = mesh.cp.grpc_addr().to_string();
-    apply(&mesh, vec![service("api", 80, Protocol::Http1)])
-        .await
-        .unwrap();
+    // `ghost` has no endpoints: a request to it is answered by the client proxy.
+    apply(
+        &mesh,
+        vec![
+            service("api", 80, Protocol::Http1),
+            service("ghost", 80, Protocol::Http1),
+        ],
+    )
+    .await
+    .unwrap();
     let app = header_app().await;
     let trace = |name: &str| {
         Some(TraceConfig {
@@ -279,6 +286,29 @@ async fn a_sampled_request_makes_a_client_and_a_server_span_in_one_chain() {
     );
     assert!(last.contains(" path=/items/1 status=200 "), "{last}");
     assert!(last.contains(&format!(" trace_id={TRACE}")), "{last}");
+
+    // Answered by web itself (no endpoints): one CLIENT span with the reason, as an error.
+    let ghost_trace = "33333333333333333333333333333333";
+    let ghost = format!("00-{ghost_trace}-{PARENT}-01");
+    let resp = proxy_request(
+        c.web.outbound_addr.unwrap(),
+        "GET",
+        "http://ghost.default/x",
+        &[("traceparent", &ghost)],
+        body(""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 503);
+    let spans = collector.wait_trace(ghost_trace, 1).await.unwrap();
+    let s = &spans[0];
+    assert_eq!(s["kind"], "SPAN_KIND_CLIENT");
+    assert_eq!(s["name"], "GET ghost.default:80");
+    assert_eq!(s["parent_span_id"], PARENT);
+    assert_eq!(s["status"], "STATUS_CODE_ERROR");
+    assert_eq!(s["attributes"]["error.type"], "no-endpoints");
+    assert_eq!(s["attributes"]["weft.error"], "no-endpoints");
+    assert_eq!(s["attributes"]["http.response.status_code"], 503);
 }
 
 /// A collector that takes connections and never answers (worse than one that is not there,
