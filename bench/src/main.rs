@@ -175,6 +175,7 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
         store: weft_control_plane::StoreConfig::Memory { snapshot: None },
         admin_identities: vec![],
         registration_ttl: Duration::from_secs(20),
+        max_connections: weft_control_plane::transport::MAX_CONNECTIONS,
     })
     .await?;
     let addr = cp.grpc_addr().to_string();

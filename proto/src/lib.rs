@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod limits;
 pub mod model;
 pub mod process;
 

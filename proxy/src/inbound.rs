@@ -31,7 +31,7 @@ use crate::body::{Body, streamed};
 use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
 use crate::http::{
-    CLIENT_ID, Http, ORIG_PROTO, authority_of, forward_upgrade, is_upgrade, serve,
+    CLIENT_ID, Http, ORIG_PROTO, Served, authority_of, forward_upgrade, is_upgrade, serve,
     set_absolute_uri, set_origin_form, strip_hop_by_hop,
 };
 use crate::listen::{App, Ctx, MtlsMode};
@@ -247,9 +247,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
-    let drain = ctx.drain.clone();
-    let idle = ctx.settings.http_idle_timeout;
-    serve(stream, http, &drain, idle, move |req| {
+    let served = ctx.clone();
+    serve(stream, http, Served::by(&served, DIRECTION), move |req| {
         request(ctx.clone(), app.clone(), conn.clone(), req)
     })
     .await;

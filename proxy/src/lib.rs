@@ -27,6 +27,7 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod init;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod observe;

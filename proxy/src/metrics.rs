@@ -49,6 +49,15 @@ pub struct TcpLabels {
     pub direction: &'static str,
 }
 
+/// Labels of `tcp_refused_connections_total` and `http_connection_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `inbound`, `outbound` or `admin`.
+    pub direction: &'static str,
+    /// Which limit: see docs/metrics.md.
+    pub reason: &'static str,
+}
+
 /// Labels of `retries_total` and `retry_budget_exhausted_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
@@ -109,6 +118,11 @@ pub struct Metrics {
     pub tcp_open: Family<TcpLabels, Gauge>,
     pub tcp_read: Family<TcpLabels, Counter>,
     pub tcp_write: Family<TcpLabels, Counter>,
+    /// Connections closed at accept because a limit was reached.
+    pub tcp_refused: Family<LimitLabels, Counter>,
+    /// HTTP connections ended by a limit or a protocol error (slow or oversized heads, stalled
+    /// bodies, rapid resets).
+    pub http_conn_errors: Family<LimitLabels, Counter>,
     pub registered: Gauge,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RetryLabels, Counter>,
@@ -159,6 +173,8 @@ impl Metrics {
             tcp_open: Family::default(),
             tcp_read: Family::default(),
             tcp_write: Family::default(),
+            tcp_refused: Family::default(),
+            http_conn_errors: Family::default(),
             registered: Gauge::default(),
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
@@ -238,6 +254,16 @@ impl Metrics {
             "tcp_write_bytes",
             "Bytes written to the accepted side of proxied connections",
             m.tcp_write.clone(),
+        );
+        r.register(
+            "tcp_refused_connections",
+            "Connections closed as they were accepted because a limit was reached",
+            m.tcp_refused.clone(),
+        );
+        r.register(
+            "http_connection_errors",
+            "HTTP connections ended by a limit or a protocol error, by reason",
+            m.http_conn_errors.clone(),
         );
         r.register(
             "registered_endpoints",

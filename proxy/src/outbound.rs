@@ -26,7 +26,7 @@ use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
 use crate::forward;
 use crate::http::{
-    Http, ORIG_PROTO, authority_of, forward_upgrade, is_upgrade, serve, set_absolute_uri,
+    Http, ORIG_PROTO, Served, authority_of, forward_upgrade, is_upgrade, serve, set_absolute_uri,
     strip_hop_by_hop,
 };
 use crate::listen::Ctx;
@@ -238,9 +238,8 @@ async fn passthrough_tcp(ctx: &Ctx, tcp: TcpStream, dst: &str) {
 }
 
 async fn serve_http(ctx: Arc<Ctx>, tcp: TcpStream, http: Http, mode: Mode) {
-    let drain = ctx.drain.clone();
-    let idle = ctx.settings.http_idle_timeout;
-    serve(tcp, http, &drain, idle, move |req| {
+    let served = ctx.clone();
+    serve(tcp, http, Served::by(&served, DIRECTION), move |req| {
         let ctx = ctx.clone();
         let mode = mode.clone();
         async move { request(ctx, mode, req).await }
