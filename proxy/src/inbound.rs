@@ -261,12 +261,12 @@ async fn request(
     mut req: Request<Body>,
 ) -> Response<Body> {
     let start = Instant::now();
-    // Tracing or access logs on: the request is observed (boxed: the off path's future
+    // Traced, or access logs on: the request is observed (boxed: the off path's future
     // stays the size it was).
     let mut observed = ctx
         .observe
         .as_ref()
-        .map(|o| Exchange::begin(o, DIRECTION, &mut req, Some(conn.ip)));
+        .and_then(|o| Exchange::begin(o, DIRECTION, &mut req, Some(conn.ip)));
     let authority = authority_of(&req).unwrap_or_else(|| app.addr.to_string());
     let client = conn.client.as_deref();
     let tls = client.is_some();

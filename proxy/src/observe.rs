@@ -54,19 +54,24 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Starts observing a request. Inbound, a traced request gets its SERVER span here and
-    /// the `traceparent` it carries on names that span; outbound, spans are per attempt
+    /// Starts observing a request; `None` when there is nothing to observe (access logs off
+    /// and the request not traced: tracing at a low sample rate costs the others only the
+    /// `traceparent` lookup). Inbound, a traced request gets its SERVER span here and the
+    /// `traceparent` it carries on names that span; outbound, spans are per attempt
     /// (`crate::forward`).
     pub fn begin<B>(
         observe: &Arc<Observe>,
         direction: &'static str,
         req: &mut Request<B>,
         peer: Option<IpAddr>,
-    ) -> Box<Self> {
+    ) -> Option<Box<Self>> {
         let trace = observe
             .tracer
             .as_ref()
             .and_then(|t| t.incoming(req.headers()));
+        if trace.is_none() && observe.log.is_none() {
+            return None;
+        }
         let server_span = match (&trace, direction) {
             (Some(p), "inbound") => {
                 let (span, header) = p.child();
@@ -75,7 +80,7 @@ impl Exchange {
             }
             _ => None,
         };
-        Box::new(Self {
+        Some(Box::new(Self {
             observe: observe.clone(),
             direction,
             start: Instant::now(),
@@ -94,7 +99,7 @@ impl Exchange {
             attempts: 0,
             grpc: crate::error::is_grpc(req.headers()),
             bytes_in: Arc::new(AtomicU64::new(0)),
-        })
+        }))
     }
 
     /// Counts the request body's bytes as it is sent on.

@@ -262,12 +262,12 @@ async fn request(ctx: Arc<Ctx>, mode: Mode, mut req: Request<Body>) -> Response<
         Mode::Fixed(a) => a.to_string(),
         _ => authority_of(&req).unwrap_or_default(),
     };
-    // Tracing or access logs on: the request is observed (boxed: the off path's future
+    // Traced, or access logs on: the request is observed (boxed: the off path's future
     // stays the size it was).
     let mut observed = ctx
         .observe
         .as_ref()
-        .map(|o| Exchange::begin(o, DIRECTION, &mut req, None));
+        .and_then(|o| Exchange::begin(o, DIRECTION, &mut req, None));
     if let Some(x) = &mut observed {
         x.client_id.clone_from(&x.observe.own_id);
         x.authority.clone_from(&authority);
