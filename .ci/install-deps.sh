@@ -46,3 +46,11 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate==1.37.0'
 fi
+
+# grpcio + opentelemetry-proto (PyPI) in the same venv: the tracing test's OTLP receiver
+# (tests/otlp/collector.py) is theirs, not ours.
+venv="${WEFT_VENV:-$HOME/.cache/weft/venv}"
+if ! "$venv/bin/python" -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' >/dev/null 2>&1; then
+  echo "install-deps: pip install grpcio opentelemetry-proto into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'grpcio==1.85.3' 'opentelemetry-proto==1.45.2'
+fi

@@ -201,6 +201,8 @@ pub struct Ctx {
     /// This workload's namespace (from its SPIFFE ID): what a one-label host (`api`, as an
     /// application in a Kubernetes namespace calls a neighbour) is looked up in.
     pub namespace: Option<Arc<str>>,
+    /// Tracing and access logs; `None` when both are off (one branch per request).
+    pub observe: Option<Arc<crate::observe::Observe>>,
 }
 
 impl Ctx {

@@ -130,6 +130,11 @@ pub struct Metrics {
     pub authz_decisions: Family<AuthzLabels, Counter>,
     pub rate_limited: Family<RateLimitLabels, Counter>,
     pub authz_terminated: Family<ServiceLabels, Counter>,
+    pub spans_exported: Counter,
+    pub spans_dropped: Counter,
+    pub span_export_failures: Counter,
+    pub access_log_lines: Counter,
+    pub access_log_dropped: Counter,
     /// Per-request series, found with one fast lookup (see [`Metrics::count_response`]).
     hot: Mutex<HotSeries>,
 }
@@ -177,6 +182,11 @@ impl Metrics {
             authz_decisions: Family::default(),
             rate_limited: Family::default(),
             authz_terminated: Family::default(),
+            spans_exported: Counter::default(),
+            spans_dropped: Counter::default(),
+            span_export_failures: Counter::default(),
+            access_log_lines: Counter::default(),
+            access_log_dropped: Counter::default(),
             hot: Mutex::new(HotSeries::default()),
         };
         let r = &mut m.registry;
@@ -289,6 +299,31 @@ impl Metrics {
             "authz_terminated",
             "Open opaque TCP connections closed because a new policy no longer allows them",
             m.authz_terminated.clone(),
+        );
+        r.register(
+            "spans_exported",
+            "Spans the OTLP collector accepted",
+            m.spans_exported.clone(),
+        );
+        r.register(
+            "spans_dropped",
+            "Spans dropped because the exporter's queue was full",
+            m.spans_dropped.clone(),
+        );
+        r.register(
+            "span_export_failures",
+            "OTLP export requests that failed or timed out (their spans are dropped)",
+            m.span_export_failures.clone(),
+        );
+        r.register(
+            "access_log_lines",
+            "Access log lines written",
+            m.access_log_lines.clone(),
+        );
+        r.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer's queue was full (a slow disk)",
+            m.access_log_dropped.clone(),
         );
         r.register_collector(Box::new(weft_proto::process_metrics::ProcessCollector));
         // Known label sets start at 0, so a first NACK is an increase an alert can see

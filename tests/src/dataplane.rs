@@ -304,6 +304,10 @@ pub struct ProxyOpts {
     pub namespace: Option<String>,
     /// `--default-inbound-policy`: the workload's own (tightening) default.
     pub default_inbound: Option<weft_proto::model::DefaultInbound>,
+    /// `--otlp-endpoint` and the rest of tracing.
+    pub trace: Option<weft_proxy::trace::TraceConfig>,
+    /// `--access-log`.
+    pub access_log: Option<weft_proxy::access_log::AccessLogConfig>,
 }
 
 /// Writes a join token for `default/<sa>` into `dir`.
@@ -374,6 +378,8 @@ pub async fn start_proxy(
             ..DataPathConfig::default()
         },
         drain_timeout: Duration::from_secs(5),
+        trace: opts.trace.clone(),
+        access_log: opts.access_log.clone(),
     })
     .await?;
     Ok(proxy)

@@ -64,6 +64,8 @@ async fn start_proxy(
         upstreams: vec![],
         data: Default::default(),
         drain_timeout: Duration::from_secs(5),
+        trace: None,
+        access_log: None,
     })
     .await?)
 }
@@ -162,6 +164,8 @@ async fn a_refused_token_fails_the_start_with_the_reason() {
         upstreams: vec![],
         data: Default::default(),
         drain_timeout: Duration::from_secs(5),
+        trace: None,
+        access_log: None,
     })
     .await
     .unwrap_err()
@@ -290,6 +294,8 @@ fn web_config(mesh: &TestMesh, token_file: std::path::PathBuf, admin: &str) -> C
         upstreams: vec![],
         data: Default::default(),
         drain_timeout: Duration::from_secs(5),
+        trace: None,
+        access_log: None,
     }
 }
 

@@ -225,6 +225,17 @@ impl Mesh {
         token: &Path,
         kind: ProxyKind,
     ) -> anyhow::Result<WeftProxy> {
+        self.spawn_proxy_with(role, token, kind, &[])
+    }
+
+    /// `spawn_proxy` with `extra` flags.
+    pub(crate) fn spawn_proxy_with(
+        &self,
+        role: &str,
+        token: &Path,
+        kind: ProxyKind,
+        extra: &[String],
+    ) -> anyhow::Result<WeftProxy> {
         let ports = free_ports(3)?;
         let (admin, outbound, third) = (loopback(ports[0]), loopback(ports[1]), ports[2]);
         let mut cmd = Command::new(&self.bins.proxy);
@@ -238,7 +249,8 @@ impl Mesh {
             .args(["--admin", &admin.to_string()])
             .args(["--outbound", &outbound.to_string()])
             .args(["--node-id", role])
-            .env("WEFT_LOG", "info");
+            .env("WEFT_LOG", "info")
+            .args(extra);
         let mut upstream = None;
         let mut inbound = None;
         match kind {

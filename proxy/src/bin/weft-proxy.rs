@@ -148,8 +148,45 @@ struct RunArgs {
     /// Connecting to a peer proxy or destination, TCP and TLS each.
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
     connect_timeout: Duration,
+    /// Tracing: export spans over OTLP/gRPC to this collector (http://HOST:PORT, or https://
+    /// with --otlp-ca). Given, the proxy also propagates W3C trace context: a sampled
+    /// `traceparent` gets a span of ours as its parent. Without it, nothing is traced and the
+    /// headers pass untouched.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// PEM roots that verify an https:// --otlp-endpoint.
+    #[arg(long, env = "WEFT_OTLP_CA", requires = "otlp_endpoint")]
+    otlp_ca: Option<PathBuf>,
+    /// The share (0 to 1) of requests with no valid `traceparent` that start a trace. Requests
+    /// with one follow its sampled flag.
+    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATE", default_value_t = 0.0, value_parser = parse_rate, requires = "otlp_endpoint")]
+    trace_sample_rate: f64,
+    /// `service.name` of the exported spans; default: --service's NAMESPACE/NAME, else the
+    /// node ID.
+    #[arg(long, env = "WEFT_TRACE_SERVICE_NAME")]
+    trace_service_name: Option<String>,
+    /// One line per HTTP request or TCP connection: off, json or text.
+    #[arg(long, env = "WEFT_ACCESS_LOG", value_enum, default_value = "off")]
+    access_log: AccessLog,
+    /// Write the access log to this file (appended) instead of stderr.
+    #[arg(long, env = "WEFT_ACCESS_LOG_FILE")]
+    access_log_file: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AccessLog {
+    Off,
+    Json,
+    Text,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
 }
 
 /// What each data-path listener bounds (docs/configuration.md, "Limits").
@@ -370,6 +407,7 @@ async fn run(args: RunArgs) -> ExitCode {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "weft-proxy".into())
     });
+    let service_name = args.service.as_ref().map(ToString::to_string);
     let config = Config {
         control_plane: ControlPlane {
             addr: args.control_plane,
@@ -379,7 +417,7 @@ async fn run(args: RunArgs) -> ExitCode {
         trust_bundle: args.trust_bundle,
         trust_domain: args.trust_domain,
         admin: args.admin,
-        node_id,
+        node_id: node_id.clone(),
         inbound: (args.app_port.is_some() || args.inbound_explicit).then_some(InboundConfig {
             listen: args.inbound,
             app_port: args.app_port,
@@ -405,6 +443,29 @@ async fn run(args: RunArgs) -> ExitCode {
             limits: args.limits.into(),
         },
         drain_timeout: args.drain_timeout,
+        trace: args
+            .otlp_endpoint
+            .map(|endpoint| weft_proxy::trace::TraceConfig {
+                endpoint,
+                ca: args.otlp_ca,
+                sample_rate: args.trace_sample_rate,
+                service_name: args
+                    .trace_service_name
+                    .or(service_name)
+                    .unwrap_or_else(|| node_id.clone()),
+            }),
+        access_log: {
+            use weft_proxy::access_log::{AccessLogConfig, Format};
+            let format = match args.access_log {
+                AccessLog::Off => None,
+                AccessLog::Json => Some(Format::Json),
+                AccessLog::Text => Some(Format::Text),
+            };
+            format.map(|format| AccessLogConfig {
+                format,
+                file: args.access_log_file,
+            })
+        },
     };
     // Start can wait a long time for an unreachable control plane; SIGTERM meanwhile is an
     // ordinary stop (exit 0: nothing was served, nothing failed).
