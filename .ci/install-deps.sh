@@ -19,8 +19,10 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # screenshot (tests/tests/dashboard.rs); fonts-dejavu-core so that screenshot has glyphs.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
-# prometheus: `weftctl dashboard --prometheus` is tested against a real one (tests/tests/dashboard.rs).
-command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+# prometheus (with promtool): the dashboards test scrapes a running mesh with a real Prometheus
+# and evaluates every panel and alert rule of deploy/ (tests/tests/dashboards.rs);
+# `weftctl dashboard --prometheus` is tested against one too (tests/tests/dashboard.rs).
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -48,4 +50,12 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   echo "install-deps: pip install kubernetes-validate into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi
+
+# grpcio + opentelemetry-proto (PyPI) in the same venv: the tracing test's OTLP receiver
+# (tests/otlp/collector.py) is theirs, not ours.
+venv="${WEFT_VENV:-$HOME/.cache/weft/venv}"
+if ! "$venv/bin/python" -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' >/dev/null 2>&1; then
+  echo "install-deps: pip install grpcio opentelemetry-proto into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'grpcio==1.85.3' 'opentelemetry-proto==1.45.2'
 fi

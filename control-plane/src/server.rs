@@ -29,6 +29,9 @@ use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscoveryS
 use weft_proto::registry::v1::registration_server::RegistrationServer;
 
 /// Static configuration of one control-plane process.
+/// Largest request head on the gRPC port.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// CA directory (cert-manager layout plus `token.key`).
@@ -52,6 +55,8 @@ pub struct Config {
     pub admin_identities: Vec<SpiffeId>,
     /// TTL of the lease behind a proxy's registration stream.
     pub registration_ttl: Duration,
+    /// Connections the gRPC port keeps open at once (`--max-connections`).
+    pub max_connections: usize,
 }
 
 /// The registry's store.
@@ -215,6 +220,7 @@ impl ControlPlane {
             grpc,
             tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
             metrics.clone(),
+            config.max_connections,
             shutdown_rx.clone(),
         );
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -238,6 +244,12 @@ impl ControlPlane {
                 .max_connection_age(Duration::from_secs(30 * 60))
                 .max_concurrent_streams(256)
                 .concurrency_limit_per_connection(256)
+                // Request heads are a few hundred bytes (the token is in the body).
+                .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+                // HTTP/2 rapid reset (CVE-2023-44487): streams reset before they are accepted
+                // beyond this close the connection with ENHANCE_YOUR_CALM (h2's default, set
+                // here so it is a decision, not an accident).
+                .http2_max_pending_accept_reset_streams(Some(20))
                 .add_service(health_service)
                 .add_service(IdentityServer::new(identity_service))
                 .add_service(AggregatedDiscoveryServer::new(DiscoveryService::new(
