@@ -6,7 +6,7 @@ use weft_cli::scrape::{self, Buckets};
 libfuzzer_sys::fuzz_target!(
     init: weft_fuzz::seeds_then_exit(|| {
         let metrics = weft_proxy::metrics::Metrics::new();
-        metrics.set_cert_expiry(std::time::SystemTime::now());
+        metrics.set_cert_expiry("spiffe://fuzz.weft/ns/a/sa/b", std::time::SystemTime::now());
         let text = metrics.encode();
         vec![
             text.into_bytes(),
