@@ -55,14 +55,14 @@ pub fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// The documents of one input, in order; `None` for a `null` one. Empty documents (`---`
 /// followed by nothing) are not documents to the parser, and are dropped as kubectl drops them.
-/// A text that starts with `{` is first read as a JSON stream (objects one after another, as
-/// `-o json` writes several documents and kubectl reads them); if it is not one, as YAML.
+/// A text is first read as a JSON stream (values one after another, as `-o json` writes several
+/// documents and kubectl reads them); if it is not one, as YAML (of which one JSON value is a
+/// case, with the same meaning).
 fn documents(name: &str, text: &str) -> anyhow::Result<Vec<Option<Value>>> {
-    if text.trim_start().starts_with('{')
-        && let Ok(docs) = serde_json::Deserializer::from_str(text)
-            .into_iter::<Value>()
-            .map(|d| d.map(|d| (!d.is_null()).then_some(d)))
-            .collect::<Result<Vec<_>, _>>()
+    if let Ok(docs) = serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .map(|d| d.map(|d| (!d.is_null()).then_some(d)))
+        .collect::<Result<Vec<_>, _>>()
     {
         return Ok(docs);
     }
@@ -332,9 +332,12 @@ items:
             )
             .map(|()| String::from_utf8(out).unwrap())
         };
-        let once = json(STREAM).unwrap();
-        let again = json(&once).unwrap();
-        assert_eq!(again, once);
+        // Documents that are not objects too (the second find: a stream of JSON strings).
+        for input in [STREAM, "plain\n---\nother: 1\n", "[1]\n---\n2\n"] {
+            let once = json(input).unwrap();
+            let again = json(&once).unwrap_or_else(|e| panic!("{e:#}\n{once}"));
+            assert_eq!(again, once);
+        }
         // JSON-looking YAML is still YAML.
         let (out, _) = run_on("{kind: Pod, metadata: {name: x}}", &Mode::Uninject);
         assert_eq!(out, "kind: Pod\nmetadata:\n  name: x\n");
