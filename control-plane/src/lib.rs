@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod attest;
 pub mod authz;
+pub mod ca_dir;
 pub use weft_proto::client;
 pub mod config_api;
 pub mod discovery;
