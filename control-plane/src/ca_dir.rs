@@ -210,10 +210,23 @@ fn mismatch(what: &str, file: &str, want: &str, found: &str) -> CaDirError {
 /// Loads what the control plane serves from `dir` (see the module's table). `td` is
 /// `--trust-domain`; a rotation's two CAs must both be of it.
 pub fn load(dir: &Path, td: Option<&TrustDomain>) -> Result<LoadedCa, CaDirError> {
+    load_with_ttl(dir, td, None)
+}
+
+/// [`load`], with `max_ttl` (`--svid-ttl`) as the longest SVID lifetime the CAs issue.
+pub fn load_with_ttl(
+    dir: &Path,
+    td: Option<&TrustDomain>,
+    max_ttl: Option<Duration>,
+) -> Result<LoadedCa, CaDirError> {
+    let ttl = |ca: CertificateAuthority| match max_ttl {
+        Some(t) => ca.with_max_ttl(t),
+        None => ca,
+    };
     let digest = digest(dir)?;
     let state = read_state(dir)?;
     let Some(state) = state else {
-        let ca = Arc::new(load_plain(dir, td)?);
+        let ca = Arc::new(ttl(load_plain(dir, td)?));
         return Ok(LoadedCa {
             trust_domain: ca.trust_domain().clone(),
             trust: Arc::new(ca.bundle().clone()),
@@ -237,14 +250,14 @@ pub fn load(dir: &Path, td: Option<&TrustDomain>) -> Result<LoadedCa, CaDirError
             state.trust_domain
         )));
     }
-    let new = Arc::new(load_new(dir, &td)?);
+    let new = Arc::new(ttl(load_new(dir, &td)?));
     if new.fingerprint() != state.new_ca {
         return Err(mismatch("new", NEW_CERT_FILE, &state.new_ca, new.fingerprint()));
     }
     let (signing, other, trust) = match state.step {
         Step::Finished => (new.clone(), None, new.bundle().clone()),
         Step::Prepared | Step::Switched => {
-            let old = Arc::new(load_plain(dir, Some(&td))?);
+            let old = Arc::new(ttl(load_plain(dir, Some(&td))?));
             if old.fingerprint() != state.old_ca {
                 return Err(mismatch("old", CERT_FILE, &state.old_ca, old.fingerprint()));
             }

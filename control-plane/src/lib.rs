@@ -21,6 +21,7 @@ pub mod metrics;
 pub use weft_proto::model;
 pub mod registration;
 pub mod registry;
+pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -20,7 +20,7 @@ use weft_proto::mesh::v1 as pb;
 use crate::backoff::Backoff;
 use crate::identity::{ControlPlane, Identity};
 use crate::metrics::{Metrics, TypeLabels};
-use crate::resources::{EndpointSet, Held, MeshConfig, ServiceConfig, trust_bundle};
+use crate::resources::{EndpointSet, Held, MeshConfig, ServiceConfig, renew_hint, trust_bundle};
 
 /// The types subscribed to, in the order they are requested.
 pub const TYPES: [&str; 3] = [
@@ -28,6 +28,14 @@ pub const TYPES: [&str; 3] = [
     pb::SERVICE_TYPE_URL,
     pb::ENDPOINTS_TYPE_URL,
 ];
+
+/// How a discovery session ended without an error.
+enum Ended {
+    /// The control plane closed the stream.
+    ByServer,
+    /// The certificate's issuer changed: open a new stream with the new certificate at once.
+    Reopen,
+}
 
 #[derive(Debug)]
 pub struct Discovery {
@@ -51,7 +59,11 @@ impl Discovery {
             };
             self.metrics.discovery_connected.set(0);
             match result {
-                Ok(()) => info!("the control plane closed the discovery stream; reconnecting"),
+                Ok(Ended::Reopen) => {
+                    info!("the certificate's issuer changed (a root rotation); reopening the discovery stream with it");
+                    continue;
+                }
+                Ok(Ended::ByServer) => info!("the control plane closed the discovery stream; reconnecting"),
                 Err(e) => {
                     warn!(error = %e, "discovery stream failed; serving the last configuration")
                 }
@@ -63,7 +75,11 @@ impl Discovery {
         }
     }
 
-    async fn session(&self, backoff: &mut Backoff) -> anyhow::Result<()> {
+    async fn session(&self, backoff: &mut Backoff) -> anyhow::Result<Ended> {
+        // The control plane counts proxies by the issuer of the certificate a stream was
+        // opened with; a renewal by another CA reopens the stream so that count moves.
+        let mut renewals = self.identity.renewals();
+        let opened_by = self.identity.issuer_key_id();
         let channel = self.identity.connect(&self.cp.addr).await?;
         let (tx, rx) = mpsc::channel(16);
         let held = self.config.borrow().clone();
@@ -86,7 +102,19 @@ impl Discovery {
             .into_inner();
         self.metrics.discovery_connected.set(1);
         info!(control_plane = %self.cp.addr, "discovery stream open");
-        while let Some(resp) = inbound.message().await? {
+        loop {
+            let resp = tokio::select! {
+                m = inbound.message() => match m? {
+                    Some(resp) => resp,
+                    None => return Ok(Ended::ByServer),
+                },
+                Ok(()) = renewals.changed() => {
+                    if self.identity.issuer_key_id() != opened_by {
+                        return Ok(Ended::Reopen);
+                    }
+                    continue;
+                }
+            };
             backoff.reset();
             let labels = TypeLabels {
                 r#type: type_name(&resp.type_url),
@@ -115,13 +143,13 @@ impl Discovery {
             })
             .await?;
         }
-        Ok(())
     }
 
     /// Converts a whole response into the next configuration and publishes it; on any error
     /// nothing changes.
     fn apply(&self, resp: DeltaDiscoveryResponse) -> Result<(), String> {
         let current = self.config.borrow().clone();
+        let mut hint = None;
         let mut next = (*current).clone();
         match resp.type_url.as_str() {
             pb::SERVICE_TYPE_URL => {
@@ -160,6 +188,7 @@ impl Discovery {
                 for r in resp.resources {
                     let (name, version, msg) = decode::<pb::TrustBundle>(r, &resp.type_url)?;
                     check_name(&name, &msg.trust_domain)?;
+                    hint = Some(renew_hint(&msg));
                     let bundle =
                         trust_bundle(msg, &td).map_err(|e| format!("resource {name}: {e}"))?;
                     next.trust_bundle = Some(Held {
@@ -178,6 +207,9 @@ impl Discovery {
         {
             info!(version = %b.version, roots = b.value.roots().len(), "trust bundle updated");
             self.identity.set_bundle((*b.value).clone());
+        }
+        if let Some(hint) = hint {
+            self.identity.set_renew_hint(hint);
         }
         self.metrics
             .config_generation

@@ -124,6 +124,30 @@ pub fn trust_bundle(b: pb::TrustBundle, ours: &TrustDomain) -> Result<TrustBundl
     TrustBundle::new(ours.clone(), roots).map_err(|e| format!("roots: {e}"))
 }
 
+/// What a TrustBundle says during a root rotation once the new CA signs: renew a certificate
+/// another CA issued, at a random instant within `within`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewHint {
+    /// The AuthorityKeyIdentifier of the certificates the signing CA issues.
+    pub key_id: Vec<u8>,
+    pub within: std::time::Duration,
+}
+
+/// The bundle's [`RenewHint`], if it carries one. A window that is absent, zero or negative
+/// means renew at once (within a second).
+pub fn renew_hint(b: &pb::TrustBundle) -> Option<RenewHint> {
+    if b.signing_key_id.is_empty() {
+        return None;
+    }
+    let secs = b.renew_within.as_ref().map_or(0, |d| d.seconds.max(0));
+    // A day at most: a window longer than any sensible rotation is a mistake, not a plan.
+    let within = std::time::Duration::from_secs(secs.clamp(1, 86_400) as u64);
+    Some(RenewHint {
+        key_id: b.signing_key_id.clone(),
+        within,
+    })
+}
+
 /// A resource as held: its version and its converted value.
 #[derive(Debug, Clone)]
 pub struct Held<T> {
