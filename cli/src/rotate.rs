@@ -27,13 +27,10 @@ pub struct Admins {
 }
 
 async fn request(addr: &str, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .with_context(|| format!("connect to the control plane's admin port {addr}: timed out"))?
-    .with_context(|| format!("connect to the control plane's admin port {addr}"))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connect to the control plane's admin port {addr}: timed out"))?
+        .with_context(|| format!("connect to the control plane's admin port {addr}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
@@ -155,8 +152,9 @@ pub async fn prepare(
     describe(&state, w)?;
     writeln!(
         w,
-        "  {}/ca.crt now holds both roots: give it to workloads that start from now on"
-    , dir.display())?;
+        "  {}/ca.crt now holds both roots: give it to workloads that start from now on",
+        dir.display()
+    )?;
     wait_loaded(dir, admins, w).await?;
     writeln!(
         w,
@@ -174,6 +172,11 @@ pub async fn switch(
     admins: &Admins,
     w: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let prepared = ca_dir::read_state(dir)?.is_some_and(|s| s.step == Step::Prepared);
+    if !prepared {
+        // Not prepared: the directory's own refusal names what is wrong (and writes nothing).
+        ca_dir::switch(dir, renew_within)?;
+    }
     if !force && !admins.no_wait {
         check_serving(dir, "prepared", admins)
             .await

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::metrics::Metrics;
-use crate::rotation::CaSource;
 use crate::registry::Published;
+use crate::rotation::CaSource;
 
 /// Serves until `shutdown` flips.
 pub async fn run(

@@ -252,7 +252,12 @@ pub fn load_with_ttl(
     }
     let new = Arc::new(ttl(load_new(dir, &td)?));
     if new.fingerprint() != state.new_ca {
-        return Err(mismatch("new", NEW_CERT_FILE, &state.new_ca, new.fingerprint()));
+        return Err(mismatch(
+            "new",
+            NEW_CERT_FILE,
+            &state.new_ca,
+            new.fingerprint(),
+        ));
     }
     let (signing, other, trust) = match state.step {
         Step::Finished => (new.clone(), None, new.bundle().clone()),
@@ -405,7 +410,12 @@ pub fn prepare(
     // both roots serves the same as `ca.crt` ∪ `new.ca.crt` once it is committed.
     replace_file(dir, NEW_KEY_FILE, &read(KEY_FILE)?, 0o600)?;
     replace_file(dir, NEW_CERT_FILE, &read(CERT_FILE)?, 0o644)?;
-    replace_file(dir, NEW_BUNDLE_FILE, new.bundle().to_pem().as_bytes(), 0o644)?;
+    replace_file(
+        dir,
+        NEW_BUNDLE_FILE,
+        new.bundle().to_pem().as_bytes(),
+        0o644,
+    )?;
     replace_file(dir, BUNDLE_FILE, trust.to_pem().as_bytes(), 0o644)?;
     let state = RotationState {
         step: Step::Prepared,

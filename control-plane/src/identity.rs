@@ -80,11 +80,7 @@ impl From<SignError> for Refusal {
 }
 
 impl IdentityService {
-    pub fn new(
-        ca: Arc<CaSource>,
-        attestor: Arc<Attestor>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(ca: Arc<CaSource>, attestor: Arc<Attestor>, metrics: Arc<Metrics>) -> Self {
         Self {
             ca,
             attestor,

@@ -22,8 +22,8 @@ use crate::metrics::Metrics;
 use crate::model::DefaultInbound;
 use crate::registration::RegistrationService;
 use crate::registry::Registry;
-use crate::store::{EtcdStore, MemoryStore, Store};
 use crate::rotation::CaSource;
+use crate::store::{EtcdStore, MemoryStore, Store};
 use crate::transport::{ServingCert, ServingIdentity, tls_incoming_with};
 use weft_proto::config::v1::config_server::ConfigServer;
 use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscoveryServer;
@@ -231,11 +231,18 @@ impl ControlPlane {
                         _ = shutdown.changed() => return,
                     }
                     let active = cas.borrow_and_update().clone();
-                    match weft_certs::tls::server_config(active.ca.trust.clone(), serving.clone(), false) {
+                    match weft_certs::tls::server_config(
+                        active.ca.trust.clone(),
+                        serving.clone(),
+                        false,
+                    ) {
                         Ok(tls) => {
-                            acceptor_tx.send_replace(tokio_rustls::TlsAcceptor::from(Arc::new(tls)));
+                            acceptor_tx
+                                .send_replace(tokio_rustls::TlsAcceptor::from(Arc::new(tls)));
                         }
-                        Err(e) => tracing::warn!(error = %e, "TLS configuration for the new trust bundle; keeping the last"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TLS configuration for the new trust bundle; keeping the last")
+                        }
                     }
                     bundle_tx.send_if_modified(|b| {
                         let new = active.resource();

@@ -60,10 +60,14 @@ impl Discovery {
             self.metrics.discovery_connected.set(0);
             match result {
                 Ok(Ended::Reopen) => {
-                    info!("the certificate's issuer changed (a root rotation); reopening the discovery stream with it");
+                    info!(
+                        "the certificate's issuer changed (a root rotation); reopening the discovery stream with it"
+                    );
                     continue;
                 }
-                Ok(Ended::ByServer) => info!("the control plane closed the discovery stream; reconnecting"),
+                Ok(Ended::ByServer) => {
+                    info!("the control plane closed the discovery stream; reconnecting")
+                }
                 Err(e) => {
                     warn!(error = %e, "discovery stream failed; serving the last configuration")
                 }

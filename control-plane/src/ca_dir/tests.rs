@@ -37,7 +37,11 @@ fn prepare_switch_finish_serve_what_the_table_says() {
     assert_eq!(state.step, Step::Prepared);
     let prepared = load(&dir, None).unwrap();
     assert_eq!(prepared.step, Some(Step::Prepared));
-    assert_eq!(prepared.signing.key_id(), old_id.as_slice(), "old still signs");
+    assert_eq!(
+        prepared.signing.key_id(),
+        old_id.as_slice(),
+        "old still signs"
+    );
     assert_eq!(prepared.trust.roots().len(), 2, "both roots trusted");
     let new_id = prepared.other.as_ref().unwrap().key_id().to_vec();
     assert_eq!(prepared.role_of(Some(&new_id)), "next");
@@ -62,7 +66,10 @@ fn prepare_switch_finish_serve_what_the_table_says() {
     assert_eq!(done.trust.roots().len(), 1, "the old root left");
     assert_eq!(names(&dir), ["ca.crt", "tls.crt", "tls.key"]);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.join(KEY_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -82,9 +89,15 @@ fn steps_out_of_order_are_refused_by_name_and_change_nothing() {
     let e = finish(&dir).unwrap_err().to_string();
     assert!(e.contains("nothing to finish"), "{e}");
     let e = prepare(&dir, &foreign, None).unwrap_err().to_string();
-    assert!(e.contains("elsewhere.example") && e.contains("td.example"), "{e}");
+    assert!(
+        e.contains("elsewhere.example") && e.contains("td.example"),
+        "{e}"
+    );
     let e = prepare(&dir, &empty, None).unwrap_err().to_string();
-    assert!(e.contains("not a usable CA") && e.contains("tls.crt"), "{e}");
+    assert!(
+        e.contains("not a usable CA") && e.contains("tls.crt"),
+        "{e}"
+    );
     let e = prepare(&dir, &dir, None).unwrap_err().to_string();
     assert!(e.contains("already signs with"), "{e}");
     assert_eq!(digest(&dir).unwrap(), d0, "refusals write nothing");
@@ -129,7 +142,10 @@ fn an_interrupted_finish_is_served_as_finished_and_completes_when_run_again() {
     assert_eq!(mid.trust.roots().len(), 1);
     finish(&dir).unwrap();
     assert_eq!(names(&dir), ["ca.crt", "tls.crt", "tls.key"]);
-    assert_eq!(load(&dir, None).unwrap().signing.key_id(), new_id.as_slice());
+    assert_eq!(
+        load(&dir, None).unwrap().signing.key_id(),
+        new_id.as_slice()
+    );
 }
 
 #[test]

@@ -69,7 +69,11 @@ impl Registry {
     /// Takes the latest bundle into the index and publishes it.
     fn bundle_changed(&mut self, bundles: &mut watch::Receiver<pb::TrustBundle>) {
         let bundle = bundles.borrow_and_update().clone();
-        info!(roots = bundle.roots.len(), renew_early = !bundle.signing_key_id.is_empty(), "publishing a new trust bundle");
+        info!(
+            roots = bundle.roots.len(),
+            renew_early = !bundle.signing_key_id.is_empty(),
+            "publishing a new trust bundle"
+        );
         self.index.set_trust_bundle(bundle);
         let synced = self.tx.borrow().synced;
         self.publish(Instant::now(), synced);
