@@ -250,10 +250,28 @@ mod tests {
             pb::TrustBundle {
                 trust_domain: "evil.test".into(),
                 roots: vec![],
+                ..Default::default()
             },
             &ours,
         )
         .unwrap_err();
         assert!(err.contains("evil.test"), "{err}");
+    }
+
+    #[test]
+    fn a_renew_hint_needs_a_key_id_and_its_window_is_bounded() {
+        let hint = |key: &[u8], secs: Option<i64>| {
+            renew_hint(&pb::TrustBundle {
+                signing_key_id: key.to_vec(),
+                renew_within: secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+                ..Default::default()
+            })
+        };
+        assert_eq!(hint(b"", Some(60)), None, "outside a rotation");
+        let within = |h: Option<RenewHint>| h.map(|h| h.within.as_secs());
+        assert_eq!(within(hint(b"k", Some(60))), Some(60));
+        assert_eq!(within(hint(b"k", None)), Some(1), "absent: at once");
+        assert_eq!(within(hint(b"k", Some(-5))), Some(1));
+        assert_eq!(within(hint(b"k", Some(i64::MAX))), Some(86_400));
     }
 }
