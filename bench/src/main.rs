@@ -13,7 +13,6 @@
 //!   each pair's two sides), with Weft's ratios to HAProxy.
 //! - `all`: pair, discovery and csr-sign in one run, one markdown report and one JSON object.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -178,7 +177,7 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
     })
     .await?;
     let addr = cp.grpc_addr().to_string();
-    let bundle = Arc::new(cp.trust_bundle().clone());
+    let bundle = cp.trust_bundle();
     let token_key = weft_control_plane::attest::TokenKey::load(&ca_dir.join("token.key"))?;
     let id = SpiffeId::parse("spiffe://bench.test/ns/default/sa/bench")?;
     let token = token_key.mint(&id, Duration::from_secs(3600))?;
