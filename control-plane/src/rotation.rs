@@ -305,3 +305,89 @@ fn hex(b: &[u8]) -> String {
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use weft_certs::CertificateAuthority;
+
+    use super::*;
+
+    fn root(dir: &std::path::Path) {
+        let td = TrustDomain::parse("td.example").unwrap();
+        CertificateAuthority::generate_root(&td, Duration::from_secs(3600))
+            .unwrap()
+            .write_to(dir)
+            .unwrap();
+    }
+
+    fn role(src: &CaSource, role: &str) -> i64 {
+        src.proxies_by_role()
+            .iter()
+            .find(|(r, _)| *r == role)
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn proxies_follow_the_roles_and_a_broken_directory_keeps_the_last_good_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, new) = (tmp.path().join("ca"), tmp.path().join("new"));
+        root(&dir);
+        root(&new);
+        let metrics = Arc::new(Metrics::default());
+        let src =
+            CaSource::load(dir.clone(), None, Duration::from_secs(60), metrics.clone()).unwrap();
+        let old_key = src.current().ca.signing.key_id().to_vec();
+        let proxy = src.connected(Some(old_key.clone()));
+        let stranger = src.connected(None);
+        assert_eq!((role(&src, "current"), role(&src, "unknown")), (1, 1));
+        assert_eq!(src.reload(false), Ok(false), "nothing changed");
+
+        ca_dir::prepare(&dir, &new, None).unwrap();
+        assert_eq!(src.reload(false), Ok(true));
+        assert_eq!(src.current().ca.step, Some(ca_dir::Step::Prepared));
+        assert_eq!(src.current().resource().roots.len(), 2);
+        assert!(src.current().resource().signing_key_id.is_empty());
+        assert_eq!(role(&src, "current"), 1);
+
+        ca_dir::switch(&dir, Duration::from_secs(9)).unwrap();
+        assert_eq!(src.reload(false), Ok(true));
+        let bundle = src.current().resource();
+        assert_eq!(bundle.signing_key_id, src.current().ca.signing.key_id());
+        assert_eq!(bundle.renew_within.map(|d| d.seconds), Some(9));
+        assert_eq!((role(&src, "current"), role(&src, "previous")), (0, 1));
+        let text = metrics.encode();
+        assert!(
+            text.contains("ca_rotation_proxies{ca=\"previous\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("ca_rotation_step 2"), "{text}");
+
+        // A certificate its key does not match: refused, the switched CA keeps serving, and the
+        // poll does not try the same files again (SIGHUP does).
+        std::fs::write(
+            dir.join(ca_dir::NEW_CERT_FILE),
+            std::fs::read(dir.join("tls.crt")).unwrap(),
+        )
+        .unwrap();
+        let e = src.reload(false).unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+        assert_eq!(src.current().ca.step, Some(ca_dir::Step::Switched));
+        assert_eq!(src.reload(false), Ok(false));
+        assert!(src.reload(true).is_err());
+        assert!(
+            src.status_json()["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("does not match")
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("ca_reloads_total{result=\"error\"} 2")
+        );
+
+        drop((proxy, stranger));
+        assert_eq!(src.proxies_by_role().iter().map(|p| p.1).sum::<i64>(), 0);
+    }
+}
