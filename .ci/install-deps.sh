@@ -15,6 +15,9 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 # REDIRECT rule (tests/tests/transparent.rs).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# prometheus (with promtool): the dashboards test scrapes a running mesh with a real Prometheus
+# and evaluates every panel and alert rule of deploy/ (tests/tests/dashboards.rs).
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -42,4 +45,12 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   echo "install-deps: pip install kubernetes-validate into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi
+
+# grpcio + opentelemetry-proto (PyPI) in the same venv: the tracing test's OTLP receiver
+# (tests/otlp/collector.py) is theirs, not ours.
+venv="${WEFT_VENV:-$HOME/.cache/weft/venv}"
+if ! "$venv/bin/python" -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' >/dev/null 2>&1; then
+  echo "install-deps: pip install grpcio opentelemetry-proto into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'grpcio==1.85.3' 'opentelemetry-proto==1.45.2'
 fi

@@ -12,6 +12,8 @@
 //!   start → ready; and the same through an HAProxy pair and an nginx pair (mutual TLS between
 //!   each pair's two sides), with Weft's ratios to HAProxy.
 //! - `all`: pair, discovery and csr-sign in one run, one markdown report and one JSON object.
+//! - `abuse`: a server proxy's inbound port under 10,000 idle and 1,000 slowloris connections while
+//!   a normal client keeps sending (issue 18): its answered share, the proxy's memory per connection.
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +61,10 @@ enum Cmd {
     /// nginx mTLS pairs, in front of an nginx backend, interleaved: wrk, oha at a fixed rate,
     /// proxy RSS and CPU, start to ready. Needs release binaries (--bin-dir).
     Pair(pair::Args),
+    /// A server proxy's inbound port under 10,000 idle keep-alive connections and 1,000
+    /// slowloris heads while a normal client keeps sending: its answered share and the proxy's
+    /// memory per connection. Needs release binaries (--bin-dir).
+    Abuse(pair::abuse::Args),
     /// Everything in one run (pair with every target, discovery, csr-sign): one markdown report
     /// and one JSON object with the machine's facts and the exact commands.
     All(all::Args),
@@ -82,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Pair(args) => pair::run(args, cli.json),
         Cmd::All(args) => all::run(args, cli.json),
+        Cmd::Abuse(args) => pair::abuse::run(args, cli.json),
     }
 }
 
@@ -174,6 +181,7 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
         store: weft_control_plane::StoreConfig::Memory { snapshot: None },
         admin_identities: vec![],
         registration_ttl: Duration::from_secs(20),
+        max_connections: weft_control_plane::transport::MAX_CONNECTIONS,
     })
     .await?;
     let addr = cp.grpc_addr().to_string();

@@ -13,6 +13,7 @@
 //! in one temp dir; all are killed on drop. The load generator, the proxies, the control plane
 //! and the backend share the machine's cores.
 
+pub(crate) mod abuse;
 mod authz;
 mod goals;
 mod load;
@@ -22,6 +23,7 @@ pub(crate) mod report;
 mod setup;
 mod split;
 mod tools;
+mod traced;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,8 +59,8 @@ pub(crate) struct Args {
     /// Where weft-proxy, weft-control-plane and weftctl are.
     #[arg(long, default_value = "target/release")]
     pub(crate) bin_dir: PathBuf,
-    /// Measure only these targets (comma-separated: direct, weft, weft-split, haproxy,
-    /// nginx-pair); all are still set up. Default: all.
+    /// Measure only these targets (comma-separated: direct, weft, weft-split, weft-authz,
+    /// weft-twin, weft-traced, haproxy, nginx-pair); all are still set up. Default: all.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
     /// The weft-proxy binary to measure, if not the one in --bin-dir (e.g. the sidecar build,
@@ -107,6 +109,10 @@ pub(crate) enum TargetKind {
     /// `api-twin`): the noise floor of a ratio between two pairs of one run. `weft-twin / weft`
     /// is what `weft-authz / weft` would be if policy cost nothing.
     WeftTwin,
+    /// As `Weft`, through its own pair (service `api-traced`) with tracing on: the client
+    /// starts a trace for 1 % of requests, both propagate and export spans over OTLP/gRPC to
+    /// an in-process receiver (see [`traced`]).
+    WeftTraced,
     /// → client HAProxy (plain HTTP/1.1) → mutual TLS 1.3, HTTP/1.1 → server HAProxy → the
     /// backend; one thread each.
     Haproxy,
@@ -115,12 +121,13 @@ pub(crate) enum TargetKind {
 }
 
 impl TargetKind {
-    const ALL: [TargetKind; 7] = [
+    const ALL: [TargetKind; 8] = [
         TargetKind::Direct,
         TargetKind::Weft,
         TargetKind::WeftSplit,
         TargetKind::WeftAuthz,
         TargetKind::WeftTwin,
+        TargetKind::WeftTraced,
         TargetKind::Haproxy,
         TargetKind::NginxPair,
     ];
@@ -132,6 +139,7 @@ impl TargetKind {
             TargetKind::WeftSplit => "weft-split",
             TargetKind::WeftAuthz => "weft-authz",
             TargetKind::WeftTwin => "weft-twin",
+            TargetKind::WeftTraced => "weft-traced",
             TargetKind::Haproxy => "haproxy",
             TargetKind::NginxPair => "nginx-pair",
         }
@@ -172,6 +180,10 @@ struct Lab {
     /// The twin target's pair (a plain pair like the first: the noise floor).
     twin_client: WeftProxy,
     twin_server: WeftProxy,
+    /// The traced target's pair, and the OTLP receiver its spans go to.
+    traced_client: WeftProxy,
+    traced_server: WeftProxy,
+    otlp: traced::Sink,
     haproxy: PeerPair,
     nginx_pair: PeerPair,
     mesh: Mesh,
@@ -191,6 +203,7 @@ impl Lab {
         mesh.apply("split.yaml", split::MANIFESTS)?;
         mesh.apply("authz.yaml", &authz::manifests())?;
         mesh.apply("twin.yaml", TWIN_MANIFESTS)?;
+        mesh.apply("traced.yaml", traced::MANIFESTS)?;
         let app_port = backend.addr.port();
         let server = |role: &str, service: &'static str| -> anyhow::Result<WeftProxy> {
             let token = mesh.token(service)?;
@@ -227,6 +240,36 @@ impl Lab {
         };
         let twin_server = server("twin-server", TWIN_SERVICE)?;
         let twin_client = client("twin-client", TWIN_SERVICE)?;
+        let otlp = traced::Sink::start()?;
+        let tracing = |rate: &str| {
+            vec![
+                "--otlp-endpoint".to_owned(),
+                otlp.endpoint(),
+                "--trace-sample-rate".to_owned(),
+                rate.to_owned(),
+            ]
+        };
+        let traced_server = {
+            let token = mesh.token(traced::SERVICE)?;
+            let kind = ProxyKind::Server {
+                service: traced::SERVICE,
+                app_port,
+            };
+            let mut p = mesh.spawn_proxy_with("traced-server", &token, kind, &tracing("0"))?;
+            p.wait_ready(Duration::from_millis(5))?;
+            p
+        };
+        let traced_client = {
+            let token = mesh.token("traced-client")?;
+            let kind = ProxyKind::Client {
+                service: traced::SERVICE,
+            };
+            let rate = tracing(traced::SAMPLE_RATE);
+            let mut p = mesh.spawn_proxy_with("traced-client", &token, kind, &rate)?;
+            p.wait_ready(Duration::from_millis(5))?;
+            p.wait_routable(Duration::from_millis(10))?;
+            p
+        };
         let peer = |kind| PeerPair::start(kind, tools, &mesh.ca_dir, backend.addr, dir.path());
         let haproxy = peer(PeerKind::Haproxy)?;
         let nginx_pair = peer(PeerKind::Nginx)?;
@@ -240,6 +283,9 @@ impl Lab {
             authz_server,
             twin_client,
             twin_server,
+            traced_client,
+            traced_server,
+            otlp,
             haproxy,
             nginx_pair,
             mesh,
@@ -333,6 +379,25 @@ impl Lab {
                     },
                 ],
             },
+            Target {
+                kind: TargetKind::WeftTraced,
+                url: format!(
+                    "http://{}/",
+                    self.traced_client
+                        .upstream
+                        .context("the traced client proxy has no upstream port")?
+                ),
+                proxies: vec![
+                    ProxyRef {
+                        role: "client",
+                        pid: self.traced_client.proc.pid(),
+                    },
+                    ProxyRef {
+                        role: "server",
+                        pid: self.traced_server.proc.pid(),
+                    },
+                ],
+            },
             peer_target(TargetKind::Haproxy, &self.haproxy),
             peer_target(TargetKind::NginxPair, &self.nginx_pair),
         ])
@@ -356,6 +421,8 @@ impl Lab {
         self.split_v1.proc.check_alive()?;
         self.split_v2.proc.check_alive()?;
         self.split_client.proc.check_alive()?;
+        self.traced_server.proc.check_alive()?;
+        self.traced_client.proc.check_alive()?;
         self.haproxy.check_alive()?;
         self.nginx_pair.check_alive()
     }
@@ -487,6 +554,8 @@ pub(crate) struct Results {
     pub(crate) targets: Vec<TargetResult>,
     /// The split target's counters over the measured runs.
     pub(crate) split: SplitCounts,
+    /// Spans the traced target's OTLP receiver got over the measured runs.
+    pub(crate) traced_spans: u64,
     /// Fresh client-side proxies of each target that has them, spawn → ready.
     pub(crate) starts: Vec<(TargetKind, Vec<StartTime>)>,
     /// The exact commands: this run's, the load generators', the peers'.
@@ -588,6 +657,7 @@ pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
         }
     }
     let split_before = lab.split_counts()?;
+    let spans_before = lab.otlp.spans();
     for round in 1..=args.rounds {
         // Odd rounds run the targets in order, even rounds in reverse (A B, B A, …): a target
         // measured right after another (a warmer or hotter machine) must not always be the
@@ -636,6 +706,7 @@ pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
         }
     }
     let split = lab.split_counts()?.since(&split_before);
+    let traced_spans = lab.otlp.spans() - spans_before;
     for (t, r) in targets.iter().zip(&mut results) {
         for (p, m) in t.proxies.iter().zip(&mut r.proxies) {
             m.hwm_kib = process::status_kib(p.pid, "VmHWM")?;
@@ -656,6 +727,7 @@ pub(crate) fn measure(mut args: Args) -> anyhow::Result<Results> {
         tools,
         targets: results,
         split,
+        traced_spans,
         starts,
         commands,
         peer_configs,

@@ -55,7 +55,17 @@ pub fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// The documents of one input, in order; `None` for a `null` one. Empty documents (`---`
 /// followed by nothing) are not documents to the parser, and are dropped as kubectl drops them.
+/// A text that starts with `{` is first read as a JSON stream (objects one after another, as
+/// `-o json` writes several documents and kubectl reads them); if it is not one, as YAML.
 fn documents(name: &str, text: &str) -> anyhow::Result<Vec<Option<Value>>> {
+    if text.trim_start().starts_with('{')
+        && let Ok(docs) = serde_json::Deserializer::from_str(text)
+            .into_iter::<Value>()
+            .map(|d| d.map(|d| (!d.is_null()).then_some(d)))
+            .collect::<Result<Vec<_>, _>>()
+    {
+        return Ok(docs);
+    }
     let options = serde_saphyr::options! { with_snippet: false };
     let mut bytes = text.as_bytes();
     let mut docs = Vec::new();
@@ -303,6 +313,31 @@ items:
         let template = &docs[1]["spec"]["template"];
         assert_eq!(template["metadata"]["labels"]["weft.io/inject"], "enabled");
         assert_eq!(template["spec"]["containers"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn json_output_of_several_documents_reads_back() {
+        // Found by the `weftctl_inject` fuzz target: `-o json` writes documents one after
+        // another (a JSON stream, as kubectl reads them), which the YAML reader refused, so
+        // `weftctl inject -o json | weftctl inject -f -` failed.
+        let mode = Mode::Inject(InjectConfig::default());
+        let json = |text: &str| {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            run(
+                &[("s".into(), text.into())],
+                &mode,
+                Format::Json,
+                &mut out,
+                &mut err,
+            )
+            .map(|()| String::from_utf8(out).unwrap())
+        };
+        let once = json(STREAM).unwrap();
+        let again = json(&once).unwrap();
+        assert_eq!(again, once);
+        // JSON-looking YAML is still YAML.
+        let (out, _) = run_on("{kind: Pod, metadata: {name: x}}", &Mode::Uninject);
+        assert_eq!(out, "kind: Pod\nmetadata:\n  name: x\n");
     }
 
     #[test]

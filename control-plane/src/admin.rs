@@ -15,6 +15,11 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::metrics::Metrics;
+use crate::transport::accept_within;
+use weft_proto::limits::ConnectionLimit;
+
+/// Admin connections open at once (probes, scrapes, an operator); past it, closed and counted.
+const ADMIN_MAX_CONNECTIONS: usize = 128;
 use crate::registry::Published;
 use crate::rotation::CaSource;
 
@@ -26,17 +31,11 @@ pub async fn run(
     ca: Option<Arc<CaSource>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let limit = ConnectionLimit::new(ADMIN_MAX_CONNECTIONS);
+    let refused = metrics.refused_on("admin");
     loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    debug!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (tcp, remote, slot) = tokio::select! {
+            c = accept_within(&listener, &limit, &refused, "admin") => c,
             _ = shutdown.changed() => return,
         };
         let metrics = metrics.clone();
@@ -75,10 +74,12 @@ pub async fn run(
             let mut http = hyper::server::conn::http1::Builder::new();
             // A client that never finishes its request headers does not hold a task forever.
             http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10));
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .max_header_size(16 * 1024);
             if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {
                 debug!(%remote, error = %e, "admin connection ended with an error");
             }
+            drop(slot);
         });
     }
 }

@@ -25,6 +25,11 @@ use tracing::{debug, info, warn};
 use weft_inject::{InjectConfig, Outcome, Skip};
 
 use crate::metrics::{Metrics, ReviewLabels};
+use crate::transport::accept_within;
+use weft_proto::limits::ConnectionLimit;
+
+/// Webhook connections open at once (API servers call in parallel); past it, closed and counted.
+const INJECTOR_MAX_CONNECTIONS: usize = 1024;
 
 /// How often a handshake may look at the certificate files' modification times.
 const RELOAD_CHECK: Duration = Duration::from_secs(2);
@@ -185,6 +190,7 @@ impl Injector {
         let state = Arc::new(State {
             inject: config.inject,
             reviews: metrics.injector_reviews.clone(),
+            refused: metrics.refused_on("injector"),
         });
         tokio::spawn(serve(
             listener,
@@ -200,6 +206,8 @@ impl Injector {
 struct State {
     inject: InjectConfig,
     reviews: Family<ReviewLabels, Counter>,
+    /// `connections_refused_total{listener="injector"}`.
+    refused: Counter,
 }
 
 async fn serve(
@@ -208,16 +216,10 @@ async fn serve(
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let limit = ConnectionLimit::new(INJECTOR_MAX_CONNECTIONS);
     loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(error = %e, "injector accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (tcp, remote, slot) = tokio::select! {
+            c = accept_within(&listener, &limit, &state.refused, "injector") => c,
             _ = shutdown.changed() => return,
         };
         let acceptor = acceptor.clone();
@@ -236,10 +238,12 @@ async fn serve(
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
+                .header_read_timeout(Duration::from_secs(10))
+                .max_header_size(16 * 1024);
             if let Err(e) = http.serve_connection(TokioIo::new(tls), svc).await {
                 debug!(%remote, error = %e, "injector connection ended with an error");
             }
+            drop(slot);
         });
     }
 }

@@ -23,6 +23,12 @@ pub struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `grpc`, `admin` or `injector`.
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
     /// `service`, `endpoints` or `trust_bundle`.
     pub r#type: &'static str,
@@ -73,6 +79,8 @@ pub struct Metrics {
     pub certify_issued: Family<IssuedLabels, Counter>,
     pub certify_refused: Family<RefusedLabels, Counter>,
     pub tls_handshake_failures: Counter,
+    /// Connections closed as they were accepted because the listener was at its limit.
+    pub connections_refused: Family<ListenerLabels, Counter>,
     pub serving_cert_expiration: Gauge,
     pub ca_expiration: Gauge,
     pub discovery_connected: Gauge,
@@ -113,6 +121,12 @@ impl Default for Metrics {
             "tls_handshake_failures",
             "Inbound TLS handshakes that failed",
             tls_handshake_failures.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed as they were accepted because the listener was at its limit",
+            connections_refused.clone(),
         );
         let serving_cert_expiration = Gauge::default();
         registry.register(
@@ -204,6 +218,17 @@ impl Default for Metrics {
             "Changed webhook serving certificates that failed to load (the last good one is kept)",
             injector_tls_reload_failures.clone(),
         );
+        registry.register_collector(Box::new(weft_proto::process_metrics::ProcessCollector));
+        // Known label sets start at 0, so the first NACK or store error is an increase an
+        // alert can see (`increase()` finds nothing in a series that appears at 1).
+        for r#type in ["service", "endpoints", "trust_bundle"] {
+            let _ = discovery_pushes.get_or_create(&TypeLabels { r#type });
+            let _ = discovery_acks.get_or_create(&TypeLabels { r#type });
+            let _ = discovery_nacks.get_or_create(&TypeLabels { r#type });
+        }
+        for op in ["list", "watch"] {
+            let _ = store_errors.get_or_create(&OpLabels { op });
+        }
         let ca_rotation_proxies = Family::<CaRoleLabels, Gauge>::default();
         registry.register(
             "ca_rotation_proxies",
@@ -243,9 +268,19 @@ impl Default for Metrics {
             certify_issued,
             certify_refused,
             tls_handshake_failures,
+            connections_refused,
             serving_cert_expiration,
             ca_expiration,
         }
+    }
+}
+
+impl Metrics {
+    /// The `connections_refused_total` series of one listener.
+    pub fn refused_on(&self, listener: &'static str) -> Counter {
+        self.connections_refused
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
     }
 }
 

@@ -30,6 +30,9 @@ use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscoveryS
 use weft_proto::registry::v1::registration_server::RegistrationServer;
 
 /// Static configuration of one control-plane process.
+/// Largest request head on the gRPC port.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// CA directory (cert-manager layout plus `token.key`).
@@ -53,6 +56,8 @@ pub struct Config {
     pub admin_identities: Vec<SpiffeId>,
     /// TTL of the lease behind a proxy's registration stream.
     pub registration_ttl: Duration,
+    /// Connections the gRPC port keeps open at once (`--max-connections`).
+    pub max_connections: usize,
 }
 
 /// The registry's store.
@@ -217,7 +222,13 @@ impl ControlPlane {
         };
         let authz = Arc::new(Authz::new(admins));
 
-        let incoming = tls_incoming_with(grpc, acceptors, metrics.clone(), shutdown_rx.clone());
+        let incoming = tls_incoming_with(
+            grpc,
+            acceptors,
+            metrics.clone(),
+            config.max_connections,
+            shutdown_rx.clone(),
+        );
         // A reloaded CA directory: the roots clients are verified against and the TrustBundle
         // resource follow it (the serving certificate follows it by itself).
         let follow_task = {
@@ -276,6 +287,12 @@ impl ControlPlane {
                 .max_connection_age(Duration::from_secs(30 * 60))
                 .max_concurrent_streams(256)
                 .concurrency_limit_per_connection(256)
+                // Request heads are a few hundred bytes (the token is in the body).
+                .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+                // HTTP/2 rapid reset (CVE-2023-44487): streams reset before they are accepted
+                // beyond this close the connection with ENHANCE_YOUR_CALM (h2's default, set
+                // here so it is a decision, not an accident).
+                .http2_max_pending_accept_reset_streams(Some(20))
                 .add_service(health_service)
                 .add_service(IdentityServer::new(identity_service))
                 .add_service(AggregatedDiscoveryServer::new(

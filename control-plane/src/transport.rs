@@ -9,26 +9,54 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, info, warn};
 use weft_certs::verify::{authority_key_id, svid_of};
 use weft_certs::{SpiffeId, WorkloadKey};
+use weft_proto::limits::ConnectionLimit;
 
 use crate::metrics::Metrics;
 use crate::rotation::CaSource;
 
 /// A client that does not finish its handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// At most this many connections (handshaking or established) at once; further ones wait in the
-/// kernel backlog. Client certificates are optional on this port, so without a cap anyone could
-/// hold connections until the process runs out of file descriptors.
+/// By default, at most this many connections (handshaking or established) at once
+/// (`--max-connections`); further ones are closed as they are accepted. Client certificates
+/// are optional on this port, so without a cap anyone could hold connections until the process
+/// runs out of file descriptors.
 pub const MAX_CONNECTIONS: usize = 16_384;
+
+/// Accepts the next connection that fits under `limit`; one over it is closed at once and
+/// counted in `connections_refused_total{listener}` (the limit logs, at most every 10 s).
+/// Accept errors (EMFILE and friends) back off briefly instead of spinning.
+pub async fn accept_within(
+    listener: &TcpListener,
+    limit: &ConnectionLimit,
+    refused: &Counter,
+    name: &'static str,
+) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, remote)) => match limit.try_acquire(name) {
+                Some(slot) => return (tcp, remote, slot),
+                None => {
+                    refused.inc();
+                }
+            },
+            Err(e) => {
+                warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
 
 /// What a request knows about its connection. The identity is the one verified in the TLS
 /// handshake; there is no other way for a caller to claim one.
@@ -120,11 +148,12 @@ pub fn tls_incoming(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     metrics: Arc<Metrics>,
+    max_connections: usize,
     shutdown: watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
     // A receiver keeps the last value after its sender is gone: this one never changes.
     let (_, acceptors) = watch::channel(acceptor);
-    tls_incoming_with(listener, acceptors, metrics, shutdown)
+    tls_incoming_with(listener, acceptors, metrics, max_connections, shutdown)
 }
 
 /// [`tls_incoming`] with the acceptor taken from `acceptors` at each connection: a new trust
@@ -133,26 +162,16 @@ pub fn tls_incoming_with(
     listener: TcpListener,
     acceptors: watch::Receiver<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limit = ConnectionLimit::new(max_connections);
+    let refused = metrics.refused_on("grpc");
     tokio::spawn(async move {
         loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = shutdown.changed() => break,
-            };
-            let (tcp, remote_addr) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let (tcp, remote_addr, permit) = tokio::select! {
+                c = accept_within(&listener, &limit, &refused, "grpc") => c,
                 _ = shutdown.changed() => break,
             };
             let _ = tcp.set_nodelay(true);

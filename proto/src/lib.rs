@@ -8,8 +8,10 @@
 
 pub mod client;
 pub mod codec;
+pub mod limits;
 pub mod model;
 pub mod process;
+pub mod process_metrics;
 
 /// `weft.identity.v1`: the certificate service.
 pub mod identity {
@@ -83,5 +85,34 @@ pub mod config {
     pub mod v1 {
         #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
         tonic::include_proto!("weft.config.v1");
+    }
+}
+
+/// OTLP (`opentelemetry.proto.*`): the trace export service and its messages, generated from
+/// the OpenTelemetry definitions vendored under `opentelemetry/` (feature `otlp`).
+#[cfg(feature = "otlp")]
+pub mod otlp {
+    #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("opentelemetry.proto.common.v1");
+        }
+    }
+    pub mod resource {
+        pub mod v1 {
+            tonic::include_proto!("opentelemetry.proto.resource.v1");
+        }
+    }
+    pub mod trace {
+        pub mod v1 {
+            tonic::include_proto!("opentelemetry.proto.trace.v1");
+        }
+    }
+    pub mod collector {
+        pub mod trace {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+            }
+        }
     }
 }

@@ -365,9 +365,22 @@ fn path_value(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A wire duration as the domain holds it. Whole milliseconds only: the store keeps documents in
+/// their manifest form, whose Gateway API durations (GEP-2257) have no finer unit, so a finer
+/// value would be validated as sent and read back changed (found by the `config_document` fuzz
+/// target).
 fn duration(d: &prost_types::Duration) -> Result<Duration, String> {
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+    if d.seconds < 0 || d.nanos < 0 {
         return Err("must not be negative".into());
+    }
+    if d.nanos >= 1_000_000_000 {
+        return Err(format!("nanos {} is out of range (0..1e9)", d.nanos));
+    }
+    if d.nanos % 1_000_000 != 0 {
+        return Err(format!(
+            "{}s {}ns is not a whole number of milliseconds (the smallest unit of a Gateway API duration)",
+            d.seconds, d.nanos
+        ));
     }
     let d = Duration::new(d.seconds.unsigned_abs(), d.nanos.unsigned_abs());
     if d > MAX_DURATION {

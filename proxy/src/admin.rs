@@ -16,16 +16,18 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::{debug, info};
 
 use http_body_util::BodyExt;
 
 use crate::balance::Balancers;
 use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::limits::ConnectionLimit;
+use crate::metrics::{LimitLabels, Metrics};
 use crate::resources::MeshConfig;
 
 /// What the admin endpoint reads from.
@@ -47,10 +49,32 @@ pub struct AdminState {
 
 /// The next connection; a failed accept (EMFILE and friends) is retried after a pause
 /// rather than spun on.
-async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+/// Admin connections open at once (kubelet probes, a Prometheus scrape, an operator): far
+/// more than these need; past it a connection is closed at once and counted.
+const ADMIN_MAX_CONNECTIONS: usize = 128;
+/// Largest admin request head.
+const ADMIN_MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The next admin connection within [`ADMIN_MAX_CONNECTIONS`], with its slot.
+async fn accept(
+    listener: &TcpListener,
+    limit: &ConnectionLimit,
+    refused: Option<&Counter>,
+) -> (
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    OwnedSemaphorePermit,
+) {
     loop {
         match listener.accept().await {
-            Ok(c) => return c,
+            Ok((tcp, remote)) => match limit.try_acquire("admin") {
+                Some(slot) => return (tcp, remote, slot),
+                None => {
+                    if let Some(c) = refused {
+                        c.inc();
+                    }
+                }
+            },
             Err(e) => {
                 debug!(error = %e, "admin accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -59,11 +83,29 @@ async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::Soc
     }
 }
 
+/// hyper's HTTP/1 server as every admin connection gets it: heads within 10 s and 16 KiB.
+fn admin_http() -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_header_size(ADMIN_MAX_HEADER_BYTES);
+    http
+}
+
 /// Serves until `shutdown` flips.
 pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    let limit = ConnectionLimit::new(ADMIN_MAX_CONNECTIONS);
+    let refused = state
+        .metrics
+        .tcp_refused
+        .get_or_create(&LimitLabels {
+            direction: "admin",
+            reason: "limit",
+        })
+        .clone();
     loop {
-        let (tcp, remote) = tokio::select! {
-            c = accept(&listener) => c,
+        let (tcp, remote, slot) = tokio::select! {
+            c = accept(&listener, &limit, Some(&refused)) => c,
             _ = shutdown.changed() => return,
         };
         let state = state.clone();
@@ -84,12 +126,10 @@ pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::
                     Ok::<_, Infallible>(route(&req, &state))
                 }
             });
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {
+            if let Err(e) = admin_http().serve_connection(TokioIo::new(tcp), svc).await {
                 debug!(%remote, error = %e, "admin connection ended with an error");
             }
+            drop(slot);
         });
     }
 }
@@ -103,9 +143,10 @@ pub async fn serve_starting(
     done: tokio::sync::oneshot::Receiver<()>,
 ) -> TcpListener {
     tokio::pin!(done);
+    let limit = ConnectionLimit::new(ADMIN_MAX_CONNECTIONS);
     loop {
-        let (tcp, remote) = tokio::select! {
-            c = accept(&listener) => c,
+        let (tcp, remote, slot) = tokio::select! {
+            c = accept(&listener, &limit, None) => c,
             _ = &mut done => return listener,
         };
         let waiting = waiting.clone();
@@ -122,13 +163,12 @@ pub async fn serve_starting(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .keep_alive(false);
+            let mut http = admin_http();
+            http.keep_alive(false);
             if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {
                 debug!(%remote, error = %e, "admin connection ended with an error");
             }
+            drop(slot);
         });
     }
 }

@@ -13,6 +13,7 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
+use weft_certs::TrustDomain;
 use weft_proto::discovery::v1::aggregated_discovery_client::AggregatedDiscoveryClient;
 use weft_proto::discovery::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use weft_proto::mesh::v1 as pb;
@@ -153,59 +154,28 @@ impl Discovery {
     /// nothing changes.
     fn apply(&self, resp: DeltaDiscoveryResponse) -> Result<(), String> {
         let current = self.config.borrow().clone();
+        // A rotation's renew-early hint rides on the TrustBundle; read it before the response
+        // is consumed (the bundle itself is converted and checked by next_config).
         let mut hint = None;
-        let mut next = (*current).clone();
-        match resp.type_url.as_str() {
-            pb::SERVICE_TYPE_URL => {
-                for r in resp.resources {
-                    let (name, held) = convert::<pb::Service, ServiceConfig>(r, &resp.type_url)?;
-                    let id = &held.value.service.id;
-                    check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
-                    next.services.insert(name, held);
-                }
-                for name in &resp.removed_resources {
-                    next.services.remove(name);
-                }
-                let inbound = crate::authz::compile(&self.served, &next);
-                if inbound != next.inbound {
-                    info!(
-                        policies = inbound.as_ref().map_or(0, |i| i.rules.policies.len()),
-                        default = %inbound.as_ref().map_or_else(Default::default, |i| i.rules.default),
-                        "inbound policy updated"
-                    );
-                    next.inbound = inbound;
-                }
-            }
-            pb::ENDPOINTS_TYPE_URL => {
-                for r in resp.resources {
-                    let (name, held) = convert::<pb::Endpoints, EndpointSet>(r, &resp.type_url)?;
-                    let id = &held.value.service;
-                    check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
-                    next.endpoints.insert(name, held);
-                }
-                for name in &resp.removed_resources {
-                    next.endpoints.remove(name);
-                }
-            }
-            pb::TRUST_BUNDLE_TYPE_URL => {
-                let td = self.identity.bundle().trust_domain().clone();
-                for r in resp.resources {
-                    let (name, version, msg) = decode::<pb::TrustBundle>(r, &resp.type_url)?;
-                    check_name(&name, &msg.trust_domain)?;
+        if resp.type_url == pb::TRUST_BUNDLE_TYPE_URL {
+            for r in &resp.resources {
+                if let Some(any) = &r.resource
+                    && let Ok(msg) = <pb::TrustBundle as Message>::decode(any.value.as_slice())
+                {
                     hint = Some(renew_hint(&msg));
-                    let bundle =
-                        trust_bundle(msg, &td).map_err(|e| format!("resource {name}: {e}"))?;
-                    next.trust_bundle = Some(Held {
-                        version,
-                        value: Arc::new(bundle),
-                    });
                 }
-                // The roots are never dropped: a removal leaves the last bundle in place.
             }
-            other => return Err(format!("type_url {other:?} was not subscribed to")),
         }
-        next.system_version = resp.system_version_info;
-        next.generation += 1;
+        let td = self.identity.bundle().trust_domain().clone();
+        let next = next_config(&current, resp, &td, &self.served)?;
+        if next.inbound != current.inbound {
+            let inbound = &next.inbound;
+            info!(
+                policies = inbound.as_ref().map_or(0, |i| i.rules.policies.len()),
+                default = %inbound.as_ref().map_or_else(Default::default, |i| i.rules.default),
+                "inbound policy updated"
+            );
+        }
         if let Some(b) = &next.trust_bundle
             && current.trust_bundle.as_ref().map(|c| &c.version) != Some(&b.version)
         {
@@ -222,6 +192,62 @@ impl Discovery {
         self.config.send_replace(Arc::new(next));
         Ok(())
     }
+}
+
+/// The configuration that follows `current` once `resp` is accepted, or why the whole response
+/// is refused (a NACK; `current` stays). Pure: [`Discovery::apply`] logs and publishes the
+/// result, and the fuzz target `discovery_response` feeds it arbitrary responses.
+pub fn next_config(
+    current: &MeshConfig,
+    resp: DeltaDiscoveryResponse,
+    td: &TrustDomain,
+    served: &crate::authz::Served,
+) -> Result<MeshConfig, String> {
+    let mut next = current.clone();
+    match resp.type_url.as_str() {
+        pb::SERVICE_TYPE_URL => {
+            for r in resp.resources {
+                let (name, held) = convert::<pb::Service, ServiceConfig>(r, &resp.type_url)?;
+                let id = &held.value.service.id;
+                check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
+                next.services.insert(name, held);
+            }
+            for name in &resp.removed_resources {
+                next.services.remove(name);
+            }
+            let inbound = crate::authz::compile(served, &next);
+            if inbound != next.inbound {
+                next.inbound = inbound;
+            }
+        }
+        pb::ENDPOINTS_TYPE_URL => {
+            for r in resp.resources {
+                let (name, held) = convert::<pb::Endpoints, EndpointSet>(r, &resp.type_url)?;
+                let id = &held.value.service;
+                check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
+                next.endpoints.insert(name, held);
+            }
+            for name in &resp.removed_resources {
+                next.endpoints.remove(name);
+            }
+        }
+        pb::TRUST_BUNDLE_TYPE_URL => {
+            for r in resp.resources {
+                let (name, version, msg) = decode::<pb::TrustBundle>(r, &resp.type_url)?;
+                check_name(&name, &msg.trust_domain)?;
+                let bundle = trust_bundle(msg, td).map_err(|e| format!("resource {name}: {e}"))?;
+                next.trust_bundle = Some(Held {
+                    version,
+                    value: Arc::new(bundle),
+                });
+            }
+            // The roots are never dropped: a removal leaves the last bundle in place.
+        }
+        other => return Err(format!("type_url {other:?} was not subscribed to")),
+    }
+    next.system_version = resp.system_version_info;
+    next.generation += 1;
+    Ok(next)
 }
 
 fn decode<M: Message + Default>(
@@ -275,5 +301,64 @@ fn type_name(type_url: &str) -> &'static str {
         pb::ENDPOINTS_TYPE_URL => "endpoints",
         pb::TRUST_BUNDLE_TYPE_URL => "trust_bundle",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::discovery::v1::Resource;
+
+    fn service(ns: &str, port: u32) -> Resource {
+        let body = pb::Service {
+            namespace: ns.into(),
+            name: "reviews".into(),
+            ports: vec![pb::Port {
+                name: "http".into(),
+                port,
+                protocol: pb::Protocol::Http1.into(),
+            }],
+            ..Default::default()
+        };
+        Resource {
+            name: format!("{ns}/reviews"),
+            version: "v1".into(),
+            resource: Some(prost_types::Any {
+                type_url: pb::SERVICE_TYPE_URL.into(),
+                value: body.encode_to_vec(),
+            }),
+        }
+    }
+
+    fn response(resources: Vec<Resource>) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: pb::SERVICE_TYPE_URL.into(),
+            resources,
+            system_version_info: "s1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_response_is_taken_whole_or_refused_whole() {
+        let td = TrustDomain::parse("mesh.test").unwrap();
+        let served = crate::authz::Served::default();
+        let empty = MeshConfig::default();
+        let next =
+            next_config(&empty, response(vec![service("shop", 9080)]), &td, &served).unwrap();
+        assert_eq!(next.services.keys().collect::<Vec<_>>(), ["shop/reviews"]);
+        assert_eq!((next.generation, next.system_version.as_str()), (1, "s1"));
+        // One bad resource refuses the response, naming it; nothing of it is taken.
+        let err = next_config(
+            &next,
+            response(vec![service("web", 8080), service("bad", 0)]),
+            &td,
+            &served,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("resource bad/reviews:"), "{err}");
+        let mut wrong = response(vec![]);
+        wrong.type_url = "type.googleapis.com/other".into();
+        assert!(next_config(&next, wrong, &td, &served).is_err());
     }
 }

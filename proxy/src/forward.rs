@@ -19,9 +19,12 @@ use crate::body::Body;
 use crate::error::{ERROR_HEADER, ProxyError};
 use crate::listen::Ctx;
 use crate::metrics::{EjectionLabels, RetryLabels};
+use crate::observe::{Exchange, grpc_error, grpc_status, http_attributes};
 use crate::peers::ResponseBody;
 use crate::plan::Plan;
 use crate::retry::{self, Failure, RequestBody};
+use crate::trace::context::TRACEPARENT;
+use crate::trace::{Kind, OpenSpan, SpanRecord, Value, error_type};
 
 /// What the attempts produced: the response (or the error the proxy answers with), the
 /// identity of the endpoint that answered, and whether the budget withheld a retry.
@@ -34,8 +37,15 @@ pub struct Forwarded {
 }
 
 /// Sends `head` + `body` as the plan says. `head` is ready for the peer (HTTP/2, absolute URI,
-/// hop-by-hop headers gone); its body is ignored.
-pub async fn forward(ctx: &Ctx, plan: &Plan, head: Request<()>, body: Body) -> Forwarded {
+/// hop-by-hop headers gone); its body is ignored. An observed request (`observed`) has its
+/// attempts and last endpoint noted there and, when traced, a CLIENT span per attempt.
+pub async fn forward(
+    ctx: &Ctx,
+    plan: &Plan,
+    head: Request<()>,
+    body: Body,
+    observed: Option<&mut Exchange>,
+) -> Forwarded {
     let mut server_id = None;
     let mut budget_exhausted = false;
     // The attempts' future is made in each arm, not bound before the match: a bound future
@@ -44,8 +54,11 @@ pub async fn forward(ctx: &Ctx, plan: &Plan, head: Request<()>, body: Body) -> F
     let (server, exhausted) = (&mut server_id, &mut budget_exhausted);
     let result = match plan.timeouts.request {
         Some(limit) => {
-            match tokio::time::timeout(limit, attempts(ctx, plan, head, body, server, exhausted))
-                .await
+            match tokio::time::timeout(
+                limit,
+                attempts(ctx, plan, head, body, server, exhausted, observed),
+            )
+            .await
             {
                 Ok(r) => r,
                 Err(_) => Err(ProxyError::Timeout(format!(
@@ -55,7 +68,7 @@ pub async fn forward(ctx: &Ctx, plan: &Plan, head: Request<()>, body: Body) -> F
                 ))),
             }
         }
-        None => attempts(ctx, plan, head, body, server, exhausted).await,
+        None => attempts(ctx, plan, head, body, server, exhausted, observed).await,
     };
     let result = match result {
         Ok(mut resp) if budget_exhausted => {
@@ -85,6 +98,7 @@ async fn attempts(
     body: Body,
     server_id: &mut Option<SpiffeId>,
     budget_exhausted: &mut bool,
+    mut observed: Option<&mut Exchange>,
 ) -> Result<Response<Body>, ProxyError> {
     let state = ctx.balancers.service(&plan.backend);
     let _pending = state.admit(plan.traffic.max_pending_requests)?;
@@ -93,7 +107,20 @@ async fn attempts(
         // No retries: one attempt, the body streamed straight through.
         let lease = pick(&state, plan, &[])?;
         *server_id = Some(lease.endpoint.identity.clone());
-        let (result, _) = attempt(ctx, plan, lease, head, body, false).await;
+        if let Some(x) = observed.as_deref_mut() {
+            x.attempts = 1;
+            x.endpoint = lease.endpoint.address.to_string();
+        }
+        let (result, _) = attempt(
+            ctx,
+            plan,
+            lease,
+            head,
+            body,
+            false,
+            (observed.as_deref(), 0),
+        )
+        .await;
         return result;
     };
     let peek_grpc = !policy.grpc_on.is_empty();
@@ -128,7 +155,20 @@ async fn attempts(
                 "the request body cannot be sent again".into(),
             ));
         };
-        let (result, failure) = attempt(ctx, plan, lease, clone_head(&head), b, peek_grpc).await;
+        if let Some(x) = observed.as_deref_mut() {
+            x.attempts += 1;
+            x.endpoint = lease.endpoint.address.to_string();
+        }
+        let (result, failure) = attempt(
+            ctx,
+            plan,
+            lease,
+            clone_head(&head),
+            b,
+            peek_grpc,
+            (observed.as_deref(), n),
+        )
+        .await;
         let Some(failure) = failure else {
             return result;
         };
@@ -228,9 +268,20 @@ async fn attempt(
     head: Request<()>,
     body: Body,
     peek_grpc: bool,
+    (observed, retry): (Option<&Exchange>, u32),
 ) -> (Result<Response<Body>, ProxyError>, Option<Failure>) {
     let endpoint = lease.endpoint;
-    let (parts, ()) = head.into_parts();
+    let (mut parts, ()) = head.into_parts();
+    // A traced request: this attempt's CLIENT span, named as the parent of what it sends.
+    // Boxed: untraced attempts' futures stay the size they were.
+    let span = match observed.and_then(|x| Some((x, x.trace?, x.observe.tracer.as_ref()?))) {
+        Some((x, parent, tracer)) => {
+            let (span, header) = parent.child();
+            parts.headers.insert(TRACEPARENT, header);
+            Some(Box::new((x, tracer, span)))
+        }
+        None => None,
+    };
     let req = Request::from_parts(parts, body);
     // `Err(None)`: the per-try timeout ran out; `Err(Some(e))`: the exchange failed.
     let outcome: Result<(Response<Body>, Option<u16>), Option<ProxyError>> =
@@ -285,8 +336,60 @@ async fn attempt(
         None | Some(Failure::Grpc(_)) => Outcome::Success,
         Some(_) => Outcome::Failure,
     };
+    if let Some(traced) = span {
+        let (x, tracer, span) = *traced;
+        tracer.submit(client_span(x, span, plan, endpoint, retry, &result));
+    }
     finish(ctx, plan, lease, bad);
     (result, failure)
+}
+
+/// The CLIENT span of one attempt, ended as its response head (or failure) arrives.
+fn client_span(
+    x: &Exchange,
+    span: OpenSpan,
+    plan: &Plan,
+    endpoint: &weft_proto::model::Endpoint,
+    retry: u32,
+    result: &Result<Response<Body>, ProxyError>,
+) -> SpanRecord {
+    let (status, grpc_status, reason) = match result {
+        Ok(r) => (r.status().as_u16(), grpc_status(r.headers()), ""),
+        Err(e) => (e.status().as_u16(), None, e.reason()),
+    };
+    let mut a = http_attributes(
+        &x.method,
+        &x.authority,
+        &x.path,
+        result.is_ok().then_some(status),
+        x.grpc,
+        grpc_status,
+    );
+    a.push((
+        "network.peer.address",
+        endpoint.address.ip().to_string().into(),
+    ));
+    let error = error_type(Kind::Client, status, reason).or_else(|| grpc_error(grpc_status));
+    if let Some(e) = &error {
+        a.push(("error.type", e.as_str().into()));
+    }
+    let route = plan.route_label();
+    let backend = plan.backend.to_string();
+    let name = format!(
+        "{} {}",
+        x.method,
+        if route.is_empty() { &backend } else { &route }
+    );
+    a.push(("weft.route", Value::Str(route)));
+    a.push(("weft.backend", Value::Str(backend)));
+    a.push(("weft.endpoint", endpoint.address.to_string().into()));
+    a.push(("weft.client_id", x.observe.own_id.as_str().into()));
+    a.push(("weft.server_id", endpoint.identity.to_string().into()));
+    a.push(("weft.retry", i64::from(retry + 1).into()));
+    if !reason.is_empty() {
+        a.push(("weft.error", reason.into()));
+    }
+    span.end(Kind::Client, name, a, error)
 }
 
 /// Sends the request to the endpoint and waits for the response head.

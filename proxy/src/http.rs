@@ -10,15 +10,18 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::body::{Body, streamed};
 use crate::drain;
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
+use crate::limits::{self, IdleBody};
+use crate::listen::{Ctx, DataPathConfig};
+use crate::metrics::{LimitLabels, Metrics};
 
 /// Set by the client proxy on a request that arrived as HTTP/1.1 and travels as HTTP/2, so
 /// the server proxy gives it to the application as HTTP/1.1 again.
@@ -34,11 +37,18 @@ pub enum Http {
     Http2,
 }
 
-/// Requests in flight on one connection and when the last one ended, for the idle timeout.
+/// Requests in flight on one connection, when the last one ended (for the idle timeout), and
+/// how many its client cancelled lately (for the rapid-reset limit).
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
     last: std::sync::Mutex<tokio::time::Instant>,
+    /// Requests cancelled by the client before their answer in the current window: (window
+    /// start, count). Touched only when a request is cancelled.
+    resets: std::sync::Mutex<(tokio::time::Instant, u32)>,
+    max_resets: u32,
+    /// Woken when `resets` passes `max_resets`.
+    too_many_resets: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -49,51 +59,172 @@ impl Activity {
         }
         Some(*self.last.lock().unwrap_or_else(|e| e.into_inner()) + idle)
     }
+
+    /// A request's handler was dropped before it answered: the client reset the stream (or
+    /// closed the connection).
+    fn cancelled(&self) {
+        let now = tokio::time::Instant::now();
+        let mut resets = self.resets.lock().unwrap_or_else(|e| e.into_inner());
+        if now.duration_since(resets.0) > limits::RESET_WINDOW {
+            *resets = (now, 0);
+        }
+        resets.1 += 1;
+        if resets.1 == self.max_resets.saturating_add(1) {
+            self.too_many_resets.notify_one();
+        }
+    }
 }
 
-/// Serves HTTP on `io` with `handler` until the connection ends; on drain, or after `idle` with
-/// no request in flight, finishes in-flight requests and closes.
-pub async fn serve<IO, F, Fut>(io: IO, http: Http, drain: &drain::Watch, idle: Duration, handler: F)
+/// One request in flight on a connection; dropping it, answered or not, ends it there.
+struct InFlight {
+    activity: Arc<Activity>,
+    answered: bool,
+}
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self {
+            activity,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        *a.last.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.answered {
+            a.cancelled();
+        }
+    }
+}
+
+/// Why an HTTP connection ended badly, as `http_connection_errors_total`'s `reason`, or `None`
+/// for an ordinary end (the peer closed, a broken pipe).
+fn error_reason(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_timeout() {
+        Some("header-timeout")
+    } else if e.is_parse_too_large() {
+        Some("header-too-large")
+    } else if e.is_parse() {
+        Some("malformed")
+    } else {
+        None
+    }
+}
+
+/// What [`serve`] needs of the listener it serves for.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    pub drain: &'a drain::Watch,
+    pub settings: &'a DataPathConfig,
+    pub metrics: &'a Metrics,
+    /// `inbound` or `outbound`, for metrics and logs.
+    pub direction: &'static str,
+}
+
+impl<'a> Served<'a> {
+    pub fn by(ctx: &'a Ctx, direction: &'static str) -> Self {
+        Self {
+            drain: &ctx.drain,
+            settings: &ctx.settings,
+            metrics: &ctx.metrics,
+            direction,
+        }
+    }
+}
+
+/// Serves HTTP on `io` with `handler` until the connection ends, within the listener's
+/// [`Limits`](crate::limits::Limits); on drain, after `--http-idle-timeout` with no request in
+/// flight, or when the client cancels too many requests (HTTP/2 rapid reset), finishes
+/// in-flight requests and closes (HTTP/2: GOAWAY).
+pub async fn serve<IO, F, Fut>(io: IO, http: Http, on: Served<'_>, handler: F)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let Served {
+        drain,
+        settings,
+        metrics,
+        direction,
+    } = on;
+    let limits = &settings.limits;
+    let idle = settings.http_idle_timeout;
+    let now = tokio::time::Instant::now();
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
-        last: std::sync::Mutex::new(tokio::time::Instant::now()),
+        last: std::sync::Mutex::new(now),
+        resets: std::sync::Mutex::new((now, 0)),
+        max_resets: limits.h2_max_resets_per_conn,
+        too_many_resets: tokio::sync::Notify::new(),
     });
     let seen = activity.clone();
+    let body_idle = limits.body_idle_timeout;
     // The handler's future, counted in and out of the connection's activity.
     let track = move |req: Request<Incoming>| {
-        let seen = seen.clone();
-        let handled = handler(req.map(streamed));
+        // Counted from the moment hyper hands the request over: a stream reset before its
+        // handler first runs is a cancelled request too.
+        let in_flight = InFlight::start(seen.clone());
+        let handled = handler(req.map(|b| IdleBody::new(b, body_idle).boxed()));
         async move {
-            seen.in_flight.fetch_add(1, Ordering::AcqRel);
+            // The whole guard moves in (not just the field written below).
+            let mut in_flight = in_flight;
             let resp = handled.await;
-            *seen.last.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
-            seen.in_flight.fetch_sub(1, Ordering::AcqRel);
+            in_flight.answered = true;
             Ok::<_, Infallible>(resp)
         }
     };
-    // Resolves once the connection has had no request in flight for `idle`.
+    // Resolves once the connection has had no request in flight for `idle`, or its client
+    // cancelled too many requests.
     let idle_out = async move {
         loop {
-            match activity.idle_deadline(idle) {
-                Some(at) if at <= tokio::time::Instant::now() => return,
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => tokio::time::sleep(idle.min(Duration::from_secs(1))).await,
+            let now = tokio::time::Instant::now();
+            let wake = match activity.idle_deadline(idle) {
+                Some(at) if at <= now => return "idle",
+                Some(at) => at,
+                None => now + idle.min(Duration::from_secs(1)),
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = activity.too_many_resets.notified() => return "rapid-reset",
             }
         }
     };
     tokio::pin!(idle_out);
     let io = TokioIo::new(io);
+    let closing = |why: &'static str| {
+        if why == "rapid-reset" {
+            warn!(
+                direction,
+                max = limits.h2_max_resets_per_conn,
+                "client cancelled too many requests (HTTP/2 rapid reset?): closing the connection"
+            );
+            metrics
+                .http_conn_errors
+                .get_or_create(&LimitLabels {
+                    direction,
+                    reason: "rapid-reset",
+                })
+                .inc();
+        } else {
+            debug!(?idle, "closing an idle HTTP connection");
+        }
+    };
     let result = match http {
         Http::Http1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
+                .header_read_timeout(limits.header_read_timeout)
+                .max_header_size(limits.max_header_bytes as usize);
+            if limits.max_headers != limits::DEFAULT_MAX_HEADERS {
+                builder.max_headers(limits.max_headers);
+            }
             let conn = builder
                 .serve_connection(io, hyper::service::service_fn(track))
                 .with_upgrades();
@@ -104,8 +235,8 @@ where
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
-                () = &mut idle_out => {
-                    debug!(?idle, "closing an idle HTTP connection");
+                why = &mut idle_out => {
+                    closing(why);
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -116,7 +247,8 @@ where
             builder
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
-                .max_concurrent_streams(1024);
+                .max_concurrent_streams(limits.h2_max_concurrent_streams)
+                .max_header_list_size(limits.max_header_bytes);
             // hyper spawns a task per stream and moves the request's future several times
             // on the way; boxed, each move is a pointer's (docs/benchmarks.md).
             let svc = hyper::service::service_fn(move |req| Box::pin(track(req)));
@@ -128,8 +260,8 @@ where
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
-                () = &mut idle_out => {
-                    debug!(?idle, "closing an idle HTTP connection");
+                why = &mut idle_out => {
+                    closing(why);
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -138,6 +270,12 @@ where
     };
     if let Err(e) = result {
         debug!(error = %e, "HTTP connection ended with an error");
+        if let Some(reason) = error_reason(&e) {
+            metrics
+                .http_conn_errors
+                .get_or_create(&LimitLabels { direction, reason })
+                .inc();
+        }
     }
 }
 
@@ -333,22 +471,29 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_drain, watch) = drain::Drain::new();
+        let settings = DataPathConfig {
+            http_idle_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let metrics = Arc::new(Metrics::default());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let watch = watch.clone();
+                let settings = settings.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
-                    serve(
-                        tcp,
-                        Http::Http1,
-                        &watch,
-                        Duration::from_millis(200),
-                        |req| async move {
-                            if req.uri().path() == "/slow" {
-                                tokio::time::sleep(Duration::from_millis(600)).await;
-                            }
-                            Response::new(crate::body::full("ok"))
-                        },
-                    )
+                    let on = Served {
+                        drain: &watch,
+                        settings: &settings,
+                        metrics: &metrics,
+                        direction: "inbound",
+                    };
+                    serve(tcp, Http::Http1, on, |req| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(600)).await;
+                        }
+                        Response::new(crate::body::full("ok"))
+                    })
                     .await;
                 });
             }

@@ -31,11 +31,12 @@ use crate::body::{Body, streamed};
 use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
 use crate::http::{
-    CLIENT_ID, Http, ORIG_PROTO, authority_of, forward_upgrade, is_upgrade, serve,
+    CLIENT_ID, Http, ORIG_PROTO, Served, authority_of, forward_upgrade, is_upgrade, serve,
     set_absolute_uri, set_origin_form, strip_hop_by_hop,
 };
 use crate::listen::{App, Ctx, MtlsMode};
 use crate::metrics::ResponseLabels;
+use crate::observe::{Exchange, TcpConn};
 use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE};
 
 const DIRECTION: &str = "inbound";
@@ -152,6 +153,19 @@ where
     {
         return;
     }
+    // Access logs on: the connection's line is written when it ends.
+    let observed = ctx.observe.as_ref().map(|o| {
+        let conn = TcpConn {
+            direction: DIRECTION,
+            client_id: client.map(ToString::to_string).unwrap_or_default(),
+            server_id: o.own_id.clone(),
+            peer: Some(ip),
+            authority: app.addr.to_string(),
+            endpoint: app.addr.to_string(),
+            ..TcpConn::default()
+        };
+        (o, conn, (Instant::now(), std::time::SystemTime::now()))
+    });
     match TcpStream::connect(app.addr).await {
         Ok(upstream) => {
             let _ = upstream.set_nodelay(true);
@@ -163,7 +177,12 @@ where
                 DIRECTION,
             );
             tokio::select! {
-                r = splice => debug!(result = ?r, "opaque connection closed"),
+                r = splice => {
+                    debug!(result = ?r, "opaque connection closed");
+                    if let Some((o, conn, start)) = observed {
+                        o.log_tcp(conn, start, r.as_ref().ok().copied(), "");
+                    }
+                }
                 service = revoked(ctx, caller) => {
                     info!(%service, client = %client.map_or_else(|| format!("plaintext {ip}"), ToString::to_string),
                         "opaque connection closed: the inbound policy no longer allows it");
@@ -175,7 +194,10 @@ where
             }
         }
         Err(e) => {
-            debug!(app = %app.addr, error = %e, "the application refused an opaque connection")
+            debug!(app = %app.addr, error = %e, "the application refused an opaque connection");
+            if let Some((o, conn, start)) = observed {
+                o.log_tcp(conn, start, None, "connect-failed");
+            }
         }
     }
 }
@@ -225,9 +247,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
-    let drain = ctx.drain.clone();
-    let idle = ctx.settings.http_idle_timeout;
-    serve(stream, http, &drain, idle, move |req| {
+    let served = ctx.clone();
+    serve(stream, http, Served::by(&served, DIRECTION), move |req| {
         request(ctx.clone(), app.clone(), conn.clone(), req)
     })
     .await;
@@ -240,6 +261,12 @@ async fn request(
     mut req: Request<Body>,
 ) -> Response<Body> {
     let start = Instant::now();
+    // Traced, or access logs on: the request is observed (boxed: the off path's future
+    // stays the size it was).
+    let mut observed = ctx
+        .observe
+        .as_ref()
+        .and_then(|o| Exchange::begin(o, DIRECTION, &mut req, Some(conn.ip)));
     let authority = authority_of(&req).unwrap_or_else(|| app.addr.to_string());
     let client = conn.client.as_deref();
     let tls = client.is_some();
@@ -247,6 +274,11 @@ async fn request(
     let grpc = crate::error::is_grpc(req.headers());
     let result = match authorize(&ctx, &app, &conn, &mut req) {
         Ok(()) => {
+            if let Some(x) = &mut observed {
+                x.path = req.uri().path().to_owned();
+                let body = std::mem::replace(req.body_mut(), crate::body::empty());
+                *req.body_mut() = x.count_request_body(body);
+            }
             let span =
                 debug_span!("req", method = %req.method(), %authority, path = req.uri().path());
             to_app(&ctx, &app, client, &authority, req)
@@ -262,6 +294,17 @@ async fn request(
             let reason = e.reason();
             (e.into_response_for(grpc), reason)
         }
+    };
+    let resp = match observed {
+        Some(mut x) => {
+            x.authority.clone_from(&authority);
+            x.client_id = client.map(|c| c.id.to_string()).unwrap_or_default();
+            x.server_id.clone_from(&x.observe.own_id);
+            x.endpoint = app.addr.to_string();
+            x.attempts = 1;
+            x.finish(resp, error)
+        }
+        None => resp,
     };
     ctx.count_response(
         ResponseLabels {

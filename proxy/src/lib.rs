@@ -7,9 +7,11 @@
 //! Data path (only reads that state): [`outbound`] (the application's connections out: plan with
 //! [`plan`], mTLS to the peer with [`peers`] and [`tls`]) and [`inbound`] (mTLS from peers to the
 //! application), on the shared plumbing in [`listen`], [`http`], [`detect`] and [`tcp`], with
-//! one [`drain`] signal for shutdown.
+//! one [`drain`] signal for shutdown. Traces ([`trace`]) and access logs ([`access_log`]) are
+//! gathered per request by [`observe`], only when configured.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod access_log;
 pub mod admin;
 pub mod authz;
 pub mod backoff;
@@ -25,8 +27,10 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod init;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
+pub mod observe;
 pub mod orig_dst;
 pub mod outbound;
 pub mod peers;
@@ -39,6 +43,7 @@ pub mod tcp;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod trace;
 pub mod wait_ready;
 
 use std::collections::BTreeMap;
@@ -81,6 +86,10 @@ pub struct Config {
     pub data: DataPathConfig,
     /// How long a drain may take before the proxy exits anyway.
     pub drain_timeout: Duration,
+    /// `--otlp-endpoint` and its settings: tracing (propagation and spans); `None`: off.
+    pub trace: Option<trace::TraceConfig>,
+    /// `--access-log json|text`; `None`: off.
+    pub access_log: Option<access_log::AccessLogConfig>,
 }
 
 /// The inbound listener and what it registers.
@@ -124,6 +133,10 @@ pub enum StartError {
     Admin(String),
     #[error("advertised address: {0}")]
     Advertise(String),
+    #[error("tracing: {0}")]
+    Trace(#[from] trace::export::ExportError),
+    #[error("access log: {0}")]
+    AccessLog(#[from] access_log::AccessLogError),
 }
 
 async fn bind(
@@ -181,6 +194,16 @@ impl Proxy {
                     reason: e.to_string(),
                 })?;
         let metrics = Arc::new(Metrics::new());
+        // Checked (and the exporter's thread started) before anything else: a bad endpoint or
+        // log file fails start at once.
+        let tracer = match &config.trace {
+            Some(t) => Some(trace::export::start(t, &metrics)?),
+            None => None,
+        };
+        let access_log = match &config.access_log {
+            Some(a) => Some(access_log::AccessLog::start(a, &metrics)?),
+            None => None,
+        };
         // Bind first: a taken port fails start before anything is asked of the control plane.
         let (admin, admin_addr) = bind("admin", config.admin).await?;
         let inbound = match &config.inbound {
@@ -295,6 +318,13 @@ impl Proxy {
             limiter: limiter.clone(),
             probe_paths,
             namespace: own_namespace(&identity.svid().id),
+            observe: (tracer.is_some() || access_log.is_some()).then(|| {
+                Arc::new(observe::Observe {
+                    tracer,
+                    log: access_log,
+                    own_id: identity.svid().id.to_string(),
+                })
+            }),
         });
         tasks.push(tokio::spawn(forget_removed(
             ctx.clone(),

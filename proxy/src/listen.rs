@@ -17,7 +17,8 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::balance::Balancers;
 use crate::body::Body;
 use crate::drain;
-use crate::metrics::{Metrics, RequestLabels, ResponseLabels, TcpLabels};
+use crate::limits::{ConnectionLimit, Limits};
+use crate::metrics::{LimitLabels, Metrics, RequestLabels, ResponseLabels, TcpLabels};
 use crate::peers::Peers;
 use crate::pool::Http1Pool;
 use crate::resources::MeshConfig;
@@ -46,6 +47,8 @@ pub struct DataPathConfig {
     /// Destinations outside the mesh: pass through as plain TCP/HTTP (`true`) or refuse.
     pub passthrough: bool,
     pub mtls: MtlsMode,
+    /// What each listener bounds (connections, request heads and bodies, HTTP/2 streams).
+    pub limits: Limits,
 }
 
 impl Default for DataPathConfig {
@@ -57,6 +60,7 @@ impl Default for DataPathConfig {
             connect_timeout: Duration::from_secs(5),
             passthrough: true,
             mtls: MtlsMode::Permissive,
+            limits: Limits::default(),
         }
     }
 }
@@ -197,6 +201,8 @@ pub struct Ctx {
     /// This workload's namespace (from its SPIFFE ID): what a one-label host (`api`, as an
     /// application in a Kubernetes namespace calls a neighbour) is looked up in.
     pub namespace: Option<Arc<str>>,
+    /// Tracing and access logs; `None` when both are off (one branch per request).
+    pub observe: Option<Arc<crate::observe::Observe>>,
 }
 
 impl Ctx {
@@ -236,6 +242,8 @@ pub fn outside_client() -> Client<HttpConnector, Body> {
 
 /// Accepts until the drain starts, running `handle` for each connection in its own task with a
 /// `conn` span; each connection is tracked for the drain and counted in `tcp_open_connections`.
+/// Past `--max-connections` open on this listener, a new connection is closed at once and
+/// counted in `tcp_refused_connections_total{reason="limit"}`.
 pub async fn accept<F, Fut>(
     listener: TcpListener,
     direction: &'static str,
@@ -246,6 +254,15 @@ pub async fn accept<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let local = listener.local_addr().ok();
+    let limit = ConnectionLimit::new(ctx.settings.limits.max_connections);
+    let refused = ctx
+        .metrics
+        .tcp_refused
+        .get_or_create(&LimitLabels {
+            direction,
+            reason: "limit",
+        })
+        .clone();
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -262,6 +279,11 @@ pub async fn accept<F, Fut>(
                 return;
             }
         };
+        let Some(slot) = limit.try_acquire(direction) else {
+            refused.inc();
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let tracked = ctx.drain.track();
         let open = ctx
@@ -277,6 +299,7 @@ pub async fn accept<F, Fut>(
                 task.await;
                 open.dec();
                 drop(tracked);
+                drop(slot);
             }
             .instrument(span),
         );

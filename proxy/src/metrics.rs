@@ -49,6 +49,15 @@ pub struct TcpLabels {
     pub direction: &'static str,
 }
 
+/// Labels of `tcp_refused_connections_total` and `http_connection_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `inbound`, `outbound` or `admin`.
+    pub direction: &'static str,
+    /// Which limit: see docs/metrics.md.
+    pub reason: &'static str,
+}
+
 /// Labels of `retries_total` and `retry_budget_exhausted_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
@@ -109,6 +118,11 @@ pub struct Metrics {
     pub tcp_open: Family<TcpLabels, Gauge>,
     pub tcp_read: Family<TcpLabels, Counter>,
     pub tcp_write: Family<TcpLabels, Counter>,
+    /// Connections closed at accept because a limit was reached.
+    pub tcp_refused: Family<LimitLabels, Counter>,
+    /// HTTP connections ended by a limit or a protocol error (slow or oversized heads, stalled
+    /// bodies, rapid resets).
+    pub http_conn_errors: Family<LimitLabels, Counter>,
     pub registered: Gauge,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RetryLabels, Counter>,
@@ -116,6 +130,11 @@ pub struct Metrics {
     pub authz_decisions: Family<AuthzLabels, Counter>,
     pub rate_limited: Family<RateLimitLabels, Counter>,
     pub authz_terminated: Family<ServiceLabels, Counter>,
+    pub spans_exported: Counter,
+    pub spans_dropped: Counter,
+    pub span_export_failures: Counter,
+    pub access_log_lines: Counter,
+    pub access_log_dropped: Counter,
     /// Per-request series, found with one fast lookup (see [`Metrics::count_response`]).
     hot: Mutex<HotSeries>,
 }
@@ -154,6 +173,8 @@ impl Metrics {
             tcp_open: Family::default(),
             tcp_read: Family::default(),
             tcp_write: Family::default(),
+            tcp_refused: Family::default(),
+            http_conn_errors: Family::default(),
             registered: Gauge::default(),
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
@@ -161,6 +182,11 @@ impl Metrics {
             authz_decisions: Family::default(),
             rate_limited: Family::default(),
             authz_terminated: Family::default(),
+            spans_exported: Counter::default(),
+            spans_dropped: Counter::default(),
+            span_export_failures: Counter::default(),
+            access_log_lines: Counter::default(),
+            access_log_dropped: Counter::default(),
             hot: Mutex::new(HotSeries::default()),
         };
         let r = &mut m.registry;
@@ -230,6 +256,16 @@ impl Metrics {
             m.tcp_write.clone(),
         );
         r.register(
+            "tcp_refused_connections",
+            "Connections closed as they were accepted because a limit was reached",
+            m.tcp_refused.clone(),
+        );
+        r.register(
+            "http_connection_errors",
+            "HTTP connections ended by a limit or a protocol error, by reason",
+            m.http_conn_errors.clone(),
+        );
+        r.register(
             "registered_endpoints",
             "Inbound endpoints this proxy holds registered with the control plane",
             m.registered.clone(),
@@ -264,6 +300,38 @@ impl Metrics {
             "Open opaque TCP connections closed because a new policy no longer allows them",
             m.authz_terminated.clone(),
         );
+        r.register(
+            "spans_exported",
+            "Spans the OTLP collector accepted",
+            m.spans_exported.clone(),
+        );
+        r.register(
+            "spans_dropped",
+            "Spans dropped because the exporter's queue was full",
+            m.spans_dropped.clone(),
+        );
+        r.register(
+            "span_export_failures",
+            "OTLP export requests that failed or timed out (their spans are dropped)",
+            m.span_export_failures.clone(),
+        );
+        r.register(
+            "access_log_lines",
+            "Access log lines written",
+            m.access_log_lines.clone(),
+        );
+        r.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer's queue was full (a slow disk)",
+            m.access_log_dropped.clone(),
+        );
+        r.register_collector(Box::new(weft_proto::process_metrics::ProcessCollector));
+        // Known label sets start at 0, so a first NACK is an increase an alert can see
+        // (`increase()` finds nothing in a series that appears at 1).
+        for r#type in ["service", "endpoints", "trust_bundle"] {
+            let _ = m.discovery_acks.get_or_create(&TypeLabels { r#type });
+            let _ = m.discovery_nacks.get_or_create(&TypeLabels { r#type });
+        }
         m
     }
 

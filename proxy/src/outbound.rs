@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
@@ -26,11 +26,12 @@ use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
 use crate::forward;
 use crate::http::{
-    Http, ORIG_PROTO, authority_of, forward_upgrade, is_upgrade, serve, set_absolute_uri,
+    Http, ORIG_PROTO, Served, authority_of, forward_upgrade, is_upgrade, serve, set_absolute_uri,
     strip_hop_by_hop,
 };
 use crate::listen::Ctx;
 use crate::metrics::ResponseLabels;
+use crate::observe::{Exchange, TcpConn};
 use crate::plan::{self, Plan, RequestFacts};
 use crate::tls::{ALPN_HTTP1, ALPN_OPAQUE};
 
@@ -164,8 +165,35 @@ async fn connect_planned(
 }
 
 async fn opaque_to_peer(ctx: &Ctx, tcp: TcpStream, plan: &Plan) {
+    // Access logs on: the connection's line is written when it ends.
+    let observed = ctx.observe.as_ref().map(|o| {
+        let conn = TcpConn {
+            direction: DIRECTION,
+            client_id: o.own_id.clone(),
+            peer: tcp.peer_addr().ok().map(|a| a.ip()),
+            authority: format!(
+                "{}.{}:{}",
+                plan.backend.name, plan.backend.namespace, plan.backend_port
+            ),
+            backend: plan.backend.to_string(),
+            ..TcpConn::default()
+        };
+        (o, conn, (Instant::now(), SystemTime::now()))
+    });
     match connect_planned(ctx, plan, ALPN_OPAQUE).await {
         Ok(upstream) => {
+            let observed = observed.map(|(o, mut conn, start)| {
+                conn.server_id = crate::tls::peer_id(&upstream)
+                    .map(|i| i.to_string())
+                    .unwrap_or_default();
+                conn.endpoint = upstream
+                    .get_ref()
+                    .0
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                (o, conn, start)
+            });
             let r = crate::tcp::splice(
                 tcp,
                 upstream,
@@ -175,8 +203,16 @@ async fn opaque_to_peer(ctx: &Ctx, tcp: TcpStream, plan: &Plan) {
             )
             .await;
             debug!(result = ?r, backend = %plan.backend, "opaque connection closed");
+            if let Some((o, conn, start)) = observed {
+                o.log_tcp(conn, start, r.as_ref().ok().copied(), "");
+            }
         }
-        Err(e) => debug!(error = %e, reason = e.reason(), "opaque connection refused"),
+        Err(e) => {
+            debug!(error = %e, reason = e.reason(), "opaque connection refused");
+            if let Some((o, conn, start)) = observed {
+                o.log_tcp(conn, start, None, e.reason());
+            }
+        }
     }
 }
 
@@ -202,9 +238,8 @@ async fn passthrough_tcp(ctx: &Ctx, tcp: TcpStream, dst: &str) {
 }
 
 async fn serve_http(ctx: Arc<Ctx>, tcp: TcpStream, http: Http, mode: Mode) {
-    let drain = ctx.drain.clone();
-    let idle = ctx.settings.http_idle_timeout;
-    serve(tcp, http, &drain, idle, move |req| {
+    let served = ctx.clone();
+    serve(tcp, http, Served::by(&served, DIRECTION), move |req| {
         let ctx = ctx.clone();
         let mode = mode.clone();
         async move { request(ctx, mode, req).await }
@@ -221,12 +256,24 @@ struct Outcome {
     budget_exhausted: bool,
 }
 
-async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Body>) -> Response<Body> {
+async fn request(ctx: Arc<Ctx>, mode: Mode, mut req: Request<Body>) -> Response<Body> {
     let start = Instant::now();
     let authority = match &mode {
         Mode::Fixed(a) => a.to_string(),
         _ => authority_of(&req).unwrap_or_default(),
     };
+    // Traced, or access logs on: the request is observed (boxed: the off path's future
+    // stays the size it was).
+    let mut observed = ctx
+        .observe
+        .as_ref()
+        .and_then(|o| Exchange::begin(o, DIRECTION, &mut req, None));
+    if let Some(x) = &mut observed {
+        x.client_id.clone_from(&x.observe.own_id);
+        x.authority.clone_from(&authority);
+        let body = std::mem::replace(req.body_mut(), empty());
+        *req.body_mut() = x.count_request_body(body);
+    }
     let span = debug_span!("req", method = %req.method(), %authority, path = req.uri().path());
     let grpc = crate::error::is_grpc(req.headers());
     let mut outcome = Outcome {
@@ -235,9 +282,16 @@ async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Body>) -> Response<Body
         server_id: None,
         budget_exhausted: false,
     };
-    let result = route(&ctx, &mode, &authority, req, &mut outcome)
-        .instrument(span)
-        .await;
+    let result = route(
+        &ctx,
+        &mode,
+        &authority,
+        req,
+        &mut outcome,
+        observed.as_deref_mut(),
+    )
+    .instrument(span)
+    .await;
     let (resp, error) = match result {
         Ok(resp) if outcome.budget_exhausted => (resp, "retry-budget-exhausted"),
         Ok(resp) => (resp, ""),
@@ -246,6 +300,16 @@ async fn request(ctx: Arc<Ctx>, mode: Mode, req: Request<Body>) -> Response<Body
             let reason = e.reason();
             (e.into_response_for(grpc), reason)
         }
+    };
+    let resp = match observed {
+        Some(mut x) => {
+            x.authority.clone_from(&outcome.authority);
+            if let Some(id) = &outcome.server_id {
+                x.server_id = id.to_string();
+            }
+            x.finish(resp, error)
+        }
+        None => resp,
     };
     ctx.count_response(
         ResponseLabels {
@@ -268,6 +332,7 @@ async fn route(
     authority: &str,
     req: Request<Body>,
     outcome: &mut Outcome,
+    observed: Option<&mut Exchange>,
 ) -> Result<Response<Body>, ProxyError> {
     let config = ctx.snapshot();
     if req.method() == Method::CONNECT {
@@ -300,7 +365,7 @@ async fn route(
             ctx.count_request(DIRECTION, &outcome.authority, true);
             let plan = plan?;
             outcome.tls = true;
-            to_peer(ctx, &plan, authority, req, outcome).await
+            to_peer(ctx, &plan, authority, req, outcome, observed).await
         }
         None => {
             ctx.count_request(DIRECTION, authority, false);
@@ -342,7 +407,12 @@ async fn to_peer(
     authority: &str,
     mut req: Request<Body>,
     outcome: &mut Outcome,
+    mut observed: Option<&mut Exchange>,
 ) -> Result<Response<Body>, ProxyError> {
+    if let Some(x) = observed.as_deref_mut() {
+        x.route = plan.route_label();
+        x.backend = plan.backend.to_string();
+    }
     if is_upgrade(&req) {
         return Box::pin(async {
             let tls = connect_planned(ctx, plan, ALPN_HTTP1).await?;
@@ -372,7 +442,7 @@ async fn to_peer(
     }
     parts.version = Version::HTTP_2;
     let head = Request::from_parts(parts, ());
-    let forwarded = forward::forward(ctx, plan, head, body).await;
+    let forwarded = forward::forward(ctx, plan, head, body, observed).await;
     outcome.server_id = forwarded.server_id;
     outcome.budget_exhausted = forwarded.budget_exhausted;
     let resp = forwarded.result?;

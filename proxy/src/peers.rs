@@ -238,10 +238,14 @@ fn upstream(addr: SocketAddr, e: &SendError) -> ProxyError {
             true,
         ),
         SendError::NotSent(e) => (format!("the request was not sent: {e}"), true),
-        // REFUSED_STREAM guarantees the peer processed nothing (RFC 9113 §8.7): safe to retry.
+        // REFUSED_STREAM guarantees the peer processed nothing (RFC 9113 §8.7), and so does a
+        // GOAWAY whose last stream ID is below this stream's (§6.8: the peer did not and will
+        // not act on it): safe to send again, whatever the method. h2 fails a stream with the
+        // peer's GOAWAY only in that case; a stream the peer took and the connection later
+        // lost fails with a broken pipe instead.
         SendError::Failed(e) => (
             format!("HTTP/2: {e}"),
-            e.reason() == Some(h2::Reason::REFUSED_STREAM),
+            e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote()),
         ),
     };
     ProxyError::Upstream {

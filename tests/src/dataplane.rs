@@ -304,6 +304,10 @@ pub struct ProxyOpts {
     pub namespace: Option<String>,
     /// `--default-inbound-policy`: the workload's own (tightening) default.
     pub default_inbound: Option<weft_proto::model::DefaultInbound>,
+    /// `--otlp-endpoint` and the rest of tracing.
+    pub trace: Option<weft_proxy::trace::TraceConfig>,
+    /// `--access-log`.
+    pub access_log: Option<weft_proxy::access_log::AccessLogConfig>,
 }
 
 /// Writes a join token for `default/<sa>` into `dir`.
@@ -374,6 +378,8 @@ pub async fn start_proxy(
             ..DataPathConfig::default()
         },
         drain_timeout: Duration::from_secs(5),
+        trace: opts.trace.clone(),
+        access_log: opts.access_log.clone(),
     })
     .await?;
     Ok(proxy)
@@ -483,7 +489,20 @@ impl ProxyProcess {
         sa: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let token = token_file(mesh, dir, sa).await?;
+        Self::start_with_ca(&mesh.ca, cp_addr, dir, sa, extra).await
+    }
+
+    /// [`ProxyProcess::start`] for a control plane of `ca` that is not a [`TestMesh`]'s (a
+    /// `weft-control-plane` process).
+    pub async fn start_with_ca(
+        ca: &crate::TestCa,
+        cp_addr: &str,
+        dir: &Path,
+        sa: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let token = dir.join(format!("{sa}.token"));
+        std::fs::write(&token, ca.token(&workload("default", sa), "10m").await?)?;
         let free = || -> anyhow::Result<SocketAddr> {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             Ok(l.local_addr()?)
@@ -493,7 +512,7 @@ impl ProxyProcess {
         let mut child = Command::new(crate::bin("weft-proxy"))
             .arg("run")
             .args(["--control-plane", cp_addr])
-            .args(["--trust-bundle", mesh.ca.bundle_file().to_str().unwrap()])
+            .args(["--trust-bundle", ca.bundle_file().to_str().unwrap()])
             .args(["--trust-domain", TD])
             .args(["--token-file", token.to_str().unwrap()])
             .args(["--admin", &admin.to_string()])

@@ -18,6 +18,7 @@ pub mod dataplane;
 pub mod etcd;
 pub mod k8s;
 pub mod mesh;
+pub mod otlp;
 pub mod traffic;
 
 /// Path of a workspace binary, built (once per test process) with the profile this test was

@@ -56,6 +56,7 @@ impl TestMesh {
             store,
             admin_identities: vec![],
             registration_ttl,
+            max_connections: weft_control_plane::transport::MAX_CONNECTIONS,
         };
         Ok(ControlPlane::start(config).await?)
     }

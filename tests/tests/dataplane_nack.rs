@@ -143,6 +143,7 @@ async fn an_invalid_resource_is_nacked_and_traffic_is_unaffected() {
         listener,
         tokio_rustls::TlsAcceptor::from(Arc::new(server_tls)),
         Arc::new(weft_control_plane::metrics::Metrics::default()),
+        weft_control_plane::transport::MAX_CONNECTIONS,
         stop_rx,
     );
     tokio::spawn(

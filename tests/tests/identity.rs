@@ -213,6 +213,7 @@ impl Mesh {
             store: weft_control_plane::StoreConfig::Memory { snapshot: None },
             admin_identities: vec![],
             registration_ttl: Duration::from_secs(20),
+            max_connections: weft_control_plane::transport::MAX_CONNECTIONS,
         })
         .await
         .unwrap();

@@ -64,6 +64,8 @@ async fn start_proxy(
         upstreams: vec![],
         data: Default::default(),
         drain_timeout: Duration::from_secs(5),
+        trace: None,
+        access_log: None,
     })
     .await?)
 }
@@ -133,7 +135,11 @@ async fn a_proxy_certifies_becomes_ready_and_follows_the_configuration() {
         metrics.contains("identity_cert_expiration_timestamp_seconds"),
         "{metrics}"
     );
-    assert!(!metrics.contains("discovery_nacks_total{"), "{metrics}");
+    assert_eq!(
+        weft_tests::metric_value(&metrics, "discovery_nacks_total{type=\"service\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
     proxy.shutdown().await;
 }
 
@@ -158,6 +164,8 @@ async fn a_refused_token_fails_the_start_with_the_reason() {
         upstreams: vec![],
         data: Default::default(),
         drain_timeout: Duration::from_secs(5),
+        trace: None,
+        access_log: None,
     })
     .await
     .unwrap_err()
@@ -286,6 +294,8 @@ fn web_config(mesh: &TestMesh, token_file: std::path::PathBuf, admin: &str) -> C
         upstreams: vec![],
         data: Default::default(),
         drain_timeout: Duration::from_secs(5),
+        trace: None,
+        access_log: None,
     }
 }
 

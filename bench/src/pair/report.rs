@@ -16,6 +16,8 @@ use super::{Results, StartTime, TargetKind, TargetResult};
 const SPLIT_RATIO_TARGET: f64 = 0.95;
 /// Issue 16: the authz target's closed-loop throughput at least this share of the plain pair's.
 const AUTHZ_RATIO_TARGET: f64 = 0.97;
+/// weft-traced / weft: tracing on at 1 % sampling (issue 19).
+const TRACED_RATIO_TARGET: f64 = 0.97;
 
 pub(crate) fn print(r: &Results, json: bool) {
     if json {
@@ -219,6 +221,19 @@ pub(crate) fn markdown(r: &Results) -> String {
             } else {
                 "missed"
             }
+        );
+    }
+    if let Some((ratio, each)) = ratio_to_weft(r, TargetKind::WeftTraced) {
+        let each: Vec<String> = each.iter().map(|x| format!("{x:.3}")).collect();
+        s += &format!(
+            "\nweft-traced / weft, closed-loop throughput (medians): {ratio:.3} (each round: {}); target ≥ {TRACED_RATIO_TARGET}: {}. Its OTLP receiver got {} spans over the measured runs.\n",
+            each.join(", "),
+            if ratio >= TRACED_RATIO_TARGET {
+                "met"
+            } else {
+                "missed"
+            },
+            r.traced_spans,
         );
     }
     if let Some((ratio, each)) = ratio_to_weft(r, TargetKind::WeftTwin) {
@@ -486,6 +501,10 @@ pub(crate) fn to_json(r: &Results) -> serde_json::Value {
         "weft_split": split,
         "weft_authz": ratio_to_weft(r, TargetKind::WeftAuthz).map(|(ratio, each)| json!({
             "throughput_ratio": ratio, "each_round": each, "target": AUTHZ_RATIO_TARGET,
+        })),
+        "weft_traced": ratio_to_weft(r, TargetKind::WeftTraced).map(|(ratio, each)| json!({
+            "throughput_ratio": ratio, "each_round": each, "target": TRACED_RATIO_TARGET,
+            "spans_received": r.traced_spans,
         })),
         "weft_twin": ratio_to_weft(r, TargetKind::WeftTwin).map(|(ratio, each)| json!({
             "throughput_ratio": ratio, "each_round": each,

@@ -225,6 +225,17 @@ impl Mesh {
         token: &Path,
         kind: ProxyKind,
     ) -> anyhow::Result<WeftProxy> {
+        self.spawn_proxy_with(role, token, kind, &[])
+    }
+
+    /// `spawn_proxy` with `extra` flags.
+    pub(crate) fn spawn_proxy_with(
+        &self,
+        role: &str,
+        token: &Path,
+        kind: ProxyKind,
+        extra: &[String],
+    ) -> anyhow::Result<WeftProxy> {
         let ports = free_ports(3)?;
         let (admin, outbound, third) = (loopback(ports[0]), loopback(ports[1]), ports[2]);
         let mut cmd = Command::new(&self.bins.proxy);
@@ -238,14 +249,17 @@ impl Mesh {
             .args(["--admin", &admin.to_string()])
             .args(["--outbound", &outbound.to_string()])
             .args(["--node-id", role])
-            .env("WEFT_LOG", "info");
+            .env("WEFT_LOG", "info")
+            .args(extra);
         let mut upstream = None;
+        let mut inbound = None;
         match kind {
             ProxyKind::Server { service, app_port } => {
                 cmd.args(["--service", &format!("default/{service}")])
                     .args(["--app-port", &app_port.to_string()])
                     .args(["--inbound", &loopback(third).to_string()])
                     .args(["--advertise-ip", "127.0.0.1"]);
+                inbound = Some(loopback(third));
             }
             ProxyKind::Client { service } => {
                 cmd.args([
@@ -265,6 +279,7 @@ impl Mesh {
             proc,
             admin,
             upstream,
+            inbound,
             spawned,
         })
     }
@@ -289,6 +304,8 @@ pub(crate) struct WeftProxy {
     pub(crate) admin: SocketAddr,
     /// The client's local port to its service.
     pub(crate) upstream: Option<SocketAddr>,
+    /// The server's inbound port.
+    pub(crate) inbound: Option<SocketAddr>,
     /// Just before the process was spawned.
     pub(crate) spawned: Instant,
 }

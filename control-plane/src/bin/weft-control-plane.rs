@@ -79,6 +79,10 @@ struct Args {
     /// Lease TTL of proxy registrations: how long a dead proxy's endpoints linger.
     #[arg(long, env = "WEFT_REGISTRATION_TTL", default_value = "20s", value_parser = parse_registration_ttl)]
     registration_ttl: Duration,
+    /// Connections the gRPC port keeps open at once (handshaking or established); past it, new
+    /// connections are closed at once (connections_refused_total{listener="grpc"}).
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = weft_control_plane::transport::MAX_CONNECTIONS)]
+    max_connections: usize,
     /// The decision for inbound requests to a service that sets no spec.defaultInboundPolicy
     /// and that no Allow policy speaks about: allow (every client, plaintext included),
     /// authenticated (any client with a verified mesh identity) or deny (nobody; health probe
@@ -201,6 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         admin_identities: args.admin_identities,
         registration_ttl: args.registration_ttl,
+        max_connections: args.max_connections,
     };
     let cp = ControlPlane::start_with_default_inbound(config, args.default_inbound_policy).await?;
     let (stop_injector, stopped) = tokio::sync::watch::channel(false);

@@ -164,6 +164,31 @@ fn parent_and_backend_kinds_must_be_services_in_reach() {
 }
 
 #[test]
+fn durations_are_whole_milliseconds_and_in_range() {
+    // Found by the `config_document` fuzz target: a backoff of 24.911989ms was accepted, then
+    // stored as the manifest's `24ms` and read back as another route.
+    let with_backoff = |seconds, nanos| {
+        let mut r = route(vec![rule(vec![backend("reviews", Some(1))])]);
+        r.rules[0].retry = Some(pb::Retry {
+            codes: vec![503],
+            attempts: 2,
+            backoff: Some(prost_types::Duration { seconds, nanos }),
+        });
+        HttpRoute::try_from(r)
+    };
+    let err = with_backoff(0, 24_911_989).unwrap_err().to_string();
+    assert!(err.contains("spec.rules[0].retry.backoff"), "{err}");
+    assert!(err.contains("whole number of milliseconds"), "{err}");
+    let err = with_backoff(1, 1_000_000_000).unwrap_err().to_string();
+    assert!(err.contains("out of range"), "{err}");
+    let ok = with_backoff(0, 25_000_000).unwrap();
+    assert_eq!(
+        ok.rules[0].retry.as_ref().map(|r| r.backoff),
+        Some(std::time::Duration::from_millis(25))
+    );
+}
+
+#[test]
 fn paths_are_checked() {
     for bad in [
         "", "foo", "/a//b", "/a/../b", "/a/./b", "/a?x=1", "/a#f", "/a b",

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use weft_certs::TrustDomain;
 use weft_proto::model::{self, ObjectRef};
 use weft_proxy::identity::ControlPlane;
+use weft_proxy::limits::Limits;
 use weft_proxy::listen::{DataPathConfig, MtlsMode};
 use weft_proxy::{Config, InboundConfig, Proxy};
 
@@ -146,6 +148,92 @@ struct RunArgs {
     /// Connecting to a peer proxy or destination, TCP and TLS each.
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
     connect_timeout: Duration,
+    /// Tracing: export spans over OTLP/gRPC to this collector (http://HOST:PORT, or https://
+    /// with --otlp-ca). Given, the proxy also propagates W3C trace context: a sampled
+    /// `traceparent` gets a span of ours as its parent. Without it, nothing is traced and the
+    /// headers pass untouched.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// PEM roots that verify an https:// --otlp-endpoint.
+    #[arg(long, env = "WEFT_OTLP_CA", requires = "otlp_endpoint")]
+    otlp_ca: Option<PathBuf>,
+    /// The share (0 to 1) of requests with no valid `traceparent` that start a trace. Requests
+    /// with one follow its sampled flag.
+    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATE", default_value_t = 0.0, value_parser = parse_rate, requires = "otlp_endpoint")]
+    trace_sample_rate: f64,
+    /// `service.name` of the exported spans; default: --service's NAMESPACE/NAME, else the
+    /// node ID.
+    #[arg(long, env = "WEFT_TRACE_SERVICE_NAME")]
+    trace_service_name: Option<String>,
+    /// One line per HTTP request or TCP connection: off, json or text.
+    #[arg(long, env = "WEFT_ACCESS_LOG", value_enum, default_value = "off")]
+    access_log: AccessLog,
+    /// Write the access log to this file (appended) instead of stderr.
+    #[arg(long, env = "WEFT_ACCESS_LOG_FILE")]
+    access_log_file: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AccessLog {
+    Off,
+    Json,
+    Text,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
+}
+
+/// What each data-path listener bounds (docs/configuration.md, "Limits").
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Connections each listener (inbound, outbound, each --upstream) keeps open at once; past
+    /// it, new connections are closed at once (tcp_refused_connections_total).
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections,
+          value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    max_connections: usize,
+    /// An HTTP/1 request head (first byte to the end of its headers) must arrive within this.
+    #[arg(long, env = "WEFT_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    header_read_timeout: Duration,
+    /// Largest request head, in bytes (HTTP/1 start line and headers; HTTP/2 header list);
+    /// larger ones get 431 (HTTP/1) or a stream error (HTTP/2).
+    #[arg(long, env = "WEFT_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    max_header_bytes: u32,
+    /// Most header fields in one HTTP/1 request (431 past it).
+    #[arg(long, env = "WEFT_MAX_HEADERS", default_value_t = Limits::default().max_headers,
+          value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    max_headers: usize,
+    /// A request body that sends nothing for this long is cut off.
+    #[arg(long, env = "WEFT_BODY_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    body_idle_timeout: Duration,
+    /// Streams one HTTP/2 client may have open at once.
+    #[arg(long, env = "WEFT_H2_MAX_CONCURRENT_STREAMS", default_value_t = Limits::default().h2_max_concurrent_streams,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    h2_max_concurrent_streams: u32,
+    /// Requests one HTTP/2 client may cancel before their answer within 10 s; past it the
+    /// connection gets a GOAWAY (the rapid-reset attack, CVE-2023-44487).
+    #[arg(long, env = "WEFT_H2_MAX_RESETS", default_value_t = Limits::default().h2_max_resets_per_conn)]
+    h2_max_resets: u32,
+}
+
+impl From<LimitArgs> for Limits {
+    fn from(a: LimitArgs) -> Self {
+        Self {
+            max_connections: a.max_connections,
+            header_read_timeout: a.header_read_timeout,
+            max_header_bytes: a.max_header_bytes,
+            max_headers: a.max_headers,
+            body_idle_timeout: a.body_idle_timeout,
+            h2_max_concurrent_streams: a.h2_max_concurrent_streams,
+            h2_max_resets_per_conn: a.h2_max_resets,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -319,6 +407,7 @@ async fn run(args: RunArgs) -> ExitCode {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "weft-proxy".into())
     });
+    let service_name = args.service.as_ref().map(ToString::to_string);
     let config = Config {
         control_plane: ControlPlane {
             addr: args.control_plane,
@@ -328,7 +417,7 @@ async fn run(args: RunArgs) -> ExitCode {
         trust_bundle: args.trust_bundle,
         trust_domain: args.trust_domain,
         admin: args.admin,
-        node_id,
+        node_id: node_id.clone(),
         inbound: (args.app_port.is_some() || args.inbound_explicit).then_some(InboundConfig {
             listen: args.inbound,
             app_port: args.app_port,
@@ -351,8 +440,32 @@ async fn run(args: RunArgs) -> ExitCode {
                 Mtls::Permissive => MtlsMode::Permissive,
                 Mtls::Strict => MtlsMode::Strict,
             },
+            limits: args.limits.into(),
         },
         drain_timeout: args.drain_timeout,
+        trace: args
+            .otlp_endpoint
+            .map(|endpoint| weft_proxy::trace::TraceConfig {
+                endpoint,
+                ca: args.otlp_ca,
+                sample_rate: args.trace_sample_rate,
+                service_name: args
+                    .trace_service_name
+                    .or(service_name)
+                    .unwrap_or_else(|| node_id.clone()),
+            }),
+        access_log: {
+            use weft_proxy::access_log::{AccessLogConfig, Format};
+            let format = match args.access_log {
+                AccessLog::Off => None,
+                AccessLog::Json => Some(Format::Json),
+                AccessLog::Text => Some(Format::Text),
+            };
+            format.map(|format| AccessLogConfig {
+                format,
+                file: args.access_log_file,
+            })
+        },
     };
     // Start can wait a long time for an unreachable control plane; SIGTERM meanwhile is an
     // ordinary stop (exit 0: nothing was served, nothing failed).

@@ -582,3 +582,113 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_one_that_answers_is_ke
     assert!(!answered.is_closed());
     assert!(answered.takes_streams().await);
 }
+
+/// A TCP relay whose peer → client direction can be held shut, so a test decides when the
+/// client sees what the peer sent. Reports each batch of client → peer bytes.
+struct Relay {
+    addr: SocketAddr,
+    /// While `false`, bytes from the peer wait in the relay.
+    open: tokio::sync::watch::Sender<bool>,
+    /// A message per client → peer write.
+    upstream_writes: mpsc::UnboundedReceiver<usize>,
+}
+
+impl Relay {
+    async fn to(peer: SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (open, gate) = tokio::sync::watch::channel(true);
+        let (writes, upstream_writes) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = TcpStream::connect(peer).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    let _ = writes.send(n);
+                }
+            });
+            let mut gate = gate;
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = sr.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                if gate.wait_for(|open| *open).await.is_err()
+                    || cw.write_all(&buf[..n]).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self {
+            addr,
+            open,
+            upstream_writes,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_above_the_goaway_last_stream_is_refused_and_one_the_peer_took_is_not() {
+    // The peer takes the first request, then closes with a GOAWAY (last stream = the first's)
+    // while the client, not yet aware of it, sends a second: the peer never processed the
+    // second (safe to send again, any method); the first it may have acted on.
+    let (accepted_tx, accepted) = oneshot::channel::<()>();
+    let (go_tx, go) = oneshot::channel::<()>();
+    let slot = std::sync::Mutex::new(Some((accepted_tx, go)));
+    let peer = server(move |mut conn, _| {
+        let (accepted_tx, go) = slot.lock().unwrap().take().unwrap();
+        async move {
+            let (_req, _respond) = conn.accept().await.unwrap().unwrap();
+            accepted_tx.send(()).unwrap();
+            go.await.unwrap();
+            conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+            while conn.accept().await.is_some() {}
+        }
+    })
+    .await;
+    let mut relay = Relay::to(peer).await;
+    let tcp = TcpStream::connect(relay.addr).await.unwrap();
+    let conn = conn::handshake(tcp, peer, conn::KEEP_ALIVE).await.unwrap();
+    let first = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.send(get("/first")).await }
+    });
+    accepted.await.unwrap();
+    // Hold the GOAWAY in the relay until the second request is on its way to the peer.
+    relay.open.send(false).unwrap();
+    while relay.upstream_writes.try_recv().is_ok() {}
+    go_tx.send(()).unwrap();
+    let second = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.send(get("/second")).await }
+    });
+    relay.upstream_writes.recv().await.unwrap();
+    relay.open.send(true).unwrap();
+
+    let err = match second.await.unwrap() {
+        Ok(resp) => panic!("the second request was answered: {resp:?}"),
+        Err(conn::SendError::Failed(e)) => upstream(peer, &conn::SendError::Failed(e)),
+        Err(other) => panic!("expected a failed stream, got {other:?}"),
+    };
+    assert!(
+        matches!(err, ProxyError::Upstream { refused: true, .. }),
+        "a stream above the GOAWAY's last stream ID must be refused (retryable): {err:?}"
+    );
+    // The first was taken, then the connection went: not a refusal.
+    let err = match first.await.unwrap() {
+        Ok(resp) => panic!("the first request was answered: {resp:?}"),
+        Err(e) => upstream(peer, &e),
+    };
+    assert!(
+        matches!(err, ProxyError::Upstream { refused: false, .. }),
+        "a stream the peer took must not be sent again blindly: {err:?}"
+    );
+}

@@ -1,0 +1,130 @@
+//! A real OTLP/gRPC receiver for the tracing tests: `tests/otlp/collector.py`, opentelemetry-proto's
+//! `TraceService` on grpcio (PyPI, in the venv `.ci/install-deps.sh` makes), started as a child
+//! process on a free loopback port. It writes each span it receives as a JSON line; [`Collector::spans`]
+//! reads them back.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncBufReadExt;
+
+/// The running receiver; killed on drop.
+pub struct Collector {
+    pub port: u16,
+    spans: PathBuf,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+fn python() -> anyhow::Result<PathBuf> {
+    let venv = match std::env::var_os("WEFT_VENV") {
+        Some(v) => PathBuf::from(v),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
+            .join(".cache/weft/venv"),
+    };
+    let exe = venv.join("bin/python");
+    if !exe.is_file() {
+        bail!(
+            "{} is missing: run `bash .ci/install-deps.sh` (the test command does)",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("port", &self.port)
+            .field("spans", &self.spans)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// The same over TLS with `(certificate chain PEM, key PEM)`.
+    pub async fn start_tls(cert: &str, key: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some((cert, key))).await
+    }
+
+    async fn start_with(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let spans = dir.path().join("spans.jsonl");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("otlp/collector.py");
+        let mut cmd = tokio::process::Command::new(python()?);
+        cmd.arg(&script).arg(&spans);
+        if let Some((cert, key)) = tls {
+            let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&c, cert)?;
+            std::fs::write(&k, key)?;
+            cmd.arg(c).arg(k);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", script.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut first = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::io::BufReader::new(stdout).read_line(&mut first),
+        )
+        .await
+        .context("the collector did not say its port within 30 s")??;
+        let port = first
+            .trim()
+            .parse()
+            .with_context(|| format!("the collector's first line {first:?} is not a port"))?;
+        Ok(Self {
+            port,
+            spans,
+            _child: child,
+            _dir: dir,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`, for `--otlp-endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.spans)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until spans of `trace_id` (hex) number at least `n`, and returns them.
+    pub async fn wait_trace(
+        &self,
+        trace_id: &str,
+        n: usize,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        crate::poll(Duration::from_secs(20), || {
+            let of: Vec<_> = self
+                .spans()
+                .into_iter()
+                .filter(|s| s["trace_id"] == trace_id)
+                .collect();
+            (of.len() >= n).then_some(of)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "fewer than {n} spans of trace {trace_id}; all received: {:?}",
+                self.spans()
+            )
+        })
+    }
+}
