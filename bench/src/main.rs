@@ -15,7 +15,6 @@
 //! - `abuse`: a server proxy's inbound port under 10,000 idle and 1,000 slowloris connections while
 //!   a normal client keeps sending (issue 18): its answered share, the proxy's memory per connection.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -186,7 +185,7 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
     })
     .await?;
     let addr = cp.grpc_addr().to_string();
-    let bundle = Arc::new(cp.trust_bundle().clone());
+    let bundle = cp.trust_bundle();
     let token_key = weft_control_plane::attest::TokenKey::load(&ca_dir.join("token.key"))?;
     let id = SpiffeId::parse("spiffe://bench.test/ns/default/sa/bench")?;
     let token = token_key.mint(&id, Duration::from_secs(3600))?;

@@ -127,6 +127,10 @@ pub struct CertificateAuthority {
     issuer_not_after: OffsetDateTime,
     bundle: TrustBundle,
     max_ttl: Duration,
+    /// The AuthorityKeyIdentifier every SVID this CA issues carries.
+    key_id: Vec<u8>,
+    /// SHA-256 fingerprint of the issuing certificate (`tls.crt`'s first).
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -282,18 +286,23 @@ impl CertificateAuthority {
 
         let issuer =
             Issuer::from_ca_cert_der(&certs[0], key).map_err(|e| invalid(e.to_string()))?;
-        let ca = Self {
+        let mut ca = Self {
             trust_domain,
             issuer,
             intermediates,
             issuer_not_after,
             bundle,
             max_ttl: DEFAULT_MAX_SVID_TTL,
+            key_id: Vec::new(),
+            fingerprint: crate::pem::fingerprint_sha256(&certs[0]),
         };
-        ca.self_test().map_err(|e| {
+        let probe = ca.self_test().map_err(|e| {
             invalid(format!(
                 "certificates it signs do not verify against the trust bundle: {e}"
             ))
+        })?;
+        ca.key_id = crate::verify::authority_key_id(&probe).ok_or_else(|| {
+            invalid("certificates it signs carry no authority key identifier".into())
         })?;
         Ok(ca)
     }
@@ -318,6 +327,17 @@ impl CertificateAuthority {
 
     pub fn not_after(&self) -> OffsetDateTime {
         self.issuer_not_after
+    }
+
+    /// The key identifier (AuthorityKeyIdentifier) of the SVIDs this CA issues: compare it with
+    /// [`crate::verify::authority_key_id`] of a certificate to tell whether this CA issued it.
+    pub fn key_id(&self) -> &[u8] {
+        &self.key_id
+    }
+
+    /// SHA-256 fingerprint of the issuing certificate.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Verifies `csr_der` and signs it as `identity` — the attested identity, never what the
@@ -406,7 +426,7 @@ impl CertificateAuthority {
 
     /// Signs a throwaway certificate and verifies it against the bundle, so a CA whose chain
     /// does not lead to its own `ca.crt` is refused at load time rather than at first handshake.
-    fn self_test(&self) -> Result<(), SvidError> {
+    fn self_test(&self) -> Result<CertificateDer<'static>, SvidError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| SvidError::Other(e.to_string()))?;
         let id = self
@@ -426,7 +446,7 @@ impl CertificateAuthority {
             webpki::KeyUsage::client_auth(),
             &algs,
         )?;
-        Ok(())
+        Ok(svid.chain[0].clone())
     }
 
     /// PEM of the issuing chain (what `tls.crt` should hold).

@@ -96,6 +96,20 @@ pub fn svid_of(end_entity: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime)
     Ok((id, not_after))
 }
 
+/// The key identifier in a certificate's AuthorityKeyIdentifier extension: which CA key signed
+/// it. Every SVID our CA issues carries one (the CA's SubjectKeyIdentifier); a root rotation
+/// tells the generations apart by it. `None` when the extension or its key identifier is absent.
+pub fn authority_key_id(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, cert) = X509Certificate::from_der(cert).ok()?;
+    cert.iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+}
+
 /// The verified peer identity of an established connection.
 pub fn peer_spiffe_id(
     peer_certificates: Option<&[CertificateDer<'_>]>,

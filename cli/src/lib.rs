@@ -6,6 +6,7 @@
 //! - [`config`]: `apply`, `get`, `delete` over the config API (documents from [`weft_control_plane::manifest`]).
 //! - [`registry`]: `register` / `deregister` of endpoints outside the mesh.
 //! - [`explain`]: `explain`, asking a proxy's admin port what it would do with a request.
+//! - [`rotate`]: `ca rotate`, a live root rotation of the CA directory.
 //! - [`install`]: `install`, the manifests of a control plane for Kubernetes.
 //! - [`inject`]: `inject` and `uninject`, the sidecar injector offline.
 //! - [`demo`]: `demo`, a whole mesh on one machine with a live view of it.
@@ -26,6 +27,7 @@ pub mod inject;
 pub mod install;
 pub mod pki;
 pub mod registry;
+pub mod rotate;
 pub mod scrape;
 mod table;
 

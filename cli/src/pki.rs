@@ -91,6 +91,15 @@ pub fn ca_inspect(dir: &Path, w: &mut impl Write) -> anyhow::Result<()> {
         Ok(k) => writeln!(w, "join-token key: Ed25519, key id {}", k.kid())?,
         Err(e) => writeln!(w, "join-token key: none ({e})")?,
     }
+    if let Some(state) = weft_control_plane::ca_dir::read_state(dir)? {
+        writeln!(
+            w,
+            "root rotation under way: step {}, to CA {} (`weftctl ca rotate status --ca-dir {}`)",
+            state.step.as_str(),
+            state.new_ca,
+            dir.display()
+        )?;
+    }
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! The admin HTTP endpoint (localhost by default): `/live`, `/ready` (503 until the registry has
-//! listed the store once), `/metrics`.
+//! listed the store once), `/metrics`, and for a root rotation `GET /ca` (the CA directory
+//! being served and the connected proxies per issuing CA, as JSON) and `POST /ca/reload`
+//! (re-read the CA directory now, as SIGHUP does).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,12 +21,14 @@ use weft_proto::limits::ConnectionLimit;
 /// Admin connections open at once (probes, scrapes, an operator); past it, closed and counted.
 const ADMIN_MAX_CONNECTIONS: usize = 128;
 use crate::registry::Published;
+use crate::rotation::CaSource;
 
 /// Serves until `shutdown` flips.
 pub async fn run(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     registry: watch::Receiver<Arc<Published>>,
+    ca: Option<Arc<CaSource>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = ConnectionLimit::new(ADMIN_MAX_CONNECTIONS);
@@ -36,11 +40,36 @@ pub async fn run(
         };
         let metrics = metrics.clone();
         let registry = registry.clone();
+        let ca = ca.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
                 let synced = registry.borrow().synced;
-                async move { Ok::<_, Infallible>(route(&req, &metrics, synced)) }
+                let ca = ca.clone();
+                async move {
+                    let resp = match (req.method(), req.uri().path(), ca) {
+                        (&Method::POST, "/ca/reload", Some(ca)) => {
+                            let result =
+                                tokio::task::spawn_blocking(move || (ca.reload(true), ca)).await;
+                            match result {
+                                Ok((Ok(_), ca)) => json(StatusCode::OK, &ca.status_json()),
+                                Ok((Err(e), ca)) => {
+                                    let mut status = ca.status_json();
+                                    status["error"] = e.into();
+                                    json(StatusCode::UNPROCESSABLE_ENTITY, &status)
+                                }
+                                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                            }
+                        }
+                        (&Method::GET, "/ca", Some(ca)) => json(StatusCode::OK, &ca.status_json()),
+                        (_, "/ca" | "/ca/reload", Some(_)) => text(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "GET /ca, POST /ca/reload\n".into(),
+                        ),
+                        _ => route(&req, &metrics, synced),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             // A client that never finishes its request headers does not hold a task forever.
@@ -77,7 +106,7 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, synced: bool) -> Response<F
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /live, /ready or /metrics\n".into(),
+            "not found: try /live, /ready, /metrics or /ca\n".into(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -85,5 +114,21 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, synced: bool) -> Response<F
     if let Ok(v) = content_type.parse() {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
+    resp
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{v:#}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
     resp
 }

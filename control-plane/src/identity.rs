@@ -9,17 +9,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 use weft_certs::csr::CsrError;
-use weft_certs::{CertificateAuthority, SignError, SpiffeId};
+use weft_certs::{SignError, SpiffeId};
 use weft_proto::identity::v1::identity_server::Identity;
 use weft_proto::identity::v1::{CertifyRequest, CertifyResponse};
 
 use crate::attest::{AttestError, Attestation, Attestor};
 use crate::metrics::{IssuedLabels, Metrics, RefusedLabels};
+use crate::rotation::CaSource;
 use crate::transport::PeerInfo;
 
 #[derive(Debug, Clone)]
 pub struct IdentityService {
-    ca: Arc<CertificateAuthority>,
+    ca: Arc<CaSource>,
     attestor: Arc<Attestor>,
     metrics: Arc<Metrics>,
 }
@@ -79,11 +80,7 @@ impl From<SignError> for Refusal {
 }
 
 impl IdentityService {
-    pub fn new(
-        ca: Arc<CertificateAuthority>,
-        attestor: Arc<Attestor>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(ca: Arc<CaSource>, attestor: Arc<Attestor>, metrics: Arc<Metrics>) -> Self {
         Self {
             ca,
             attestor,
@@ -113,16 +110,22 @@ impl IdentityService {
             });
         }
 
-        let svid = self.ca.sign_csr(&input.csr_der, &identity, input.ttl)?;
+        // One CA state for the whole call: a reload between signing and the bundle must not
+        // pair a certificate with roots that do not verify it.
+        let active = self.ca.current();
+        let svid = active
+            .ca
+            .signing
+            .sign_csr(&input.csr_der, &identity, input.ttl)?;
         let not_after = svid
             .not_after
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let resp = CertifyResponse {
             cert_chain_der: svid.chain.iter().map(|c| c.as_ref().to_vec()).collect(),
-            trust_bundle_der: self
+            trust_bundle_der: active
                 .ca
-                .bundle()
+                .trust
                 .roots()
                 .iter()
                 .map(|c| c.as_ref().to_vec())

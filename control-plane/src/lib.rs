@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod attest;
 pub mod authz;
+pub mod ca_dir;
 pub use weft_proto::client;
 pub mod config_api;
 pub mod discovery;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub use weft_proto::model;
 pub mod registration;
 pub mod registry;
+pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -54,6 +54,18 @@ pub struct ReviewLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaRoleLabels {
+    /// `current` (signs now), `next` (prepared), `previous` (switched away from) or `unknown`.
+    pub ca: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// Latency buckets from 1 ms to ~16 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -84,6 +96,9 @@ pub struct Metrics {
     pub registrations_active: Gauge,
     pub injector_reviews: Family<ReviewLabels, Counter>,
     pub injector_tls_reload_failures: Counter,
+    pub ca_rotation_proxies: Family<CaRoleLabels, Gauge>,
+    pub ca_rotation_step: Gauge,
+    pub ca_reloads: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -214,7 +229,28 @@ impl Default for Metrics {
         for op in ["list", "watch"] {
             let _ = store_errors.get_or_create(&OpLabels { op });
         }
+        let ca_rotation_proxies = Family::<CaRoleLabels, Gauge>::default();
+        registry.register(
+            "ca_rotation_proxies",
+            "Connected proxies (open discovery streams) by the CA that issued their certificate",
+            ca_rotation_proxies.clone(),
+        );
+        let ca_rotation_step = Gauge::default();
+        registry.register(
+            "ca_rotation_step",
+            "Root rotation step being served: 0 none, 1 prepared, 2 switched, 3 finished",
+            ca_rotation_step.clone(),
+        );
+        let ca_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "ca_reloads",
+            "Loads of a changed CA directory (poll, SIGHUP, POST /ca/reload), by result",
+            ca_reloads.clone(),
+        );
         Self {
+            ca_rotation_proxies,
+            ca_rotation_step,
+            ca_reloads,
             injector_reviews,
             injector_tls_reload_failures,
             discovery_connected,

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
-use weft_certs::{CertificateAuthority, SpiffeId, TrustBundle, TrustDomain};
+use weft_certs::{SpiffeId, TrustBundle, TrustDomain};
 use weft_proto::identity::v1::identity_server::IdentityServer;
 
 use crate::attest::join::TOKEN_KEY_FILE;
@@ -22,8 +22,9 @@ use crate::metrics::Metrics;
 use crate::model::DefaultInbound;
 use crate::registration::RegistrationService;
 use crate::registry::Registry;
+use crate::rotation::CaSource;
 use crate::store::{EtcdStore, MemoryStore, Store};
-use crate::transport::{ServingCert, ServingIdentity, tls_incoming};
+use crate::transport::{ServingCert, ServingIdentity, tls_incoming_with};
 use weft_proto::config::v1::config_server::ConfigServer;
 use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscoveryServer;
 use weft_proto::registry::v1::registration_server::RegistrationServer;
@@ -78,7 +79,7 @@ pub enum StartError {
     #[error("load CA from {dir}: {source}")]
     Ca {
         dir: String,
-        source: weft_certs::ca::CaError,
+        source: crate::ca_dir::CaDirError,
     },
     #[error(transparent)]
     TokenKey(#[from] crate::attest::join::TokenKeyError),
@@ -118,7 +119,7 @@ pub struct ControlPlane {
     grpc_addr: SocketAddr,
     admin_addr: SocketAddr,
     identity: SpiffeId,
-    bundle: TrustBundle,
+    ca: Arc<CaSource>,
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     revisions: watch::Receiver<i64>,
@@ -139,21 +140,23 @@ impl ControlPlane {
         config: Config,
         default_inbound: DefaultInbound,
     ) -> Result<Self, StartError> {
-        let ca = CertificateAuthority::load_dir(&config.ca_dir, config.trust_domain.as_ref())
-            .map_err(|source| StartError::Ca {
-                dir: config.ca_dir.display().to_string(),
-                source,
-            })?
-            .with_max_ttl(config.svid_ttl);
-        let ca = Arc::new(ca);
+        let metrics = Arc::new(Metrics::default());
+        let ca = CaSource::load(
+            config.ca_dir.clone(),
+            config.trust_domain.as_ref(),
+            config.svid_ttl,
+            metrics.clone(),
+        )
+        .map_err(|source| StartError::Ca {
+            dir: config.ca_dir.display().to_string(),
+            source,
+        })?;
         let td = ca.trust_domain().clone();
         let token_key = TokenKey::load(&config.ca_dir.join(TOKEN_KEY_FILE))?;
         let k8s = config.k8s.clone().map(K8sVerifier::load).transpose()?;
         let attestor = Arc::new(Attestor::new(td.clone(), token_key, k8s));
         let jwks_verifier = attestor.k8s();
 
-        let metrics = Arc::new(Metrics::default());
-        metrics.ca_expiration.set(ca.not_after().unix_timestamp());
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let identity = control_plane_id(&td);
@@ -168,9 +171,15 @@ impl ControlPlane {
             shutdown_rx.clone(),
         )
         .map_err(StartError::ServingCert)?;
-        let bundle = ca.bundle().clone();
         // Client certificates are optional here: a workload asking for its first SVID has none.
-        let tls = weft_certs::tls::server_config(Arc::new(bundle.clone()), serving, false)?;
+        // The acceptor is rebuilt when the trusted roots change (a root rotation).
+        let acceptor = |trust: Arc<TrustBundle>| -> Result<tokio_rustls::TlsAcceptor, StartError> {
+            let tls = weft_certs::tls::server_config(trust, serving.clone(), false)?;
+            Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+        };
+        let first = ca.current();
+        let (acceptor_tx, acceptors) = watch::channel(acceptor(first.ca.trust.clone())?);
+        let (bundle_tx, bundles) = watch::channel(first.resource());
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -197,16 +206,13 @@ impl ControlPlane {
             } => Arc::new(MemoryStore::open(path)?),
             StoreConfig::Etcd(etcd) => Arc::new(EtcdStore::connect(etcd.clone()).await?),
         };
-        let trust_bundle = weft_proto::mesh::v1::TrustBundle {
-            trust_domain: td.to_string(),
-            roots: bundle.roots().iter().map(|r| r.to_vec()).collect(),
-        };
         let (registry, snapshots) = Registry::new(
             store.clone(),
-            trust_bundle,
+            first.resource(),
             default_inbound,
             metrics.clone(),
         );
+        let registry = registry.following_trust_bundle(bundles);
         let revisions = registry.revisions();
         let registry_task = tokio::spawn(registry.run(shutdown_rx.clone()));
         let admins = if config.admin_identities.is_empty() {
@@ -216,18 +222,55 @@ impl ControlPlane {
         };
         let authz = Arc::new(Authz::new(admins));
 
-        let incoming = tls_incoming(
+        let incoming = tls_incoming_with(
             grpc,
-            tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            acceptors,
             metrics.clone(),
             config.max_connections,
             shutdown_rx.clone(),
         );
+        // A reloaded CA directory: the roots clients are verified against and the TrustBundle
+        // resource follow it (the serving certificate follows it by itself).
+        let follow_task = {
+            let mut cas = ca.subscribe();
+            let mut shutdown = shutdown_rx.clone();
+            let serving = serving.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = cas.changed() => if r.is_err() { return },
+                        _ = shutdown.changed() => return,
+                    }
+                    let active = cas.borrow_and_update().clone();
+                    match weft_certs::tls::server_config(
+                        active.ca.trust.clone(),
+                        serving.clone(),
+                        false,
+                    ) {
+                        Ok(tls) => {
+                            acceptor_tx
+                                .send_replace(tokio_rustls::TlsAcceptor::from(Arc::new(tls)));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TLS configuration for the new trust bundle; keeping the last")
+                        }
+                    }
+                    bundle_tx.send_if_modified(|b| {
+                        let new = active.resource();
+                        let changed = *b != new;
+                        *b = new;
+                        changed
+                    });
+                }
+            })
+        };
+        let poll_task = tokio::spawn(ca.clone().poll(shutdown_rx.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<IdentityServer<IdentityService>>()
             .await;
         let identity_service = IdentityService::new(ca.clone(), attestor, metrics.clone());
+        let discovery_ca = ca.clone();
         let discovery_metrics = metrics.clone();
         let grpc_store = store.clone();
         let registration_metrics = metrics.clone();
@@ -252,10 +295,10 @@ impl ControlPlane {
                 .http2_max_pending_accept_reset_streams(Some(20))
                 .add_service(health_service)
                 .add_service(IdentityServer::new(identity_service))
-                .add_service(AggregatedDiscoveryServer::new(DiscoveryService::new(
-                    snapshots.clone(),
-                    discovery_metrics,
-                )))
+                .add_service(AggregatedDiscoveryServer::new(
+                    DiscoveryService::new(snapshots.clone(), discovery_metrics)
+                        .counting_issuers(discovery_ca),
+                ))
                 .add_service(RegistrationServer::new(RegistrationService::new(
                     grpc_store.clone(),
                     authz.clone(),
@@ -282,6 +325,7 @@ impl ControlPlane {
             admin,
             metrics.clone(),
             snapshots_for_admin,
+            Some(ca.clone()),
             shutdown_rx,
         ));
 
@@ -290,12 +334,19 @@ impl ControlPlane {
             grpc_addr,
             admin_addr,
             identity,
-            bundle,
+            ca,
             metrics,
             store,
             revisions,
             shutdown,
-            tasks: vec![grpc_task, admin_task, registry_task, jwks_task],
+            tasks: vec![
+                grpc_task,
+                admin_task,
+                registry_task,
+                jwks_task,
+                follow_task,
+                poll_task,
+            ],
         })
     }
 
@@ -311,8 +362,14 @@ impl ControlPlane {
         &self.identity
     }
 
-    pub fn trust_bundle(&self) -> &TrustBundle {
-        &self.bundle
+    /// The roots served now (both of a rotation's while it runs).
+    pub fn trust_bundle(&self) -> Arc<TrustBundle> {
+        self.ca.current().ca.trust.clone()
+    }
+
+    /// The CA directory being served: its live state and [`CaSource::reload`] (SIGHUP).
+    pub fn ca(&self) -> &Arc<CaSource> {
+        &self.ca
     }
 
     pub fn metrics(&self) -> &Metrics {

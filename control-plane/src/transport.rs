@@ -18,11 +18,12 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, info, warn};
-use weft_certs::verify::svid_of;
-use weft_certs::{CertificateAuthority, SpiffeId, WorkloadKey};
+use weft_certs::verify::{authority_key_id, svid_of};
+use weft_certs::{SpiffeId, WorkloadKey};
 use weft_proto::limits::ConnectionLimit;
 
 use crate::metrics::Metrics;
+use crate::rotation::CaSource;
 
 /// A client that does not finish its handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,6 +72,8 @@ pub struct PeerInfo {
 pub struct PeerSvid {
     pub id: SpiffeId,
     pub not_after: SystemTime,
+    /// The AuthorityKeyIdentifier of the certificate: which CA issued it (root rotation).
+    pub issuer_key_id: Option<Vec<u8>>,
 }
 
 impl PeerInfo {
@@ -146,6 +149,20 @@ pub fn tls_incoming(
     acceptor: tokio_rustls::TlsAcceptor,
     metrics: Arc<Metrics>,
     max_connections: usize,
+    shutdown: watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
+    // A receiver keeps the last value after its sender is gone: this one never changes.
+    let (_, acceptors) = watch::channel(acceptor);
+    tls_incoming_with(listener, acceptors, metrics, max_connections, shutdown)
+}
+
+/// [`tls_incoming`] with the acceptor taken from `acceptors` at each connection: a new trust
+/// bundle (a root rotation) applies to the next handshake; established connections keep theirs.
+pub fn tls_incoming_with(
+    listener: TcpListener,
+    acceptors: watch::Receiver<tokio_rustls::TlsAcceptor>,
+    metrics: Arc<Metrics>,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
@@ -158,7 +175,8 @@ pub fn tls_incoming(
                 _ = shutdown.changed() => break,
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
+            let acceptor = acceptors.borrow().clone();
+            let (tx, metrics) = (tx.clone(), metrics.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -167,8 +185,14 @@ pub fn tls_incoming(
                             .1
                             .peer_certificates()
                             .and_then(|c| c.first())
-                            .and_then(|leaf| svid_of(leaf).ok())
-                            .map(|(id, not_after)| PeerSvid { id, not_after });
+                            .and_then(|leaf| {
+                                let (id, not_after) = svid_of(leaf).ok()?;
+                                Some(PeerSvid {
+                                    id,
+                                    not_after,
+                                    issuer_key_id: authority_key_id(leaf),
+                                })
+                            });
                         debug!(%remote_addr, peer = ?svid.as_ref().map(|s| &s.id), "TLS connection established");
                         let info = PeerInfo { remote_addr, svid };
                         let _ = tx
@@ -210,50 +234,63 @@ impl ResolvesServerCert for ServingCert {
 /// Everything needed to (re)issue the serving certificate.
 #[derive(Debug, Clone)]
 pub struct ServingIdentity {
-    pub ca: Arc<CertificateAuthority>,
+    /// The CA directory being served: the certificate is reissued at once when another CA
+    /// starts signing (a root rotation's `switch`).
+    pub ca: Arc<CaSource>,
     pub id: SpiffeId,
     pub dns_names: Vec<String>,
     pub ttl: Duration,
 }
 
 impl ServingIdentity {
-    fn issue(&self) -> Result<(Arc<CertifiedKey>, SystemTime), String> {
+    /// A new certificate, the time it expires, and the key id of the CA that issued it.
+    fn issue(&self) -> Result<(Arc<CertifiedKey>, SystemTime, Vec<u8>), String> {
+        let active = self.ca.current();
+        let signing = &active.ca.signing;
         let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
-        let svid = self
-            .ca
+        let svid = signing
             .issue(key.key_pair(), &self.id, &self.dns_names, Some(self.ttl))
             .map_err(|e| e.to_string())?;
         let certified = key.certified(svid.chain).map_err(|e| e.to_string())?;
-        Ok((certified, svid.not_after))
+        Ok((certified, svid.not_after, signing.key_id().to_vec()))
     }
 }
 
 impl ServingCert {
-    /// Issues the first certificate and spawns the renewal task (renews at 70 % of the lifetime).
+    /// Issues the first certificate and spawns the renewal task (renews at 70 % of the
+    /// lifetime, and at once when the signing CA changes).
     pub fn start(
         identity: ServingIdentity,
         metrics: Arc<Metrics>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, String> {
-        let (first, not_after) = identity.issue()?;
+        let (first, not_after, mut issuer) = identity.issue()?;
         set_expiry_gauge(&metrics, not_after);
         let this = Arc::new(Self {
             current: RwLock::new(first),
         });
         let weak = Arc::downgrade(&this);
         let mut wait = renew_delay(SystemTime::now(), not_after);
+        let mut cas = identity.ca.subscribe();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    Ok(()) = cas.changed() => {
+                        if cas.borrow_and_update().ca.signing.key_id() == issuer.as_slice() {
+                            continue;
+                        }
+                        info!("another CA signs now; reissuing the serving certificate");
+                    }
                     _ = shutdown.changed() => return,
                 }
                 let Some(this) = weak.upgrade() else { return };
                 match identity.issue() {
-                    Ok((cert, not_after)) => {
+                    Ok((cert, not_after, by)) => {
                         if let Ok(mut cur) = this.current.write() {
                             *cur = cert;
                         }
+                        issuer = by;
                         set_expiry_gauge(&metrics, not_after);
                         wait = renew_delay(SystemTime::now(), not_after);
                         info!(identity = %identity.id, "renewed serving certificate");
@@ -300,6 +337,7 @@ mod tests {
         let valid = info(Some(PeerSvid {
             id: id.clone(),
             not_after: now + Duration::from_secs(60),
+            issuer_key_id: None,
         }));
         assert_eq!(valid.current_identity(now), Some(&id));
         assert_eq!(valid.current_identity(now + Duration::from_secs(61)), None);

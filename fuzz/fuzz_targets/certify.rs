@@ -18,7 +18,7 @@ fn service() -> &'static IdentityService {
     S.get_or_init(|| {
         let f = weft_fuzz::fixtures();
         IdentityService::new(
-            f.ca.clone(),
+            f.ca_source.clone(),
             f.attestor.clone(),
             Arc::new(Default::default()),
         )

@@ -65,6 +65,8 @@ pub fn seeds_then_exit(seeds: impl FnOnce() -> Vec<Vec<u8>>) {
 /// The keys and verifiers every run uses. Test keys only: made here, used by nothing else.
 pub struct Fixtures {
     pub ca: Arc<CertificateAuthority>,
+    /// The same CA as the control plane serves it (what `IdentityService` signs with).
+    pub ca_source: Arc<weft_control_plane::rotation::CaSource>,
     pub token_key: TokenKey,
     /// The join-token key as a jsonwebtoken signing key (to sign arbitrary claims).
     pub join_signer: jsonwebtoken::EncodingKey,
@@ -90,6 +92,13 @@ pub fn fixtures() -> &'static Fixtures {
         }
         let td = trust_domain();
         let ca = CertificateAuthority::load_dir(&dir.join("ca"), Some(&td)).expect("fixture CA");
+        let ca_source = weft_control_plane::rotation::CaSource::load(
+            dir.join("ca"),
+            Some(&td),
+            weft_certs::ca::DEFAULT_MAX_SVID_TTL,
+            Arc::new(Default::default()),
+        )
+        .expect("fixture CA");
         let token_key = TokenKey::load(&dir.join("token.key")).expect("fixture token key");
         let join_signer = jsonwebtoken::EncodingKey::from_ed_pem(token_key.to_pem().as_bytes())
             .expect("token key as a signing key");
@@ -109,6 +118,7 @@ pub fn fixtures() -> &'static Fixtures {
         ));
         Fixtures {
             ca: Arc::new(ca),
+            ca_source,
             token_key,
             join_signer,
             k8s_signer,
@@ -396,6 +406,7 @@ pub fn trust_bundle_pb() -> pb::TrustBundle {
             .iter()
             .map(|c| c.as_ref().to_vec())
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -407,6 +407,9 @@ fn certs(identity: &Identity) -> String {
         "certificate_sha256": leaf,
         "trust_domain": bundle.trust_domain().as_str(),
         "bundle_sha256": bundle.fingerprints(),
+        // Which CA issued it (the AuthorityKeyIdentifier): `weftctl ca rotate status` and the
+        // control plane's `GET /ca` name CAs by the same key id.
+        "issuer_key_id": identity.issuer_key_id().map(|k| k.iter().map(|b| format!("{b:02x}")).collect::<String>()),
     });
     format!("{body:#}\n")
 }

@@ -21,7 +21,7 @@ use weft_proto::mesh::v1 as pb;
 use crate::backoff::Backoff;
 use crate::identity::{ControlPlane, Identity};
 use crate::metrics::{Metrics, TypeLabels};
-use crate::resources::{EndpointSet, Held, MeshConfig, ServiceConfig, trust_bundle};
+use crate::resources::{EndpointSet, Held, MeshConfig, ServiceConfig, renew_hint, trust_bundle};
 
 /// The types subscribed to, in the order they are requested.
 pub const TYPES: [&str; 3] = [
@@ -29,6 +29,14 @@ pub const TYPES: [&str; 3] = [
     pb::SERVICE_TYPE_URL,
     pb::ENDPOINTS_TYPE_URL,
 ];
+
+/// How a discovery session ended without an error.
+enum Ended {
+    /// The control plane closed the stream.
+    ByServer,
+    /// The certificate's issuer changed: open a new stream with the new certificate at once.
+    Reopen,
+}
 
 #[derive(Debug)]
 pub struct Discovery {
@@ -52,7 +60,15 @@ impl Discovery {
             };
             self.metrics.discovery_connected.set(0);
             match result {
-                Ok(()) => info!("the control plane closed the discovery stream; reconnecting"),
+                Ok(Ended::Reopen) => {
+                    info!(
+                        "the certificate's issuer changed (a root rotation); reopening the discovery stream with it"
+                    );
+                    continue;
+                }
+                Ok(Ended::ByServer) => {
+                    info!("the control plane closed the discovery stream; reconnecting")
+                }
                 Err(e) => {
                     warn!(error = %e, "discovery stream failed; serving the last configuration")
                 }
@@ -64,7 +80,11 @@ impl Discovery {
         }
     }
 
-    async fn session(&self, backoff: &mut Backoff) -> anyhow::Result<()> {
+    async fn session(&self, backoff: &mut Backoff) -> anyhow::Result<Ended> {
+        // The control plane counts proxies by the issuer of the certificate a stream was
+        // opened with; a renewal by another CA reopens the stream so that count moves.
+        let mut renewals = self.identity.renewals();
+        let opened_by = self.identity.issuer_key_id();
         let channel = self.identity.connect(&self.cp.addr).await?;
         let (tx, rx) = mpsc::channel(16);
         let held = self.config.borrow().clone();
@@ -87,7 +107,19 @@ impl Discovery {
             .into_inner();
         self.metrics.discovery_connected.set(1);
         info!(control_plane = %self.cp.addr, "discovery stream open");
-        while let Some(resp) = inbound.message().await? {
+        loop {
+            let resp = tokio::select! {
+                m = inbound.message() => match m? {
+                    Some(resp) => resp,
+                    None => return Ok(Ended::ByServer),
+                },
+                Ok(()) = renewals.changed() => {
+                    if self.identity.issuer_key_id() != opened_by {
+                        return Ok(Ended::Reopen);
+                    }
+                    continue;
+                }
+            };
             backoff.reset();
             let labels = TypeLabels {
                 r#type: type_name(&resp.type_url),
@@ -116,13 +148,24 @@ impl Discovery {
             })
             .await?;
         }
-        Ok(())
     }
 
     /// Converts a whole response into the next configuration and publishes it; on any error
     /// nothing changes.
     fn apply(&self, resp: DeltaDiscoveryResponse) -> Result<(), String> {
         let current = self.config.borrow().clone();
+        // A rotation's renew-early hint rides on the TrustBundle; read it before the response
+        // is consumed (the bundle itself is converted and checked by next_config).
+        let mut hint = None;
+        if resp.type_url == pb::TRUST_BUNDLE_TYPE_URL {
+            for r in &resp.resources {
+                if let Some(any) = &r.resource
+                    && let Ok(msg) = <pb::TrustBundle as Message>::decode(any.value.as_slice())
+                {
+                    hint = Some(renew_hint(&msg));
+                }
+            }
+        }
         let td = self.identity.bundle().trust_domain().clone();
         let next = next_config(&current, resp, &td, &self.served)?;
         if next.inbound != current.inbound {
@@ -138,6 +181,9 @@ impl Discovery {
         {
             info!(version = %b.version, roots = b.value.roots().len(), "trust bundle updated");
             self.identity.set_bundle((*b.value).clone());
+        }
+        if let Some(hint) = hint {
+            self.identity.set_renew_hint(hint);
         }
         self.metrics
             .config_generation

@@ -5,7 +5,7 @@
 //! Connections pick up the current certificate when they are made; existing ones are untouched.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -15,6 +15,7 @@ use weft_proto::client::{self, ClientError};
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use crate::resources::RenewHint;
 
 /// Where and how to reach the control plane.
 #[derive(Debug, Clone)]
@@ -33,6 +34,10 @@ pub struct Identity {
     svid: RwLock<(Svid, Instant)>,
     bundle: RwLock<Arc<TrustBundle>>,
     renewed: watch::Sender<u64>,
+    /// From the TrustBundle during a root rotation: which CA signs now, and how soon to renew.
+    hint: watch::Sender<Option<RenewHint>>,
+    /// The early renewal drawn for the current certificate under the current hint.
+    early: Mutex<Option<Instant>>,
 }
 
 impl Identity {
@@ -74,11 +79,51 @@ impl Identity {
         self.svid().not_after > SystemTime::now()
     }
 
+    /// The AuthorityKeyIdentifier of the current certificate: which CA issued it.
+    pub fn issuer_key_id(&self) -> Option<Vec<u8>> {
+        let svid = self.svid();
+        svid.certified
+            .cert
+            .first()
+            .and_then(weft_certs::verify::authority_key_id)
+    }
+
+    /// The TrustBundle's renewal hint (a root rotation's `switch`), or none.
+    pub fn set_renew_hint(&self, hint: Option<RenewHint>) {
+        self.hint.send_if_modified(|h| {
+            if *h == hint {
+                return false;
+            }
+            *h = hint;
+            // A new signing CA: draw again.
+            *self.early.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            true
+        });
+    }
+
+    /// When to renew early, if the signing CA is not the one that issued the current
+    /// certificate: a uniformly random instant within the hint's window, drawn once per
+    /// certificate and hint, so a fleet told at once spreads its renewals over the window.
+    fn early_in(&self) -> Option<Duration> {
+        let hint = self.hint.borrow().clone()?;
+        if self.issuer_key_id().as_deref() == Some(hint.key_id.as_slice()) {
+            return None;
+        }
+        let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+        let at = *early.get_or_insert_with(|| {
+            let delay = hint.within.mul_f64(crate::backoff::random_fraction());
+            info!(in_ = ?delay, "the control plane signs with a new CA; renewing early");
+            Instant::now() + delay
+        });
+        Some(at.saturating_duration_since(Instant::now()))
+    }
+
     fn replace(&self, svid: Svid, metrics: &Metrics) {
         metrics.set_cert_expiry(svid.id.as_str(), svid.not_after);
         if let Ok(mut s) = self.svid.write() {
             *s = (svid, Instant::now());
         }
+        *self.early.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.renewed.send_modify(|n| *n += 1);
     }
 
@@ -135,6 +180,8 @@ pub async fn bootstrap(
         svid: RwLock::new((svid, Instant::now())),
         bundle: RwLock::new(bundle),
         renewed,
+        hint: watch::channel(None).0,
+        early: Mutex::new(None),
     }))
 }
 
@@ -145,9 +192,16 @@ pub async fn renew_forever(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut hints = identity.hint.subscribe();
     loop {
+        let wait = match identity.early_in() {
+            Some(early) => early.min(identity.renew_in()),
+            None => identity.renew_in(),
+        };
         tokio::select! {
-            () = tokio::time::sleep(identity.renew_in()) => {}
+            () = tokio::time::sleep(wait) => {}
+            // A rotation's hint: work out the wait again.
+            Ok(()) = hints.changed() => continue,
             _ = shutdown.changed() => return,
         }
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));

@@ -124,6 +124,30 @@ pub fn trust_bundle(b: pb::TrustBundle, ours: &TrustDomain) -> Result<TrustBundl
     TrustBundle::new(ours.clone(), roots).map_err(|e| format!("roots: {e}"))
 }
 
+/// What a TrustBundle says during a root rotation once the new CA signs: renew a certificate
+/// another CA issued, at a random instant within `within`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewHint {
+    /// The AuthorityKeyIdentifier of the certificates the signing CA issues.
+    pub key_id: Vec<u8>,
+    pub within: std::time::Duration,
+}
+
+/// The bundle's [`RenewHint`], if it carries one. A window that is absent, zero or negative
+/// means renew at once (within a second).
+pub fn renew_hint(b: &pb::TrustBundle) -> Option<RenewHint> {
+    if b.signing_key_id.is_empty() {
+        return None;
+    }
+    let secs = b.renew_within.as_ref().map_or(0, |d| d.seconds.max(0));
+    // A day at most: a window longer than any sensible rotation is a mistake, not a plan.
+    let within = std::time::Duration::from_secs(secs.clamp(1, 86_400) as u64);
+    Some(RenewHint {
+        key_id: b.signing_key_id.clone(),
+        within,
+    })
+}
+
 /// A resource as held: its version and its converted value.
 #[derive(Debug, Clone)]
 pub struct Held<T> {
@@ -226,10 +250,28 @@ mod tests {
             pb::TrustBundle {
                 trust_domain: "evil.test".into(),
                 roots: vec![],
+                ..Default::default()
             },
             &ours,
         )
         .unwrap_err();
         assert!(err.contains("evil.test"), "{err}");
+    }
+
+    #[test]
+    fn a_renew_hint_needs_a_key_id_and_its_window_is_bounded() {
+        let hint = |key: &[u8], secs: Option<i64>| {
+            renew_hint(&pb::TrustBundle {
+                signing_key_id: key.to_vec(),
+                renew_within: secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+                ..Default::default()
+            })
+        };
+        assert_eq!(hint(b"", Some(60)), None, "outside a rotation");
+        let within = |h: Option<RenewHint>| h.map(|h| h.within.as_secs());
+        assert_eq!(within(hint(b"k", Some(60))), Some(60));
+        assert_eq!(within(hint(b"k", None)), Some(1), "absent: at once");
+        assert_eq!(within(hint(b"k", Some(-5))), Some(1));
+        assert_eq!(within(hint(b"k", Some(i64::MAX))), Some(86_400));
     }
 }

@@ -180,12 +180,18 @@ fn wave(
     admin: SocketAddr,
     pid: u32,
 ) -> anyhow::Result<Wave> {
-    eprintln!("abuse: wave {n}: opening {} idle keep-alive connections", args.idle);
+    eprintln!(
+        "abuse: wave {n}: opening {} idle keep-alive connections",
+        args.idle
+    );
     let mut idle = Vec::with_capacity(args.idle);
     for i in 0..args.idle {
         idle.push(keep_alive(inbound).with_context(|| format!("idle connection {i}"))?);
     }
-    eprintln!("abuse: wave {n}: opening {} slowloris connections", args.slowloris);
+    eprintln!(
+        "abuse: wave {n}: opening {} slowloris connections",
+        args.slowloris
+    );
     let mut slow = Vec::with_capacity(args.slowloris);
     for i in 0..args.slowloris {
         let mut tcp = TcpStream::connect(inbound).with_context(|| format!("slowloris {i}"))?;

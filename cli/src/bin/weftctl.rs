@@ -270,6 +270,91 @@ enum CaCmd {
     },
     /// Show the CA's trust domain, certificates, expiry and fingerprints.
     Inspect { dir: PathBuf },
+    /// Replace the root (or issuing intermediate) live: prepare, switch, finish.
+    #[command(subcommand)]
+    Rotate(RotateCmd),
+}
+
+/// Where the control planes serving the CA directory answer (their admin ports).
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// A control plane's admin address (repeatable: every replica serving the directory).
+    #[arg(
+        long = "admin",
+        env = "WEFT_CONTROL_PLANE_ADMIN",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9191"
+    )]
+    admins: Vec<String>,
+    /// How long to wait for each control plane to load the change.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+}
+
+#[derive(Subcommand)]
+enum RotateCmd {
+    /// Add a new CA beside the current one: both roots are trusted, the old CA still signs.
+    Prepare {
+        /// The directory the control plane serves (--ca-dir).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The new CA: a `weftctl ca init` directory, or tls.crt/tls.key/ca.crt from cert-manager.
+        #[arg(long)]
+        new: PathBuf,
+        /// Only when the CA certificate has no spiffe:// URI SAN (as for the control plane).
+        #[arg(long)]
+        trust_domain: Option<TrustDomain>,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only change the files (a copy that reaches the control plane some other way, e.g. a
+        /// Kubernetes Secret).
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The new CA signs; every proxy renews early, at a random instant within --renew-within.
+    Switch {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        renew_within: Duration,
+        /// Switch even if a control plane cannot be shown to serve the prepared step.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Drop the old root; refused while a connected proxy holds a certificate of the old CA.
+    Finish {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Finish even so (those proxies fail their handshakes until they re-certify).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only change the files (needs --force: nothing checks the proxies).
+        #[arg(long, requires = "force")]
+        no_wait: bool,
+    },
+    /// The rotation's step and, per control plane, connected proxies per issuing CA.
+    Status {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+impl AdminArgs {
+    fn admins(self, no_wait: bool) -> ctl::rotate::Admins {
+        ctl::rotate::Admins {
+            addrs: self.admins,
+            wait: self.wait,
+            no_wait,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -584,6 +669,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             validity,
         }) => ctl::ca_init(&trust_domain, &dir, validity, &mut out),
         Command::Ca(CaCmd::Inspect { dir }) => ctl::ca_inspect(&dir, &mut out),
+        Command::Ca(CaCmd::Rotate(cmd)) => runtime()?.block_on(async {
+            match cmd {
+                RotateCmd::Prepare {
+                    ca_dir,
+                    new,
+                    trust_domain,
+                    admin,
+                    no_wait,
+                } => {
+                    let admins = admin.admins(no_wait);
+                    ctl::rotate::prepare(&ca_dir, &new, trust_domain.as_ref(), &admins, &mut out)
+                        .await
+                }
+                RotateCmd::Switch {
+                    ca_dir,
+                    renew_within,
+                    force,
+                    admin,
+                    no_wait,
+                } => {
+                    let admins = admin.admins(no_wait);
+                    ctl::rotate::switch(&ca_dir, renew_within, force, &admins, &mut out).await
+                }
+                RotateCmd::Finish {
+                    ca_dir,
+                    force,
+                    admin,
+                    no_wait,
+                } => {
+                    let admins = admin.admins(no_wait);
+                    ctl::rotate::finish(&ca_dir, force, &admins, &mut out).await
+                }
+                RotateCmd::Status { ca_dir, admin } => {
+                    ctl::rotate::status(&ca_dir, &admin.admins(false), &mut out).await
+                }
+            }
+        }),
         Command::Token(TokenCmd::Create {
             ca_dir,
             identity,

@@ -225,17 +225,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let injector = Injector::start(config, cp.metrics(), stopped).await?;
         tracing::info!(addr = %injector.addr, "injector started");
     }
-    shutdown_signal(hup).await;
+    shutdown_signal(hup, cp.ca().clone()).await;
     tracing::info!("shutting down");
     stop_injector.send_replace(true);
     cp.shutdown().await;
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C. SIGHUP, whose default action would end the process (a
-/// terminal closing, an operator expecting a reload), is logged and otherwise ignored:
-/// nothing is reloaded on a signal (the injector's certificate reloads when its files change).
-async fn shutdown_signal(mut hup: Option<tokio::signal::unix::Signal>) {
+/// Resolves on SIGTERM or Ctrl-C. SIGHUP re-reads the CA directory now (a root rotation's
+/// step; the directory is also polled every 2 s); a directory that does not load is logged and
+/// the last good CA keeps serving. SIGHUP never ends the process.
+async fn shutdown_signal(
+    mut hup: Option<tokio::signal::unix::Signal>,
+    ca: std::sync::Arc<weft_control_plane::rotation::CaSource>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -246,7 +249,13 @@ async fn shutdown_signal(mut hup: Option<tokio::signal::unix::Signal>) {
             _ = tokio::signal::ctrl_c() => return,
             _ = term.recv() => return,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                tracing::info!("SIGHUP: nothing to reload on a signal (the injector's certificate reloads when its files change); still serving");
+                tracing::info!("SIGHUP: reloading the CA directory");
+                let ca = ca.clone();
+                match tokio::task::spawn_blocking(move || ca.reload(true)).await {
+                    Ok(Ok(changed)) => tracing::info!(changed, "SIGHUP: CA directory reloaded; still serving"),
+                    Ok(Err(_)) => {} // logged by reload; the last good CA serves
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: reload task failed"),
+                }
             }
         }
     }

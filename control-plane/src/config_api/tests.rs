@@ -30,6 +30,7 @@ fn request<T>(msg: T) -> Request<T> {
         svid: Some(PeerSvid {
             id: admin(),
             not_after: SystemTime::now() + Duration::from_secs(3600),
+            issuer_key_id: None,
         }),
     });
     r

@@ -31,17 +31,30 @@ use weft_proto::discovery::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use crate::metrics::{Metrics, TypeLabels};
 use crate::registry::{Published, ResourceType, Snapshot};
+use crate::rotation::{CaSource, IssuerGuard};
 use crate::transport::PeerInfo;
 
 #[derive(Debug, Clone)]
 pub struct DiscoveryService {
     snapshots: watch::Receiver<Arc<Published>>,
     metrics: Arc<Metrics>,
+    /// Counts open streams by the CA that issued the client certificate (root rotation).
+    issuers: Option<Arc<CaSource>>,
 }
 
 impl DiscoveryService {
     pub fn new(snapshots: watch::Receiver<Arc<Published>>, metrics: Arc<Metrics>) -> Self {
-        Self { snapshots, metrics }
+        Self {
+            snapshots,
+            metrics,
+            issuers: None,
+        }
+    }
+
+    /// Counts each stream under the CA that issued its client certificate while it is open.
+    pub fn counting_issuers(mut self, ca: Arc<CaSource>) -> Self {
+        self.issuers = Some(ca);
+        self
     }
 }
 
@@ -56,22 +69,24 @@ impl AggregatedDiscovery for DiscoveryService {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaResourcesStream>, Status> {
         let peer = request.extensions().get::<PeerInfo>().cloned();
-        let Some((remote, identity)) = peer.and_then(|p| {
-            let id = p.spiffe_id()?.to_string();
-            Some((p.remote_addr, id))
+        let Some((remote, identity, issuer)) = peer.and_then(|p| {
+            let svid = p.svid?;
+            Some((p.remote_addr, svid.id.to_string(), svid.issuer_key_id))
         }) else {
             return Err(Status::unauthenticated(
                 "delta discovery needs a client certificate (an X509-SVID)",
             ));
         };
         let span = info_span!("discovery", %remote, %identity);
-        let stream = DeltaStream::new(
+        let issuer = self.issuers.as_ref().map(|ca| ca.connected(issuer));
+        let mut stream = DeltaStream::new(
             identity,
             request.into_inner(),
             self.snapshots.clone(),
             self.metrics.clone(),
             span,
         );
+        stream._issuer = issuer;
         Ok(Response::new(Box::pin(stream.into_responses())))
     }
 }
@@ -91,6 +106,8 @@ struct DeltaStream {
     /// The stream has ended and said why.
     ended: bool,
     metrics: Arc<Metrics>,
+    /// This stream in the per-issuer count, until it drops.
+    _issuer: Option<IssuerGuard>,
 }
 
 /// Why a stream ended (for the log).
@@ -120,6 +137,7 @@ impl DeltaStream {
             last_sent: None,
             ended: false,
             metrics,
+            _issuer: None,
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Registry {
     revision: i64,
     /// The store revision the index reflects, updated even when nothing visible changed.
     revision_tx: watch::Sender<i64>,
+    /// The TrustBundle resource as the CA directory says (a root rotation changes it).
+    bundles: Option<watch::Receiver<pb::TrustBundle>>,
 }
 
 impl Registry {
@@ -53,8 +55,28 @@ impl Registry {
             metrics,
             revision: 0,
             revision_tx: watch::channel(0).0,
+            bundles: None,
         };
         (registry, rx)
+    }
+
+    /// Publishes each new TrustBundle from `bundles` (store reachable or not).
+    pub fn following_trust_bundle(mut self, bundles: watch::Receiver<pb::TrustBundle>) -> Self {
+        self.bundles = Some(bundles);
+        self
+    }
+
+    /// Takes the latest bundle into the index and publishes it.
+    fn bundle_changed(&mut self, bundles: &mut watch::Receiver<pb::TrustBundle>) {
+        let bundle = bundles.borrow_and_update().clone();
+        info!(
+            roots = bundle.roots.len(),
+            renew_early = !bundle.signing_key_id.is_empty(),
+            "publishing a new trust bundle"
+        );
+        self.index.set_trust_bundle(bundle);
+        let synced = self.tx.borrow().synced;
+        self.publish(Instant::now(), synced);
     }
 
     /// Follows the store revision the index reflects (tests and `wait_synced` use it).
@@ -85,10 +107,19 @@ impl Registry {
                     warn!(error = %err, retry_in = ?backoff, "store unreachable; serving the last state")
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                _ = shutdown.changed() => return,
+            let mut bundles = self.bundles.clone();
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    Ok(()) = changed(&mut bundles) => {
+                        if let Some(b) = bundles.as_mut() { self.bundle_changed(b) }
+                    }
+                    _ = shutdown.changed() => return,
+                }
             }
+            self.bundles = bundles;
             backoff = (backoff * 2).min(RETRY_MAX);
         }
     }
@@ -110,6 +141,10 @@ impl Registry {
             objects = changes.len(),
             "listed the store"
         );
+        let mut bundles = self.bundles.clone();
+        if let Some(b) = bundles.as_mut() {
+            self.index.set_trust_bundle(b.borrow_and_update().clone());
+        }
         self.index.reset(changes);
         self.revision = listing.revision;
         self.publish(listed_at, true);
@@ -120,7 +155,14 @@ impl Registry {
             .await
             .inspect_err(|_| self.store_error("watch"))?;
         loop {
-            let Some(batch) = events.next().await else {
+            let next = tokio::select! {
+                next = events.next() => next,
+                Ok(()) = changed(&mut bundles) => {
+                    if let Some(b) = bundles.as_mut() { self.bundle_changed(b) }
+                    continue;
+                }
+            };
+            let Some(batch) = next else {
                 self.store_error("watch");
                 return Err(StoreError::Unavailable("the watch ended".into()));
             };
@@ -174,5 +216,15 @@ impl Registry {
             .store_errors
             .get_or_create(&OpLabels { op })
             .inc();
+    }
+}
+
+/// Resolves when `bundles` has a new value; never when there is none to follow.
+async fn changed(
+    bundles: &mut Option<watch::Receiver<pb::TrustBundle>>,
+) -> Result<(), watch::error::RecvError> {
+    match bundles {
+        Some(b) => b.changed().await,
+        None => std::future::pending().await,
     }
 }

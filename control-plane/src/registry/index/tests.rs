@@ -15,6 +15,7 @@ fn bundle() -> pb::TrustBundle {
     pb::TrustBundle {
         trust_domain: "example.org".into(),
         roots: vec![vec![1, 2, 3]],
+        ..Default::default()
     }
 }
 
