@@ -13,16 +13,22 @@ use tokio::process::{Child, Command};
 use weft_certs::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
 use weft_control_plane::client::{self, Certified};
 
+pub mod chaos;
 pub mod ctl;
 pub mod dataplane;
 pub mod etcd;
 pub mod k8s;
+pub mod load;
 pub mod mesh;
 pub mod traffic;
 
 /// Path of a workspace binary, built (once per test process) with the profile this test was
-/// built with, so a test never runs a stale binary.
+/// built with, so a test never runs a stale binary. `$WEFT_BIN_DIR`, when set, is where the
+/// binaries already are (`weft-bench chaos --bin-dir`), and nothing is built.
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("WEFT_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         // target/<profile>/deps/<this test> → target/<profile>

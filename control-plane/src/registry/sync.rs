@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use weft_proto::mesh::v1 as pb;
 
 use super::codec;
-use super::{Index, Published};
+use super::{Index, Mirror, Published};
 use crate::metrics::{Metrics, OpLabels};
 use crate::model::DefaultInbound;
 use crate::store::{Store, StoreError};
@@ -32,6 +32,8 @@ pub struct Registry {
     revision: i64,
     /// The store revision the index reflects, updated even when nothing visible changed.
     revision_tx: watch::Sender<i64>,
+    /// The raw keys, for answering reads while the store is unreachable.
+    mirror: Arc<Mirror>,
 }
 
 impl Registry {
@@ -53,6 +55,7 @@ impl Registry {
             metrics,
             revision: 0,
             revision_tx: watch::channel(0).0,
+            mirror: Arc::new(Mirror::default()),
         };
         (registry, rx)
     }
@@ -60,6 +63,11 @@ impl Registry {
     /// Follows the store revision the index reflects (tests and `wait_synced` use it).
     pub fn revisions(&self) -> watch::Receiver<i64> {
         self.revision_tx.subscribe()
+    }
+
+    /// The store's keys as this registry last saw them.
+    pub fn mirror(&self) -> Arc<Mirror> {
+        self.mirror.clone()
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
@@ -82,6 +90,7 @@ impl Registry {
                     continue;
                 }
                 _ => {
+                    self.mirror.lost();
                     warn!(error = %err, retry_in = ?backoff, "store unreachable; serving the last state")
                 }
             }
@@ -100,6 +109,7 @@ impl Registry {
             self.store_error("list");
         })?;
         self.metrics.registry_resyncs.inc();
+        self.mirror.reset(&listing.items, listing.revision);
         let changes: Vec<_> = listing
             .items
             .iter()
@@ -142,6 +152,7 @@ impl Registry {
     }
 
     fn apply(&mut self, batch: Vec<crate::store::Event>) {
+        self.mirror.apply(&batch);
         for event in batch {
             self.revision = self.revision.max(event.revision());
             if let Some(change) = codec::decode_event(&event, &self.metrics) {
