@@ -11,6 +11,9 @@
 //!   proxies with retries on (`weft-split`): throughput, fixed-rate latency, proxy RSS and CPU,
 //!   start → ready; and the same through an HAProxy pair and an nginx pair (mutual TLS between
 //!   each pair's two sides), with Weft's ratios to HAProxy.
+//! - `chaos`: the chaos suite (issue 18): faults injected under a fixed-rate load (control
+//!   plane killed, etcd quorum lost, certificate rotation, rolling restart, endpoints killed),
+//!   with requests sent, failed and the worst latency during each fault.
 //! - `all`: pair, discovery and csr-sign in one run, one markdown report and one JSON object.
 
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use weft_certs::{CertificateAuthority, SpiffeId, TrustDomain, WorkloadKey};
 use weft_control_plane::{Config, ControlPlane, client, control_plane_id};
 
 mod all;
+mod chaos;
 mod discovery;
 mod pair;
 
@@ -60,6 +64,9 @@ enum Cmd {
     /// nginx mTLS pairs, in front of an nginx backend, interleaved: wrk, oha at a fixed rate,
     /// proxy RSS and CPU, start to ready. Needs release binaries (--bin-dir).
     Pair(pair::Args),
+    /// The chaos suite: faults under a fixed-rate load; requests failed, worst latency, and
+    /// each scenario's checks (docs/reliability.md).
+    Chaos(chaos::Args),
     /// Everything in one run (pair with every target, discovery, csr-sign): one markdown report
     /// and one JSON object with the machine's facts and the exact commands.
     All(all::Args),
@@ -82,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(discovery::run(args, cli.json))
         }
         Cmd::Pair(args) => pair::run(args, cli.json),
+        Cmd::Chaos(args) => chaos::run(args, cli.json),
         Cmd::All(args) => all::run(args, cli.json),
     }
 }

@@ -2,6 +2,7 @@
 //! at 100 requests per second with a 5 s outage (`Params::short`), asserting 0 failed
 //! requests and the scenario's own checks. The full-size run is `weft-bench chaos`
 //! (docs/reliability.md). The etcd scenarios need `/usr/bin/etcd` (`.ci/install-deps.sh`).
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 

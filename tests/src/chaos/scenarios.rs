@@ -304,6 +304,25 @@ pub async fn etcd_quorum_loss(p: &Params) -> anyhow::Result<Outcome> {
     // A new endpoint starts: it gets its certificate (no store needed) and keeps trying to
     // register.
     let s3 = ProxyProc::spawn(&lab, &addr, "api-3", "api", server("api", b3), &[]).await?;
+    // Later, the same answer says the state has aged.
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(lost_at.elapsed())).await;
+    let again = lab.weftctl(&["get", "services", "-o", "yaml"]).await?;
+    let aged = again
+        .stderr
+        .lines()
+        .find(|l| l.contains("last state"))
+        .map(str::to_owned);
+    out.check(
+        "the age grows while the store stays unreachable",
+        again.success
+            && aged
+                .as_ref()
+                .is_some_and(|l| !l.contains("at least 0s old")),
+        match aged {
+            Some(l) => l.split("), ").last().unwrap_or_default().to_owned(),
+            None => again.stderr.trim().to_owned(),
+        },
+    );
     tokio::time::sleep(p.outage.saturating_sub(lost_at.elapsed())).await;
     etcd[leader].start_again()?;
     etcd[second].start_again()?;
