@@ -277,6 +277,7 @@ pub async fn etcd_quorum_loss(p: &Params) -> anyhow::Result<Outcome> {
 
     // Quorum lost. `get` answers from the control plane's last state.
     let get = lab.weftctl(&["get", "services", "-o", "yaml"]).await?;
+    let first_get = Instant::now();
     let warned = get
         .stderr
         .lines()
@@ -304,8 +305,8 @@ pub async fn etcd_quorum_loss(p: &Params) -> anyhow::Result<Outcome> {
     // A new endpoint starts: it gets its certificate (no store needed) and keeps trying to
     // register.
     let s3 = ProxyProc::spawn(&lab, &addr, "api-3", "api", server("api", b3), &[]).await?;
-    // Later, the same answer says the state has aged.
-    tokio::time::sleep(Duration::from_secs(1).saturating_sub(lost_at.elapsed())).await;
+    // Two seconds later (the age is in whole seconds), the same answer says it has aged.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(first_get.elapsed())).await;
     let again = lab.weftctl(&["get", "services", "-o", "yaml"]).await?;
     let aged = again
         .stderr
