@@ -11,6 +11,9 @@
 //!   proxies with retries on (`weft-split`): throughput, fixed-rate latency, proxy RSS and CPU,
 //!   start → ready; and the same through an HAProxy pair and an nginx pair (mutual TLS between
 //!   each pair's two sides), with Weft's ratios to HAProxy.
+//! - `chaos`: the chaos suite (issue 18): faults injected under a fixed-rate load (control
+//!   plane killed, etcd quorum lost, certificate rotation, rolling restart, endpoints killed),
+//!   with requests sent, failed and the worst latency during each fault.
 //! - `all`: pair, discovery and csr-sign in one run, one markdown report and one JSON object.
 //! - `abuse`: a server proxy's inbound port under 10,000 idle and 1,000 slowloris connections while
 //!   a normal client keeps sending (issue 18): its answered share, the proxy's memory per connection.
@@ -23,6 +26,7 @@ use weft_certs::{CertificateAuthority, SpiffeId, TrustDomain, WorkloadKey};
 use weft_control_plane::{Config, ControlPlane, client, control_plane_id};
 
 mod all;
+mod chaos;
 mod discovery;
 mod pair;
 
@@ -65,6 +69,9 @@ enum Cmd {
     /// slowloris heads while a normal client keeps sending: its answered share and the proxy's
     /// memory per connection. Needs release binaries (--bin-dir).
     Abuse(pair::abuse::Args),
+    /// The chaos suite: faults under a fixed-rate load; requests failed, worst latency, and
+    /// each scenario's checks (docs/reliability.md).
+    Chaos(chaos::Args),
     /// Everything in one run (pair with every target, discovery, csr-sign): one markdown report
     /// and one JSON object with the machine's facts and the exact commands.
     All(all::Args),
@@ -87,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(discovery::run(args, cli.json))
         }
         Cmd::Pair(args) => pair::run(args, cli.json),
+        Cmd::Chaos(args) => chaos::run(args, cli.json),
         Cmd::All(args) => all::run(args, cli.json),
         Cmd::Abuse(args) => pair::abuse::run(args, cli.json),
     }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::bail;
 use prost::Message;
@@ -284,6 +285,10 @@ pub async fn get(ctx: &Context, args: &GetArgs, w: &mut impl Write) -> anyhow::R
     let mut client = ConfigClient::new(ctx.connect().await?);
     let namespace = args.namespace.as_deref();
     let resp = get_kind(&mut client, kind, namespace, args.name.as_deref()).await?;
+    if let Some(stale) = &resp.stale {
+        // On stderr, so what a script reads from stdout is the answer alone.
+        eprintln!("{}", stale_warning(stale));
+    }
     let manifests: Vec<Manifest> = if kind == cfg::Kind::Endpoint {
         resp.endpoints.iter().map(Manifest::of_endpoint).collect()
     } else {
@@ -330,6 +335,16 @@ pub async fn get(ctx: &Context, args: &GetArgs, w: &mut impl Write) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// What `get` says when the control plane answered from its last state: how old, and why.
+pub fn stale_warning(stale: &cfg::Stale) -> String {
+    let age = Duration::from_millis(stale.unreachable_for_ms);
+    let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
+    format!(
+        "warning: the control plane cannot read its store ({}); this is its last state (store revision {}), at least {age} old: the store has been unreachable that long",
+        stale.reason, stale.revision
+    )
 }
 
 /// `weftctl delete -f FILE…`: every object the files declare, in one atomic Delete.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use tonic::{Code, Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 use weft_proto::config::v1::config_server::Config;
 use weft_proto::config::v1::{
     Action, ApplyRequest, ApplyResponse, DeleteRequest, DeleteResponse, Document, GetRequest,
@@ -24,9 +24,10 @@ use weft_certs::TrustDomain;
 use crate::authz::Authz;
 use crate::model::{AuthorizationPolicy, HttpRoute, ObjectRef, RateLimitPolicy, Service};
 use crate::registration::store_status;
+use crate::registry::Mirror;
 use crate::registry::codec;
 use crate::registry::keys::{self, Key};
-use crate::store::{Compare, KeyValue, Op, Store, Txn, TxnOutcome};
+use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
 
 #[derive(Debug, Clone)]
 pub struct ConfigService {
@@ -34,14 +35,22 @@ pub struct ConfigService {
     authz: Arc<Authz>,
     /// The mesh's: policies may name only identities of it.
     trust_domain: TrustDomain,
+    /// The registry's copy of the store: what Get answers from while the store is unreachable.
+    mirror: Arc<Mirror>,
 }
 
 impl ConfigService {
-    pub fn new(store: Arc<dyn Store>, authz: Arc<Authz>, trust_domain: TrustDomain) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        authz: Arc<Authz>,
+        trust_domain: TrustDomain,
+        mirror: Arc<Mirror>,
+    ) -> Self {
         Self {
             store,
             authz,
             trust_domain,
+            mirror,
         }
     }
 }
@@ -388,9 +397,33 @@ impl Config for ConfigService {
                 }
             }
         }
-        let listing = self.store.list(&prefix).await.map_err(store_status)?;
-        let mut out = GetResponse::default();
-        for kv in listing.items {
+        let (items, stale) = match self.store.list(&prefix).await {
+            Ok(listing) => {
+                self.mirror.reachable();
+                (listing.items, None)
+            }
+            // Unreachable: the last state, said to be stale, rather than nothing.
+            Err(StoreError::Unavailable(reason)) => {
+                self.mirror.lost();
+                let Some(last) = self.mirror.list(&prefix) else {
+                    return Err(store_status(StoreError::Unavailable(reason)));
+                };
+                warn!(%reason, revision = last.revision, unreachable_for = ?last.unreachable_for, "store unreachable; get answered from the last state");
+                let stale = weft_proto::config::v1::Stale {
+                    reason,
+                    unreachable_for_ms: u64::try_from(last.unreachable_for.as_millis())
+                        .unwrap_or(u64::MAX),
+                    revision: last.revision,
+                };
+                (last.items, Some(stale))
+            }
+            Err(e) => return Err(store_status(e)),
+        };
+        let mut out = GetResponse {
+            stale,
+            ..GetResponse::default()
+        };
+        for kv in items {
             let Some(key) = Key::parse(&kv.key) else {
                 continue;
             };

@@ -214,6 +214,7 @@ impl ControlPlane {
         );
         let registry = registry.following_trust_bundle(bundles);
         let revisions = registry.revisions();
+        let mirror = registry.mirror();
         let registry_task = tokio::spawn(registry.run(shutdown_rx.clone()));
         let admins = if config.admin_identities.is_empty() {
             vec![default_admin_id(&td)]
@@ -306,7 +307,7 @@ impl ControlPlane {
                     registration_ttl,
                 )))
                 .add_service(ConfigServer::new(ConfigService::new(
-                    grpc_store, authz, config_td,
+                    grpc_store, authz, config_td, mirror,
                 )))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_shutdown.changed().await;

@@ -2,6 +2,13 @@
 
 use std::time::Duration;
 
+/// The longest wait between attempts to reach the control plane for the first certificate,
+/// discovery and registration: a control plane that comes back (a restart, a failover) is
+/// found within a second. While it is unreachable that costs each proxy one connection attempt
+/// every 0.5–1 s (jittered, so proxies do not arrive together); certificate renewal, which has
+/// the certificate's remaining lifetime to succeed, backs off further.
+pub const CONTROL_PLANE_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// Delays that double from `base` up to `max`, each drawn uniformly from [delay/2, delay].
 #[derive(Debug, Clone)]
 pub struct Backoff {

@@ -4,7 +4,12 @@
 //! whole with a NACK naming the resource and field, keeping the last good configuration. On a
 //! broken stream it reconnects with backoff and reports what it holds
 //! (`initial_resource_versions`), so it gets only what changed. Meanwhile it keeps serving on
-//! the last configuration.
+//! the last configuration. For a while after a reconnect it keeps endpoints the control plane
+//! no longer lists ([`hold`]): a control plane that has just restarted may not know them yet.
+
+mod hold;
+
+pub use hold::ENDPOINT_HOLD;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +23,7 @@ use weft_proto::discovery::v1::aggregated_discovery_client::AggregatedDiscoveryC
 use weft_proto::discovery::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
 use weft_proto::mesh::v1 as pb;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, CONTROL_PLANE_RETRY_MAX};
 use crate::identity::{ControlPlane, Identity};
 use crate::metrics::{Metrics, TypeLabels};
 use crate::resources::{EndpointSet, Held, MeshConfig, ServiceConfig, renew_hint, trust_bundle};
@@ -52,7 +57,7 @@ pub struct Discovery {
 impl Discovery {
     /// Keeps a stream open until `shutdown` flips.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
+        let mut backoff = Backoff::new(Duration::from_millis(100), CONTROL_PLANE_RETRY_MAX);
         loop {
             let result = tokio::select! {
                 r = self.session(&mut backoff) => r,
@@ -107,7 +112,9 @@ impl Discovery {
             .into_inner();
         self.metrics.discovery_connected.set(1);
         info!(control_plane = %self.cp.addr, "discovery stream open");
+        let mut hold = hold::Hold::new(&held.endpoints, tokio::time::Instant::now());
         loop {
+            let until = hold.as_ref().map(|h| h.until);
             let resp = tokio::select! {
                 m = inbound.message() => match m? {
                     Some(resp) => resp,
@@ -119,6 +126,12 @@ impl Discovery {
                     }
                     continue;
                 }
+                () = sleep_until_some(until) => {
+                    if let Some(h) = hold.take() {
+                        self.release_hold(h);
+                    }
+                    continue;
+                }
             };
             backoff.reset();
             let labels = TypeLabels {
@@ -126,7 +139,7 @@ impl Discovery {
             };
             let nonce = resp.nonce.clone();
             let type_url = resp.type_url.clone();
-            let error_detail = match self.apply(resp) {
+            let error_detail = match self.apply(resp, &mut hold) {
                 Ok(()) => {
                     self.metrics.discovery_acks.get_or_create(&labels).inc();
                     None
@@ -150,9 +163,36 @@ impl Discovery {
         }
     }
 
+    /// The hold is over: the control plane's endpoints apply as it sent them.
+    fn release_hold(&self, hold: hold::Hold) {
+        let current = self.config.borrow().clone();
+        let endpoints = hold.release();
+        self.metrics.discovery_held_endpoints.set(0);
+        let same = endpoints.len() == current.endpoints.len()
+            && endpoints
+                .iter()
+                .zip(&current.endpoints)
+                .all(|((n, a), (m, b))| n == m && a.version == b.version);
+        if same {
+            return;
+        }
+        info!("endpoint hold over: the control plane's endpoints apply as it lists them");
+        let mut next = (*current).clone();
+        next.endpoints = endpoints;
+        next.generation += 1;
+        self.metrics
+            .config_generation
+            .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
+        self.config.send_replace(Arc::new(next));
+    }
+
     /// Converts a whole response into the next configuration and publishes it; on any error
-    /// nothing changes.
-    fn apply(&self, resp: DeltaDiscoveryResponse) -> Result<(), String> {
+    /// nothing changes (nor does the hold).
+    fn apply(
+        &self,
+        resp: DeltaDiscoveryResponse,
+        hold: &mut Option<hold::Hold>,
+    ) -> Result<(), String> {
         let current = self.config.borrow().clone();
         // A rotation's renew-early hint rides on the TrustBundle; read it before the response
         // is consumed (the bundle itself is converted and checked by next_config).
@@ -167,7 +207,19 @@ impl Discovery {
             }
         }
         let td = self.identity.bundle().trust_domain().clone();
-        let next = next_config(&current, resp, &td, &self.served)?;
+        let (next, kept) = next_config_held(&current, resp, &td, &self.served, hold.as_mut())?;
+        if let Some((kept, until)) = kept {
+            if kept > 0 && self.metrics.discovery_held_endpoints.get() == 0 {
+                info!(
+                    kept,
+                    for_at_most = ?until.saturating_duration_since(tokio::time::Instant::now()),
+                    "keeping endpoints the control plane does not list (yet) after reconnecting"
+                );
+            }
+            self.metrics
+                .discovery_held_endpoints
+                .set(i64::try_from(kept).unwrap_or(i64::MAX));
+        }
         if next.inbound != current.inbound {
             let inbound = &next.inbound;
             info!(
@@ -203,6 +255,19 @@ pub fn next_config(
     td: &TrustDomain,
     served: &crate::authz::Served,
 ) -> Result<MeshConfig, String> {
+    next_config_held(current, resp, td, served, None).map(|(next, _)| next)
+}
+
+/// [`next_config`] during an endpoint hold: Endpoints go through `hold` (which keeps what the
+/// control plane no longer lists), and the count it keeps comes back with its end.
+fn next_config_held(
+    current: &MeshConfig,
+    resp: DeltaDiscoveryResponse,
+    td: &TrustDomain,
+    served: &crate::authz::Served,
+    hold: Option<&mut hold::Hold>,
+) -> Result<(MeshConfig, Option<(usize, tokio::time::Instant)>), String> {
+    let mut kept = None;
     let mut next = current.clone();
     match resp.type_url.as_str() {
         pb::SERVICE_TYPE_URL => {
@@ -221,14 +286,31 @@ pub fn next_config(
             }
         }
         pb::ENDPOINTS_TYPE_URL => {
+            let mut converted = Vec::with_capacity(resp.resources.len());
             for r in resp.resources {
                 let (name, held) = convert::<pb::Endpoints, EndpointSet>(r, &resp.type_url)?;
                 let id = &held.value.service;
                 check_name(&name, &format!("{}/{}", id.namespace, id.name))?;
-                next.endpoints.insert(name, held);
+                converted.push((name, held));
             }
-            for name in &resp.removed_resources {
-                next.endpoints.remove(name);
+            match hold {
+                None => {
+                    next.endpoints.extend(converted);
+                    for name in &resp.removed_resources {
+                        next.endpoints.remove(name);
+                    }
+                }
+                Some(hold) => {
+                    for (name, held) in converted {
+                        hold.update(name, held);
+                    }
+                    for name in &resp.removed_resources {
+                        hold.remove(name);
+                    }
+                    let (view, n) = hold.view();
+                    kept = Some((n, hold.until));
+                    next.endpoints = view;
+                }
             }
         }
         pb::TRUST_BUNDLE_TYPE_URL => {
@@ -247,7 +329,15 @@ pub fn next_config(
     }
     next.system_version = resp.system_version_info;
     next.generation += 1;
-    Ok(next)
+    Ok((next, kept))
+}
+
+/// Sleeps until `at`, or forever when `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn decode<M: Message + Default>(

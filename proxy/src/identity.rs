@@ -156,7 +156,10 @@ pub async fn bootstrap(
     metrics: &Metrics,
     waiting: &watch::Sender<String>,
 ) -> Result<Arc<Identity>, IdentityError> {
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
+    let mut backoff = Backoff::new(
+        Duration::from_millis(250),
+        crate::backoff::CONTROL_PLANE_RETRY_MAX,
+    );
     let svid = loop {
         match certify_with_token(cp, bundle.clone()).await {
             Ok(svid) => break svid,

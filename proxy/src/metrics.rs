@@ -117,6 +117,7 @@ pub struct Metrics {
     pub renewals: Counter,
     pub renewal_failures: Counter,
     pub discovery_connected: Gauge,
+    pub discovery_held_endpoints: Gauge,
     pub config_generation: Gauge,
     pub discovery_acks: Family<TypeLabels, Counter>,
     pub discovery_nacks: Family<TypeLabels, Counter>,
@@ -172,6 +173,7 @@ impl Metrics {
             renewals: Counter::default(),
             renewal_failures: Counter::default(),
             discovery_connected: Gauge::default(),
+            discovery_held_endpoints: Gauge::default(),
             config_generation: Gauge::default(),
             discovery_acks: Family::default(),
             discovery_nacks: Family::default(),
@@ -217,6 +219,11 @@ impl Metrics {
             "discovery_connected",
             "1 while a discovery stream to the control plane is open",
             m.discovery_connected.clone(),
+        );
+        r.register(
+            "discovery_held_endpoints",
+            "Endpoints kept after a reconnect although the control plane does not list them (yet)",
+            m.discovery_held_endpoints.clone(),
         );
         r.register(
             "config_generation",

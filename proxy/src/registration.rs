@@ -16,7 +16,7 @@ use weft_proto::model::ObjectRef;
 use weft_proto::registry::v1::RegisterRequest;
 use weft_proto::registry::v1::registration_client::RegistrationClient;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, CONTROL_PLANE_RETRY_MAX};
 use crate::identity::{ControlPlane, Identity};
 use crate::metrics::Metrics;
 
@@ -56,7 +56,7 @@ impl Registrar {
     /// Keeps the endpoint registered until `stop` flips, then ends the stream (deregisters) and
     /// returns once the control plane has seen the end, or after a short wait.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::new(Duration::from_millis(100), CONTROL_PLANE_RETRY_MAX);
         loop {
             let (tx, rx) = mpsc::channel(4);
             let result = self.session(tx, rx, &mut backoff, stop.clone()).await;

@@ -54,6 +54,49 @@ impl EtcdServer {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
     }
 
+    /// A cluster of `n` members on loopback (`n0`, `n1`, …), every member healthy when this
+    /// returns. Each member can be stopped and started again like a single one.
+    pub async fn cluster(n: usize) -> anyhow::Result<Vec<Self>> {
+        let ports = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client, peer))| {
+                Self::new_member(&format!("n{i}"), client, peer, initial.clone())
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // All at once: a member waits for the others to form the cluster.
+        for m in &mut members {
+            m.spawn()?;
+        }
+        for m in &mut members {
+            m.wait_healthy(Duration::from_secs(30)).await?;
+        }
+        Ok(members)
+    }
+
+    /// Whether this member is running and is the cluster's leader (its `/metrics`).
+    pub async fn is_leader(&self) -> bool {
+        if self.child.is_none() {
+            return false;
+        }
+        let addr = format!("127.0.0.1:{}", self.client_port);
+        matches!(http_get(&addr, "/metrics").await, Ok((200, text)) if text.lines().any(|l| l == "etcd_server_is_leader 1"))
+    }
+
+    /// Whether the process is running (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     fn new_member(
         name: &str,
         client_port: u16,

@@ -13,17 +13,26 @@ use tokio::process::{Child, Command};
 use weft_certs::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
 use weft_control_plane::client::{self, Certified};
 
+pub mod chaos;
 pub mod ctl;
 pub mod dataplane;
 pub mod etcd;
 pub mod k8s;
+pub mod load;
 pub mod mesh;
 pub mod otlp;
 pub mod traffic;
 
 /// Path of a workspace binary, built (once per test process) with the profile this test was
-/// built with, so a test never runs a stale binary.
+/// built with, so a test never runs a stale binary. [`use_binaries_in`] or `$WEFT_BIN_DIR`
+/// say where built binaries already are instead, and nothing is built.
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = BIN_DIR.get() {
+        return dir.join(name);
+    }
+    if let Some(dir) = std::env::var_os("WEFT_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         // target/<profile>/deps/<this test> → target/<profile>
@@ -58,6 +67,14 @@ pub fn bin(name: &str) -> PathBuf {
         Ok(dir) => dir.join(name),
         Err(e) => panic!("{e}"),
     }
+}
+
+static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes [`bin`] take the binaries from `dir` (built already) for the rest of the process:
+/// `weft-bench chaos --bin-dir`. The first call wins.
+pub fn use_binaries_in(dir: PathBuf) {
+    let _ = BIN_DIR.set(dir);
 }
 
 /// Runs `weftctl` to completion; returns stdout, or an error with stderr.

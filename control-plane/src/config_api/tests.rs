@@ -16,6 +16,7 @@ fn service() -> ConfigService {
         Arc::new(MemoryStore::new()),
         Arc::new(Authz::new([admin()])),
         TrustDomain::parse("mesh.test").unwrap(),
+        Arc::default(),
     )
 }
 

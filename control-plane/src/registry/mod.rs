@@ -6,9 +6,11 @@
 pub mod codec;
 pub mod index;
 pub mod keys;
+pub mod mirror;
 pub mod sync;
 
 pub use index::{Change, Index, Resource, ResourceType, Snapshot};
+pub use mirror::Mirror;
 pub use sync::Registry;
 
 /// A snapshot as the discovery streams receive it.

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use weft_proto::mesh::v1 as pb;
 
 use super::codec;
-use super::{Index, Published};
+use super::{Index, Mirror, Published};
 use crate::metrics::{Metrics, OpLabels};
 use crate::model::DefaultInbound;
 use crate::store::{Store, StoreError};
@@ -34,6 +34,8 @@ pub struct Registry {
     revision_tx: watch::Sender<i64>,
     /// The TrustBundle resource as the CA directory says (a root rotation changes it).
     bundles: Option<watch::Receiver<pb::TrustBundle>>,
+    /// The raw keys, for answering reads while the store is unreachable.
+    mirror: Arc<Mirror>,
 }
 
 impl Registry {
@@ -56,6 +58,7 @@ impl Registry {
             revision: 0,
             revision_tx: watch::channel(0).0,
             bundles: None,
+            mirror: Arc::new(Mirror::default()),
         };
         (registry, rx)
     }
@@ -84,6 +87,11 @@ impl Registry {
         self.revision_tx.subscribe()
     }
 
+    /// The store's keys as this registry last saw them.
+    pub fn mirror(&self) -> Arc<Mirror> {
+        self.mirror.clone()
+    }
+
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = RETRY_MIN;
         loop {
@@ -104,6 +112,7 @@ impl Registry {
                     continue;
                 }
                 _ => {
+                    self.mirror.lost();
                     warn!(error = %err, retry_in = ?backoff, "store unreachable; serving the last state")
                 }
             }
@@ -131,6 +140,7 @@ impl Registry {
             self.store_error("list");
         })?;
         self.metrics.registry_resyncs.inc();
+        self.mirror.reset(&listing.items, listing.revision);
         let changes: Vec<_> = listing
             .items
             .iter()
@@ -184,6 +194,7 @@ impl Registry {
     }
 
     fn apply(&mut self, batch: Vec<crate::store::Event>) {
+        self.mirror.apply(&batch);
         for event in batch {
             self.revision = self.revision.max(event.revision());
             if let Some(change) = codec::decode_event(&event, &self.metrics) {
