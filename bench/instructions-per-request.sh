@@ -40,7 +40,7 @@ exec "$proxy" "\$@"
 WRAP
 chmod +x "$work/weft-proxy"
 
-"$bin_dir/weftctl" demo --bin-dir "$work" --base-port 0 --rps 100 --failure-rate 0 --duration 120s \
+"$bin_dir/weftctl" demo --bin-dir "$work" --base-port 0 --rps 100 --failure-rate 0 --duration 120s --no-dashboard \
   -o json > "$work/demo.json" 2> "$work/demo.log" &
 demo_pid=$!
 
