@@ -55,15 +55,11 @@ pub fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// The documents of one input, in order; `None` for a `null` one. Empty documents (`---`
 /// followed by nothing) are not documents to the parser, and are dropped as kubectl drops them.
-/// A text is first read as a JSON stream (values one after another, as `-o json` writes several
-/// documents and kubectl reads them); if it is not one, as YAML (of which one JSON value is a
-/// case, with the same meaning).
+/// A text is first read as a JSON stream (values one after another on their own lines, as `-o
+/// json` writes several documents and kubectl reads them); if it is not one, as YAML (of which
+/// one JSON value is a case, with the same meaning).
 fn documents(name: &str, text: &str) -> anyhow::Result<Vec<Option<Value>>> {
-    if let Ok(docs) = serde_json::Deserializer::from_str(text)
-        .into_iter::<Value>()
-        .map(|d| d.map(|d| (!d.is_null()).then_some(d)))
-        .collect::<Result<Vec<_>, _>>()
-    {
+    if let Some(docs) = json_stream(text) {
         return Ok(docs);
     }
     let options = serde_saphyr::options! { with_snippet: false };
@@ -74,6 +70,25 @@ fn documents(name: &str, text: &str) -> anyhow::Result<Vec<Option<Value>>> {
         docs.push((!doc.is_null()).then_some(doc));
     }
     Ok(docs)
+}
+
+/// The values of `text` if it is a JSON stream whose values are separated by line breaks.
+/// Values side by side on one line are not one: `0 80` is a YAML string, which our own YAML
+/// output writes that way (found by the `weftctl_inject` fuzz target).
+fn json_stream(text: &str) -> Option<Vec<Option<Value>>> {
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let mut docs = Vec::new();
+    let mut end = 0;
+    while let Some(doc) = stream.next() {
+        let doc = doc.ok()?;
+        let start = end + text[end..].len() - text[end..].trim_start().len();
+        if !docs.is_empty() && !text[end..start].contains('\n') {
+            return None;
+        }
+        end = stream.byte_offset();
+        docs.push((!doc.is_null()).then_some(doc));
+    }
+    Some(docs)
 }
 
 /// Labels a workload's pod template `weft.io/inject: enabled`.
@@ -346,6 +361,22 @@ items:
         );
         let (again, _) = run_on(&once, &Mode::Uninject);
         assert_eq!(again, once);
+        // The fourth find: YAML's `0 80` is one string, though `0` and `80` side by side are a
+        // JSON stream of two numbers; it reads back as the string it was.
+        let yaml = |text: &str| {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            run(
+                &[("s".into(), text.into())],
+                &Mode::Annotate,
+                Format::Yaml,
+                &mut out,
+                &mut err,
+            )
+            .map(|()| String::from_utf8(out).unwrap())
+        };
+        let once = yaml(" 0 80\n#6").unwrap();
+        assert_eq!(once, "0 80\n");
+        assert_eq!(yaml(&once).unwrap(), once);
         // JSON-looking YAML is still YAML.
         let (out, _) = run_on("{kind: Pod, metadata: {name: x}}", &Mode::Uninject);
         assert_eq!(out, "kind: Pod\nmetadata:\n  name: x\n");
