@@ -200,11 +200,30 @@ impl ServiceState {
     ) -> Result<Lease<'e>, ProxyError> {
         let mut states = lock(&self.endpoints);
         let mut ready = 0;
+        let mut new = 0;
         for e in endpoints.iter().filter(|e| e.ready) {
             ready += 1;
-            states
-                .entry(e.address)
-                .or_insert_with(|| EndpointState::new(now));
+            if !states.contains_key(&e.address) {
+                new += 1;
+            }
+        }
+        if new > 0 {
+            // A new endpoint starts at its peers' best estimate (the default only when it has
+            // none): at the 30 ms default it would lose every draw against peers answering in
+            // 1 ms, never be tried, and never be measured (a scale-up that takes no traffic).
+            let best = states
+                .values()
+                .map(|s| decayed_ewma(s, now))
+                .fold(f64::INFINITY, f64::min);
+            for e in endpoints.iter().filter(|e| e.ready) {
+                states.entry(e.address).or_insert_with(|| {
+                    let mut s = EndpointState::new(now);
+                    if best.is_finite() {
+                        s.ewma_ns = best;
+                    }
+                    s
+                });
+            }
         }
         if ready == 0 {
             return Err(ProxyError::NoEndpoints(self.id.to_string()));

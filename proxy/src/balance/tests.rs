@@ -328,3 +328,34 @@ fn services_the_configuration_dropped_are_forgotten() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_new_endpoint_takes_traffic_beside_fast_ones() {
+    // Found by the chaos suite on release binaries: a new endpoint started at the 30 ms default
+    // and lost every draw against endpoints answering in 1 ms, so it was never tried.
+    let s = service();
+    let old = [ep("10.0.0.1:1", 1), ep("10.0.0.2:1", 1)];
+    let lb = policy(LoadBalancer::PeakEwma);
+    let mut now = Instant::now();
+    let mut draw = rng(7);
+    for _ in 0..50 {
+        let lease = s.pick(&lb, &old, &[], now, &mut draw).unwrap();
+        now += Duration::from_millis(1);
+        lease.finish(Outcome::Success, &OutlierDetection::default(), now);
+    }
+    let all = [old[0].clone(), old[1].clone(), ep("10.0.0.3:1", 1)];
+    let mut to_new = 0;
+    for _ in 0..300 {
+        let lease = s.pick(&lb, &all, &[], now, &mut draw).unwrap();
+        if lease.endpoint.address == all[2].address {
+            to_new += 1;
+        }
+        now += Duration::from_millis(1);
+        lease.finish(Outcome::Success, &OutlierDetection::default(), now);
+    }
+    // About a third of the requests once it has shown it is as fast; far from none.
+    assert!(
+        to_new >= 50,
+        "the new endpoint got {to_new} of 300 requests"
+    );
+}
