@@ -60,25 +60,7 @@ pub async fn connect(
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let connector = tower::service_fn(move |uri: Uri| {
-        let tls = tls.clone();
-        async move {
-            let host = uri
-                .host()
-                .unwrap_or("localhost")
-                .trim_matches(|c| c == '[' || c == ']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let name = rustls_pki_types::ServerName::try_from(host)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
-    });
+    let connector = tower::service_fn(move |uri: Uri| tls_connect(tls.clone(), uri));
     endpoint
         .connect_with_connector(connector)
         .await
@@ -155,4 +137,27 @@ pub async fn certify(
         chain,
         bundle,
     })
+}
+
+/// TCP to `uri`'s host and port (443 if none), then TLS with `tls`, the host as the server
+/// name: the connector of a tonic channel over our rustls (the control plane's, and the proxy's
+/// OTLP exporter's).
+pub async fn tls_connect(
+    tls: Arc<rustls::ClientConfig>,
+    uri: Uri,
+) -> std::io::Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
+    let host = uri
+        .host()
+        .unwrap_or("localhost")
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls_pki_types::ServerName::try_from(host)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    Ok(TokioIo::new(stream))
 }

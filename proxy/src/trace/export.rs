@@ -136,23 +136,7 @@ type TlsConnector = tower::util::BoxService<
 
 fn tls_connector(tls: Arc<rustls::ClientConfig>) -> TlsConnector {
     tower::util::BoxService::new(tower::service_fn(move |uri: Uri| {
-        let tls = tls.clone();
-        async move {
-            let host = uri
-                .host()
-                .unwrap_or("localhost")
-                .trim_matches(|c| c == '[' || c == ']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let name = rustls_pki_types::ServerName::try_from(host)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await?;
-            Ok(TokioIo::new(stream))
-        }
+        weft_proto::client::tls_connect(tls.clone(), uri)
     }))
 }
 
