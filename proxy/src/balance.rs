@@ -17,7 +17,8 @@ use weft_proto::model::{Endpoint, LoadBalancer, ObjectRef, OutlierDetection, Tra
 
 use crate::error::ProxyError;
 
-/// What a new endpoint's latency is assumed to be until it has answered.
+/// What a new endpoint's latency is assumed to be until it has answered, when it has no peers
+/// with an estimate to start from (otherwise it starts at their best: see `pick`).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast old latency observations fade (peak-EWMA's time constant).
 const DECAY: Duration = Duration::from_secs(10);
