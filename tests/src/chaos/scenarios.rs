@@ -67,6 +67,35 @@ fn client_of(services: &[&str]) -> Role {
     }
 }
 
+/// The Service `api` with two server proxies, a client proxy that holds both as endpoints, and
+/// a third backend for a server a scenario starts later.
+struct ApiPair {
+    s1: ProxyProc,
+    s2: ProxyProc,
+    client: ProxyProc,
+    b3: SocketAddr,
+}
+
+async fn api_pair(lab: &Lab, addr: &str) -> anyhow::Result<ApiPair> {
+    lab.apply("api.yaml", &service_yaml("api", "http1")).await?;
+    let (b1, b2, b3) = (
+        http_backend("api-1", false).await?,
+        http_backend("api-2", false).await?,
+        http_backend("api-3", false).await?,
+    );
+    let s1 = ProxyProc::start(lab, addr, "api-1", "api", server("api", b1)).await?;
+    let s2 = ProxyProc::start(lab, addr, "api-2", "api", server("api", b2)).await?;
+    let client = ProxyProc::start(lab, addr, "client", "client", client_of(&["api"])).await?;
+    client
+        .wait_endpoints(
+            "api",
+            &[inbound(&s1)?, inbound(&s2)?],
+            Duration::from_secs(10),
+        )
+        .await?;
+    Ok(ApiPair { s1, s2, client, b3 })
+}
+
 fn inbound(p: &ProxyProc) -> anyhow::Result<SocketAddr> {
     p.inbound.context("a server proxy has an inbound address")
 }
@@ -133,22 +162,7 @@ pub async fn control_plane_restart(p: &Params, store: Store) -> anyhow::Result<O
     let mut cp = ControlPlane::start(&lab, "control-plane", &args).await?;
     let addr = cp.addr();
     lab.login(&addr).await?;
-    lab.apply("api.yaml", &service_yaml("api", "http1")).await?;
-    let (b1, b2, b3) = (
-        http_backend("api-1", false).await?,
-        http_backend("api-2", false).await?,
-        http_backend("api-3", false).await?,
-    );
-    let s1 = ProxyProc::start(&lab, &addr, "api-1", "api", server("api", b1)).await?;
-    let s2 = ProxyProc::start(&lab, &addr, "api-2", "api", server("api", b2)).await?;
-    let client = ProxyProc::start(&lab, &addr, "client", "client", client_of(&["api"])).await?;
-    client
-        .wait_endpoints(
-            "api",
-            &[inbound(&s1)?, inbound(&s2)?],
-            Duration::from_secs(10),
-        )
-        .await?;
+    let ApiPair { s1, s2, client, b3 } = api_pair(&lab, &addr).await?;
 
     let load = Load::start(LoadConfig::new(
         client.upstreams[0],
@@ -233,22 +247,7 @@ pub async fn etcd_quorum_loss(p: &Params) -> anyhow::Result<Outcome> {
     .await?;
     let addr = cp.addr();
     lab.login(&addr).await?;
-    lab.apply("api.yaml", &service_yaml("api", "http1")).await?;
-    let (b1, b2, b3) = (
-        http_backend("api-1", false).await?,
-        http_backend("api-2", false).await?,
-        http_backend("api-3", false).await?,
-    );
-    let s1 = ProxyProc::start(&lab, &addr, "api-1", "api", server("api", b1)).await?;
-    let s2 = ProxyProc::start(&lab, &addr, "api-2", "api", server("api", b2)).await?;
-    let client = ProxyProc::start(&lab, &addr, "client", "client", client_of(&["api"])).await?;
-    client
-        .wait_endpoints(
-            "api",
-            &[inbound(&s1)?, inbound(&s2)?],
-            Duration::from_secs(10),
-        )
-        .await?;
+    let ApiPair { s1, s2, client, b3 } = api_pair(&lab, &addr).await?;
 
     let load = Load::start(LoadConfig::new(
         client.upstreams[0],
