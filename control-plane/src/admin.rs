@@ -15,7 +15,6 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::metrics::Metrics;
-use crate::transport::accept_within;
 use weft_proto::limits::ConnectionLimit;
 
 /// Admin connections open at once (probes, scrapes, an operator); past it, closed and counted.
@@ -35,7 +34,7 @@ pub async fn run(
     let refused = metrics.refused_on("admin");
     loop {
         let (tcp, remote, slot) = tokio::select! {
-            c = accept_within(&listener, &limit, &refused, "admin") => c,
+            c = limit.accept(&listener, "admin", Some(&refused)) => c,
             _ = shutdown.changed() => return,
         };
         let metrics = metrics.clone();

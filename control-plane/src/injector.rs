@@ -25,7 +25,6 @@ use tracing::{debug, info, warn};
 use weft_inject::{InjectConfig, Outcome, Skip};
 
 use crate::metrics::{Metrics, ReviewLabels};
-use crate::transport::accept_within;
 use weft_proto::limits::ConnectionLimit;
 
 /// Webhook connections open at once (API servers call in parallel); past it, closed and counted.
@@ -219,7 +218,7 @@ async fn serve(
     let limit = ConnectionLimit::new(INJECTOR_MAX_CONNECTIONS);
     loop {
         let (tcp, remote, slot) = tokio::select! {
-            c = accept_within(&listener, &limit, &state.refused, "injector") => c,
+            c = limit.accept(&listener, "injector", Some(&state.refused)) => c,
             _ = shutdown.changed() => return,
         };
         let acceptor = acceptor.clone();

@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::metrics::counter::Counter;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,31 +31,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// are optional on this port, so without a cap anyone could hold connections until the process
 /// runs out of file descriptors.
 pub const MAX_CONNECTIONS: usize = 16_384;
-
-/// Accepts the next connection that fits under `limit`; one over it is closed at once and
-/// counted in `connections_refused_total{listener}` (the limit logs, at most every 10 s).
-/// Accept errors (EMFILE and friends) back off briefly instead of spinning.
-pub async fn accept_within(
-    listener: &TcpListener,
-    limit: &ConnectionLimit,
-    refused: &Counter,
-    name: &'static str,
-) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, remote)) => match limit.try_acquire(name) {
-                Some(slot) => return (tcp, remote, slot),
-                None => {
-                    refused.inc();
-                }
-            },
-            Err(e) => {
-                warn!(listener = name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
 
 /// What a request knows about its connection. The identity is the one verified in the TLS
 /// handshake; there is no other way for a caller to claim one.
@@ -171,7 +145,7 @@ pub fn tls_incoming_with(
     tokio::spawn(async move {
         loop {
             let (tcp, remote_addr, permit) = tokio::select! {
-                c = accept_within(&listener, &limit, &refused, "grpc") => c,
+                c = limit.accept(&listener, "grpc", Some(&refused)) => c,
                 _ = shutdown.changed() => break,
             };
             let _ = tcp.set_nodelay(true);

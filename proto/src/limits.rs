@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::warn;
@@ -60,6 +62,36 @@ impl ConnectionLimit {
             );
         }
         None
+    }
+}
+
+impl ConnectionLimit {
+    /// The next connection on `listener` that fits under this limit, with its slot; one over it
+    /// is closed at once and counted in `refused`. Accept errors (EMFILE and friends) back off
+    /// briefly instead of spinning. Every listener of both binaries but the proxy's data path
+    /// (which also watches its drain) accepts through this.
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+        name: &'static str,
+        refused: Option<&Counter>,
+    ) -> (TcpStream, std::net::SocketAddr, OwnedSemaphorePermit) {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, remote)) => match self.try_acquire(name) {
+                    Some(slot) => return (tcp, remote, slot),
+                    None => {
+                        if let Some(c) = refused {
+                            c.inc();
+                        }
+                    }
+                },
+                Err(e) => {
+                    warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 }
 

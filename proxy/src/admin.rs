@@ -16,10 +16,9 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use tracing::{debug, info};
 
 use http_body_util::BodyExt;
@@ -47,41 +46,11 @@ pub struct AdminState {
     pub probe_paths: Vec<(u16, String)>,
 }
 
-/// The next connection; a failed accept (EMFILE and friends) is retried after a pause
-/// rather than spun on.
 /// Admin connections open at once (kubelet probes, a Prometheus scrape, an operator): far
 /// more than these need; past it a connection is closed at once and counted.
 const ADMIN_MAX_CONNECTIONS: usize = 128;
 /// Largest admin request head.
 const ADMIN_MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// The next admin connection within [`ADMIN_MAX_CONNECTIONS`], with its slot.
-async fn accept(
-    listener: &TcpListener,
-    limit: &ConnectionLimit,
-    refused: Option<&Counter>,
-) -> (
-    tokio::net::TcpStream,
-    std::net::SocketAddr,
-    OwnedSemaphorePermit,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, remote)) => match limit.try_acquire("admin") {
-                Some(slot) => return (tcp, remote, slot),
-                None => {
-                    if let Some(c) = refused {
-                        c.inc();
-                    }
-                }
-            },
-            Err(e) => {
-                debug!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
 
 /// hyper's HTTP/1 server as every admin connection gets it: heads within 10 s and 16 KiB.
 fn admin_http() -> hyper::server::conn::http1::Builder {
@@ -105,7 +74,7 @@ pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::
         .clone();
     loop {
         let (tcp, remote, slot) = tokio::select! {
-            c = accept(&listener, &limit, Some(&refused)) => c,
+            c = limit.accept(&listener, "admin", Some(&refused)) => c,
             _ = shutdown.changed() => return,
         };
         let state = state.clone();
@@ -146,7 +115,7 @@ pub async fn serve_starting(
     let limit = ConnectionLimit::new(ADMIN_MAX_CONNECTIONS);
     loop {
         let (tcp, remote, slot) = tokio::select! {
-            c = accept(&listener, &limit, None) => c,
+            c = limit.accept(&listener, "admin", None) => c,
             _ = &mut done => return listener,
         };
         let waiting = waiting.clone();
