@@ -4,8 +4,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -102,6 +104,31 @@ impl Drop for InFlight {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A request's handler, counted in and out of its connection's activity. A future of its
+    /// own rather than an `async move` block: a block would hold the handler's future twice
+    /// (as its captured value and as the value it awaits), doubling what is copied into the
+    /// box per request (12.9 instead of 6.5 KB outbound; docs/benchmarks.md).
+    struct Tracked<F> {
+        #[pin]
+        handled: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F: Future<Output = Response<Body>>> Future for Tracked<F> {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = std::task::ready!(this.handled.poll(cx));
+        if let Some(mut in_flight) = this.in_flight.take() {
+            in_flight.answered = true;
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
 /// Why an HTTP connection ended badly, as `http_connection_errors_total`'s `reason`, or `None`
 /// for an ordinary end (the peer closed, a broken pipe).
 fn error_reason(e: &hyper::Error) -> Option<&'static str> {
@@ -170,13 +197,9 @@ where
         // Counted from the moment hyper hands the request over: a stream reset before its
         // handler first runs is a cancelled request too.
         let in_flight = InFlight::start(seen.clone());
-        let handled = handler(req.map(|b| IdleBody::new(b, body_idle).boxed()));
-        async move {
-            // The whole guard moves in (not just the field written below).
-            let mut in_flight = in_flight;
-            let resp = handled.await;
-            in_flight.answered = true;
-            Ok::<_, Infallible>(resp)
+        Tracked {
+            handled: handler(req.map(|b| IdleBody::new(b, body_idle).boxed())),
+            in_flight: Some(in_flight),
         }
     };
     // Resolves once the connection has had no request in flight for `idle`, or its client
@@ -467,6 +490,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// Answers `ok`, after 600 ms for `/slow`. (A named function: a closure returning an
+    /// `async` block trips rustc's higher-ranked `Send` check in `tokio::spawn` here.)
+    async fn slow_or_ok(req: Request<Body>) -> Response<Body> {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        Response::new(crate::body::full("ok"))
+    }
+
     #[tokio::test]
     async fn an_idle_http_connection_is_closed_and_a_busy_one_is_not() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -490,13 +522,7 @@ mod tests {
                         metrics: &metrics,
                         direction: "inbound",
                     };
-                    serve(tcp, Http::Http1, on, |req| async move {
-                        if req.uri().path() == "/slow" {
-                            tokio::time::sleep(Duration::from_millis(600)).await;
-                        }
-                        Response::new(crate::body::full("ok"))
-                    })
-                    .await;
+                    serve(tcp, Http::Http1, on, slow_or_ok).await;
                 });
             }
         });
