@@ -2,11 +2,13 @@
 # Instructions per request of a weft-proxy, counted by callgrind: a repeatable measure of the
 # proxy's own (user-space) work, unlike wall-clock runs on a shared machine.
 #
-#   [MEMBER=loadgen|api-v1] bash bench/instructions-per-request.sh [PROXY_BIN] [BIN_DIR]
+#   [MEMBER=loadgen|api-v1] [PROXY_ARGS='...'] bash bench/instructions-per-request.sh [PROXY_BIN] [BIN_DIR]
 #
 # MEMBER picks the demo member whose proxy is measured: `loadgen` (the default) is a pure client
 # proxy (HTTP/1.1 in, mTLS HTTP/2 out), `api-v1` a pure server proxy (mTLS HTTP/2 in, HTTP/1.1
-# to its app; it gets about 90 % of the requests).
+# to its app; it gets about 90 % of the requests). PROXY_ARGS are added to the measured proxy's
+# command line (a feature's flags, e.g. `--otlp-endpoint http://127.0.0.1:4317
+# --trace-sample-rate 0.01`, to count its cost on against off).
 #
 # Runs `weftctl demo` (from BIN_DIR, default target/release) at 100 requests per second with
 # that member's proxy under valgrind, zeroes the counts
@@ -34,7 +36,7 @@ ln -s "$bin_dir/weft-control-plane" "$work/weft-control-plane"
 cat > "$work/weft-proxy" <<WRAP
 #!/bin/bash
 if [[ " \$* " == *" --node-id $member "* ]]; then
-  exec valgrind --tool=callgrind --callgrind-out-file=$work/cg.out "$proxy" "\$@"
+  exec valgrind --tool=callgrind --callgrind-out-file=$work/cg.out "$proxy" "\$@" ${PROXY_ARGS:-}
 fi
 exec "$proxy" "\$@"
 WRAP

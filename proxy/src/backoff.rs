@@ -37,12 +37,12 @@ impl Backoff {
     }
 }
 
-/// A uniformly random number in [0, 1).
+/// A uniformly random number in [0, 1), for choices that need spread, not secrecy: jitter,
+/// splits, the balancer's pairs, trace sampling. A thread-local generator (`fastrand`, wyrand),
+/// not the system CSPRNG: a draw from aws-lc's costs ~2,400 instructions and requests make one
+/// to three (docs/benchmarks.md). Trace and span IDs still come from the CSPRNG.
 pub fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 8];
-    // The system RNG does not fail on supported platforms; if it did, no jitter is acceptable.
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 #[cfg(test)]
