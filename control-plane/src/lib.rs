@@ -22,6 +22,7 @@ pub use weft_proto::model;
 pub mod registration;
 pub mod registry;
 pub mod rotation;
+pub mod rpc_trace;
 pub mod server;
 pub mod store;
 pub mod transport;

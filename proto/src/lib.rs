@@ -12,6 +12,8 @@ pub mod limits;
 pub mod model;
 pub mod process;
 pub mod process_metrics;
+#[cfg(feature = "otlp")]
+pub mod trace;
 
 /// `weft.identity.v1`: the certificate service.
 pub mod identity {

@@ -37,13 +37,8 @@ impl Backoff {
     }
 }
 
-/// A uniformly random number in [0, 1).
-pub fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 8];
-    // The system RNG does not fail on supported platforms; if it did, no jitter is acceptable.
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
+/// A uniformly random number in [0, 1) (shared with the tracer's sampling).
+pub use weft_proto::trace::random_fraction;
 
 #[cfg(test)]
 mod tests {
