@@ -78,7 +78,8 @@ pub fn grpc_status(h: &HeaderMap) -> Option<(i32, String)> {
 
 /// A finished RPC's span: attributes per the OpenTelemetry RPC conventions, and ERROR for any
 /// status but OK (a refused Certify or Apply is what an operator looks for; see
-/// docs/observability.md). No status at all (the stream was cut) is an error too.
+/// docs/observability.md). No status at all (cancelled, or the response cut short) is an error
+/// too.
 pub fn rpc_span(open: OpenSpan, rpc: &RpcFacts, status: Option<(i32, String)>) -> SpanRecord {
     let mut a: Vec<(&'static str, Value)> = Vec::with_capacity(8);
     a.push(("rpc.system.name", "grpc".into()));
@@ -99,7 +100,7 @@ pub fn rpc_span(open: OpenSpan, rpc: &RpcFacts, status: Option<(i32, String)>) -
         }
         None => {
             a.push(("error.type", "no-status".into()));
-            Some("the response ended without a gRPC status".to_owned())
+            Some("no gRPC status: the call was cancelled or its response cut short".to_owned())
         }
     };
     if error.is_none() {
@@ -177,7 +178,7 @@ where
             req.extensions_mut().insert(RpcSpan(open.as_parent()));
             Some(Box::new(Pending {
                 tracer: tracer.clone(),
-                open,
+                open: Some(open),
                 rpc,
                 status: None,
             }))
@@ -195,19 +196,22 @@ where
     }
 }
 
-/// A traced RPC waiting for its status.
+/// A traced RPC waiting for its status. Its span is submitted when it drops: at the end of the
+/// response body, or earlier if the call is cancelled (then with no status, an error).
 #[derive(Debug)]
 struct Pending {
     tracer: Arc<Tracer>,
-    open: OpenSpan,
+    open: Option<OpenSpan>,
     rpc: RpcFacts,
     status: Option<(i32, String)>,
 }
 
-impl Pending {
-    fn end(self) {
-        self.tracer
-            .submit(rpc_span(self.open, &self.rpc, self.status));
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.tracer
+                .submit(rpc_span(open, &self.rpc, self.status.take()));
+        }
     }
 }
 
@@ -220,16 +224,9 @@ pub struct TracedBody<B> {
 }
 
 impl<B> TracedBody<B> {
+    /// Ends the span (dropping it submits it).
     fn end(&mut self) {
-        if let Some(p) = self.pending.take() {
-            p.end();
-        }
-    }
-}
-
-impl<B> Drop for TracedBody<B> {
-    fn drop(&mut self) {
-        self.end();
+        self.pending = None;
     }
 }
 

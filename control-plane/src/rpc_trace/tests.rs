@@ -374,3 +374,29 @@ async fn untraced_rpcs_and_no_tracer_pass_through_untouched() {
     let (span, seen) = through_layer(None, "/weft.config.v1.Config/Get", Some(&tp), Some(5)).await;
     assert!(span.is_none() && seen.is_none());
 }
+
+/// A call cancelled before its answer (the client went away) still ends its span: an error
+/// with no status.
+#[tokio::test]
+async fn a_cancelled_call_ends_its_span_as_an_error() {
+    let (q, mut rx) = mpsc::channel(8);
+    let tracer = Arc::new(Tracer::new(1.0, q, Default::default()));
+    let handler = tower::service_fn(|_: Request<()>| {
+        std::future::pending::<Result<Response<TestBody>, Infallible>>()
+    });
+    let mut svc = RpcTraceLayer::new(Some(tracer)).layer(handler);
+    let req = Request::post("/weft.config.v1.Config/Apply")
+        .body(())
+        .unwrap();
+    let call = svc.ready().await.unwrap().call(req);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), call)
+            .await
+            .is_err()
+    );
+    let span = rx.try_recv().expect("a span when the call is dropped");
+    assert_eq!(span.name, "weft.config.v1.Config/Apply");
+    assert!(span.error.is_some());
+    assert_eq!(attr(&span, "error.type"), Some(&"no-status".into()));
+    assert_eq!(attr(&span, "weft.client_id"), None, "no peer, no ID");
+}
