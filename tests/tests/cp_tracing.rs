@@ -395,3 +395,34 @@ async fn a_collector_that_is_down_costs_no_rpc() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A bad `--otlp-endpoint` or `--trace-sample-rate` fails start, naming the flag.
+#[tokio::test]
+async fn bad_trace_flags_fail_start() {
+    let ca = TestCa::init(TD).await.unwrap();
+    for (args, want) in [
+        (
+            &["--otlp-endpoint", "ftp://collector:4317"][..],
+            "--otlp-endpoint \"ftp://collector:4317\": the scheme must be http:// or https://",
+        ),
+        (
+            &[
+                "--otlp-endpoint",
+                "http://127.0.0.1:4317",
+                "--trace-sample-rate",
+                "1.5",
+            ][..],
+            "\"1.5\" is not a number from 0 to 1",
+        ),
+        (
+            &["--otlp-endpoint", "https://127.0.0.1:4317"][..],
+            "an https:// endpoint needs --otlp-ca",
+        ),
+    ] {
+        let err = ControlPlaneProcess::start(&ca.path(), args)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

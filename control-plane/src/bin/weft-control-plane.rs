@@ -120,7 +120,7 @@ struct Args {
     /// The share (0 to 1) of RPCs with no valid `traceparent`, and of discovery pushes no
     /// traced change caused, that start a trace. RPCs with one follow its sampled flag.
     /// Control-plane RPCs are few: 1 is a sensible setting.
-    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATE", default_value_t = 0.0, value_parser = parse_rate, requires = "otlp_endpoint")]
+    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATE", default_value_t = 0.0, value_parser = weft_proto::trace::parse_sample_rate, requires = "otlp_endpoint")]
     trace_sample_rate: f64,
     /// `service.name` of the exported spans.
     #[arg(
@@ -129,13 +129,6 @@ struct Args {
         default_value = "weft-control-plane"
     )]
     trace_service_name: String,
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!("{s:?} is not a number from 0 to 1")),
-    }
 }
 
 fn parse_registration_ttl(s: &str) -> Result<Duration, String> {

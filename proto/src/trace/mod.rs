@@ -236,6 +236,14 @@ pub fn decide(
     }
 }
 
+/// `--trace-sample-rate` (both binaries): a number from 0 to 1.
+pub fn parse_sample_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
+}
+
 /// A uniformly random number in [0, 1).
 pub fn random_fraction() -> f64 {
     let mut bytes = [0u8; 8];
@@ -342,6 +350,17 @@ mod tests {
             t.submit(span.end(Kind::Server, "GET /".into(), Vec::new(), None));
         }
         assert_eq!(dropped.get(), 2);
+    }
+
+    #[test]
+    fn sample_rates_are_numbers_from_0_to_1() {
+        assert_eq!(parse_sample_rate("0"), Ok(0.0));
+        assert_eq!(parse_sample_rate("0.01"), Ok(0.01));
+        assert_eq!(parse_sample_rate("1"), Ok(1.0));
+        for bad in ["-0.1", "1.5", "NaN", "", "all"] {
+            let err = parse_sample_rate(bad).unwrap_err();
+            assert!(err.contains("is not a number from 0 to 1"), "{bad}: {err}");
+        }
     }
 
     #[test]
