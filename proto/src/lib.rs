@@ -3,6 +3,9 @@
 //! The generated wire types, and [`model`]: the validated domain types the control plane and the
 //! proxy both convert them into, through one `TryFrom` per type (the validation boundary, shared
 //! so both sides accept exactly the same resources); nothing past that boundary sees `pb` types.
+//!
+//! With the feature `otlp`: OpenTelemetry's trace export service ([`otlp`]) and the tracer both
+//! binaries use ([`trace`]).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
