@@ -27,6 +27,7 @@ use crate::registration::store_status;
 use crate::registry::Mirror;
 use crate::registry::codec;
 use crate::registry::keys::{self, Key};
+use crate::rpc_trace::{RpcSpan, Tracing};
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
 
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct ConfigService {
     trust_domain: TrustDomain,
     /// The registry's copy of the store: what Get answers from while the store is unreachable.
     mirror: Arc<Mirror>,
+    /// `--otlp-endpoint`: a traced change's revision is linked to its RPC's span.
+    tracing: Option<Arc<Tracing>>,
 }
 
 impl ConfigService {
@@ -51,6 +54,21 @@ impl ConfigService {
             authz,
             trust_domain,
             mirror,
+            tracing: None,
+        }
+    }
+
+    /// Links the revisions that traced Apply and Delete calls commit to their spans, so the
+    /// discovery pushes they cause are children of those spans.
+    pub fn traced(mut self, tracing: Arc<Tracing>) -> Self {
+        self.tracing = Some(tracing);
+        self
+    }
+
+    /// Notes that the RPC `span` (if it is traced) committed `revision`.
+    fn link(&self, span: Option<RpcSpan>, revision: crate::store::Revision) {
+        if let (Some(t), Some(span)) = (&self.tracing, span) {
+            t.links.record(revision, span.0);
         }
     }
 }
@@ -213,6 +231,7 @@ impl Config for ConfigService {
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         let admin = self.authz.admin(&request, "change mesh config")?;
+        let span = request.extensions().get::<RpcSpan>().copied();
         let req = request.into_inner();
         if req.documents.is_empty() {
             return Err(Status::invalid_argument("documents: nothing to apply"));
@@ -362,6 +381,7 @@ impl Config for ConfigService {
                 .map_err(store_status)?
             {
                 TxnOutcome::Committed(revision) => {
+                    self.link(span, revision);
                     let changed: Vec<String> = outcomes
                         .iter()
                         .filter(|o| o.action != Action::Unchanged as i32)
@@ -450,6 +470,7 @@ impl Config for ConfigService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let admin = self.authz.admin(&request, "change mesh config")?;
+        let span = request.extensions().get::<RpcSpan>().copied();
         let req = request.into_inner();
         if req.objects.is_empty() {
             return Err(Status::invalid_argument("objects: nothing to delete"));
@@ -542,6 +563,7 @@ impl Config for ConfigService {
             .map_err(store_status)?
         {
             TxnOutcome::Committed(revision) => {
+                self.link(span, revision);
                 info!(%admin, revision, objects = outcomes.len(), "deleted");
                 Ok(Response::new(DeleteResponse { outcomes }))
             }

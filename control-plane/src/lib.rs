@@ -2,7 +2,8 @@
 //! (this crate's first service), and the webhook; the `weftctl` CLI is the `cli/` crate.
 //!
 //! Request path of a Certify call: [`transport`] (TLS accept, peer identity) → tonic →
-//! [`identity`] (attest with [`attest`], sign with `weft_certs::CertificateAuthority`).
+//! [`rpc_trace`] (a span, with `--otlp-endpoint`) → [`identity`] (attest with [`attest`], sign
+//! with `weft_certs::CertificateAuthority`).
 //! Depends on `weft-proto` and `weft-certs`; never on the proxy.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -22,6 +23,7 @@ pub use weft_proto::model;
 pub mod registration;
 pub mod registry;
 pub mod rotation;
+pub mod rpc_trace;
 pub mod server;
 pub mod store;
 pub mod transport;

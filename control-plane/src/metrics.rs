@@ -99,6 +99,9 @@ pub struct Metrics {
     pub ca_rotation_proxies: Family<CaRoleLabels, Gauge>,
     pub ca_rotation_step: Gauge,
     pub ca_reloads: Family<ResultLabels, Counter>,
+    /// The tracer's counters (`spans_exported_total`, `spans_dropped_total`,
+    /// `span_export_failures_total`); at 0 unless `--otlp-endpoint` is given.
+    pub spans: weft_proto::trace::TraceMetrics,
 }
 
 impl Default for Metrics {
@@ -247,7 +250,24 @@ impl Default for Metrics {
             "Loads of a changed CA directory (poll, SIGHUP, POST /ca/reload), by result",
             ca_reloads.clone(),
         );
+        let spans = weft_proto::trace::TraceMetrics::default();
+        registry.register(
+            "spans_exported",
+            "Spans the OTLP collector accepted",
+            spans.exported.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Spans dropped because the exporter's queue was full",
+            spans.dropped.clone(),
+        );
+        registry.register(
+            "span_export_failures",
+            "OTLP export requests that failed or timed out (their spans are dropped)",
+            spans.export_failures.clone(),
+        );
         Self {
+            spans,
             ca_rotation_proxies,
             ca_rotation_step,
             ca_reloads,

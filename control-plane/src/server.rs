@@ -23,11 +23,13 @@ use crate::model::DefaultInbound;
 use crate::registration::RegistrationService;
 use crate::registry::Registry;
 use crate::rotation::CaSource;
+use crate::rpc_trace::{RpcTraceLayer, Tracing};
 use crate::store::{EtcdStore, MemoryStore, Store};
 use crate::transport::{ServingCert, ServingIdentity, tls_incoming_with};
 use weft_proto::config::v1::config_server::ConfigServer;
 use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscoveryServer;
 use weft_proto::registry::v1::registration_server::RegistrationServer;
+use weft_proto::trace::TraceConfig;
 
 /// Static configuration of one control-plane process.
 /// Largest request head on the gRPC port.
@@ -99,6 +101,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("store snapshot: {0}")]
     Snapshot(#[from] crate::store::memory::SnapshotError),
+    #[error(transparent)]
+    Trace(#[from] weft_proto::trace::export::ExportError),
 }
 
 /// The identity the control plane serves with.
@@ -140,7 +144,26 @@ impl ControlPlane {
         config: Config,
         default_inbound: DefaultInbound,
     ) -> Result<Self, StartError> {
+        Self::start_traced(config, default_inbound, None).await
+    }
+
+    /// [`ControlPlane::start_with_default_inbound`], tracing its RPCs and discovery pushes to
+    /// the OTLP collector of `trace` (`--otlp-endpoint`; [`crate::rpc_trace`]).
+    pub async fn start_traced(
+        config: Config,
+        default_inbound: DefaultInbound,
+        trace: Option<TraceConfig>,
+    ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::default());
+        // Checked (and the exporter's thread started) first: a bad endpoint fails start at once.
+        let traces = match &trace {
+            Some(t) => Some(Tracing::new(weft_proto::trace::export::start(
+                t,
+                "weft-control-plane",
+                &metrics.spans,
+            )?)),
+            None => None,
+        };
         let ca = CaSource::load(
             config.ca_dir.clone(),
             config.trust_domain.as_ref(),
@@ -280,6 +303,15 @@ impl ControlPlane {
         let snapshots_for_admin = snapshots.clone();
         let mut grpc_shutdown = shutdown_rx.clone();
         let jwks_shutdown = shutdown_rx.clone();
+        let rpc_trace = RpcTraceLayer::new(traces.as_ref().map(|t| t.tracer.clone()));
+        let mut discovery = DiscoveryService::new(snapshots.clone(), discovery_metrics)
+            .counting_issuers(discovery_ca);
+        let mut config_service =
+            ConfigService::new(grpc_store.clone(), authz.clone(), config_td, mirror);
+        if let Some(t) = &traces {
+            discovery = discovery.traced(t.clone());
+            config_service = config_service.traced(t.clone());
+        }
         let grpc_task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -294,21 +326,18 @@ impl ControlPlane {
                 // beyond this close the connection with ENHANCE_YOUR_CALM (h2's default, set
                 // here so it is a decision, not an accident).
                 .http2_max_pending_accept_reset_streams(Some(20))
+                // A SERVER span per unary RPC when tracing; a pass-through otherwise.
+                .layer(rpc_trace)
                 .add_service(health_service)
                 .add_service(IdentityServer::new(identity_service))
-                .add_service(AggregatedDiscoveryServer::new(
-                    DiscoveryService::new(snapshots.clone(), discovery_metrics)
-                        .counting_issuers(discovery_ca),
-                ))
+                .add_service(AggregatedDiscoveryServer::new(discovery))
                 .add_service(RegistrationServer::new(RegistrationService::new(
                     grpc_store.clone(),
                     authz.clone(),
                     registration_metrics,
                     registration_ttl,
                 )))
-                .add_service(ConfigServer::new(ConfigService::new(
-                    grpc_store, authz, config_td, mirror,
-                )))
+                .add_service(ConfigServer::new(config_service))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_shutdown.changed().await;
                 })

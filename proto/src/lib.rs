@@ -3,6 +3,9 @@
 //! The generated wire types, and [`model`]: the validated domain types the control plane and the
 //! proxy both convert them into, through one `TryFrom` per type (the validation boundary, shared
 //! so both sides accept exactly the same resources); nothing past that boundary sees `pb` types.
+//!
+//! With the feature `otlp`: OpenTelemetry's trace export service ([`otlp`]) and the tracer both
+//! binaries use ([`trace`]).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -12,6 +15,8 @@ pub mod limits;
 pub mod model;
 pub mod process;
 pub mod process_metrics;
+#[cfg(feature = "otlp")]
+pub mod trace;
 
 /// `weft.identity.v1`: the certificate service.
 pub mod identity {

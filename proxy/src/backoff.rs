@@ -37,13 +37,8 @@ impl Backoff {
     }
 }
 
-/// A uniformly random number in [0, 1), for choices that need spread, not secrecy: jitter,
-/// splits, the balancer's pairs, trace sampling. A thread-local generator (`fastrand`, wyrand),
-/// not the system CSPRNG: a draw from aws-lc's costs ~2,400 instructions and requests make one
-/// to three (docs/benchmarks.md). Trace and span IDs still come from the CSPRNG.
-pub fn random_fraction() -> f64 {
-    fastrand::f64()
-}
+/// A uniformly random number in [0, 1) (shared with the tracer's sampling).
+pub use weft_proto::trace::random_fraction;
 
 #[cfg(test)]
 mod tests {

@@ -109,6 +109,26 @@ struct Args {
     /// The control plane's own namespace, never injected.
     #[arg(long, env = "WEFT_NAMESPACE", default_value = weft_inject::names::NAMESPACE)]
     namespace: String,
+    /// Tracing: export spans of the control plane's RPCs (Certify, Apply, …) and discovery
+    /// pushes over OTLP/gRPC to this collector (http://HOST:PORT, or https:// with --otlp-ca).
+    /// Without it, nothing is traced.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// PEM roots that verify an https:// --otlp-endpoint.
+    #[arg(long, env = "WEFT_OTLP_CA", requires = "otlp_endpoint")]
+    otlp_ca: Option<PathBuf>,
+    /// The share (0 to 1) of RPCs with no valid `traceparent`, and of discovery pushes no
+    /// traced change caused, that start a trace. RPCs with one follow its sampled flag.
+    /// Control-plane RPCs are few: 1 is a sensible setting.
+    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATE", default_value_t = 0.0, value_parser = weft_proto::trace::parse_sample_rate, requires = "otlp_endpoint")]
+    trace_sample_rate: f64,
+    /// `service.name` of the exported spans.
+    #[arg(
+        long,
+        env = "WEFT_TRACE_SERVICE_NAME",
+        default_value = "weft-control-plane"
+    )]
+    trace_service_name: String,
 }
 
 fn parse_registration_ttl(s: &str) -> Result<Duration, String> {
@@ -207,7 +227,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registration_ttl: args.registration_ttl,
         max_connections: args.max_connections,
     };
-    let cp = ControlPlane::start_with_default_inbound(config, args.default_inbound_policy).await?;
+    let trace = args
+        .otlp_endpoint
+        .map(|endpoint| weft_proto::trace::TraceConfig {
+            endpoint,
+            ca: args.otlp_ca,
+            sample_rate: args.trace_sample_rate,
+            service_name: args.trace_service_name,
+        });
+    let cp = ControlPlane::start_traced(config, args.default_inbound_policy, trace).await?;
     let (stop_injector, stopped) = tokio::sync::watch::channel(false);
     if let (Some(listen), Some(tls_dir)) = (args.injector_listen, args.injector_tls_dir) {
         let inject = weft_inject::InjectConfig {

@@ -9,6 +9,11 @@
 //! behind, only the snapshot's `changed` set is examined, so a change costs each stream
 //! O(changed), not O(resources).
 //!
+//! Traced (`--otlp-endpoint`), each response sent is a PRODUCER span (`weft.discovery/push`,
+//! [`crate::rpc_trace::push_span`]) from its sending to the proxy's ACK or NACK (a NACK is an
+//! error); a push a traced Apply or Delete caused is a child of that RPC's span, any other
+//! starts a trace at `--trace-sample-rate`.
+//!
 //! NACK handling: a sent version is recorded as held whether or not the client accepts it, so a
 //! rejected version is never resent; the client keeps its last good one and the next change to
 //! the resource is pushed as usual.
@@ -18,6 +23,8 @@ mod subscriptions;
 pub use subscriptions::RESPONSE_BYTES;
 use subscriptions::{Outgoing, Subscriptions};
 
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,7 +39,9 @@ use weft_proto::discovery::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use crate::metrics::{Metrics, TypeLabels};
 use crate::registry::{Published, ResourceType, Snapshot};
 use crate::rotation::{CaSource, IssuerGuard};
+use crate::rpc_trace::{PushAnswer, PushFacts, Tracing, push_attributes, push_span};
 use crate::transport::PeerInfo;
+use weft_proto::trace::{OpenSpan, Value};
 
 #[derive(Debug, Clone)]
 pub struct DiscoveryService {
@@ -40,6 +49,8 @@ pub struct DiscoveryService {
     metrics: Arc<Metrics>,
     /// Counts open streams by the CA that issued the client certificate (root rotation).
     issuers: Option<Arc<CaSource>>,
+    /// `--otlp-endpoint`: a span per push.
+    tracing: Option<Arc<Tracing>>,
 }
 
 impl DiscoveryService {
@@ -48,7 +59,14 @@ impl DiscoveryService {
             snapshots,
             metrics,
             issuers: None,
+            tracing: None,
         }
+    }
+
+    /// Makes a span of each push (see the module doc).
+    pub fn traced(mut self, tracing: Arc<Tracing>) -> Self {
+        self.tracing = Some(tracing);
+        self
     }
 
     /// Counts each stream under the CA that issued its client certificate while it is open.
@@ -87,6 +105,13 @@ impl AggregatedDiscovery for DiscoveryService {
             span,
         );
         stream._issuer = issuer;
+        if let Some(t) = &self.tracing {
+            stream.traced = Some(Traced {
+                tracing: t.clone(),
+                peer: remote,
+                pushes: VecDeque::new(),
+            });
+        }
         Ok(Response::new(Box::pin(stream.into_responses())))
     }
 }
@@ -108,6 +133,45 @@ struct DeltaStream {
     metrics: Arc<Metrics>,
     /// This stream in the per-issuer count, until it drops.
     _issuer: Option<IssuerGuard>,
+    /// `--otlp-endpoint`: the pushes' spans.
+    traced: Option<Traced>,
+}
+
+/// A traced stream's pushes awaiting the proxy's answer.
+struct Traced {
+    tracing: Arc<Tracing>,
+    peer: SocketAddr,
+    /// (nonce, span, its attributes), oldest first.
+    pushes: VecDeque<(u64, OpenSpan, Attributes)>,
+}
+
+type Attributes = Vec<(&'static str, Value)>;
+
+/// Pushes awaiting an answer at most; past it the oldest ends unanswered.
+const OUTSTANDING_PUSHES: usize = 32;
+
+impl Traced {
+    /// Ends the span of the push `nonce` with the proxy's answer.
+    fn answered(&mut self, nonce: &str, answer: PushAnswer) {
+        let Ok(nonce) = nonce.parse::<u64>() else {
+            return;
+        };
+        if let Some(i) = self.pushes.iter().position(|(n, _, _)| *n == nonce)
+            && let Some((_, span, a)) = self.pushes.remove(i)
+        {
+            self.tracing.tracer.submit(push_span(span, a, answer));
+        }
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        for (_, span, a) in self.pushes.drain(..) {
+            self.tracing
+                .tracer
+                .submit(push_span(span, a, PushAnswer::None));
+        }
+    }
 }
 
 /// Why a stream ended (for the log).
@@ -138,6 +202,7 @@ impl DeltaStream {
             ended: false,
             metrics,
             _issuer: None,
+            traced: None,
         }
     }
 
@@ -194,7 +259,13 @@ impl DeltaStream {
                 changed.map_err(|_| shutting_down())?;
                 let next = self.snapshots.borrow_and_update().clone();
                 let fast = next.snapshot.generation == current.snapshot.generation + 1;
-                self.subscriptions.on_snapshot(&next.snapshot, fast, next.observed_at);
+                // A traced Apply or Delete among the changes this snapshot brings.
+                let cause = self
+                    .traced
+                    .as_ref()
+                    .and_then(|t| t.tracing.links.latest_in(current.revision, next.revision));
+                self.subscriptions
+                    .on_snapshot(&next.snapshot, fast, next.observed_at, cause);
                 self.current = Some(next);
                 Ok(())
             }
@@ -225,6 +296,13 @@ impl DeltaStream {
             r#type: ty.as_str(),
         };
         if !req.response_nonce.is_empty() {
+            if let Some(t) = self.traced.as_mut() {
+                let answer = match &req.error_detail {
+                    Some(err) => PushAnswer::Nack(err.message.clone()),
+                    None => PushAnswer::Ack,
+                };
+                t.answered(&req.response_nonce, answer);
+            }
             match &req.error_detail {
                 Some(err) => {
                     self.metrics.discovery_nacks.get_or_create(&labels).inc();
@@ -270,6 +348,28 @@ impl DeltaStream {
             self.metrics
                 .discovery_push_latency
                 .observe(at.elapsed().as_secs_f64());
+        }
+        if let Some(t) = self.traced.as_mut() {
+            let parent = out.cause.or_else(|| t.tracing.tracer.new_trace());
+            if let Some(parent) = parent {
+                let (span, _) = parent.child();
+                let a = push_attributes(&PushFacts {
+                    node_id: &self.node_id,
+                    client_id: &self.identity,
+                    peer: t.peer,
+                    r#type: out.ty.as_str(),
+                    nonce: &nonce.to_string(),
+                    version: &out.system_version,
+                    resources: out.resources.len(),
+                    removed: out.removed.len(),
+                });
+                if t.pushes.len() == OUTSTANDING_PUSHES
+                    && let Some((_, old, a)) = t.pushes.pop_front()
+                {
+                    t.tracing.tracer.submit(push_span(old, a, PushAnswer::None));
+                }
+                t.pushes.push_back((nonce, span, a));
+            }
         }
         DeltaDiscoveryResponse {
             system_version_info: out.system_version,

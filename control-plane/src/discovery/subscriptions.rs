@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::registry::index::ResourceMap;
 use crate::registry::{Resource, ResourceType, Snapshot};
+use weft_proto::trace::Parent;
 
 /// Encoded resource bytes per response, past which the rest goes in further responses (a single
 /// larger resource still goes whole). tonic keeps each stream's encode buffer at the size of the
@@ -29,6 +30,8 @@ pub(super) struct Outgoing {
     pub(super) removed: Vec<String>,
     /// Set on the last response of a push caused by a store change (push latency).
     pub(super) observed_at: Option<Instant>,
+    /// The span of the traced RPC whose change caused this push (each response of it).
+    pub(super) cause: Option<Parent>,
 }
 
 /// A resource's share of a response, as counted against [`RESPONSE_BYTES`].
@@ -93,19 +96,21 @@ impl Subscriptions {
             }
         };
         self.types[index].1.subscribe(subscribe, unsubscribe);
-        self.push(index, snap, None, None);
+        self.push(index, snap, None, None, None);
     }
 
     /// Brings every subscription up to date with `snap`. `fast`: the subscriptions are up to date
-    /// with the snapshot just before it, so only its `changed` set needs looking at.
+    /// with the snapshot just before it, so only its `changed` set needs looking at. `cause`:
+    /// the traced RPC whose change the snapshot brings (carried on to the responses).
     pub(super) fn on_snapshot(
         &mut self,
         snap: &Snapshot,
         fast: bool,
         observed_at: Option<Instant>,
+        cause: Option<Parent>,
     ) {
         for i in 0..self.types.len() {
-            self.push(i, snap, fast.then_some(&*snap.changed), observed_at);
+            self.push(i, snap, fast.then_some(&*snap.changed), observed_at, cause);
         }
     }
 
@@ -118,6 +123,7 @@ impl Subscriptions {
         snap: &Snapshot,
         changed: Option<&BTreeSet<(ResourceType, String)>>,
         observed_at: Option<Instant>,
+        cause: Option<Parent>,
     ) {
         let (ty, sub) = &mut self.types[index];
         let ty = *ty;
@@ -168,7 +174,7 @@ impl Subscriptions {
                 None => {}
             }
         }
-        self.enqueue(ty, &snap.system_version, out, removed, observed_at);
+        self.enqueue(ty, &snap.system_version, out, removed, observed_at, cause);
     }
 
     /// Queues `resources` and `removed` as one or more responses of at most [`RESPONSE_BYTES`].
@@ -179,6 +185,7 @@ impl Subscriptions {
         resources: Vec<Arc<Resource>>,
         removed: Vec<String>,
         observed_at: Option<Instant>,
+        cause: Option<Parent>,
     ) {
         if resources.is_empty() && removed.is_empty() {
             return;
@@ -189,6 +196,7 @@ impl Subscriptions {
             resources: Vec::new(),
             removed: Vec::new(),
             observed_at: None,
+            cause,
         };
         let mut bytes: usize = removed.iter().map(String::len).sum();
         let mut chunk = Outgoing { removed, ..empty() };

@@ -159,7 +159,7 @@ struct RunArgs {
     otlp_ca: Option<PathBuf>,
     /// The share (0 to 1) of requests with no valid `traceparent` that start a trace. Requests
     /// with one follow its sampled flag.
-    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATE", default_value_t = 0.0, value_parser = parse_rate, requires = "otlp_endpoint")]
+    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATE", default_value_t = 0.0, value_parser = weft_proto::trace::parse_sample_rate, requires = "otlp_endpoint")]
     trace_sample_rate: f64,
     /// `service.name` of the exported spans; default: --service's NAMESPACE/NAME, else the
     /// node ID.
@@ -180,13 +180,6 @@ enum AccessLog {
     Off,
     Json,
     Text,
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!("{s:?} is not a number from 0 to 1")),
-    }
 }
 
 /// What each data-path listener bounds (docs/configuration.md, "Limits").

@@ -1,5 +1,7 @@
-//! Distributed tracing: W3C Trace Context propagation ([`context`]) and spans for sampled
-//! requests, exported over OTLP/gRPC by a task on its own thread ([`export`]).
+//! Distributed tracing in the proxy. The tracer itself (W3C Trace Context, span records,
+//! sampling, the bounded queue and the OTLP/gRPC exporter) is `weft_proto::trace`, shared with
+//! the control plane; what is the proxy's is which spans an HTTP request makes
+//! (`crate::observe`, `crate::forward`) and [`error_type`].
 //!
 //! Off unless `--otlp-endpoint` is given: then `Ctx::tracer` is `None` and a request pays one
 //! branch. On, a request's `traceparent` is looked up once: a valid, sampled one gets a span of
@@ -8,202 +10,29 @@
 //! `--trace-sample-rate` (else it is left alone). `tracestate` is never touched. Spans go to the
 //! exporter through a bounded queue; a full queue drops them (`spans_dropped_total`).
 
-pub mod context;
-pub mod export;
+pub use weft_proto::trace::{
+    Kind, OpenSpan, Parent, SpanId, SpanRecord, TraceConfig, TraceId, TraceParent, Tracer, Value,
+    context, decide,
+};
 
-use std::time::SystemTime;
+/// The exporter, fed with the proxy's counters.
+pub mod export {
+    use std::sync::Arc;
 
-use http::HeaderMap;
-use prometheus_client::metrics::counter::Counter;
+    pub use weft_proto::trace::export::{BATCH, ExportError, QUEUE, to_otlp};
 
-pub use context::{SpanId, TraceId, TraceParent};
+    use super::{TraceConfig, Tracer};
+    use crate::metrics::Metrics;
 
-/// `--otlp-endpoint` and what goes with it.
-#[derive(Debug, Clone)]
-pub struct TraceConfig {
-    /// `http://host:port` or `https://host:port` of an OTLP/gRPC collector.
-    pub endpoint: String,
-    /// PEM roots for an `https://` endpoint.
-    pub ca: Option<std::path::PathBuf>,
-    /// Of the requests that arrive with no valid `traceparent`, the share that starts a trace.
-    pub sample_rate: f64,
-    /// `service.name` of the spans' resource.
-    pub service_name: String,
-}
-
-/// Whether a span is the server's or the client's side of a hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Server,
-    Client,
-}
-
-/// An attribute value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Str(String),
-    Int(i64),
-}
-
-impl From<String> for Value {
-    fn from(s: String) -> Self {
-        Value::Str(s)
-    }
-}
-impl From<&str> for Value {
-    fn from(s: &str) -> Self {
-        Value::Str(s.to_owned())
-    }
-}
-impl From<i64> for Value {
-    fn from(i: i64) -> Self {
-        Value::Int(i)
-    }
-}
-
-/// A finished span, as the exporter receives it.
-#[derive(Debug, Clone)]
-pub struct SpanRecord {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent: Option<SpanId>,
-    pub flags: u8,
-    pub kind: Kind,
-    pub name: String,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub attributes: Vec<(&'static str, Value)>,
-    /// `Some(message)`: the span's status is ERROR.
-    pub error: Option<String>,
-}
-
-/// What a traced request carries from its start: the trace it belongs to and the span that is
-/// its parent here (`None`: we started the trace).
-#[derive(Debug, Clone, Copy)]
-pub struct Parent {
-    pub trace_id: TraceId,
-    pub parent: Option<SpanId>,
-    pub flags: u8,
-}
-
-/// A span that has started: its ids and start time; attributes come when it ends.
-#[derive(Debug)]
-pub struct OpenSpan {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent: Option<SpanId>,
-    pub flags: u8,
-    pub start: SystemTime,
-}
-
-impl Parent {
-    /// A child span starting now, and the `traceparent` that names it as the parent.
-    pub fn child(&self) -> (OpenSpan, http::HeaderValue) {
-        let span_id = SpanId::random();
-        let header = TraceParent {
-            trace_id: self.trace_id,
-            parent_id: span_id,
-            flags: self.flags,
-        }
-        .to_header();
-        (
-            OpenSpan {
-                trace_id: self.trace_id,
-                span_id,
-                parent: self.parent,
-                flags: self.flags,
-                start: SystemTime::now(),
-            },
-            header,
-        )
-    }
-}
-
-impl OpenSpan {
-    /// Ends the span now.
-    pub fn end(
-        self,
-        kind: Kind,
-        name: String,
-        attributes: Vec<(&'static str, Value)>,
-        error: Option<String>,
-    ) -> SpanRecord {
-        SpanRecord {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            parent: self.parent,
-            flags: self.flags,
-            kind,
-            name,
-            start: self.start,
-            end: SystemTime::now(),
-            attributes,
-            error,
-        }
-    }
-}
-
-/// The proxy's tracer: the sampling rule and the queue to the exporter.
-#[derive(Debug)]
-pub struct Tracer {
-    sample_rate: f64,
-    queue: tokio::sync::mpsc::Sender<SpanRecord>,
-    dropped: Counter,
-}
-
-impl Tracer {
-    pub fn new(
-        sample_rate: f64,
-        queue: tokio::sync::mpsc::Sender<SpanRecord>,
-        dropped: Counter,
-    ) -> Self {
-        Self {
-            sample_rate,
-            queue,
-            dropped,
-        }
-    }
-
-    /// The trace this request is part of, if it is to be traced: a valid, sampled
-    /// `traceparent`, or a new trace at the sample rate when there is no valid one. An
-    /// unsampled one is not traced (and not touched).
-    pub fn incoming(&self, headers: &HeaderMap) -> Option<Parent> {
-        decide(headers, self.sample_rate, crate::backoff::random_fraction)
-    }
-
-    /// Hands a finished span to the exporter; a full queue drops it and counts it.
-    pub fn submit(&self, span: SpanRecord) {
-        if self.queue.try_send(span).is_err() {
-            self.dropped.inc();
-        }
-    }
-}
-
-/// The propagation rule as a pure function (`random` in [0, 1)).
-pub fn decide(
-    headers: &HeaderMap,
-    sample_rate: f64,
-    random: impl FnOnce() -> f64,
-) -> Option<Parent> {
-    // More than one `traceparent` is as good as none (the spec's rule).
-    let mut all = headers.get_all(context::TRACEPARENT).iter();
-    let parsed = match (all.next(), all.next()) {
-        (Some(v), None) => TraceParent::parse(v.as_bytes()),
-        _ => None,
-    };
-    match parsed {
-        Some(p) if p.sampled() => Some(Parent {
-            trace_id: p.trace_id,
-            parent: Some(p.parent_id),
-            flags: p.flags,
-        }),
-        Some(_) => None,
-        None if sample_rate > 0.0 && random() < sample_rate => Some(Parent {
-            trace_id: TraceId::random(),
-            parent: None,
-            flags: context::FLAG_SAMPLED,
-        }),
-        None => None,
+    /// Checks the configuration and starts the exporter thread (`weft_proto::trace::export`),
+    /// counting into the proxy's `spans_*` metrics.
+    pub fn start(config: &TraceConfig, metrics: &Metrics) -> Result<Arc<Tracer>, ExportError> {
+        let counters = weft_proto::trace::TraceMetrics {
+            exported: metrics.spans_exported.clone(),
+            dropped: metrics.spans_dropped.clone(),
+            export_failures: metrics.span_export_failures.clone(),
+        };
+        weft_proto::trace::export::start(config, "weft-proxy", &counters)
     }
 }
 
@@ -215,7 +44,7 @@ pub fn error_type(kind: Kind, status: u16, reason: &str) -> Option<String> {
     }
     let bad = match kind {
         Kind::Server => status >= 500,
-        Kind::Client => status >= 400,
+        Kind::Client | Kind::Producer => status >= 400,
     };
     bad.then(|| status.to_string())
 }
@@ -223,102 +52,6 @@ pub fn error_type(kind: Kind, status: u16, reason: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(tp: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(v) = tp {
-            h.insert(context::TRACEPARENT, v.parse().unwrap());
-        }
-        h.insert(context::TRACESTATE, "a=b".parse().unwrap());
-        h
-    }
-
-    /// Which requests are traced, and as part of which trace.
-    #[test]
-    fn propagation_rules() {
-        let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let zero = "00-00000000000000000000000000000000-0000000000000000-01";
-        let never = || -> f64 { unreachable!("sampling asked for a request with a valid header") };
-        // (header, sample rate, random draw, traced, continues the incoming trace)
-        for (tp, rate, draw, traced, continued) in [
-            (Some(sampled), 0.0, 0.5, true, true),
-            (Some(sampled), 1.0, 0.5, true, true),
-            (Some(unsampled), 1.0, 0.0, false, false),
-            (None, 0.0, 0.0, false, false),
-            (None, 0.01, 0.5, false, false),
-            (None, 0.01, 0.001, true, false),
-            (None, 1.0, 0.999, true, false),
-            (Some("garbage"), 0.0, 0.0, false, false),
-            (Some("garbage"), 1.0, 0.3, true, false),
-            (Some(zero), 0.0, 0.0, false, false),
-            (Some(zero), 1.0, 0.3, true, false),
-        ] {
-            let h = headers(tp);
-            let got = if tp.and_then(|t| TraceParent::parse(t.as_bytes())).is_some() {
-                decide(&h, rate, never)
-            } else {
-                decide(&h, rate, || draw)
-            };
-            assert_eq!(got.is_some(), traced, "{tp:?} rate {rate} draw {draw}");
-            if let Some(p) = got {
-                let incoming = TraceParent::parse(sampled.as_bytes()).unwrap();
-                assert_eq!(p.trace_id == incoming.trace_id, continued, "{tp:?}");
-                assert_eq!(p.parent.is_some(), continued, "{tp:?}");
-                assert!(p.flags & context::FLAG_SAMPLED != 0);
-            }
-        }
-    }
-
-    #[test]
-    fn two_traceparent_headers_are_none() {
-        let mut h = headers(Some(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ));
-        h.append(
-            context::TRACEPARENT,
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-                .parse()
-                .unwrap(),
-        );
-        assert!(decide(&h, 0.0, || 0.0).is_none());
-        // ...and a new trace at the sample rate, as for any request without a valid one.
-        let p = decide(&h, 1.0, || 0.5).unwrap();
-        assert_eq!(p.parent, None);
-    }
-
-    #[test]
-    fn a_child_names_itself_as_the_parent_and_keeps_the_flags() {
-        let p = Parent {
-            trace_id: TraceId([7; 16]),
-            parent: Some(SpanId([9; 8])),
-            flags: 0x03,
-        };
-        let (span, header) = p.child();
-        let sent = TraceParent::parse(header.as_bytes()).unwrap();
-        assert_eq!(sent.trace_id, p.trace_id);
-        assert_eq!(sent.parent_id, span.span_id);
-        assert_eq!(sent.flags, 0x03);
-        assert_eq!(span.parent, Some(SpanId([9; 8])));
-        assert_ne!(span.span_id, SpanId([9; 8]));
-    }
-
-    #[test]
-    fn a_full_queue_drops_and_counts() {
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        let dropped = Counter::default();
-        let t = Tracer::new(0.0, tx, dropped.clone());
-        let p = Parent {
-            trace_id: TraceId([1; 16]),
-            parent: None,
-            flags: 1,
-        };
-        for _ in 0..3 {
-            let (span, _) = p.child();
-            t.submit(span.end(Kind::Server, "GET /".into(), Vec::new(), None));
-        }
-        assert_eq!(dropped.get(), 2);
-    }
 
     #[test]
     fn error_types_follow_the_conventions() {
@@ -330,4 +63,31 @@ mod tests {
             Some("denied".into())
         );
     }
+
+    /// The proxy's exporter counts into the proxy's metrics: a batch that cannot reach the
+    /// collector (nothing listens on port 9 here) shows as `span_export_failures_total`.
+    #[test]
+    fn the_exporter_counts_into_the_proxys_metrics() {
+        let m = Metrics::new();
+        let t = export::start(
+            &TraceConfig {
+                endpoint: "http://127.0.0.1:9".into(),
+                ca: None,
+                sample_rate: 1.0,
+                service_name: "default/web".into(),
+            },
+            &m,
+        )
+        .unwrap();
+        let (span, _) = t.new_trace().unwrap().child();
+        t.submit(span.end(Kind::Server, "GET /".into(), Vec::new(), None));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while m.span_export_failures.get() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no failure counted");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(m.spans_exported.get(), 0);
+    }
+
+    use crate::metrics::Metrics;
 }

@@ -204,7 +204,7 @@ proptest! {
                 Op::Snapshot { versions, skip } => {
                     let generation = snap.generation + 1 + u64::from(skip);
                     snap = snapshot(generation, &versions, &snap);
-                    subs.on_snapshot(&snap, !skip, None);
+                    subs.on_snapshot(&snap, !skip, None, None);
                     client.receive(&mut subs)?;
                 }
                 Op::Request { subscribe, unsubscribe } => {

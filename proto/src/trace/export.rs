@@ -1,6 +1,6 @@
 //! The OTLP/gRPC span exporter: a task on a thread and runtime of its own (so a slow or
-//! unreachable collector never takes time from the data path's runtime), started only when
-//! `--otlp-endpoint` is given. It takes finished spans from a bounded queue, sends them in
+//! unreachable collector never takes time from the data path's or the RPCs' runtime), started
+//! only when `--otlp-endpoint` is given. It takes finished spans from a bounded queue, sends them in
 //! batches (up to [`BATCH`] spans, at least once a second while there are any), and drops a
 //! batch the collector does not take within [`EXPORT_TIMEOUT`] (`span_export_failures_total`);
 //! nothing is retried or kept beyond the queue.
@@ -14,14 +14,13 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
-use weft_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use weft_proto::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
-use weft_proto::otlp::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use weft_proto::otlp::resource::v1::Resource;
-use weft_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
 
-use super::{Kind, SpanRecord, TraceConfig, Tracer, Value};
-use crate::metrics::Metrics;
+use super::{Kind, SpanRecord, TraceConfig, TraceMetrics, Tracer, Value};
+use crate::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use crate::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
+use crate::otlp::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use crate::otlp::resource::v1::Resource;
+use crate::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
 
 /// Spans the queue holds before it drops new ones.
 pub const QUEUE: usize = 2048;
@@ -43,8 +42,13 @@ pub enum ExportError {
 }
 
 /// Checks the configuration, starts the exporter thread and returns the tracer that feeds it.
-/// The thread ends when every sender (the tracer) is gone.
-pub fn start(config: &TraceConfig, metrics: &Metrics) -> Result<Arc<Tracer>, ExportError> {
+/// `scope` names the binary: the spans' instrumentation scope and `telemetry.sdk.name`. The
+/// thread ends when every sender (the tracer) is gone.
+pub fn start(
+    config: &TraceConfig,
+    scope: &'static str,
+    metrics: &TraceMetrics,
+) -> Result<Arc<Tracer>, ExportError> {
     let bad = |reason: String| ExportError::Endpoint {
         endpoint: config.endpoint.clone(),
         reason,
@@ -65,9 +69,10 @@ pub fn start(config: &TraceConfig, metrics: &Metrics) -> Result<Arc<Tracer>, Exp
     let (tx, rx) = mpsc::channel(QUEUE);
     let exporter = Exporter {
         rx,
-        resource: resource(&config.service_name),
-        exported: metrics.spans_exported.clone(),
-        failures: metrics.span_export_failures.clone(),
+        resource: resource(&config.service_name, scope),
+        scope,
+        exported: metrics.exported.clone(),
+        failures: metrics.export_failures.clone(),
     };
     let target = config.endpoint.clone();
     std::thread::Builder::new()
@@ -94,7 +99,7 @@ pub fn start(config: &TraceConfig, metrics: &Metrics) -> Result<Arc<Tracer>, Exp
     Ok(Arc::new(Tracer::new(
         config.sample_rate,
         tx,
-        metrics.spans_dropped.clone(),
+        metrics.dropped.clone(),
     )))
 }
 
@@ -136,13 +141,14 @@ type TlsConnector = tower::util::BoxService<
 
 fn tls_connector(tls: Arc<rustls::ClientConfig>) -> TlsConnector {
     tower::util::BoxService::new(tower::service_fn(move |uri: Uri| {
-        weft_proto::client::tls_connect(tls.clone(), uri)
+        crate::client::tls_connect(tls.clone(), uri)
     }))
 }
 
 struct Exporter {
     rx: mpsc::Receiver<SpanRecord>,
     resource: Resource,
+    scope: &'static str,
     exported: Counter,
     failures: Counter,
 }
@@ -195,7 +201,7 @@ impl Exporter {
                 resource: Some(self.resource.clone()),
                 scope_spans: vec![ScopeSpans {
                     scope: Some(InstrumentationScope {
-                        name: "weft-proxy".into(),
+                        name: self.scope.into(),
                         version: env!("CARGO_PKG_VERSION").into(),
                         ..Default::default()
                     }),
@@ -208,11 +214,11 @@ impl Exporter {
     }
 }
 
-fn resource(service_name: &str) -> Resource {
+fn resource(service_name: &str, scope: &str) -> Resource {
     Resource {
         attributes: vec![
             kv("service.name", Value::Str(service_name.to_owned())),
-            kv("telemetry.sdk.name", Value::Str("weft-proxy".into())),
+            kv("telemetry.sdk.name", Value::Str(scope.into())),
         ],
         ..Default::default()
     }
@@ -247,6 +253,7 @@ pub fn to_otlp(s: SpanRecord) -> Span {
         kind: match s.kind {
             Kind::Server => span::SpanKind::Server,
             Kind::Client => span::SpanKind::Client,
+            Kind::Producer => span::SpanKind::Producer,
         } as i32,
         start_time_unix_nano: nanos(s.start),
         end_time_unix_nano: nanos(s.end),
@@ -278,7 +285,7 @@ mod tests {
     /// A bad endpoint or CA fails start with a message naming the flag and the problem.
     #[test]
     fn bad_settings_are_refused_with_the_flag_named() {
-        let m = Metrics::new();
+        let m = TraceMetrics::default();
         for (endpoint, ca, want) in [
             (
                 "ftp://collector:4317",
@@ -297,14 +304,20 @@ mod tests {
                 "--otlp-ca /nonexistent/ca.pem:",
             ),
         ] {
-            let err = start(&config(endpoint, ca), &m).unwrap_err().to_string();
+            let err = start(&config(endpoint, ca), "weft-test", &m)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{endpoint}: {err}");
         }
         let dir = std::env::temp_dir().join(format!("weft-otlp-ca-{}", std::process::id()));
         std::fs::write(&dir, "not a certificate").unwrap();
-        let err = start(&config("https://collector:4317", Some(dir.clone())), &m)
-            .unwrap_err()
-            .to_string();
+        let err = start(
+            &config("https://collector:4317", Some(dir.clone())),
+            "weft-test",
+            &m,
+        )
+        .unwrap_err()
+        .to_string();
         let _ = std::fs::remove_file(&dir);
         assert!(err.contains("no certificates in the file"), "{err}");
     }
@@ -338,5 +351,28 @@ mod tests {
         let status = o.status.unwrap();
         assert_eq!(status.code, status::StatusCode::Error as i32);
         assert_eq!(status.message, "503");
+    }
+
+    #[test]
+    fn every_kind_has_its_otlp_kind() {
+        for (kind, want) in [
+            (Kind::Server, span::SpanKind::Server),
+            (Kind::Client, span::SpanKind::Client),
+            (Kind::Producer, span::SpanKind::Producer),
+        ] {
+            let s = SpanRecord {
+                trace_id: super::super::TraceId([1; 16]),
+                span_id: super::super::SpanId([2; 8]),
+                parent: None,
+                flags: 1,
+                kind,
+                name: "x".into(),
+                start: UNIX_EPOCH,
+                end: UNIX_EPOCH,
+                attributes: Vec::new(),
+                error: None,
+            };
+            assert_eq!(to_otlp(s).kind, want as i32, "{kind:?}");
+        }
     }
 }
