@@ -64,7 +64,7 @@ pub(crate) struct Args {
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
     /// The weft-proxy binary to measure, if not the one in --bin-dir (e.g. the sidecar build,
-    /// target/sidecar/weft-proxy).
+    /// the path `deploy/build-proxy.sh` prints).
     #[arg(long)]
     pub(crate) proxy_bin: Option<PathBuf>,
 }

@@ -23,7 +23,10 @@ use crate::drain;
 use crate::error::ProxyError;
 use crate::limits::{self, IdleBody};
 use crate::listen::{Ctx, DataPathConfig};
-use crate::metrics::{LimitLabels, Metrics};
+use crate::metrics::{LimitLabels, Metrics, TcpLabels};
+
+mod park;
+pub use park::{Counted, PARK_AFTER, Park};
 
 /// Set by the client proxy on a request that arrived as HTTP/1.1 and travels as HTTP/2, so
 /// the server proxy gives it to the application as HTTP/1.1 again.
@@ -51,6 +54,11 @@ struct Activity {
     max_resets: u32,
     /// Woken when `resets` passes `max_resets`.
     too_many_resets: tokio::sync::Notify,
+    /// Requests started (HTTP/1 parking: see `park`).
+    requests: AtomicUsize,
+    /// Request bodies not yet read to their end and response bodies not yet written (HTTP/1
+    /// parking only; see `park::Counted`).
+    open_bodies: AtomicUsize,
 }
 
 impl Activity {
@@ -86,6 +94,7 @@ struct InFlight {
 impl InFlight {
     fn start(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.requests.fetch_add(1, Ordering::Relaxed);
         Self {
             activity,
             answered: false,
@@ -113,19 +122,25 @@ pin_project_lite::pin_project! {
         #[pin]
         handled: F,
         in_flight: Option<InFlight>,
+        // Whether the response body is counted until written (HTTP/1 parking).
+        count_body: bool,
     }
 }
 
 impl<F: Future<Output = Response<Body>>> Future for Tracked<F> {
-    type Output = Result<Response<Body>, Infallible>;
+    type Output = Result<Response<Counted<Body>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let resp = std::task::ready!(this.handled.poll(cx));
+        let mut counted = None;
         if let Some(mut in_flight) = this.in_flight.take() {
             in_flight.answered = true;
+            if *this.count_body {
+                counted = Some(in_flight.activity.clone());
+            }
         }
-        Poll::Ready(Ok(resp))
+        Poll::Ready(Ok(resp.map(|b| Counted::response(b, counted))))
     }
 }
 
@@ -170,8 +185,8 @@ impl<'a> Served<'a> {
 /// in-flight requests and closes (HTTP/2: GOAWAY).
 pub async fn serve<IO, F, Fut>(io: IO, http: Http, on: Served<'_>, handler: F)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
+    IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
+    F: Fn(Request<Body>) -> Fut + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let Served {
@@ -189,17 +204,26 @@ where
         resets: std::sync::Mutex::new((now, 0)),
         max_resets: limits.h2_max_resets_per_conn,
         too_many_resets: tokio::sync::Notify::new(),
+        requests: AtomicUsize::new(0),
+        open_bodies: AtomicUsize::new(0),
     });
     let seen = activity.clone();
+    let parking = activity.clone();
+    // HTTP/1 on a plain socket parks between requests: it counts its bodies to know when.
+    let count_bodies = http == Http::Http1 && IO::PARKS;
     let body_idle = limits.body_idle_timeout;
     // The handler's future, counted in and out of the connection's activity.
     let track = move |req: Request<Incoming>| {
         // Counted from the moment hyper hands the request over: a stream reset before its
         // handler first runs is a cancelled request too.
         let in_flight = InFlight::start(seen.clone());
+        let counted = count_bodies.then_some(&seen);
         Tracked {
-            handled: handler(req.map(|b| IdleBody::new(b, body_idle).boxed())),
+            handled: handler(
+                req.map(|b| IdleBody::new(Counted::request(b, counted), body_idle).boxed()),
+            ),
             in_flight: Some(in_flight),
+            count_body: count_bodies,
         }
     };
     // Resolves once the connection has had no request in flight for `idle`, or its client
@@ -219,7 +243,6 @@ where
         }
     };
     tokio::pin!(idle_out);
-    let io = TokioIo::new(io);
     let closing = |why: &'static str| {
         if why == "rapid-reset" {
             warn!(
@@ -252,18 +275,34 @@ where
             // each connection's whole life (~12 KiB of an idle keep-alive connection's memory);
             // boxed, the slot is a pointer and the future lives only while a request does.
             let svc = hyper::service::service_fn(move |req| Box::pin(track(req)));
-            let conn = builder.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                why = &mut idle_out => {
-                    closing(why);
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let ended = park::serve_h1(
+                io,
+                &builder,
+                svc,
+                &parking,
+                drain,
+                idle_out.as_mut(),
+                &closing,
+                &|d| {
+                    metrics
+                        .http_parked
+                        .get_or_create(&TcpLabels { direction })
+                        .inc_by(d);
+                },
+                limits.header_read_timeout,
+            )
+            .await;
+            match ended {
+                park::H1End::Hyper(r) => r,
+                park::H1End::HeaderTimeout => {
+                    metrics
+                        .http_conn_errors
+                        .get_or_create(&LimitLabels {
+                            direction,
+                            reason: "header-timeout",
+                        })
+                        .inc();
+                    Ok(())
                 }
             }
         }
@@ -277,7 +316,7 @@ where
             // hyper spawns a task per stream and moves the request's future several times
             // on the way; boxed, each move is a pointer's (docs/benchmarks.md).
             let svc = hyper::service::service_fn(move |req| Box::pin(track(req)));
-            let conn = builder.serve_connection(io, svc);
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
@@ -545,6 +584,203 @@ mod tests {
         })
         .await;
         assert!(closed.is_ok(), "the idle connection stayed open");
+    }
+
+    /// The routes of the parking tests: `GET /` answers `ok`, `/second` `second`, `/stream` sends
+    /// `a`, pauses past [`PARK_AFTER`], then `b`, `/ignore` answers without reading the
+    /// request's body, and `/early` answers at once while a task of its own reads the body.
+    async fn routes(req: Request<Body>) -> Response<Body> {
+        match req.uri().path() {
+            "/early" => {
+                tokio::spawn(req.into_body().collect());
+                Response::new(crate::body::full("early"))
+            }
+            "/second" => Response::new(crate::body::full("second")),
+            "/ignore" => Response::new(crate::body::full("ignored")),
+            "/stream" => {
+                let frames = futures_util::stream::unfold(0, |n| async move {
+                    match n {
+                        0 => Some((Ok(hyper::body::Frame::data(bytes::Bytes::from("a"))), 1)),
+                        1 => {
+                            tokio::time::sleep(PARK_AFTER + Duration::from_millis(500)).await;
+                            Some((Ok(hyper::body::Frame::data(bytes::Bytes::from("b"))), 2))
+                        }
+                        _ => None,
+                    }
+                });
+                Response::new(http_body_util::StreamBody::new(frames).boxed())
+            }
+            // (A request line misread from the middle of a body has some other method.)
+            _ if req.method() != http::Method::GET => Response::new(crate::body::full("not GET")),
+            _ => Response::new(crate::body::full("ok")),
+        }
+    }
+
+    /// An HTTP/1 server on loopback serving [`routes`] as the inbound direction.
+    async fn parking_server() -> (std::net::SocketAddr, Arc<Metrics>, drain::Drain) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (drain, watch) = drain::Drain::new();
+        let settings = DataPathConfig::default();
+        let metrics = Arc::new(Metrics::default());
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (watch, settings, metrics) = (watch.clone(), settings.clone(), m.clone());
+                tokio::spawn(async move {
+                    let on = Served {
+                        drain: &watch,
+                        settings: &settings,
+                        metrics: &metrics,
+                        direction: "inbound",
+                    };
+                    serve(tcp, Http::Http1, on, routes).await;
+                });
+            }
+        });
+        (addr, metrics, drain)
+    }
+
+    fn parked(m: &Metrics) -> i64 {
+        m.http_parked
+            .get_or_create(&TcpLabels {
+                direction: "inbound",
+            })
+            .get()
+    }
+
+    /// Reads until what came ends with `end` (within 10 s); returns all of it.
+    async fn read_until(tcp: &mut tokio::net::TcpStream, end: &[u8]) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !got.ends_with(end) {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {end:?} in {:?}", String::from_utf8_lossy(&got)));
+        got
+    }
+
+    async fn until_parked(m: &Metrics, want: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while parked(m) != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "parked {} != {want}",
+                parked(m)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_quiet_keep_alive_connection_parks_and_serves_its_next_request() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, metrics, _drain) = parking_server().await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for _ in 0..3 {
+            tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let got = read_until(&mut tcp, b"ok").await;
+            assert!(got.starts_with(b"HTTP/1.1 200"));
+            // Quiet for PARK_AFTER: hyper's connection is taken apart...
+            until_parked(&metrics, 1).await;
+        }
+        // ...and a client that goes away is seen while parked.
+        drop(tcp);
+        until_parked(&metrics, 0).await;
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_request_cut_off_by_a_quiet_second_is_answered_whole() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, metrics, _drain) = parking_server().await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\nGET /second HTTP/1.1\r\nho")
+            .await
+            .unwrap();
+        read_until(&mut tcp, b"ok").await;
+        // The half-read second request is in hyper's buffer when the connection goes quiet.
+        tokio::time::sleep(PARK_AFTER + Duration::from_millis(500)).await;
+        assert_eq!(parked(&metrics), 0, "parked with a request half read");
+        tcp.write_all(b"st: x\r\n\r\n").await.unwrap();
+        let got = read_until(&mut tcp, b"second").await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_response_body_that_pauses_is_sent_whole() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, metrics, _drain) = parking_server().await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut tcp, b"0\r\n\r\n").await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("1\r\na\r\n1\r\nb\r\n"), "{text}");
+        until_parked(&metrics, 1).await;
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut tcp, b"ok").await;
+    }
+
+    /// A request body still being read after its response was sent (an upstream that answers
+    /// before the upload ends): the connection waits for its end before it may park.
+    #[tokio::test]
+    async fn a_request_body_read_after_the_response_is_read_to_its_end() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, _metrics, _drain) = parking_server().await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n12345")
+            .await
+            .unwrap();
+        read_until(&mut tcp, b"early").await;
+        tokio::time::sleep(PARK_AFTER + Duration::from_millis(500)).await;
+        tcp.write_all(b"67890GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut tcp, b"ok").await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    /// A request body its handler never read: hyper may still be reading (draining) it, so the
+    /// connection must not be taken apart in the middle of it.
+    #[tokio::test]
+    async fn a_request_body_left_unread_is_never_taken_for_the_next_request() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, _metrics, _drain) = parking_server().await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /ignore HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n12345")
+            .await
+            .unwrap();
+        read_until(&mut tcp, b"ignored").await;
+        tokio::time::sleep(PARK_AFTER + Duration::from_millis(500)).await;
+        let _ = tcp
+            .write_all(b"67890GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        // Either hyper drained the body and answers the GET, or it closed the connection;
+        // never a 400 for `67890GET` read as a request line.
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+        let text = String::from_utf8_lossy(&rest);
+        assert!(!text.contains(" 400 "), "{text}");
+        assert!(rest.is_empty() || text.ends_with("ok"), "{text}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::body::{Body, streamed};
 use crate::detect::{Detected, detect};
 use crate::error::ProxyError;
 use crate::http::{
-    CLIENT_ID, Http, ORIG_PROTO, Served, authority_of, forward_upgrade, is_upgrade, serve,
+    CLIENT_ID, Http, ORIG_PROTO, Park, Served, authority_of, forward_upgrade, is_upgrade, serve,
     set_absolute_uri, set_origin_form, strip_hop_by_hop,
 };
 use crate::listen::{App, Ctx, MtlsMode};
@@ -250,7 +250,7 @@ struct Client {
 
 async fn serve_http<S>(ctx: Arc<Ctx>, app: Arc<App>, stream: S, http: Http, conn: Conn)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Park + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
     let served = ctx.clone();

@@ -132,6 +132,8 @@ pub struct Metrics {
     /// HTTP connections ended by a limit or a protocol error (slow or oversized heads, stalled
     /// bodies, rapid resets).
     pub http_conn_errors: Family<LimitLabels, Counter>,
+    /// HTTP/1 connections parked between requests (their buffers released).
+    pub http_parked: Family<TcpLabels, Gauge>,
     pub registered: Gauge,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RetryLabels, Counter>,
@@ -185,6 +187,7 @@ impl Metrics {
             tcp_write: Family::default(),
             tcp_refused: Family::default(),
             http_conn_errors: Family::default(),
+            http_parked: Family::default(),
             registered: Gauge::default(),
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
@@ -279,6 +282,11 @@ impl Metrics {
             "http_connection_errors",
             "HTTP connections ended by a limit or a protocol error, by reason",
             m.http_conn_errors.clone(),
+        );
+        r.register(
+            "http_parked_connections",
+            "HTTP/1 keep-alive connections waiting for their next request with their buffers released, by direction",
+            m.http_parked.clone(),
         );
         r.register(
             "registered_endpoints",

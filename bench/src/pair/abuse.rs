@@ -38,7 +38,7 @@ pub(crate) struct Args {
     /// Where weft-proxy, weft-control-plane and weftctl are.
     #[arg(long, default_value = "target/release")]
     bin_dir: std::path::PathBuf,
-    /// The weft-proxy binary to measure, if not the one in --bin-dir (e.g. target/sidecar/weft-proxy).
+    /// The weft-proxy binary to measure, if not the one in --bin-dir (e.g. the path `deploy/build-proxy.sh` prints).
     #[arg(long)]
     proxy_bin: Option<std::path::PathBuf>,
 }
