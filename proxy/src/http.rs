@@ -54,7 +54,7 @@ struct Activity {
     max_resets: u32,
     /// Woken when `resets` passes `max_resets`.
     too_many_resets: tokio::sync::Notify,
-    /// Requests started (HTTP/1 parking: see `park`).
+    /// Requests started (counted only where HTTP/1 parks: see `park`).
     requests: AtomicUsize,
     /// Request bodies not yet read to their end and response bodies not yet written (HTTP/1
     /// parking only; see `park::Counted`).
@@ -94,7 +94,6 @@ struct InFlight {
 impl InFlight {
     fn start(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.requests.fetch_add(1, Ordering::Relaxed);
         Self {
             activity,
             answered: false,
@@ -210,13 +209,16 @@ where
     let seen = activity.clone();
     let parking = activity.clone();
     // HTTP/1 on a plain socket parks between requests: it counts its bodies to know when.
-    let count_bodies = http == Http::Http1 && IO::PARKS;
+    let count_bodies = http == Http::Http1 && IO::PARKS && !limits.http1_park_after.is_zero();
     let body_idle = limits.body_idle_timeout;
     // The handler's future, counted in and out of the connection's activity.
     let track = move |req: Request<Incoming>| {
         // Counted from the moment hyper hands the request over: a stream reset before its
         // handler first runs is a cancelled request too.
         let in_flight = InFlight::start(seen.clone());
+        if count_bodies {
+            seen.requests.fetch_add(1, Ordering::Relaxed);
+        }
         let counted = count_bodies.then_some(&seen);
         Tracked {
             handled: handler(
@@ -290,6 +292,7 @@ where
                         .inc_by(d);
                 },
                 limits.header_read_timeout,
+                limits.http1_park_after,
             )
             .await;
             match ended {
@@ -587,7 +590,7 @@ mod tests {
     }
 
     /// The routes of the parking tests: `GET /` answers `ok`, `/second` `second`, `/stream` sends
-    /// `a`, pauses past [`PARK_AFTER`], then `b`, `/ignore` answers without reading the
+    /// `a`, pauses past two [`PARK_AFTER`]s, then `b`, `/ignore` answers without reading the
     /// request's body, and `/early` answers at once while a task of its own reads the body.
     async fn routes(req: Request<Body>) -> Response<Body> {
         match req.uri().path() {
@@ -602,7 +605,7 @@ mod tests {
                     match n {
                         0 => Some((Ok(hyper::body::Frame::data(bytes::Bytes::from("a"))), 1)),
                         1 => {
-                            tokio::time::sleep(PARK_AFTER + Duration::from_millis(500)).await;
+                            tokio::time::sleep(2 * PARK_AFTER + Duration::from_millis(500)).await;
                             Some((Ok(hyper::body::Frame::data(bytes::Bytes::from("b"))), 2))
                         }
                         _ => None,
@@ -618,10 +621,15 @@ mod tests {
 
     /// An HTTP/1 server on loopback serving [`routes`] as the inbound direction.
     async fn parking_server() -> (std::net::SocketAddr, Arc<Metrics>, drain::Drain) {
+        parking_server_with(DataPathConfig::default()).await
+    }
+
+    async fn parking_server_with(
+        settings: DataPathConfig,
+    ) -> (std::net::SocketAddr, Arc<Metrics>, drain::Drain) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (drain, watch) = drain::Drain::new();
-        let settings = DataPathConfig::default();
         let metrics = Arc::new(Metrics::default());
         let m = metrics.clone();
         tokio::spawn(async move {
@@ -689,12 +697,31 @@ mod tests {
                 .unwrap();
             let got = read_until(&mut tcp, b"ok").await;
             assert!(got.starts_with(b"HTTP/1.1 200"));
-            // Quiet for PARK_AFTER: hyper's connection is taken apart...
+            // Quiet for one to two PARK_AFTER: hyper's connection is taken apart...
             until_parked(&metrics, 1).await;
         }
         // ...and a client that goes away is seen while parked.
         drop(tcp);
         until_parked(&metrics, 0).await;
+    }
+
+    #[tokio::test]
+    async fn with_http1_park_after_zero_a_quiet_connection_keeps_its_buffers() {
+        use tokio::io::AsyncWriteExt;
+        let mut settings = DataPathConfig::default();
+        settings.limits.http1_park_after = Duration::ZERO;
+        let (addr, metrics, _drain) = parking_server_with(settings).await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut tcp, b"ok").await;
+        tokio::time::sleep(2 * PARK_AFTER + Duration::from_millis(500)).await;
+        assert_eq!(parked(&metrics), 0);
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut tcp, b"ok").await;
     }
 
     #[tokio::test]
@@ -707,7 +734,7 @@ mod tests {
             .unwrap();
         read_until(&mut tcp, b"ok").await;
         // The half-read second request is in hyper's buffer when the connection goes quiet.
-        tokio::time::sleep(PARK_AFTER + Duration::from_millis(500)).await;
+        tokio::time::sleep(2 * PARK_AFTER + Duration::from_millis(500)).await;
         assert_eq!(parked(&metrics), 0, "parked with a request half read");
         tcp.write_all(b"st: x\r\n\r\n").await.unwrap();
         let got = read_until(&mut tcp, b"second").await;
@@ -736,21 +763,32 @@ mod tests {
         read_until(&mut tcp, b"ok").await;
     }
 
+    /// POSTs half of a 10-byte body to `path`, reads its answer (ending with `answer`), stays
+    /// quiet past two [`PARK_AFTER`]s (a park would have happened), then sends the other half
+    /// and a `GET /` right after it.
+    async fn half_a_body_then_quiet(
+        path: &str,
+        answer: &[u8],
+    ) -> (tokio::net::TcpStream, drain::Drain) {
+        use tokio::io::AsyncWriteExt;
+        let (addr, _metrics, drain) = parking_server().await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n12345");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        read_until(&mut tcp, answer).await;
+        tokio::time::sleep(2 * PARK_AFTER + Duration::from_millis(500)).await;
+        // (The server may have closed the connection: the caller reads what came.)
+        let _ = tcp
+            .write_all(b"67890GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        (tcp, drain)
+    }
+
     /// A request body still being read after its response was sent (an upstream that answers
     /// before the upload ends): the connection waits for its end before it may park.
     #[tokio::test]
     async fn a_request_body_read_after_the_response_is_read_to_its_end() {
-        use tokio::io::AsyncWriteExt;
-        let (addr, _metrics, _drain) = parking_server().await;
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n12345")
-            .await
-            .unwrap();
-        read_until(&mut tcp, b"early").await;
-        tokio::time::sleep(PARK_AFTER + Duration::from_millis(500)).await;
-        tcp.write_all(b"67890GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        let (mut tcp, _drain) = half_a_body_then_quiet("/early", b"early").await;
         let got = read_until(&mut tcp, b"ok").await;
         assert!(
             got.starts_with(b"HTTP/1.1 200"),
@@ -763,17 +801,8 @@ mod tests {
     /// connection must not be taken apart in the middle of it.
     #[tokio::test]
     async fn a_request_body_left_unread_is_never_taken_for_the_next_request() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (addr, _metrics, _drain) = parking_server().await;
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"POST /ignore HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n12345")
-            .await
-            .unwrap();
-        read_until(&mut tcp, b"ignored").await;
-        tokio::time::sleep(PARK_AFTER + Duration::from_millis(500)).await;
-        let _ = tcp
-            .write_all(b"67890GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await;
+        use tokio::io::AsyncReadExt;
+        let (mut tcp, _drain) = half_a_body_then_quiet("/ignore", b"ignored").await;
         // Either hyper drained the body and answers the GET, or it closed the connection;
         // never a 400 for `67890GET` read as a request line.
         let mut rest = Vec::new();

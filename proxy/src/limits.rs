@@ -41,6 +41,10 @@ pub struct Limits {
     pub max_headers: usize,
     /// A request body that sends nothing for this long is cut off.
     pub body_idle_timeout: Duration,
+    /// An HTTP/1 keep-alive connection on a plain socket quiet for one to two of this at a
+    /// request boundary gives its buffers back until its next request (`http::park`); zero:
+    /// never.
+    pub http1_park_after: Duration,
     /// Streams one HTTP/2 client may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// Requests one HTTP/2 client may cancel (RST_STREAM) before their answer, per
@@ -63,6 +67,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_headers: DEFAULT_MAX_HEADERS,
             body_idle_timeout: Duration::from_secs(60),
+            http1_park_after: Duration::from_secs(1),
             h2_max_concurrent_streams: 1024,
             h2_max_resets_per_conn: 1000,
         }

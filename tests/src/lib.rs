@@ -299,6 +299,27 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Polls `http://{admin}/metrics` every 100 ms until the sample starting with `prefix` is at
+/// least `at_least`; returns that scrape's text, or fails after `deadline` with the last one.
+pub async fn metric_reaches(
+    admin: &str,
+    prefix: &str,
+    at_least: f64,
+    deadline: Duration,
+) -> anyhow::Result<String> {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        let (_, text) = http_get(admin, "/metrics").await?;
+        if metric_value(&text, prefix).is_some_and(|v| v >= at_least) {
+            return Ok(text);
+        }
+        if tokio::time::Instant::now() >= end {
+            bail!("{prefix} did not reach {at_least} within {deadline:?}:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The value of a Prometheus sample line starting with `prefix` (e.g. a name plus labels).
 pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
     text.lines()

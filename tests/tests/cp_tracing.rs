@@ -377,23 +377,19 @@ async fn a_collector_that_is_down_costs_no_rpc() {
         "20 traced Applies took {took:?}"
     );
     let admin = mesh.cp.admin_addr().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, text) = weft_tests::http_get(&admin, "/metrics").await.unwrap();
-        if weft_tests::metric_value(&text, "span_export_failures_total").unwrap_or(0.0) >= 1.0 {
-            assert_eq!(
-                weft_tests::metric_value(&text, "spans_exported_total"),
-                Some(0.0)
-            );
-            assert!(text.contains("\nspans_dropped_total "), "{text}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no export failure counted:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let text = weft_tests::metric_reaches(
+        &admin,
+        "span_export_failures_total",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        weft_tests::metric_value(&text, "spans_exported_total"),
+        Some(0.0)
+    );
+    assert!(text.contains("\nspans_dropped_total "), "{text}");
 }
 
 /// A bad `--otlp-endpoint` or `--trace-sample-rate` fails start, naming the flag.

@@ -205,6 +205,10 @@ struct LimitArgs {
     /// A request body that sends nothing for this long is cut off.
     #[arg(long, env = "WEFT_BODY_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     body_idle_timeout: Duration,
+    /// An HTTP/1 keep-alive connection quiet for one to two of this between requests gives
+    /// its buffers back until the next one (0: never).
+    #[arg(long, env = "WEFT_HTTP1_PARK_AFTER", value_parser = humantime::parse_duration, default_value = "1s")]
+    http1_park_after: Duration,
     /// Streams one HTTP/2 client may have open at once.
     #[arg(long, env = "WEFT_H2_MAX_CONCURRENT_STREAMS", default_value_t = Limits::default().h2_max_concurrent_streams,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -223,6 +227,7 @@ impl From<LimitArgs> for Limits {
             max_header_bytes: a.max_header_bytes,
             max_headers: a.max_headers,
             body_idle_timeout: a.body_idle_timeout,
+            http1_park_after: a.http1_park_after,
             h2_max_concurrent_streams: a.h2_max_concurrent_streams,
             h2_max_resets_per_conn: a.h2_max_resets,
         }

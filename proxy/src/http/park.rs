@@ -7,9 +7,10 @@
 //! for the client to send again, and builds a new one. An idle keep-alive connection then holds
 //! its socket and a small task instead of ~18 KiB (docs/reliability.md).
 //!
-//! It parks once the connection has been quiet for [`PARK_AFTER`] (a client in a request loop
-//! never waits that long, so it does not pay for taking apart and rebuilding), and only at a
-//! request boundary it can prove: no handler running, every response body
+//! It parks once the connection has been quiet for one to two `--http1-park-after` ([`PARK_AFTER`]) (a client in a
+//! request loop never waits that long, so it does not pay for taking apart and rebuilding; the
+//! timer is re-armed once a tick, not once a request), and only at a request boundary it can
+//! prove: no handler running, every response body
 //! written (hyper drops it when it is) and flushed to the socket, every request body read to
 //! its end, hyper waiting for bytes, and — checked on the parts — none it has not parsed. Bytes
 //! of a pipelined request that hyper read but did not parse go to the next connection first,
@@ -35,7 +36,8 @@ use tokio::net::TcpStream;
 use super::Activity;
 use crate::drain;
 
-/// How long a connection waits at a request boundary before it parks.
+/// The default `--http1-park-after`: a connection at a request boundary parks after one to
+/// two of this with no new request.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// A connection's IO that can be waited on without reading from it.
@@ -203,10 +205,12 @@ impl<B: HttpBody + Unpin> HttpBody for Counted<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.end(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.end(),
-            _ => {}
+        if this.open.is_some() {
+            match &r {
+                Poll::Ready(None) => this.end(),
+                Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.end(),
+                _ => {}
+            }
         }
         r
     }
@@ -260,6 +264,7 @@ pub(super) async fn serve_h1<IO, S, B>(
     closing: &(dyn Fn(&'static str) + Sync),
     parked: &(dyn Fn(i64) + Sync),
     header_timeout: Duration,
+    park_after: Duration,
 ) -> H1End
 where
     IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
@@ -281,10 +286,13 @@ where
     let mut parks_after: Option<usize> = None;
     let drained = drain.signaled();
     tokio::pin!(drained);
-    // Set when the connection comes to a request boundary; it parks when this fires first.
-    let quiet = tokio::time::sleep(PARK_AFTER);
-    tokio::pin!(quiet);
-    let mut at_boundary = false;
+    // Ticks every PARK_AFTER while the connection is busy; at a request boundary, it parks at
+    // a tick when no request started since the tick before (quiet for one to two PARK_AFTER).
+    // Re-armed once a tick, not once a request.
+    let parks = IO::PARKS && !park_after.is_zero();
+    let tick = tokio::time::sleep(park_after);
+    tokio::pin!(tick);
+    let mut requests_at_tick = activity.requests.load(Ordering::Relaxed);
     loop {
         let mut conn = builder
             .serve_connection(TokioIo::new(io), svc)
@@ -306,23 +314,25 @@ where
             if let Poll::Ready(why) = idle_out.as_mut().poll(cx) {
                 return Poll::Ready(Some(Err(why)));
             }
-            let boundary = IO::PARKS
+            let boundary = parks
                 && parks_after.is_none_or(|n| activity.requests.load(Ordering::Relaxed) > n)
                 && flags.read_pending.load(Ordering::Relaxed)
                 && !flags.dirty.load(Ordering::Relaxed)
                 && activity.in_flight.load(Ordering::Acquire) == 0
                 && activity.open_bodies.load(Ordering::Relaxed) == 0;
             if !boundary {
-                at_boundary = false;
                 return Poll::Pending;
             }
-            if !at_boundary {
-                at_boundary = true;
-                quiet
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + PARK_AFTER);
+            loop {
+                std::task::ready!(tick.as_mut().poll(cx));
+                let requests = activity.requests.load(Ordering::Relaxed);
+                if requests == requests_at_tick {
+                    return Poll::Ready(None);
+                }
+                requests_at_tick = requests;
+                tick.as_mut()
+                    .reset(tokio::time::Instant::now() + park_after);
             }
-            quiet.as_mut().poll(cx).map(|()| None)
         })
         .await;
         match ended {
@@ -343,11 +353,9 @@ where
             // A request hyper had begun to read: the next connection reads it first.
             io.prefix = parts.read_buf;
             parks_after = Some(activity.requests.load(Ordering::Relaxed));
-            at_boundary = false;
             continue;
         }
         parks_after = None;
-        at_boundary = false;
         // Parked: the socket and this task are all the connection holds.
         let _parked = Counting::new(parked);
         let woke = poll_fn(|cx| {
@@ -365,7 +373,11 @@ where
         let deadline = tokio::time::Instant::now() + header_timeout;
         match tokio::time::timeout_at(deadline, woke).await {
             // Something to read (or the peer closed: the next connection sees that and ends).
-            Ok(Ok(None)) => {}
+            Ok(Ok(None)) => {
+                tick.as_mut()
+                    .reset(tokio::time::Instant::now() + park_after);
+                requests_at_tick = activity.requests.load(Ordering::Relaxed);
+            }
             // Drained (`None`) or at the idle limit: nothing is in flight, so just close.
             Ok(Ok(Some(why))) => {
                 if let Some(why) = why {
