@@ -478,11 +478,13 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| upstream("handshake", e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
+    // The connection's own future, mapped (an `async move` block awaiting it would hold it
+    // twice for the connection's life).
+    tokio::spawn(futures_util::FutureExt::map(conn.with_upgrades(), |r| {
+        if let Err(e) = r {
             debug!(error = %e, "upgrade connection ended with an error");
         }
-    });
+    }));
     // HTTP/1 on the wire: origin-form request target, the authority in Host (one the
     // client sent wins).
     if let Some(authority) = req.uri().authority().cloned() {

@@ -44,6 +44,7 @@ pub mod tcp;
 mod testing;
 pub mod tls;
 pub mod trace;
+pub mod trim;
 pub mod wait_ready;
 
 use std::collections::BTreeMap;
@@ -326,6 +327,7 @@ impl Proxy {
                 })
             }),
         });
+        tasks.push(tokio::spawn(trim::run(stop_rx.clone())));
         tasks.push(tokio::spawn(forget_removed(
             ctx.clone(),
             config_rx.clone(),

@@ -250,7 +250,7 @@ pub async fn accept<F, Fut>(
     ctx: Arc<Ctx>,
     handle: F,
 ) where
-    F: Fn(Arc<Ctx>, TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<Ctx>, TcpStream, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let local = listener.local_addr().ok();
@@ -293,11 +293,14 @@ pub async fn accept<F, Fut>(
             .clone();
         open.inc();
         let span = info_span!("conn", direction, %peer);
-        let task = handle(ctx.clone(), tcp, peer);
+        let (ctx, handle) = (ctx.clone(), handle.clone());
         tokio::spawn(
             async move {
-                task.await;
+                // Called in here, not before: a future made outside and awaited in here would
+                // be held twice for the connection's life (once captured, once awaited).
+                handle(ctx, tcp, peer).await;
                 open.dec();
+                crate::trim::connection_freed();
                 drop(tracked);
                 drop(slot);
             }

@@ -61,14 +61,19 @@ struct Wave {
     rss_peak_kib: u64,
     rss_after_kib: u64,
     open_at_peak: f64,
+    /// `http_parked_connections{direction="inbound"}` at the end of the hold.
+    parked_at_end: f64,
+    /// RSS at the end of the hold (after parked connections' memory was trimmed).
+    rss_end_kib: u64,
     open_after: f64,
     slowloris_closed_by_proxy: usize,
 }
 
 impl Outcome {
-    /// Resident memory per open connection at `w`'s peak, beyond the idle baseline.
-    fn per_connection_kib(&self, w: &Wave) -> f64 {
-        (w.rss_peak_kib.saturating_sub(self.rss_before_kib)) as f64
+    /// Resident memory per open connection when the proxy's RSS was `rss_kib`, beyond the idle
+    /// baseline.
+    fn per_connection_kib(&self, rss_kib: u64) -> f64 {
+        (rss_kib.saturating_sub(self.rss_before_kib)) as f64
             / (self.idle + self.slowloris).max(1) as f64
     }
 }
@@ -212,29 +217,36 @@ fn wave(
             }
         });
         w.rss_peak_kib = w.rss_peak_kib.max(status_kib(pid, "VmRSS")?);
-        w.open_at_peak = f64::max(w.open_at_peak, open_inbound(admin)?);
+        w.open_at_peak = f64::max(
+            w.open_at_peak,
+            inbound_gauge(admin, "tcp_open_connections")?,
+        );
+        w.parked_at_end = inbound_gauge(admin, "http_parked_connections")?;
+        w.rss_end_kib = status_kib(pid, "VmRSS")?;
         std::thread::sleep(Duration::from_secs(1));
     }
     drop(idle);
     drop(slow);
     // Released: the open count falls back, and so does the memory (allocator permitting).
     let deadline = Instant::now() + Duration::from_secs(30);
-    w.open_after = open_inbound(admin)?;
+    w.open_after = inbound_gauge(admin, "tcp_open_connections")?;
     while w.open_after > 2.0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        w.open_after = open_inbound(admin)?;
+        w.open_after = inbound_gauge(admin, "tcp_open_connections")?;
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // The proxy returns freed memory every 5 s (`weft_proxy::trim`).
+    std::thread::sleep(Duration::from_secs(7));
     w.rss_after_kib = status_kib(pid, "VmRSS")?;
     Ok(w)
 }
 
-/// `tcp_open_connections{direction="inbound"}` of the proxy at `admin`.
-fn open_inbound(admin: SocketAddr) -> anyhow::Result<f64> {
+/// The gauge `name{direction="inbound"}` of the proxy at `admin` (0 when absent).
+fn inbound_gauge(admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
     let (_, text) = http_get(admin, "/metrics", Duration::from_secs(10))?;
+    let series = format!("{name}{{direction=\"inbound\"}} ");
     Ok(text
         .lines()
-        .find(|l| l.starts_with("tcp_open_connections{direction=\"inbound\"}"))
+        .find(|l| l.starts_with(&series))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0))
@@ -267,8 +279,8 @@ fn markdown(o: &Outcome, args: &Args) -> String {
     let mut out = format!(
         "{} idle keep-alive + {} slowloris connections to the server proxy's inbound port, held {:?} per wave; \
          the normal client through its own proxy answered {}/{} ({:.1} %). Proxy RSS before: {:.1} MiB.\n\n\
-         | wave | open at once | RSS at peak | per connection | RSS after all closed (open) | slowloris closed by the proxy |\n\
-         |---|---|---|---|---|---|\n",
+         | wave | open at once | RSS at peak | per connection at peak | parked at the end of the hold | RSS then | per connection then | RSS after all closed (open) | slowloris closed by the proxy |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         o.idle,
         o.slowloris,
         args.hold,
@@ -279,11 +291,14 @@ fn markdown(o: &Outcome, args: &Args) -> String {
     );
     for (i, w) in o.waves.iter().enumerate() {
         out += &format!(
-            "| {} | {} | {:.1} MiB | {:.2} KiB | {:.1} MiB ({}) | {} |\n",
+            "| {} | {} | {:.1} MiB | {:.2} KiB | {} | {:.1} MiB | {:.2} KiB | {:.1} MiB ({}) | {} |\n",
             i + 1,
             w.open_at_peak,
             w.rss_peak_kib as f64 / 1024.0,
-            o.per_connection_kib(w),
+            o.per_connection_kib(w.rss_peak_kib),
+            w.parked_at_end,
+            w.rss_end_kib as f64 / 1024.0,
+            o.per_connection_kib(w.rss_end_kib),
             w.rss_after_kib as f64 / 1024.0,
             w.open_after,
             w.slowloris_closed_by_proxy,
@@ -303,8 +318,11 @@ fn to_json(o: &Outcome, args: &Args) -> serde_json::Value {
         "rss_before_kib": o.rss_before_kib,
         "waves": o.waves.iter().map(|w| json!({
             "open_at_peak": w.open_at_peak,
+            "parked_at_end": w.parked_at_end,
             "rss_peak_kib": w.rss_peak_kib,
-            "per_connection_kib": o.per_connection_kib(w),
+            "per_connection_kib": o.per_connection_kib(w.rss_peak_kib),
+            "rss_end_kib": w.rss_end_kib,
+            "per_connection_end_kib": o.per_connection_kib(w.rss_end_kib),
             "rss_after_kib": w.rss_after_kib,
             "open_after": w.open_after,
             "slowloris_closed_by_proxy": w.slowloris_closed_by_proxy,

@@ -294,13 +294,16 @@ where
     tokio::pin!(tick);
     let mut requests_at_tick = activity.requests.load(Ordering::Relaxed);
     loop {
-        let mut conn = builder
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades();
+        // Boxed: a parked connection's task keeps no slot for hyper's connection state.
+        let mut conn = Box::new(
+            builder
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades(),
+        );
         let mut draining = false;
         // Runs the connection until it ends (`Some`) or may park (`None`).
         let ended = poll_fn(|cx| {
-            if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
+            if let Poll::Ready(r) = Pin::new(&mut *conn).poll(cx) {
                 return Poll::Ready(Some(Ok(r)));
             }
             if draining {
@@ -308,8 +311,8 @@ where
             }
             if drained.as_mut().poll(cx).is_ready() {
                 draining = true;
-                Pin::new(&mut conn).graceful_shutdown();
-                return Pin::new(&mut conn).poll(cx).map(|r| Some(Ok(r)));
+                Pin::new(&mut *conn).graceful_shutdown();
+                return Pin::new(&mut *conn).poll(cx).map(|r| Some(Ok(r)));
             }
             if let Poll::Ready(why) = idle_out.as_mut().poll(cx) {
                 return Poll::Ready(Some(Err(why)));
@@ -339,23 +342,27 @@ where
             Some(Ok(result)) => return H1End::Hyper(result),
             Some(Err(why)) => {
                 closing(why);
-                Pin::new(&mut conn).graceful_shutdown();
-                return H1End::Hyper(conn.await);
+                Pin::new(&mut *conn).graceful_shutdown();
+                return H1End::Hyper(poll_fn(|cx| Pin::new(&mut *conn).poll(cx)).await);
             }
             None => {}
         }
-        let parts = conn
+        let parts = (*conn)
             .into_parts()
             .expect("an upgraded connection has ended, not parked");
         svc = parts.service;
         io = parts.io.into_inner();
-        if !parts.read_buf.is_empty() {
+        // (Empty, it still holds hyper's whole read buffer: it must not live through the park.)
+        let unparsed = parts.read_buf;
+        if !unparsed.is_empty() {
             // A request hyper had begun to read: the next connection reads it first.
-            io.prefix = parts.read_buf;
+            io.prefix = unparsed;
             parks_after = Some(activity.requests.load(Ordering::Relaxed));
             continue;
         }
+        drop(unparsed);
         parks_after = None;
+        crate::trim::connection_freed();
         // Parked: the socket and this task are all the connection holds.
         let _parked = Counting::new(parked);
         let woke = poll_fn(|cx| {
