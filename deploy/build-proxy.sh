@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the production weft-proxy and prints its path: the `sidecar` profile (optimized for
+# Builds the production weft-proxy and prints its absolute path: the `sidecar` profile (optimized for
 # size, fat LTO) linked statically against glibc (a static-pie executable). Static linking maps
 # no libc.so, libm.so or loader and resolves no symbols at start, which takes 1.3 MiB off each
 # proxy's idle memory (8.1 → 6.8 MiB; docs/benchmarks.md, "The sidecar build, linked
@@ -17,7 +17,9 @@ cd "$(dirname "$0")/.."
 host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build --profile sidecar -p weft-proxy --target "$host" "$@" >&2
-bin="${CARGO_TARGET_DIR:-target}/$host/sidecar/weft-proxy"
+dir="${CARGO_TARGET_DIR:-target}"
+case "$dir" in /*) ;; *) dir="$(pwd)/$dir" ;; esac
+bin="$dir/$host/sidecar/weft-proxy"
 if ! ldd "$bin" 2>&1 | grep -q 'statically linked\|not a dynamic executable'; then
     echo "$bin is not statically linked:" >&2
     ldd "$bin" >&2
