@@ -676,6 +676,14 @@ mod tests {
         got
     }
 
+    fn assert_ok(response: &[u8]) {
+        assert!(
+            response.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(response)
+        );
+    }
+
     async fn until_parked(m: &Metrics, want: i64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while parked(m) != want {
@@ -698,7 +706,7 @@ mod tests {
                 .await
                 .unwrap();
             let got = read_until(&mut tcp, b"ok").await;
-            assert!(got.starts_with(b"HTTP/1.1 200"));
+            assert_ok(&got);
             // Quiet for one to two PARK_AFTER: hyper's connection is taken apart...
             until_parked(&metrics, 1).await;
         }
@@ -740,11 +748,7 @@ mod tests {
         assert_eq!(parked(&metrics), 0, "parked with a request half read");
         tcp.write_all(b"st: x\r\n\r\n").await.unwrap();
         let got = read_until(&mut tcp, b"second").await;
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{:?}",
-            String::from_utf8_lossy(&got)
-        );
+        assert_ok(&got);
     }
 
     #[tokio::test]
@@ -792,11 +796,7 @@ mod tests {
     async fn a_request_body_read_after_the_response_is_read_to_its_end() {
         let (mut tcp, _drain) = half_a_body_then_quiet("/early", b"early").await;
         let got = read_until(&mut tcp, b"ok").await;
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{:?}",
-            String::from_utf8_lossy(&got)
-        );
+        assert_ok(&got);
     }
 
     /// A request body its handler never read: hyper may still be reading (draining) it, so the

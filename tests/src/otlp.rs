@@ -128,3 +128,18 @@ impl Collector {
         })
     }
 }
+
+/// An OTLP endpoint (`http://127.0.0.1:PORT`) that accepts connections and never answers —
+/// worse for an exporter than one that is not there, which refuses at once. Lives as long as
+/// the test's runtime.
+pub async fn silent_collector() -> String {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    endpoint
+}

@@ -351,14 +351,7 @@ async fn a_traceparent_is_continued_and_its_pushes_and_failures_follow() {
 /// ever; the export is given up and counted in the control plane's metrics.
 #[tokio::test]
 async fn a_collector_that_is_down_costs_no_rpc() {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = silent.accept().await {
-            held.push(tcp);
-        }
-    });
+    let endpoint = weft_tests::otlp::silent_collector().await;
     let mesh = traced_mesh(&endpoint, 1.0).await;
     let mut config = ConfigClient::new(mesh.admin().await.unwrap());
     let started = Instant::now();

@@ -316,15 +316,7 @@ async fn a_sampled_request_makes_a_client_and_a_server_span_in_one_chain() {
 /// and counted.
 #[tokio::test]
 async fn a_collector_that_is_down_costs_no_request() {
-    // Accepts and holds every connection, answering nothing.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = silent.accept().await {
-            held.push(tcp);
-        }
-    });
+    let endpoint = weft_tests::otlp::silent_collector().await;
     let c = chain(&endpoint).await;
     let incoming = format!("00-{TRACE}-{PARENT}-01");
     let started = Instant::now();
