@@ -209,7 +209,7 @@ where
     let seen = activity.clone();
     let parking = activity.clone();
     // HTTP/1 on a plain socket parks between requests: it counts its bodies to know when.
-    let count_bodies = http == Http::Http1 && IO::PARKS && !limits.http1_park_after.is_zero();
+    let count_bodies = http == Http::Http1 && park::parks::<IO>(limits.http1_park_after);
     let body_idle = limits.body_idle_timeout;
     // The handler's future, counted in and out of the connection's activity.
     let track = move |req: Request<Incoming>| {
@@ -592,7 +592,7 @@ mod tests {
     }
 
     /// The routes of the parking tests: `GET /` answers `ok`, `/second` `second`, `/stream` sends
-    /// `a`, pauses past two [`PARK_AFTER`]s, then `b`, `/ignore` answers without reading the
+    /// `a`, pauses past [`PARKS_BY`], then `b`, `/ignore` answers without reading the
     /// request's body, and `/early` answers at once while a task of its own reads the body.
     async fn routes(req: Request<Body>) -> Response<Body> {
         match req.uri().path() {
@@ -607,7 +607,7 @@ mod tests {
                     match n {
                         0 => Some((Ok(hyper::body::Frame::data(bytes::Bytes::from("a"))), 1)),
                         1 => {
-                            tokio::time::sleep(2 * PARK_AFTER + Duration::from_millis(500)).await;
+                            tokio::time::sleep(PARKS_BY).await;
                             Some((Ok(hyper::body::Frame::data(bytes::Bytes::from("b"))), 2))
                         }
                         _ => None,
@@ -621,9 +621,18 @@ mod tests {
         }
     }
 
+    /// `--http1-park-after` of the parking tests (the default, 1 s, would only make them slow).
+    const PARK: Duration = Duration::from_millis(200);
+    /// Longer than a connection can stay at a boundary without parking (two ticks).
+    const PARKS_BY: Duration = PARK
+        .saturating_mul(2)
+        .saturating_add(Duration::from_millis(300));
+
     /// An HTTP/1 server on loopback serving [`routes`] as the inbound direction.
     async fn parking_server() -> (std::net::SocketAddr, Arc<Metrics>, drain::Drain) {
-        parking_server_with(DataPathConfig::default()).await
+        let mut settings = DataPathConfig::default();
+        settings.limits.http1_park_after = PARK;
+        parking_server_with(settings).await
     }
 
     async fn parking_server_with(
@@ -707,7 +716,7 @@ mod tests {
                 .unwrap();
             let got = read_until(&mut tcp, b"ok").await;
             assert_ok(&got);
-            // Quiet for one to two PARK_AFTER: hyper's connection is taken apart...
+            // Quiet for one to two PARKs: hyper's connection is taken apart...
             until_parked(&metrics, 1).await;
         }
         // ...and a client that goes away is seen while parked.
@@ -726,7 +735,7 @@ mod tests {
             .await
             .unwrap();
         read_until(&mut tcp, b"ok").await;
-        tokio::time::sleep(2 * PARK_AFTER + Duration::from_millis(500)).await;
+        tokio::time::sleep(PARKS_BY).await;
         assert_eq!(parked(&metrics), 0);
         tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
@@ -744,7 +753,7 @@ mod tests {
             .unwrap();
         read_until(&mut tcp, b"ok").await;
         // The half-read second request is in hyper's buffer when the connection goes quiet.
-        tokio::time::sleep(2 * PARK_AFTER + Duration::from_millis(500)).await;
+        tokio::time::sleep(PARKS_BY).await;
         assert_eq!(parked(&metrics), 0, "parked with a request half read");
         tcp.write_all(b"st: x\r\n\r\n").await.unwrap();
         let got = read_until(&mut tcp, b"second").await;
@@ -770,7 +779,7 @@ mod tests {
     }
 
     /// POSTs half of a 10-byte body to `path`, reads its answer (ending with `answer`), stays
-    /// quiet past two [`PARK_AFTER`]s (a park would have happened), then sends the other half
+    /// quiet past [`PARKS_BY`] (a park would have happened), then sends the other half
     /// and a `GET /` right after it.
     async fn half_a_body_then_quiet(
         path: &str,
@@ -782,7 +791,7 @@ mod tests {
         let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n12345");
         tcp.write_all(head.as_bytes()).await.unwrap();
         read_until(&mut tcp, answer).await;
-        tokio::time::sleep(2 * PARK_AFTER + Duration::from_millis(500)).await;
+        tokio::time::sleep(PARKS_BY).await;
         // (The server may have closed the connection: the caller reads what came.)
         let _ = tcp
             .write_all(b"67890GET / HTTP/1.1\r\nhost: x\r\n\r\n")

@@ -67,7 +67,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_headers: DEFAULT_MAX_HEADERS,
             body_idle_timeout: Duration::from_secs(60),
-            http1_park_after: Duration::from_secs(1),
+            http1_park_after: crate::http::PARK_AFTER,
             h2_max_concurrent_streams: 1024,
             h2_max_resets_per_conn: 1000,
         }

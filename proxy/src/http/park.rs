@@ -40,6 +40,11 @@ use crate::drain;
 /// two of this with no new request.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// Whether HTTP/1 connections on `IO` park with `--http1-park-after` at `park_after`.
+pub(super) fn parks<IO: Park>(park_after: Duration) -> bool {
+    IO::PARKS && !park_after.is_zero()
+}
+
 /// A connection's IO that can be waited on without reading from it.
 pub trait Park {
     /// Whether a connection on it may park at all.
@@ -289,7 +294,7 @@ where
     // Ticks every PARK_AFTER while the connection is busy; at a request boundary, it parks at
     // a tick when no request started since the tick before (quiet for one to two PARK_AFTER).
     // Re-armed once a tick, not once a request.
-    let parks = IO::PARKS && !park_after.is_zero();
+    let parks = parks::<IO>(park_after);
     let tick = tokio::time::sleep(park_after);
     tokio::pin!(tick);
     let mut requests_at_tick = activity.requests.load(Ordering::Relaxed);
