@@ -353,7 +353,9 @@ pub fn render(i: &Install) -> anyhow::Result<String> {
     let mut args = vec![
         "--ca-dir=/var/run/weft/ca".to_owned(),
         format!("--listen=0.0.0.0:{}", names::GRPC_PORT),
-        "--admin=127.0.0.1:9191".into(),
+        // On the pod IP so Prometheus can scrape it: there it answers only /live, /ready and
+        // /metrics (weft_proto::admin); /ca answers kubectl port-forward.
+        format!("--admin=0.0.0.0:{}", names::CONTROL_PLANE_ADMIN_PORT),
         format!("--server-name={dns},{dns}.cluster.local"),
         format!("--injector-listen=0.0.0.0:{}", names::INJECTOR_PORT),
         "--injector-tls-dir=/var/run/weft/injector".into(),
@@ -459,6 +461,12 @@ pub fn render(i: &Install) -> anyhow::Result<String> {
                 container_port: i32::from(names::INJECTOR_PORT),
                 ..Default::default()
             },
+            // The PodMonitor in deploy/prometheus finds the control plane by this name.
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: i32::from(names::CONTROL_PLANE_ADMIN_PORT),
+                ..Default::default()
+            },
         ]),
         readiness_probe: Some(https_probe("/ready")),
         liveness_probe: Some(https_probe("/live")),
@@ -484,6 +492,16 @@ pub fn render(i: &Install) -> anyhow::Result<String> {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(names::CONTROL_PLANE)),
+                    // For a Prometheus configured by pod annotations
+                    // (deploy/prometheus/prometheus-kubernetes.yml).
+                    annotations: Some(BTreeMap::from([
+                        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                        (
+                            "prometheus.io/port".to_owned(),
+                            names::CONTROL_PLANE_ADMIN_PORT.to_string(),
+                        ),
+                        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+                    ])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {

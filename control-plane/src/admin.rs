@@ -2,6 +2,10 @@
 //! listed the store once), `/metrics`, and for a root rotation `GET /ca` (the CA directory
 //! being served and the connected proxies per issuing CA, as JSON) and `POST /ca/reload`
 //! (re-read the CA directory now, as SIGHUP does).
+//!
+//! In a cluster it listens on the pod IP so Prometheus can scrape it (`weftctl install`): then
+//! only `/live`, `/ready` and `/metrics` answer clients that are not on loopback, and `/ca`
+//! answers `kubectl port-forward` ([`weft_proto::admin`], the proxy's rule too).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::metrics::Metrics;
+use weft_proto::admin;
 use weft_proto::limits::ConnectionLimit;
 
 /// Admin connections open at once (probes, scrapes, an operator); past it, closed and counted.
@@ -40,12 +45,19 @@ pub async fn run(
         let metrics = metrics.clone();
         let registry = registry.clone();
         let ca = ca.clone();
+        let remote_ip = remote.ip();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
                 let synced = registry.borrow().synced;
                 let ca = ca.clone();
                 async move {
+                    if !admin::allowed(remote_ip, req.uri().path()) {
+                        let mut resp =
+                            Response::new(Full::new(Bytes::from_static(admin::FORBIDDEN)));
+                        *resp.status_mut() = StatusCode::FORBIDDEN;
+                        return Ok::<_, Infallible>(resp);
+                    }
                     let resp = match (req.method(), req.uri().path(), ca) {
                         (&Method::POST, "/ca/reload", Some(ca)) => {
                             let result =

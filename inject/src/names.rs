@@ -19,6 +19,9 @@ pub const INJECTOR_TLS_SECRET: &str = "weft-injector-tls";
 pub const WEBHOOK_CONFIGURATION: &str = "weft-injector";
 /// The control plane's gRPC (mTLS) port.
 pub const GRPC_PORT: u16 = 8443;
+/// The control plane's admin port (/live, /ready, /metrics on the pod IP for Prometheus; /ca on
+/// loopback only).
+pub const CONTROL_PLANE_ADMIN_PORT: u16 = 9191;
 /// The injector's HTTPS port in the control-plane pod (the Service exposes it as 443).
 pub const INJECTOR_PORT: u16 = 9443;
 /// The injector's path.

@@ -6,7 +6,8 @@
 //! In a pod the admin port listens on the pod IP (kubelet probes `/live` and `/ready` there, and
 //! Prometheus scrapes `/metrics`), so only those three answer a client that is not on loopback;
 //! the rest (the configuration, `/explain`, `POST /shutdown`) answer loopback clients only —
-//! `kubectl port-forward` arrives on loopback.
+//! `kubectl port-forward` arrives on loopback ([`weft_proto::admin`], the control plane's rule
+//! too).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
+use weft_proto::admin;
 
 use http_body_util::BodyExt;
 
@@ -78,12 +80,12 @@ pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::
             _ = shutdown.changed() => return,
         };
         let state = state.clone();
-        let local_client = is_loopback(remote.ip());
+        let remote_ip = remote.ip();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move {
-                    if !local_client && !public_path(req.uri().path()) {
+                    if !admin::allowed(remote_ip, req.uri().path()) {
                         return Ok::<_, Infallible>(forbidden_remote());
                     }
                     if req.method() == Method::POST && req.uri().path() == "/explain" {
@@ -142,25 +144,8 @@ pub async fn serve_starting(
     }
 }
 
-/// Whether a client is on this host (IPv4-mapped loopback included).
-fn is_loopback(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
-/// The paths any client may read: health for kubelet, metrics for Prometheus.
-fn public_path(path: &str) -> bool {
-    matches!(path, "/live" | "/ready" | "/metrics")
-}
-
 fn forbidden_remote() -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(
-        b"forbidden: only /live, /ready and /metrics answer clients outside this host; use kubectl port-forward or the pod's loopback\n",
-    )));
+    let mut resp = Response::new(Full::new(Bytes::from_static(admin::FORBIDDEN)));
     *resp.status_mut() = StatusCode::FORBIDDEN;
     resp
 }
@@ -381,29 +366,4 @@ fn certs(identity: &Identity) -> String {
         "issuer_key_id": identity.issuer_key_id().map(|k| k.iter().map(|b| format!("{b:02x}")).collect::<String>()),
     });
     format!("{body:#}\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_health_and_metrics_answer_remote_clients() {
-        for (ip, path, allowed) in [
-            ("127.0.0.1", "/shutdown", true),
-            ("::1", "/config_dump", true),
-            ("::ffff:127.0.0.1", "/explain", true),
-            ("10.1.2.3", "/ready", true),
-            ("10.1.2.3", "/live", true),
-            ("10.1.2.3", "/metrics", true),
-            ("10.1.2.3", "/shutdown", false),
-            ("10.1.2.3", "/config_dump", false),
-            ("10.1.2.3", "/certs", false),
-            ("fd00::1", "/explain/inbound", false),
-            ("::ffff:10.0.0.1", "/shutdown", false),
-        ] {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(is_loopback(ip) || public_path(path), allowed, "{ip} {path}");
-        }
-    }
 }

@@ -40,6 +40,38 @@ fn b64(v: &Value) -> Vec<u8> {
         .unwrap()
 }
 
+/// The control plane's pod is found the way deploy/prometheus finds it: the PodMonitor's port
+/// name is a container port of the admin port's number, and the pod annotations name that port
+/// and /metrics.
+fn scrapeable_as_deploy_prometheus_says(deploy: &Value) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let monitors = documents(
+        &std::fs::read_to_string(root.join("deploy/prometheus/podmonitor.yaml")).unwrap(),
+    );
+    let monitor = find(&monitors, "PodMonitor", "weft-control-plane");
+    let port_name = &monitor["spec"]["podMetricsEndpoints"][0]["port"];
+    let template = &deploy["spec"]["template"];
+    let ports = template["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap();
+    let port = ports
+        .iter()
+        .find(|p| &p["name"] == port_name)
+        .unwrap_or_else(|| panic!("no container port named {port_name}: {ports:?}"));
+    assert_eq!(port["containerPort"], 9191);
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "9191");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let labels = &template["metadata"]["labels"];
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&labels[k], v, "the PodMonitor selects by {k}");
+    }
+}
+
 #[tokio::test]
 async fn install_writes_valid_manifests_whose_webhook_trusts_its_certificate() {
     let ca = TestCa::init("prod.example").await.unwrap();
@@ -74,10 +106,11 @@ async fn install_writes_valid_manifests_whose_webhook_trusts_its_certificate() {
             "--injector-listen=0.0.0.0:9443",
             "--jwks-url=https://kubernetes.default.svc/openid/v1/jwks",
             "--admin-identity=spiffe://prod.example/ns/weft-system/sa/weft-admin",
-            "--admin=127.0.0.1:9191",
+            "--admin=0.0.0.0:9191",
         ] {
             assert!(args.contains(flag), "{flag} missing: {args}");
         }
+        scrapeable_as_deploy_prometheus_says(deploy);
         let hook = find(&docs, "MutatingWebhookConfiguration", "weft-injector");
         let entries = hook["webhooks"].as_array().unwrap();
         assert_eq!(entries.len(), 2);
@@ -256,7 +289,7 @@ async fn the_deployments_arguments_start_a_control_plane_with_its_injector() {
                 )
                 .replace("/var/lib/weft", &store.path().display().to_string())
                 .replace("0.0.0.0:8443", "127.0.0.1:0")
-                .replace("127.0.0.1:9191", "127.0.0.1:0")
+                .replace("0.0.0.0:9191", "127.0.0.1:0")
                 .replace("0.0.0.0:9443", "127.0.0.1:0")
                 .replace("https://kubernetes.default.svc", "https://127.0.0.1:1")
         })
