@@ -1,12 +1,17 @@
-"""A minimal OTLP/gRPC trace receiver for the tests: opentelemetry-proto's TraceService on
-grpcio (both from PyPI, not ours). Prints its port on the first line of stdout, then writes every
-span it receives as one JSON line to the file named by its argument.
+"""A minimal OTLP trace receiver for the tests: opentelemetry-proto's TraceService on grpcio
+(OTLP/gRPC), or with --http Python's http.server taking `POST /v1/traces` with protobuf bodies
+(OTLP/HTTP); the messages are opentelemetry-proto's (PyPI), not ours. Prints its port on the
+first line of stdout, then writes every span it receives as one JSON line to SPANS_FILE (with
+the protocol that brought it and, over HTTP, the client's port: one port, one connection).
 
-usage: collector.py SPANS_FILE [CERT_PEM KEY_PEM]   (with a certificate: TLS)
+usage: collector.py [--http] SPANS_FILE [CERT_PEM KEY_PEM]   (with a certificate: TLS)
 """
 
+import http.server
 import json
+import ssl
 import sys
+import threading
 from concurrent import futures
 
 import grpc
@@ -19,11 +24,18 @@ def value(v):
     return None if kind is None else getattr(v, kind)
 
 
-class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, out):
-        self.out = out
+class Spans:
+    """The spans file, written by any thread."""
 
-    def Export(self, request, context):
+    def __init__(self, path):
+        self.out = open(path, "a", encoding="utf-8")
+        self.lock = threading.Lock()
+
+    def write(self, request, protocol, peer_port=None):
+        with self.lock:
+            self._write(request, protocol, peer_port)
+
+    def _write(self, request, protocol, peer_port):
         for rs in request.resource_spans:
             resource = {a.key: value(a.value) for a in rs.resource.attributes}
             for ss in rs.scope_spans:
@@ -42,18 +54,75 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
                         "attributes": {a.key: value(a.value) for a in s.attributes},
                         "resource": resource,
                         "scope": ss.scope.name,
+                        "protocol": protocol,
+                        "peer_port": peer_port,
                     }
                     self.out.write(json.dumps(line) + "\n")
         self.out.flush()
+
+
+class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, spans):
+        self.spans = spans
+
+    def Export(self, request, context):
+        self.spans.write(request, "grpc")
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+def http_handler(spans):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def reply(self, status, body, content_type):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            if self.path != "/v1/traces":
+                return self.reply(404, b"not found\n", "text/plain")
+            if self.headers.get("Content-Type") != "application/x-protobuf":
+                return self.reply(415, b"want application/x-protobuf\n", "text/plain")
+            request = trace_service_pb2.ExportTraceServiceRequest()
+            try:
+                request.ParseFromString(body)
+            except Exception as e:  # a body that is not the message
+                return self.reply(400, str(e).encode(), "text/plain")
+            spans.write(request, "http/protobuf", self.client_address[1])
+            response = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            self.reply(200, response, "application/x-protobuf")
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
 def main():
-    out = open(sys.argv[1], "a", encoding="utf-8")
+    args = sys.argv[1:]
+    use_http = args[:1] == ["--http"]
+    if use_http:
+        args = args[1:]
+    spans = Spans(args[0])
+    tls = args[1:3] if len(args) > 2 else None
+    if use_http:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http_handler(spans))
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls[0], tls[1])
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+        print(server.server_address[1], flush=True)
+        server.serve_forever()
+        return
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(out), server)
-    if len(sys.argv) > 3:
-        with open(sys.argv[2], "rb") as c, open(sys.argv[3], "rb") as k:
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(spans), server)
+    if tls:
+        with open(tls[0], "rb") as c, open(tls[1], "rb") as k:
             creds = grpc.ssl_server_credentials([(k.read(), c.read())])
         port = server.add_secure_port("127.0.0.1:0", creds)
     else:

@@ -1,6 +1,7 @@
-//! A real OTLP/gRPC receiver for the tracing tests: `tests/otlp/collector.py`, opentelemetry-proto's
-//! `TraceService` on grpcio (PyPI, in the venv `.ci/install-deps.sh` makes), started as a child
-//! process on a free loopback port. It writes each span it receives as a JSON line; [`Collector::spans`]
+//! A real OTLP receiver for the tracing tests: `tests/otlp/collector.py`, opentelemetry-proto's
+//! `TraceService` on grpcio (PyPI, in the venv `.ci/install-deps.sh` makes), or the same
+//! messages over OTLP/HTTP on Python's `http.server`, started as a child process on a free
+//! loopback port. It writes each span it receives as a JSON line; [`Collector::spans`]
 //! reads them back.
 
 use std::path::PathBuf;
@@ -44,21 +45,31 @@ impl std::fmt::Debug for Collector {
 }
 
 impl Collector {
+    /// OTLP/gRPC.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(None).await
+        Self::start_with(false, None).await
     }
 
-    /// The same over TLS with `(certificate chain PEM, key PEM)`.
+    /// OTLP/gRPC over TLS with `(certificate chain PEM, key PEM)`.
     pub async fn start_tls(cert: &str, key: &str) -> anyhow::Result<Self> {
-        Self::start_with(Some((cert, key))).await
+        Self::start_with(false, Some((cert, key))).await
     }
 
-    async fn start_with(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
+    /// OTLP/HTTP (`POST /v1/traces`, protobuf), over TLS when given `(chain PEM, key PEM)`.
+    pub async fn start_http(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        Self::start_with(true, tls).await
+    }
+
+    async fn start_with(http: bool, tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let spans = dir.path().join("spans.jsonl");
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("otlp/collector.py");
         let mut cmd = tokio::process::Command::new(python()?);
-        cmd.arg(&script).arg(&spans);
+        cmd.arg(&script);
+        if http {
+            cmd.arg("--http");
+        }
+        cmd.arg(&spans);
         if let Some((cert, key)) = tls {
             let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
             std::fs::write(&c, cert)?;

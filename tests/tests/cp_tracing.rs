@@ -219,6 +219,7 @@ async fn traced_mesh(endpoint: &str, rate: f64) -> TestMesh {
         ca: None,
         sample_rate: rate,
         service_name: "weft-control-plane".into(),
+        ..Default::default()
     };
     let cp = ControlPlane::start_traced(config, DefaultInbound::default(), Some(trace))
         .await

@@ -84,6 +84,7 @@ async fn chain(endpoint: &str) -> Chain {
             ca: None,
             sample_rate: 0.0,
             service_name: name.to_owned(),
+            ..Default::default()
         })
     };
     let log = |file: &str, format| {
@@ -437,6 +438,7 @@ async fn grpc_calls_carry_rpc_attributes_and_statuses() {
             ca: None,
             sample_rate: 0.0,
             service_name: name.to_owned(),
+            ..Default::default()
         })
     };
     let server_opts = ProxyOpts {
@@ -499,10 +501,11 @@ async fn grpc_calls_carry_rpc_attributes_and_statuses() {
     }
 }
 
-/// `https://` with `--otlp-ca`: the spans reach a TLS collector whose certificate chains to the
-/// given roots and names the endpoint's host.
-#[tokio::test]
-async fn spans_go_to_an_https_collector_verified_with_the_given_roots() {
+/// What [`one_traced_hop`] keeps running: the mesh, `web`, their directory.
+type Hop = (TestMesh, weft_proxy::Proxy, tempfile::TempDir);
+
+/// A test CA and a `localhost` leaf it signed: `(CA PEM, leaf PEM, leaf key PEM)`.
+fn collector_pki() -> (String, String, String) {
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -516,13 +519,14 @@ async fn spans_go_to_an_https_collector_verified_with_the_given_roots() {
         .unwrap()
         .signed_by(&leaf_key, &issuer)
         .unwrap();
-    let collector = Collector::start_tls(&leaf.pem(), &leaf_key.serialize_pem())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
 
+/// One hop: `web` (not tracing) → `api` (tracing with `trace`) → the application, for one
+/// request under a sampled `traceparent` to `path`. Returns `api` (its metrics tell how the
+/// export went) and what it keeps alive.
+async fn one_traced_hop(trace: TraceConfig, path: &str) -> (weft_proxy::Proxy, Hop) {
+    let dir = tempfile::tempdir().unwrap();
     let mesh = TestMesh::start().await.unwrap();
     let cp = mesh.cp.grpc_addr().to_string();
     apply(&mesh, vec![service("api", 80, Protocol::Http1)])
@@ -531,15 +535,10 @@ async fn spans_go_to_an_https_collector_verified_with_the_given_roots() {
     let app = header_app().await;
     let api_opts = ProxyOpts {
         app: Some((app.port(), "api".into())),
-        trace: Some(TraceConfig {
-            endpoint: format!("https://localhost:{}", collector.port),
-            ca: Some(ca),
-            sample_rate: 0.0,
-            service_name: "default/api".into(),
-        }),
+        trace: Some(trace),
         ..Default::default()
     };
-    let _api = start_proxy(&mesh, &cp, dir.path(), "api", api_opts)
+    let api = start_proxy(&mesh, &cp, dir.path(), "api", api_opts)
         .await
         .unwrap();
     let web = start_proxy(&mesh, &cp, dir.path(), "web", ProxyOpts::default())
@@ -547,10 +546,96 @@ async fn spans_go_to_an_https_collector_verified_with_the_given_roots() {
         .unwrap();
     wait_endpoints(&web, "api", 1).await.unwrap();
     let incoming = format!("00-{TRACE}-{PARENT}-01");
-    let (status, _) = get(&web, "/tls", &[("traceparent", &incoming)]).await;
+    let (status, _) = get(&web, path, &[("traceparent", &incoming)]).await;
     assert_eq!(status, 200);
+    (api, (mesh, web, dir))
+}
+
+/// `https://` with `--otlp-ca`: the spans reach a TLS collector whose certificate chains to the
+/// given roots and names the endpoint's host.
+#[tokio::test]
+async fn spans_go_to_an_https_collector_verified_with_the_given_roots() {
+    let (ca_pem, leaf, key) = collector_pki();
+    let collector = Collector::start_tls(&leaf, &key).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let trace = TraceConfig {
+        endpoint: format!("https://localhost:{}", collector.port),
+        ca: Some(ca),
+        service_name: "default/api".into(),
+        ..Default::default()
+    };
+    let _hop = one_traced_hop(trace, "/tls").await;
     // web does not trace: api's SERVER span has the caller's span as its parent.
     let spans = collector.wait_trace(TRACE, 1).await.unwrap();
     assert_eq!(spans[0]["kind"], "SPAN_KIND_SERVER");
     assert_eq!(spans[0]["parent_span_id"], PARENT);
+    assert_eq!(spans[0]["protocol"], "grpc");
+}
+
+/// `--otlp-protocol http/protobuf`: the same spans as `POST /v1/traces` to an OTLP/HTTP
+/// receiver (`http://` and `https://` with `--otlp-ca`; an endpoint with no path gets
+/// `/v1/traces`), over a connection kept for the next batch; a collector answering other than
+/// 2xx (here 404 for a wrong path) is an export failure, counted.
+#[tokio::test]
+async fn otlp_http_carries_the_spans_in_plain_and_over_tls() {
+    let (ca_pem, leaf, key) = collector_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    for tls in [false, true] {
+        let collector = Collector::start_http(tls.then_some((leaf.as_str(), key.as_str())))
+            .await
+            .unwrap();
+        let trace = TraceConfig {
+            endpoint: match tls {
+                false => format!("http://127.0.0.1:{}", collector.port),
+                true => format!("https://localhost:{}/", collector.port),
+            },
+            protocol: weft_proxy::trace::Protocol::HttpProtobuf,
+            ca: tls.then(|| ca.clone()),
+            service_name: "default/api".into(),
+            ..Default::default()
+        };
+        let (api, hop) = one_traced_hop(trace, "/over-http").await;
+        let spans = collector.wait_trace(TRACE, 1).await.unwrap();
+        let s = &spans[0];
+        // A second batch goes over the connection the first one left open.
+        let second = "0af7651916cd43dd8448eb211c80319c";
+        let incoming = format!("00-{second}-{PARENT}-01");
+        let (status, _) = get(&hop.1, "/again", &[("traceparent", &incoming)]).await;
+        assert_eq!(status, 200);
+        let again = collector.wait_trace(second, 1).await.unwrap();
+        assert_eq!(again[0]["peer_port"], s["peer_port"], "one kept connection");
+        assert_eq!(s["protocol"], "http/protobuf", "tls {tls}");
+        assert_eq!(s["kind"], "SPAN_KIND_SERVER");
+        assert_eq!(s["parent_span_id"], PARENT);
+        assert!(s["name"].as_str().unwrap().starts_with("GET "), "{s}");
+        assert_eq!(s["attributes"]["url.path"], "/over-http");
+        assert_eq!(s["attributes"]["http.response.status_code"], 200);
+        assert_eq!(s["resource"]["service.name"], "default/api");
+        let admin = api.admin_addr.to_string();
+        weft_tests::metric_reaches(&admin, "spans_exported_total", 2.0, Duration::from_secs(20))
+            .await
+            .unwrap();
+    }
+    let collector = Collector::start_http(None).await.unwrap();
+    let trace = TraceConfig {
+        endpoint: format!("http://127.0.0.1:{}/wrong/path", collector.port),
+        protocol: weft_proxy::trace::Protocol::HttpProtobuf,
+        service_name: "default/api".into(),
+        ..Default::default()
+    };
+    let (api, _hop) = one_traced_hop(trace, "/lost").await;
+    let admin = api.admin_addr.to_string();
+    weft_tests::metric_reaches(
+        &admin,
+        "span_export_failures_total",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert!(collector.spans().is_empty());
 }

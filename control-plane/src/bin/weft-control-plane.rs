@@ -110,13 +110,17 @@ struct Args {
     #[arg(long, env = "WEFT_NAMESPACE", default_value = weft_inject::names::NAMESPACE)]
     namespace: String,
     /// Tracing: export spans of the control plane's RPCs (Certify, Apply, …) and discovery
-    /// pushes over OTLP/gRPC to this collector (http://HOST:PORT, or https:// with --otlp-ca).
+    /// pushes over OTLP (--otlp-protocol) to this collector (http://HOST:PORT, or https:// with --otlp-ca).
     /// Without it, nothing is traced.
     #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
     /// PEM roots that verify an https:// --otlp-endpoint.
     #[arg(long, env = "WEFT_OTLP_CA", requires = "otlp_endpoint")]
     otlp_ca: Option<PathBuf>,
+    /// How spans reach the collector: grpc (OTLP/gRPC) or http/protobuf (OTLP/HTTP: POST to
+    /// the endpoint's path, /v1/traces when it has none).
+    #[arg(long, env = "WEFT_OTLP_PROTOCOL", default_value = "grpc", value_parser = weft_proto::trace::parse_protocol, requires = "otlp_endpoint")]
+    otlp_protocol: weft_proto::trace::Protocol,
     /// The share (0 to 1) of RPCs with no valid `traceparent`, and of discovery pushes no
     /// traced change caused, that start a trace. RPCs with one follow its sampled flag.
     /// Control-plane RPCs are few: 1 is a sensible setting.
@@ -231,6 +235,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .otlp_endpoint
         .map(|endpoint| weft_proto::trace::TraceConfig {
             endpoint,
+            protocol: args.otlp_protocol,
             ca: args.otlp_ca,
             sample_rate: args.trace_sample_rate,
             service_name: args.trace_service_name,

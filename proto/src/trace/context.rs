@@ -6,10 +6,11 @@
 
 use std::fmt;
 
-/// The `traceparent` header's name.
-pub const TRACEPARENT: &str = "traceparent";
+/// The `traceparent` header's name (a constant `HeaderName`: a `&str` name is parsed and
+/// checked on every lookup, and the lookup is on every request of a traced proxy).
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 /// The `tracestate` header's name (forwarded byte for byte, never read).
-pub const TRACESTATE: &str = "tracestate";
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// The `sampled` bit of the trace flags.
 pub const FLAG_SAMPLED: u8 = 0x01;

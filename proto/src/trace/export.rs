@@ -1,21 +1,28 @@
-//! The OTLP/gRPC span exporter: a task on a thread and runtime of its own (so a slow or
+//! The OTLP span exporter: a task on a thread and runtime of its own (so a slow or
 //! unreachable collector never takes time from the data path's or the RPCs' runtime), started
 //! only when `--otlp-endpoint` is given. It takes finished spans from a bounded queue, sends them in
-//! batches (up to [`BATCH`] spans, at least once a second while there are any), and drops a
+//! batches (up to [`BATCH`] spans, once a second, or as soon as a batch is waiting), and drops a
 //! batch the collector does not take within [`EXPORT_TIMEOUT`] (`span_export_failures_total`);
 //! nothing is retried or kept beyond the queue.
+//!
+//! Two transports (`--otlp-protocol`): OTLP/gRPC (`TraceService/Export` on tonic, the default)
+//! and OTLP/HTTP with protobuf bodies (`POST /v1/traces`, `application/x-protobuf`, over one
+//! HTTP/1.1 connection kept open between batches): the same message either way.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::Uri;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use prost::Message;
+use tokio::sync::{Notify, mpsc};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use super::{Kind, SpanRecord, TraceConfig, TraceMetrics, Tracer, Value};
+use super::{Kind, Protocol, SpanRecord, TraceConfig, TraceMetrics, Tracer, Value};
 use crate::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use crate::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
 use crate::otlp::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
@@ -26,7 +33,7 @@ use crate::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, stat
 pub const QUEUE: usize = 2048;
 /// Spans per export request at most.
 pub const BATCH: usize = 512;
-/// How long spans wait for a batch to fill.
+/// How often the exporter empties the queue when no full batch wakes it sooner.
 const FLUSH: Duration = Duration::from_secs(1);
 /// An export the collector has not answered by then is given up.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,11 +69,9 @@ pub fn start(
     if uri.host().is_none() {
         return Err(bad("no host".into()));
     }
-    let endpoint = Endpoint::from(uri)
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(EXPORT_TIMEOUT)
-        .tcp_nodelay(true);
     let (tx, rx) = mpsc::channel(QUEUE);
+    let batch_ready = Arc::new(Notify::new());
+    let wake = batch_ready.clone();
     let exporter = Exporter {
         rx,
         resource: resource(&config.service_name, scope),
@@ -75,6 +80,11 @@ pub fn start(
         failures: metrics.export_failures.clone(),
     };
     let target = config.endpoint.clone();
+    let protocol = config.protocol;
+    let uri = match protocol {
+        Protocol::Grpc => uri,
+        Protocol::HttpProtobuf => http_traces_uri(uri).map_err(bad)?,
+    };
     std::thread::Builder::new()
         .name("weft-otlp".into())
         .spawn(move || {
@@ -87,20 +97,31 @@ pub fn start(
             };
             rt.block_on(async move {
                 // Lazy: the first batch connects; an absent collector costs nothing before.
-                let channel = match tls {
-                    None => endpoint.connect_lazy(),
-                    Some(tls) => endpoint.connect_with_connector_lazy(tls_connector(tls)),
+                let transport = match protocol {
+                    Protocol::Grpc => {
+                        let endpoint = Endpoint::from(uri)
+                            .connect_timeout(Duration::from_secs(5))
+                            .timeout(EXPORT_TIMEOUT)
+                            .tcp_nodelay(true);
+                        Transport::Grpc(TraceServiceClient::new(match tls {
+                            None => endpoint.connect_lazy(),
+                            Some(tls) => endpoint.connect_with_connector_lazy(tls_connector(tls)),
+                        }))
+                    }
+                    Protocol::HttpProtobuf => Transport::Http(HttpSender {
+                        uri,
+                        tls,
+                        conn: None,
+                    }),
                 };
-                info!(endpoint = %target, "exporting spans over OTLP/gRPC");
-                exporter.run(TraceServiceClient::new(channel)).await;
+                info!(endpoint = %target, protocol = protocol.name(), "exporting spans over OTLP");
+                exporter.run(transport, batch_ready).await;
             });
         })
         .map_err(ExportError::Thread)?;
-    Ok(Arc::new(Tracer::new(
-        config.sample_rate,
-        tx,
-        metrics.dropped.clone(),
-    )))
+    Ok(Arc::new(
+        Tracer::new(config.sample_rate, tx, metrics.dropped.clone()).wake_at(wake, BATCH),
+    ))
 }
 
 fn tls_config(config: &TraceConfig) -> Result<Arc<rustls::ClientConfig>, ExportError> {
@@ -129,7 +150,10 @@ fn tls_config(config: &TraceConfig) -> Result<Arc<rustls::ClientConfig>, ExportE
         .map_err(|e| ca(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+    tls.alpn_protocols = match config.protocol {
+        Protocol::Grpc => vec![b"h2".to_vec()],
+        Protocol::HttpProtobuf => vec![b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(tls))
 }
 
@@ -154,43 +178,54 @@ struct Exporter {
 }
 
 impl Exporter {
-    async fn run(mut self, mut client: TraceServiceClient<Channel>) {
-        let mut batch: Vec<SpanRecord> = Vec::new();
+    /// Every [`FLUSH`], or sooner when the tracer says a batch is waiting, sends what the queue
+    /// holds in batches of up to [`BATCH`]. The task sleeps between: it is not woken per span
+    /// (a wake-up per span was a context switch per span on the data path's CPUs). Ends, after
+    /// sending what is left, when every sender is gone.
+    async fn run(mut self, mut transport: Transport, batch_ready: Arc<Notify>) {
+        let mut batch: Vec<SpanRecord> = Vec::with_capacity(BATCH);
         loop {
-            // Wait for a first span, then up to FLUSH for the batch to fill.
-            match self.rx.recv().await {
-                Some(s) => batch.push(s),
-                None => return,
-            }
-            let deadline = tokio::time::Instant::now() + FLUSH;
-            let mut closed = false;
-            while batch.len() < BATCH {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(s)) => batch.push(s),
-                    Ok(None) => {
-                        closed = true;
-                        break;
+            let _ = tokio::time::timeout(FLUSH, batch_ready.notified()).await;
+            loop {
+                let closed = loop {
+                    if batch.len() == BATCH {
+                        break false;
                     }
-                    Err(_) => break,
+                    match self.rx.try_recv() {
+                        Ok(s) => batch.push(s),
+                        Err(mpsc::error::TryRecvError::Empty) => break false,
+                        Err(mpsc::error::TryRecvError::Disconnected) => break true,
+                    }
+                };
+                let full = batch.len() == BATCH;
+                if !batch.is_empty() {
+                    self.send(&mut transport, &mut batch).await;
+                }
+                if closed {
+                    return;
+                }
+                if !full {
+                    break;
                 }
             }
-            let n = batch.len() as u64;
-            let request = self.request(std::mem::take(&mut batch));
-            match tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await {
-                Ok(Ok(_)) => {
-                    self.exported.inc_by(n);
-                }
-                Ok(Err(status)) => {
-                    self.failures.inc();
-                    debug!(%status, spans = n, "span export failed; dropped");
-                }
-                Err(_) => {
-                    self.failures.inc();
-                    debug!(spans = n, "span export timed out; dropped");
-                }
+        }
+    }
+
+    /// Sends one batch (emptying it); a failure or timeout drops it and is counted.
+    async fn send(&self, transport: &mut Transport, batch: &mut Vec<SpanRecord>) {
+        let n = batch.len() as u64;
+        let request = self.request(std::mem::take(batch));
+        match tokio::time::timeout(EXPORT_TIMEOUT, transport.export(request)).await {
+            Ok(Ok(())) => {
+                self.exported.inc_by(n);
             }
-            if closed {
-                return;
+            Ok(Err(error)) => {
+                self.failures.inc();
+                debug!(%error, spans = n, "span export failed; dropped");
+            }
+            Err(_) => {
+                self.failures.inc();
+                debug!(spans = n, "span export timed out; dropped");
             }
         }
     }
@@ -210,6 +245,158 @@ impl Exporter {
                 }],
                 schema_url: String::new(),
             }],
+        }
+    }
+}
+
+/// Where a batch goes: a tonic client, or an HTTP/1.1 connection.
+enum Transport {
+    Grpc(TraceServiceClient<Channel>),
+    Http(HttpSender),
+}
+
+impl Transport {
+    async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<(), String> {
+        match self {
+            Self::Grpc(client) => client
+                .export(request)
+                .await
+                .map(drop)
+                .map_err(|s| s.to_string()),
+            Self::Http(sender) => sender.send(request.encode_to_vec()).await,
+        }
+    }
+}
+
+/// The OTLP/HTTP URL: an endpoint with no path (or `/`) gets the signal's path, `/v1/traces`
+/// (as `OTEL_EXPORTER_OTLP_ENDPOINT` does); one with a path is used as it is (as
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is).
+fn http_traces_uri(uri: Uri) -> Result<Uri, String> {
+    if !matches!(uri.path(), "" | "/") {
+        return Ok(uri);
+    }
+    let mut parts = uri.into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
+    Uri::from_parts(parts).map_err(|e| e.to_string())
+}
+
+/// The most of a collector's response body read (its `ExportTraceServiceResponse`, or an
+/// error's text).
+const RESPONSE_LIMIT: usize = 64 * 1024;
+
+/// OTLP/HTTP over one HTTP/1.1 connection, made when a batch needs it and kept while it lasts.
+struct HttpSender {
+    /// The full URL: scheme, authority and path.
+    uri: Uri,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl HttpSender {
+    async fn connect(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("connect to {}: {e}", self.uri);
+        let connecting = async {
+            match &self.tls {
+                Some(tls) => {
+                    let io = crate::client::tls_connect(tls.clone(), self.uri.clone())
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    let (send, conn) = hyper::client::conn::http1::handshake(io)
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    tokio::spawn(conn);
+                    Ok(send)
+                }
+                None => {
+                    let host = self.uri.host().unwrap_or_default();
+                    let host = host.trim_matches(|c| c == '[' || c == ']');
+                    let port = self.uri.port_u16().unwrap_or(80);
+                    let tcp = tokio::net::TcpStream::connect((host, port))
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    tcp.set_nodelay(true).map_err(|e| failed(&e))?;
+                    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    tokio::spawn(conn);
+                    Ok(send)
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| failed(&"timed out"))?
+    }
+
+    /// POSTs one encoded `ExportTraceServiceRequest`; any status but 2xx is a failure (OTLP's
+    /// retryable ones too: nothing is retried). A kept connection the collector closed before
+    /// the request went out (an idle keep-alive timing out) is remade once.
+    async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+        let body = Bytes::from(body);
+        let reused = self.conn.as_ref().is_some_and(|c| !c.is_closed());
+        match self.post(body.clone()).await {
+            Err(Post::NotSent(_)) if reused => self.post(body).await.map_err(Post::into_message),
+            result => result.map_err(Post::into_message),
+        }
+    }
+
+    async fn post(&mut self, body: Bytes) -> Result<(), Post> {
+        let mut conn = match self.conn.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect().await.map_err(Post::Failed)?,
+        };
+        conn.ready()
+            .await
+            .map_err(|e| Post::NotSent(e.to_string()))?;
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request = http::Request::post(path)
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(body))
+            .map_err(|e| Post::Failed(e.to_string()))?;
+        if let Some(authority) = self.uri.authority() {
+            let host = http::HeaderValue::from_str(authority.as_str())
+                .map_err(|e| Post::Failed(e.to_string()))?;
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+        let response = conn.send_request(request).await.map_err(|e| {
+            if e.is_canceled() {
+                Post::NotSent(e.to_string())
+            } else {
+                Post::Failed(e.to_string())
+            }
+        })?;
+        let status = response.status();
+        // Read to the end, so the connection can carry the next batch.
+        let body = Limited::new(response.into_body(), RESPONSE_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| Post::Failed(format!("the collector's response: {e}")))?
+            .to_bytes();
+        self.conn = Some(conn);
+        if status.is_success() {
+            Ok(())
+        } else {
+            let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
+            Err(Post::Failed(format!(
+                "the collector answered {status}: {}",
+                text.trim()
+            )))
+        }
+    }
+}
+
+/// Why a POST failed: before the request went out (safe to send again), or after.
+enum Post {
+    NotSent(String),
+    Failed(String),
+}
+
+impl Post {
+    fn into_message(self) -> String {
+        match self {
+            Self::NotSent(m) | Self::Failed(m) => m,
         }
     }
 }
@@ -277,8 +464,21 @@ mod tests {
         TraceConfig {
             endpoint: endpoint.into(),
             ca,
-            sample_rate: 0.0,
             service_name: "default/web".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_http_endpoint_without_a_path_gets_v1_traces() {
+        for (endpoint, want) in [
+            ("http://c:4318", "http://c:4318/v1/traces"),
+            ("http://c:4318/", "http://c:4318/v1/traces"),
+            ("https://c/otlp/v1/traces", "https://c/otlp/v1/traces"),
+            ("http://[::1]:4318", "http://[::1]:4318/v1/traces"),
+        ] {
+            let uri = http_traces_uri(endpoint.parse().unwrap()).unwrap();
+            assert_eq!(uri.to_string(), want, "{endpoint}");
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod context;
 pub mod export;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderMap;
@@ -21,10 +22,13 @@ use prometheus_client::metrics::counter::Counter;
 pub use context::{SpanId, TraceId, TraceParent};
 
 /// `--otlp-endpoint` and what goes with it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TraceConfig {
-    /// `http://host:port` or `https://host:port` of an OTLP/gRPC collector.
+    /// `http://host:port` or `https://host:port` of an OTLP collector (OTLP/HTTP: a path of
+    /// its own, else `/v1/traces`).
     pub endpoint: String,
+    /// `--otlp-protocol`: how spans reach the collector.
+    pub protocol: Protocol,
     /// PEM roots for an `https://` endpoint.
     pub ca: Option<std::path::PathBuf>,
     /// Of the requests that arrive with no valid `traceparent`, the share that starts a trace.
@@ -171,6 +175,9 @@ pub struct Tracer {
     sample_rate: f64,
     queue: tokio::sync::mpsc::Sender<SpanRecord>,
     dropped: Counter,
+    /// Told when the queue holds a batch ([`Tracer::wake_at`]); the exporter does not wait on
+    /// the queue itself, so a span is not a thread wake-up.
+    batch_ready: Option<(Arc<tokio::sync::Notify>, usize)>,
 }
 
 impl Tracer {
@@ -183,7 +190,14 @@ impl Tracer {
             sample_rate,
             queue,
             dropped,
+            batch_ready: None,
         }
+    }
+
+    /// `notify` is told each time a span leaves `spans` or more in the queue.
+    pub fn wake_at(mut self, notify: Arc<tokio::sync::Notify>, spans: usize) -> Self {
+        self.batch_ready = Some((notify, spans));
+        self
     }
 
     /// The trace this request is part of, if it is to be traced: a valid, sampled
@@ -204,6 +218,10 @@ impl Tracer {
     pub fn submit(&self, span: SpanRecord) {
         if self.queue.try_send(span).is_err() {
             self.dropped.inc();
+        } else if let Some((notify, spans)) = &self.batch_ready
+            && self.queue.max_capacity() - self.queue.capacity() >= *spans
+        {
+            notify.notify_one();
         }
     }
 }
@@ -233,6 +251,37 @@ pub fn decide(
             flags: context::FLAG_SAMPLED,
         }),
         None => None,
+    }
+}
+
+/// `--otlp-protocol`, with the names OpenTelemetry's `OTEL_EXPORTER_OTLP_PROTOCOL` gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` (port 4317 by
+    /// convention).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies: `POST /v1/traces` (port 4318 by convention).
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// The flag's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// `--otlp-protocol` (both binaries): `grpc` or `http/protobuf`.
+pub fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s {
+        "grpc" => Ok(Protocol::Grpc),
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        "http/json" => Err("\"http/json\" is not supported: use http/protobuf or grpc".into()),
+        _ => Err(format!("{s:?} is not grpc or http/protobuf")),
     }
 }
 

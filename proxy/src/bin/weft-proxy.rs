@@ -148,7 +148,7 @@ struct RunArgs {
     /// Connecting to a peer proxy or destination, TCP and TLS each.
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
     connect_timeout: Duration,
-    /// Tracing: export spans over OTLP/gRPC to this collector (http://HOST:PORT, or https://
+    /// Tracing: export spans over OTLP (--otlp-protocol) to this collector (http://HOST:PORT, or https://
     /// with --otlp-ca). Given, the proxy also propagates W3C trace context: a sampled
     /// `traceparent` gets a span of ours as its parent. Without it, nothing is traced and the
     /// headers pass untouched.
@@ -157,6 +157,10 @@ struct RunArgs {
     /// PEM roots that verify an https:// --otlp-endpoint.
     #[arg(long, env = "WEFT_OTLP_CA", requires = "otlp_endpoint")]
     otlp_ca: Option<PathBuf>,
+    /// How spans reach the collector: grpc (OTLP/gRPC) or http/protobuf (OTLP/HTTP: POST to
+    /// the endpoint's path, /v1/traces when it has none).
+    #[arg(long, env = "WEFT_OTLP_PROTOCOL", default_value = "grpc", value_parser = weft_proto::trace::parse_protocol, requires = "otlp_endpoint")]
+    otlp_protocol: weft_proto::trace::Protocol,
     /// The share (0 to 1) of requests with no valid `traceparent` that start a trace. Requests
     /// with one follow its sampled flag.
     #[arg(long, env = "WEFT_TRACE_SAMPLE_RATE", default_value_t = 0.0, value_parser = weft_proto::trace::parse_sample_rate, requires = "otlp_endpoint")]
@@ -445,6 +449,7 @@ async fn run(args: RunArgs) -> ExitCode {
             .otlp_endpoint
             .map(|endpoint| weft_proxy::trace::TraceConfig {
                 endpoint,
+                protocol: args.otlp_protocol,
                 ca: args.otlp_ca,
                 sample_rate: args.trace_sample_rate,
                 service_name: args

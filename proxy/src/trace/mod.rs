@@ -11,8 +11,8 @@
 //! exporter through a bounded queue; a full queue drops them (`spans_dropped_total`).
 
 pub use weft_proto::trace::{
-    Kind, OpenSpan, Parent, SpanId, SpanRecord, TraceConfig, TraceId, TraceParent, Tracer, Value,
-    context, decide,
+    Kind, OpenSpan, Parent, Protocol, SpanId, SpanRecord, TraceConfig, TraceId, TraceParent,
+    Tracer, Value, context, decide,
 };
 
 /// The exporter, fed with the proxy's counters.
@@ -75,6 +75,7 @@ mod tests {
                 ca: None,
                 sample_rate: 1.0,
                 service_name: "default/web".into(),
+                ..Default::default()
             },
             &m,
         )
