@@ -176,7 +176,18 @@ pub struct Load {
 impl Load {
     /// Starts sending at once.
     pub fn start(cfg: LoadConfig) -> Self {
+        Self::start_in(cfg, BEFORE)
+    }
+
+    /// Starts sending at once, every request counted as "during the fault" from the first (a
+    /// `fault_begins` right after `start` races the first tick on a multi-threaded runtime).
+    pub fn start_in_fault(cfg: LoadConfig) -> Self {
+        Self::start_in(cfg, DURING)
+    }
+
+    fn start_in(cfg: LoadConfig, phase: u8) -> Self {
         let stats = Arc::new(Stats::default());
+        stats.phase.store(phase, Ordering::Relaxed);
         let (stop, stopped) = watch::channel(false);
         let timeout = cfg.timeout;
         let scheduler = tokio::spawn(schedule(cfg, stats.clone(), stopped));

@@ -140,6 +140,18 @@ impl Collector {
     }
 }
 
+/// Waits (20 s at most) until the process behind `admin` counts a failed span export, and
+/// returns its metrics text.
+pub async fn export_failed(admin: impl std::fmt::Display) -> anyhow::Result<String> {
+    crate::metric_reaches(
+        &admin.to_string(),
+        "span_export_failures_total",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await
+}
+
 /// An OTLP endpoint (`http://127.0.0.1:PORT`) that accepts connections and never answers —
 /// worse for an exporter than one that is not there, which refuses at once. Lives as long as
 /// the test's runtime.

@@ -74,13 +74,16 @@ async fn load_generator_counts_every_outcome() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let load = Load::start(LoadConfig::new(closed, Protocol::Tcp, 100));
-    load.fault_begins();
+    let load = Load::start_in_fault(LoadConfig::new(closed, Protocol::Tcp, 100));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = load.stop().await;
     assert!(r.sent > 0 && r.reset == r.sent, "{}", r.summary());
     assert_eq!(r.ok, 0);
-    assert!(r.worst_during_fault > Duration::ZERO && r.worst_before == Duration::ZERO);
+    assert!(
+        r.worst_during_fault > Duration::ZERO && r.worst_before == Duration::ZERO,
+        "{}",
+        r.summary()
+    );
 
     // Answers later than the timeout are timeouts.
     let mut cfg = LoadConfig::new(backend, Protocol::Http1, 100);

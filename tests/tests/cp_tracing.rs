@@ -370,15 +370,9 @@ async fn a_collector_that_is_down_costs_no_rpc() {
         took < Duration::from_secs(3),
         "20 traced Applies took {took:?}"
     );
-    let admin = mesh.cp.admin_addr().to_string();
-    let text = weft_tests::metric_reaches(
-        &admin,
-        "span_export_failures_total",
-        1.0,
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    let text = weft_tests::otlp::export_failed(mesh.cp.admin_addr())
+        .await
+        .unwrap();
     assert_eq!(
         weft_tests::metric_value(&text, "spans_exported_total"),
         Some(0.0)

@@ -337,15 +337,9 @@ async fn a_collector_that_is_down_costs_no_request() {
         "20 traced requests took {took:?}"
     );
     // The export is given up (timeout) and counted; nothing waited for it.
-    let metrics = format!("{}", c.web.admin_addr);
-    weft_tests::metric_reaches(
-        &metrics,
-        "span_export_failures_total",
-        1.0,
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    weft_tests::otlp::export_failed(c.web.admin_addr)
+        .await
+        .unwrap();
 }
 
 /// An opaque TCP connection is one line at each proxy when it closes, with the bytes each way.
@@ -628,14 +622,8 @@ async fn otlp_http_carries_the_spans_in_plain_and_over_tls() {
         ..Default::default()
     };
     let (api, _hop) = one_traced_hop(trace, "/lost").await;
-    let admin = api.admin_addr.to_string();
-    weft_tests::metric_reaches(
-        &admin,
-        "span_export_failures_total",
-        1.0,
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    weft_tests::otlp::export_failed(api.admin_addr)
+        .await
+        .unwrap();
     assert!(collector.spans().is_empty());
 }
