@@ -190,6 +190,7 @@ async fn certify(duration: Duration, clients: usize, json: bool) -> anyhow::Resu
         admin_identities: vec![],
         registration_ttl: Duration::from_secs(20),
         max_connections: weft_control_plane::transport::MAX_CONNECTIONS,
+        admin_remote: Default::default(),
     })
     .await?;
     let addr = cp.grpc_addr().to_string();

@@ -5,7 +5,8 @@
 //!
 //! In a cluster it listens on the pod IP so Prometheus can scrape it (`weftctl install`): then
 //! only `/live`, `/ready` and `/metrics` answer clients that are not on loopback, and `/ca`
-//! answers `kubectl port-forward` ([`weft_proto::admin`], the proxy's rule too).
+//! answers `kubectl port-forward` ([`weft_proto::admin`], the proxy's rule too), unless
+//! `--admin-remote all` opens it to the network (a root rotation driven from another host).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,9 +28,23 @@ const ADMIN_MAX_CONNECTIONS: usize = 128;
 use crate::registry::Published;
 use crate::rotation::CaSource;
 
+/// What the admin port answers clients that are not on loopback (`--admin-remote`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Remote {
+    /// Only `/live`, `/ready` and `/metrics` (kubelet, Prometheus); 403 for the rest.
+    #[default]
+    Public,
+    /// Everything, `/ca` and `POST /ca/reload` included (`weftctl ca rotate` from another host).
+    All,
+}
+
+/// The 403's body for a remote client asking for more than `Remote::Public` gives it.
+const FORBIDDEN: &[u8] = b"forbidden: only /live, /ready and /metrics answer clients outside this host; use kubectl port-forward, the host's loopback, or start the control plane with --admin-remote all\n";
+
 /// Serves until `shutdown` flips.
 pub async fn run(
     listener: TcpListener,
+    remote_access: Remote,
     metrics: Arc<Metrics>,
     registry: watch::Receiver<Arc<Published>>,
     ca: Option<Arc<CaSource>>,
@@ -52,11 +67,8 @@ pub async fn run(
                 let synced = registry.borrow().synced;
                 let ca = ca.clone();
                 async move {
-                    if !admin::allowed(remote_ip, req.uri().path()) {
-                        let mut resp =
-                            Response::new(Full::new(Bytes::from_static(admin::FORBIDDEN)));
-                        *resp.status_mut() = StatusCode::FORBIDDEN;
-                        return Ok::<_, Infallible>(resp);
+                    if let Some(forbidden) = refuse(remote_access, remote_ip, req.uri().path()) {
+                        return Ok::<_, Infallible>(forbidden);
                     }
                     let resp = match (req.method(), req.uri().path(), ca) {
                         (&Method::POST, "/ca/reload", Some(ca)) => {
@@ -93,6 +105,16 @@ pub async fn run(
             drop(slot);
         });
     }
+}
+
+/// The 403 for a client the admin port does not answer at `path`, or `None`.
+fn refuse(access: Remote, ip: std::net::IpAddr, path: &str) -> Option<Response<Full<Bytes>>> {
+    if access == Remote::All || admin::allowed(ip, path) {
+        return None;
+    }
+    let mut resp = Response::new(Full::new(Bytes::from_static(FORBIDDEN)));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    Some(resp)
 }
 
 fn route(req: &Request<Incoming>, metrics: &Metrics, synced: bool) -> Response<Full<Bytes>> {
@@ -142,4 +164,31 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_clients_get_health_and_metrics_only_unless_all() {
+        let remote: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        for (access, ip, path, refused) in [
+            (Remote::Public, remote, "/ca", true),
+            (Remote::Public, remote, "/ca/reload", true),
+            (Remote::Public, remote, "/metrics", false),
+            (Remote::Public, remote, "/ready", false),
+            (Remote::Public, local, "/ca", false),
+            (Remote::Public, local, "/ca/reload", false),
+            (Remote::All, remote, "/ca", false),
+            (Remote::All, remote, "/ca/reload", false),
+        ] {
+            let r = refuse(access, ip, path);
+            assert_eq!(r.is_some(), refused, "{access:?} {ip} {path}");
+            if let Some(r) = r {
+                assert_eq!(r.status(), StatusCode::FORBIDDEN);
+            }
+        }
+    }
 }

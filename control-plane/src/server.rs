@@ -60,6 +60,8 @@ pub struct Config {
     pub registration_ttl: Duration,
     /// Connections the gRPC port keeps open at once (`--max-connections`).
     pub max_connections: usize,
+    /// What the admin port answers clients that are not on loopback (`--admin-remote`).
+    pub admin_remote: crate::admin::Remote,
 }
 
 /// The registry's store.
@@ -129,6 +131,8 @@ pub struct ControlPlane {
     revisions: watch::Receiver<i64>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Flushed at the end of [`ControlPlane::shutdown`].
+    tracer: Option<Arc<weft_proto::trace::Tracer>>,
 }
 
 impl ControlPlane {
@@ -303,7 +307,8 @@ impl ControlPlane {
         let snapshots_for_admin = snapshots.clone();
         let mut grpc_shutdown = shutdown_rx.clone();
         let jwks_shutdown = shutdown_rx.clone();
-        let rpc_trace = RpcTraceLayer::new(traces.as_ref().map(|t| t.tracer.clone()));
+        let tracer = traces.as_ref().map(|t| t.tracer.clone());
+        let rpc_trace = RpcTraceLayer::new(tracer.clone());
         let mut discovery = DiscoveryService::new(snapshots.clone(), discovery_metrics)
             .counting_issuers(discovery_ca);
         let mut config_service =
@@ -353,6 +358,7 @@ impl ControlPlane {
         });
         let admin_task = tokio::spawn(crate::admin::run(
             admin,
+            config.admin_remote,
             metrics.clone(),
             snapshots_for_admin,
             Some(ca.clone()),
@@ -377,6 +383,7 @@ impl ControlPlane {
                 follow_task,
                 poll_task,
             ],
+            tracer,
         })
     }
 
@@ -421,6 +428,12 @@ impl ControlPlane {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        // The last RPCs' and pushes' spans (up to a second of them wait for their batch).
+        if let Some(tracer) = &self.tracer
+            && !tracer.flush(std::time::Duration::from_secs(2)).await
+        {
+            tracing::warn!("spans still queued at exit were not exported within 2 s");
         }
     }
 }

@@ -160,6 +160,9 @@ async fn bind(
     Ok((listener, local))
 }
 
+/// How long a stopping proxy waits for its queued spans to be exported.
+const SPAN_FLUSH: Duration = Duration::from_secs(2);
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -177,6 +180,8 @@ pub struct Proxy {
     drain: drain::Drain,
     drain_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
+    /// Flushed at the end of [`Proxy::shutdown`].
+    tracer: Option<Arc<trace::Tracer>>,
 }
 
 impl Proxy {
@@ -321,7 +326,7 @@ impl Proxy {
             namespace: own_namespace(&identity.svid().id),
             observe: (tracer.is_some() || access_log.is_some()).then(|| {
                 Arc::new(observe::Observe {
-                    tracer,
+                    tracer: tracer.clone(),
                     log: access_log,
                     own_id: identity.svid().id.to_string(),
                 })
@@ -397,6 +402,7 @@ impl Proxy {
             drain,
             drain_timeout: config.drain_timeout,
             tasks,
+            tracer,
         })
     }
 
@@ -435,6 +441,12 @@ impl Proxy {
         self.stop.send_replace(true);
         let all = futures_util::future::join_all(self.tasks);
         let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
+        // The spans of the last requests (up to a second of them wait for their batch).
+        if let Some(tracer) = &self.tracer
+            && !tracer.flush(SPAN_FLUSH).await
+        {
+            warn!("spans still queued at exit were not exported within {SPAN_FLUSH:?}");
+        }
         info!("proxy stopped");
     }
 }

@@ -4,7 +4,10 @@
 first line of stdout, then writes every span it receives as one JSON line to SPANS_FILE (with
 the protocol that brought it and, over HTTP, the client's port: one port, one connection).
 
-usage: collector.py [--http] SPANS_FILE [CERT_PEM KEY_PEM]   (with a certificate: TLS)
+usage: collector.py [--http [--close]] SPANS_FILE [CERT_PEM KEY_PEM]   (with a certificate: TLS)
+
+--close: answer every request with `Connection: close` and close (an exporter must reconnect).
+A POST to another path than /v1/traces is answered 404 and written as {"rejected_path": PATH}.
 """
 
 import http.server
@@ -30,6 +33,11 @@ class Spans:
     def __init__(self, path):
         self.out = open(path, "a", encoding="utf-8")
         self.lock = threading.Lock()
+
+    def reject(self, path):
+        with self.lock:
+            self.out.write(json.dumps({"rejected_path": path}) + "\n")
+            self.out.flush()
 
     def write(self, request, protocol, peer_port=None):
         with self.lock:
@@ -70,7 +78,7 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-def http_handler(spans):
+def http_handler(spans, close):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -78,6 +86,9 @@ def http_handler(spans):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
 
@@ -85,6 +96,7 @@ def http_handler(spans):
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             if self.path != "/v1/traces":
+                spans.reject(self.path)
                 return self.reply(404, b"not found\n", "text/plain")
             if self.headers.get("Content-Type") != "application/x-protobuf":
                 return self.reply(415, b"want application/x-protobuf\n", "text/plain")
@@ -108,10 +120,13 @@ def main():
     use_http = args[:1] == ["--http"]
     if use_http:
         args = args[1:]
+    close = args[:1] == ["--close"]
+    if close:
+        args = args[1:]
     spans = Spans(args[0])
     tls = args[1:3] if len(args) > 2 else None
     if use_http:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http_handler(spans))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http_handler(spans, close))
         if tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(tls[0], tls[1])

@@ -57,6 +57,7 @@ impl TestMesh {
             admin_identities: vec![],
             registration_ttl,
             max_connections: weft_control_plane::transport::MAX_CONNECTIONS,
+            admin_remote: Default::default(),
         };
         Ok(ControlPlane::start(config).await?)
     }

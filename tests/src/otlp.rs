@@ -47,27 +47,36 @@ impl std::fmt::Debug for Collector {
 impl Collector {
     /// OTLP/gRPC.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(false, None).await
+        Self::start_with(None, None).await
     }
 
     /// OTLP/gRPC over TLS with `(certificate chain PEM, key PEM)`.
     pub async fn start_tls(cert: &str, key: &str) -> anyhow::Result<Self> {
-        Self::start_with(false, Some((cert, key))).await
+        Self::start_with(None, Some((cert, key))).await
     }
 
     /// OTLP/HTTP (`POST /v1/traces`, protobuf), over TLS when given `(chain PEM, key PEM)`.
     pub async fn start_http(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
-        Self::start_with(true, tls).await
+        Self::start_with(Some(false), tls).await
     }
 
-    async fn start_with(http: bool, tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
+    /// OTLP/HTTP that answers every request with `Connection: close` and closes.
+    pub async fn start_http_closing() -> anyhow::Result<Self> {
+        Self::start_with(Some(true), None).await
+    }
+
+    /// `http`: `None` for gRPC, `Some(close)` for HTTP.
+    async fn start_with(http: Option<bool>, tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let spans = dir.path().join("spans.jsonl");
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("otlp/collector.py");
         let mut cmd = tokio::process::Command::new(python()?);
         cmd.arg(&script);
-        if http {
+        if let Some(close) = http {
             cmd.arg("--http");
+            if close {
+                cmd.arg("--close");
+            }
         }
         cmd.arg(&spans);
         if let Some((cert, key)) = tls {

@@ -213,6 +213,7 @@ async fn traced_mesh(endpoint: &str, rate: f64) -> TestMesh {
         admin_identities: vec![],
         registration_ttl: Duration::from_secs(20),
         max_connections: weft_control_plane::transport::MAX_CONNECTIONS,
+        admin_remote: Default::default(),
     };
     let trace = TraceConfig {
         endpoint: endpoint.to_owned(),

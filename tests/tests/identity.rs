@@ -214,6 +214,7 @@ impl Mesh {
             admin_identities: vec![],
             registration_ttl: Duration::from_secs(20),
             max_connections: weft_control_plane::transport::MAX_CONNECTIONS,
+            admin_remote: Default::default(),
         })
         .await
         .unwrap();

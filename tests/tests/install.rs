@@ -289,7 +289,7 @@ async fn the_deployments_arguments_start_a_control_plane_with_its_injector() {
                 )
                 .replace("/var/lib/weft", &store.path().display().to_string())
                 .replace("0.0.0.0:8443", "127.0.0.1:0")
-                .replace("0.0.0.0:9191", "127.0.0.1:0")
+                .replace("0.0.0.0:9191", "0.0.0.0:0")
                 .replace("0.0.0.0:9443", "127.0.0.1:0")
                 .replace("https://kubernetes.default.svc", "https://127.0.0.1:1")
         })
@@ -321,4 +321,41 @@ async fn the_deployments_arguments_start_a_control_plane_with_its_injector() {
         "the control plane did not start with {mapped:?}:\n{}",
         seen.join("\n")
     );
+    // Its admin port, on every address as installed: health and metrics for anyone, the CA
+    // status for loopback only.
+    // (--log-format=json, as installed.)
+    let port = seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| {
+            let addr: std::net::SocketAddr = l["fields"]["admin_addr"].as_str()?.parse().ok()?;
+            addr.ip().is_unspecified().then_some(addr.port())
+        })
+        .unwrap_or_else(|| panic!("no admin_addr on 0.0.0.0 in {seen:?}"));
+    let local = format!("127.0.0.1:{port}");
+    assert_eq!(weft_tests::http_get(&local, "/ca").await.unwrap().0, 200);
+    // A client on another address of this host is not on loopback (the kernel sends from the
+    // address it connects to).
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!("no non-loopback IPv4 address here: the remote half is not checked");
+        return;
+    };
+    let remote = format!("{ip}:{port}");
+    for (path, want) in [
+        ("/metrics", 200),
+        ("/ready", 200),
+        ("/ca", 403),
+        ("/ca/reload", 403),
+    ] {
+        let (status, body) = weft_tests::http_get(&remote, path).await.unwrap();
+        assert_eq!(status, want, "{path} from {ip}: {body}");
+    }
+}
+
+/// An IPv4 address of this host's that is not loopback (the one a default route would use).
+fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe.connect("192.0.2.200:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }

@@ -312,6 +312,26 @@ async fn a_sampled_request_makes_a_client_and_a_server_span_in_one_chain() {
     assert_eq!(s["attributes"]["http.response.status_code"], 503);
 }
 
+/// A stopping proxy exports what its queue holds before it exits: the spans of a request
+/// answered just before `shutdown` are at the collector when `shutdown` returns (they would
+/// otherwise wait up to a second for the exporter's next batch, and die with the process).
+#[tokio::test]
+async fn a_stopping_proxy_exports_its_last_spans() {
+    let collector = Collector::start().await.unwrap();
+    let c = chain(&collector.endpoint()).await;
+    let incoming = format!("00-{TRACE}-{PARENT}-01");
+    let (status, _) = get(&c.web, "/last", &[("traceparent", &incoming)]).await;
+    assert_eq!(status, 200);
+    // web is a client only: no deregistration grace, its shutdown takes milliseconds.
+    c.web.shutdown().await;
+    let spans: Vec<_> = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s["trace_id"] == TRACE && s["kind"] == "SPAN_KIND_CLIENT")
+        .collect();
+    assert_eq!(spans.len(), 1, "web's CLIENT span, exported before exit");
+}
+
 /// A collector that takes connections and never answers (worse than one that is not there,
 /// which refuses at once): traced requests go through as fast as ever; the export is given up
 /// and counted.
@@ -625,5 +645,42 @@ async fn otlp_http_carries_the_spans_in_plain_and_over_tls() {
     weft_tests::otlp::export_failed(api.admin_addr)
         .await
         .unwrap();
-    assert!(collector.spans().is_empty());
+    // Failed for the 404 (the request reached the collector at the path as given), not for
+    // anything before it.
+    assert_eq!(
+        collector.spans(),
+        vec![serde_json::json!({"rejected_path": "/wrong/path"})]
+    );
+
+    // A collector that closes each connection after its answer: every batch connects again.
+    let collector = Collector::start_http_closing().await.unwrap();
+    let trace = TraceConfig {
+        endpoint: format!("http://127.0.0.1:{}", collector.port),
+        protocol: weft_proxy::trace::Protocol::HttpProtobuf,
+        service_name: "default/api".into(),
+        ..Default::default()
+    };
+    let (api, hop) = one_traced_hop(trace, "/closing/1").await;
+    let first = collector.wait_trace(TRACE, 1).await.unwrap();
+    let second = "0af7651916cd43dd8448eb211c80319c";
+    let incoming = format!("00-{second}-{PARENT}-01");
+    let (status, _) = get(&hop.1, "/closing/2", &[("traceparent", &incoming)]).await;
+    assert_eq!(status, 200);
+    let again = collector.wait_trace(second, 1).await.unwrap();
+    assert_ne!(
+        again[0]["peer_port"], first[0]["peer_port"],
+        "a new connection"
+    );
+    let text = weft_tests::metric_reaches(
+        &api.admin_addr.to_string(),
+        "spans_exported_total",
+        2.0,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        weft_tests::metric_value(&text, "span_export_failures_total"),
+        Some(0.0)
+    );
 }

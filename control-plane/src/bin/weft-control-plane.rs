@@ -26,9 +26,15 @@ struct Args {
     /// gRPC (mTLS) listen address.
     #[arg(long, env = "WEFT_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
-    /// Admin HTTP address (/metrics, /live, /ready). Keep it on localhost.
+    /// Admin HTTP address (/metrics, /live, /ready; /ca and POST /ca/reload for root
+    /// rotation). Localhost unless Prometheus or `weftctl ca rotate` on another host must reach it.
     #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:9191")]
     admin: SocketAddr,
+    /// What the admin port answers clients that are not on loopback: `public` (only /live,
+    /// /ready and /metrics; 403 for the rest) or `all` (also /ca and POST /ca/reload, for
+    /// `weftctl ca rotate --admin` across hosts on a network you trust).
+    #[arg(long, env = "WEFT_ADMIN_REMOTE", value_enum, default_value = "public")]
+    admin_remote: weft_control_plane::admin::Remote,
     /// Longest lifetime of an issued SVID.
     #[arg(long, env = "WEFT_SVID_TTL", default_value = "24h", value_parser = parse_svid_ttl)]
     svid_ttl: Duration,
@@ -230,6 +236,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         admin_identities: args.admin_identities,
         registration_ttl: args.registration_ttl,
         max_connections: args.max_connections,
+        admin_remote: args.admin_remote,
     };
     let trace = args
         .otlp_endpoint

@@ -18,13 +18,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use super::{Kind, Protocol, SpanRecord, TraceConfig, TraceMetrics, Tracer, Value};
-use crate::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use super::{ExporterLink, Kind, Protocol, SpanRecord, TraceConfig, TraceMetrics, Tracer, Value};
 use crate::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
+use crate::otlp::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use crate::otlp::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use crate::otlp::resource::v1::Resource;
 use crate::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
@@ -69,15 +71,25 @@ pub fn start(
     if uri.host().is_none() {
         return Err(bad("no host".into()));
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // It would be sent in the clear (a Host header, OTLP/HTTP) and logged.
+        return Err(bad("credentials in the URL are not supported".into()));
+    }
     let (tx, rx) = mpsc::channel(QUEUE);
     let batch_ready = Arc::new(Notify::new());
-    let wake = batch_ready.clone();
+    let (handled, handled_rx) = watch::channel(0);
+    let link = ExporterLink {
+        batch_ready: batch_ready.clone(),
+        batch: BATCH,
+        handled: handled_rx,
+    };
     let exporter = Exporter {
         rx,
         resource: resource(&config.service_name, scope),
         scope,
         exported: metrics.exported.clone(),
         failures: metrics.export_failures.clone(),
+        handled,
     };
     let target = config.endpoint.clone();
     let protocol = config.protocol;
@@ -120,7 +132,7 @@ pub fn start(
         })
         .map_err(ExportError::Thread)?;
     Ok(Arc::new(
-        Tracer::new(config.sample_rate, tx, metrics.dropped.clone()).wake_at(wake, BATCH),
+        Tracer::new(config.sample_rate, tx, metrics.dropped.clone()).exported_by(link),
     ))
 }
 
@@ -175,6 +187,8 @@ struct Exporter {
     scope: &'static str,
     exported: Counter,
     failures: Counter,
+    /// Spans taken from the queue and dealt with so far ([`Tracer::flush`] waits on it).
+    handled: watch::Sender<u64>,
 }
 
 impl Exporter {
@@ -214,10 +228,21 @@ impl Exporter {
     /// Sends one batch (emptying it); a failure or timeout drops it and is counted.
     async fn send(&self, transport: &mut Transport, batch: &mut Vec<SpanRecord>) {
         let n = batch.len() as u64;
+        // Dealt with either way once this returns.
+        let _handled = Handled(&self.handled, n);
         let request = self.request(std::mem::take(batch));
         match tokio::time::timeout(EXPORT_TIMEOUT, transport.export(request)).await {
-            Ok(Ok(())) => {
-                self.exported.inc_by(n);
+            Ok(Ok(partial)) => {
+                // OTLP's partial success: the collector took the request but not every span.
+                let rejected = partial
+                    .as_ref()
+                    .map_or(0, |p| p.rejected_spans.max(0) as u64);
+                if let Some(p) =
+                    partial.filter(|p| p.rejected_spans > 0 || !p.error_message.is_empty())
+                {
+                    debug!(rejected = p.rejected_spans, message = %p.error_message, "the collector rejected spans");
+                }
+                self.exported.inc_by(n.saturating_sub(rejected));
             }
             Ok(Err(error)) => {
                 self.failures.inc();
@@ -249,6 +274,15 @@ impl Exporter {
     }
 }
 
+/// Adds its count to the exporter's `handled` when dropped (however the send ended).
+struct Handled<'a>(&'a watch::Sender<u64>, u64);
+
+impl Drop for Handled<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n += self.1);
+    }
+}
+
 /// Where a batch goes: a tonic client, or an HTTP/1.1 connection.
 enum Transport {
     Grpc(TraceServiceClient<Channel>),
@@ -256,15 +290,25 @@ enum Transport {
 }
 
 impl Transport {
-    async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<(), String> {
-        match self {
+    /// Sends one request; `Ok` with the collector's partial-success answer (spans it rejected,
+    /// and why), if any.
+    async fn export(
+        &mut self,
+        request: ExportTraceServiceRequest,
+    ) -> Result<Option<ExportTracePartialSuccess>, String> {
+        let response = match self {
             Self::Grpc(client) => client
                 .export(request)
                 .await
-                .map(drop)
-                .map_err(|s| s.to_string()),
-            Self::Http(sender) => sender.send(request.encode_to_vec()).await,
-        }
+                .map(tonic::Response::into_inner)
+                .map_err(|s| s.to_string())?,
+            Self::Http(sender) => {
+                let body = sender.send(request.encode_to_vec()).await?;
+                // A 2xx body that is not the message is still a 2xx: the spans were taken.
+                ExportTraceServiceResponse::decode(body).unwrap_or_default()
+            }
+        };
+        Ok(response.partial_success)
     }
 }
 
@@ -275,8 +319,15 @@ fn http_traces_uri(uri: Uri) -> Result<Uri, String> {
     if !matches!(uri.path(), "" | "/") {
         return Ok(uri);
     }
+    let path = match uri.query() {
+        Some(q) => format!("/v1/traces?{q}"),
+        None => "/v1/traces".to_owned(),
+    };
     let mut parts = uri.into_parts();
-    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
+    parts.path_and_query = Some(
+        path.parse()
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?,
+    );
     Uri::from_parts(parts).map_err(|e| e.to_string())
 }
 
@@ -333,7 +384,7 @@ impl HttpSender {
     /// POSTs one encoded `ExportTraceServiceRequest`; any status but 2xx is a failure (OTLP's
     /// retryable ones too: nothing is retried). A kept connection the collector closed before
     /// the request went out (an idle keep-alive timing out) is remade once.
-    async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+    async fn send(&mut self, body: Vec<u8>) -> Result<Bytes, String> {
         let body = Bytes::from(body);
         let reused = self.conn.as_ref().is_some_and(|c| !c.is_closed());
         match self.post(body.clone()).await {
@@ -342,7 +393,7 @@ impl HttpSender {
         }
     }
 
-    async fn post(&mut self, body: Bytes) -> Result<(), Post> {
+    async fn post(&mut self, body: Bytes) -> Result<Bytes, Post> {
         let mut conn = match self.conn.take() {
             Some(c) if !c.is_closed() => c,
             _ => self.connect().await.map_err(Post::Failed)?,
@@ -372,11 +423,15 @@ impl HttpSender {
         let body = Limited::new(response.into_body(), RESPONSE_LIMIT)
             .collect()
             .await
-            .map_err(|e| Post::Failed(format!("the collector's response: {e}")))?
+            .map_err(|e| {
+                Post::Failed(format!(
+                    "the collector's {status} response could not be read (over {RESPONSE_LIMIT} bytes, or cut short): {e}"
+                ))
+            })?
             .to_bytes();
         self.conn = Some(conn);
         if status.is_success() {
-            Ok(())
+            Ok(body)
         } else {
             let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
             Err(Post::Failed(format!(
@@ -476,6 +531,10 @@ mod tests {
             ("http://c:4318/", "http://c:4318/v1/traces"),
             ("https://c/otlp/v1/traces", "https://c/otlp/v1/traces"),
             ("http://[::1]:4318", "http://[::1]:4318/v1/traces"),
+            (
+                "http://c:4318/?tenant=a",
+                "http://c:4318/v1/traces?tenant=a",
+            ),
         ] {
             let uri = http_traces_uri(endpoint.parse().unwrap()).unwrap();
             assert_eq!(uri.to_string(), want, "{endpoint}");
@@ -493,6 +552,11 @@ mod tests {
                 "--otlp-endpoint \"ftp://collector:4317\": the scheme must be http:// or https://",
             ),
             ("collector:4317", None, "the scheme must be"),
+            (
+                "http://user:secret@collector:4318",
+                None,
+                "credentials in the URL are not supported",
+            ),
             (
                 "https://collector:4317",
                 None,

@@ -14,6 +14,7 @@ pub mod context;
 pub mod export;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use http::HeaderMap;
@@ -175,9 +176,22 @@ pub struct Tracer {
     sample_rate: f64,
     queue: tokio::sync::mpsc::Sender<SpanRecord>,
     dropped: Counter,
-    /// Told when the queue holds a batch ([`Tracer::wake_at`]); the exporter does not wait on
-    /// the queue itself, so a span is not a thread wake-up.
-    batch_ready: Option<(Arc<tokio::sync::Notify>, usize)>,
+    /// The exporter's side ([`Tracer::exported_by`]); `None` for a tracer no exporter reads.
+    exporter: Option<ExporterLink>,
+    /// Spans the queue took, for [`Tracer::flush`].
+    queued: AtomicU64,
+}
+
+/// How a tracer and its exporter meet besides the queue.
+#[derive(Debug)]
+pub struct ExporterLink {
+    /// Told when the queue holds `batch` spans or more: the exporter does not wait on the
+    /// queue itself, so a span is not a thread wake-up.
+    pub batch_ready: Arc<tokio::sync::Notify>,
+    pub batch: usize,
+    /// Spans the exporter has taken from the queue and dealt with (sent, or failed and
+    /// dropped), published after each batch.
+    pub handled: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Tracer {
@@ -190,14 +204,31 @@ impl Tracer {
             sample_rate,
             queue,
             dropped,
-            batch_ready: None,
+            exporter: None,
+            queued: AtomicU64::new(0),
         }
     }
 
-    /// `notify` is told each time a span leaves `spans` or more in the queue.
-    pub fn wake_at(mut self, notify: Arc<tokio::sync::Notify>, spans: usize) -> Self {
-        self.batch_ready = Some((notify, spans));
+    /// The tracer of the exporter at the other end of `link`.
+    pub fn exported_by(mut self, link: ExporterLink) -> Self {
+        self.exporter = Some(link);
         self
+    }
+
+    /// Has the exporter send what is queued now and waits (`within` at most) until it has
+    /// dealt with every span queued before the call: for a clean exit, so the last second of
+    /// spans is not lost. False when time ran out (or the exporter is gone).
+    pub async fn flush(&self, within: std::time::Duration) -> bool {
+        let Some(link) = &self.exporter else {
+            return true;
+        };
+        let target = self.queued.load(Ordering::Acquire);
+        link.batch_ready.notify_one();
+        let mut handled = link.handled.clone();
+        matches!(
+            tokio::time::timeout(within, handled.wait_for(|n| *n >= target)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// The trace this request is part of, if it is to be traced: a valid, sampled
@@ -218,10 +249,13 @@ impl Tracer {
     pub fn submit(&self, span: SpanRecord) {
         if self.queue.try_send(span).is_err() {
             self.dropped.inc();
-        } else if let Some((notify, spans)) = &self.batch_ready
-            && self.queue.max_capacity() - self.queue.capacity() >= *spans
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if let Some(link) = &self.exporter
+            && self.queue.max_capacity() - self.queue.capacity() >= link.batch
         {
-            notify.notify_one();
+            link.batch_ready.notify_one();
         }
     }
 }
