@@ -546,30 +546,11 @@ mod tests {
     #[tokio::test]
     async fn an_idle_http_connection_is_closed_and_a_busy_one_is_not() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_drain, watch) = drain::Drain::new();
         let settings = DataPathConfig {
             http_idle_timeout: Duration::from_millis(200),
             ..Default::default()
         };
-        let metrics = Arc::new(Metrics::default());
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let watch = watch.clone();
-                let settings = settings.clone();
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let on = Served {
-                        drain: &watch,
-                        settings: &settings,
-                        metrics: &metrics,
-                        direction: "inbound",
-                    };
-                    serve(tcp, Http::Http1, on, slow_or_ok).await;
-                });
-            }
-        });
+        let (addr, _metrics, _drain) = test_server(settings, slow_or_ok).await;
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         // A request longer than the idle timeout is not cut off...
         tcp.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -632,12 +613,18 @@ mod tests {
     async fn parking_server() -> (std::net::SocketAddr, Arc<Metrics>, drain::Drain) {
         let mut settings = DataPathConfig::default();
         settings.limits.http1_park_after = PARK;
-        parking_server_with(settings).await
+        test_server(settings, routes).await
     }
 
-    async fn parking_server_with(
+    /// An HTTP/1 server on loopback serving `handler` as the inbound direction, with `settings`.
+    async fn test_server<F, Fut>(
         settings: DataPathConfig,
-    ) -> (std::net::SocketAddr, Arc<Metrics>, drain::Drain) {
+        handler: F,
+    ) -> (std::net::SocketAddr, Arc<Metrics>, drain::Drain)
+    where
+        F: Fn(Request<Body>) -> Fut + Copy + Send + Sync + Unpin + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (drain, watch) = drain::Drain::new();
@@ -653,7 +640,7 @@ mod tests {
                         metrics: &metrics,
                         direction: "inbound",
                     };
-                    serve(tcp, Http::Http1, on, routes).await;
+                    serve(tcp, Http::Http1, on, handler).await;
                 });
             }
         });
@@ -729,7 +716,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let mut settings = DataPathConfig::default();
         settings.limits.http1_park_after = Duration::ZERO;
-        let (addr, metrics, _drain) = parking_server_with(settings).await;
+        let (addr, metrics, _drain) = test_server(settings, routes).await;
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .await

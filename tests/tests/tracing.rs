@@ -588,6 +588,16 @@ async fn spans_go_to_an_https_collector_verified_with_the_given_roots() {
     assert_eq!(spans[0]["protocol"], "grpc");
 }
 
+/// `api`'s tracing over OTLP/HTTP to `endpoint`.
+fn otlp_http(endpoint: String) -> TraceConfig {
+    TraceConfig {
+        endpoint,
+        protocol: weft_proxy::trace::Protocol::HttpProtobuf,
+        service_name: "default/api".into(),
+        ..Default::default()
+    }
+}
+
 /// `--otlp-protocol http/protobuf`: the same spans as `POST /v1/traces` to an OTLP/HTTP
 /// receiver (`http://` and `https://` with `--otlp-ca`; an endpoint with no path gets
 /// `/v1/traces`), over a connection kept for the next batch; a collector answering other than
@@ -603,14 +613,11 @@ async fn otlp_http_carries_the_spans_in_plain_and_over_tls() {
             .await
             .unwrap();
         let trace = TraceConfig {
-            endpoint: match tls {
+            ca: tls.then(|| ca.clone()),
+            ..otlp_http(match tls {
                 false => format!("http://127.0.0.1:{}", collector.port),
                 true => format!("https://localhost:{}/", collector.port),
-            },
-            protocol: weft_proxy::trace::Protocol::HttpProtobuf,
-            ca: tls.then(|| ca.clone()),
-            service_name: "default/api".into(),
-            ..Default::default()
+            })
         };
         let (api, hop) = one_traced_hop(trace, "/over-http").await;
         let spans = collector.wait_trace(TRACE, 1).await.unwrap();
@@ -635,12 +642,7 @@ async fn otlp_http_carries_the_spans_in_plain_and_over_tls() {
             .unwrap();
     }
     let collector = Collector::start_http(None).await.unwrap();
-    let trace = TraceConfig {
-        endpoint: format!("http://127.0.0.1:{}/wrong/path", collector.port),
-        protocol: weft_proxy::trace::Protocol::HttpProtobuf,
-        service_name: "default/api".into(),
-        ..Default::default()
-    };
+    let trace = otlp_http(format!("http://127.0.0.1:{}/wrong/path", collector.port));
     let (api, _hop) = one_traced_hop(trace, "/lost").await;
     weft_tests::otlp::export_failed(api.admin_addr)
         .await
@@ -654,12 +656,7 @@ async fn otlp_http_carries_the_spans_in_plain_and_over_tls() {
 
     // A collector that closes each connection after its answer: every batch connects again.
     let collector = Collector::start_http_closing().await.unwrap();
-    let trace = TraceConfig {
-        endpoint: format!("http://127.0.0.1:{}", collector.port),
-        protocol: weft_proxy::trace::Protocol::HttpProtobuf,
-        service_name: "default/api".into(),
-        ..Default::default()
-    };
+    let trace = otlp_http(format!("http://127.0.0.1:{}", collector.port));
     let (api, hop) = one_traced_hop(trace, "/closing/1").await;
     let first = collector.wait_trace(TRACE, 1).await.unwrap();
     let second = "0af7651916cd43dd8448eb211c80319c";

@@ -80,7 +80,6 @@ pub fn start(
     let (handled, handled_rx) = watch::channel(0);
     let link = ExporterLink {
         batch_ready: batch_ready.clone(),
-        batch: BATCH,
         handled: handled_rx,
     };
     let exporter = Exporter {
@@ -197,20 +196,12 @@ impl Exporter {
     /// (a wake-up per span was a context switch per span on the data path's CPUs). Ends, after
     /// sending what is left, when every sender is gone.
     async fn run(mut self, mut transport: Transport, batch_ready: Arc<Notify>) {
-        let mut batch: Vec<SpanRecord> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<SpanRecord> = Vec::new();
         loop {
             let _ = tokio::time::timeout(FLUSH, batch_ready.notified()).await;
+            // Everything queued now, a batch at a time.
             loop {
-                let closed = loop {
-                    if batch.len() == BATCH {
-                        break false;
-                    }
-                    match self.rx.try_recv() {
-                        Ok(s) => batch.push(s),
-                        Err(mpsc::error::TryRecvError::Empty) => break false,
-                        Err(mpsc::error::TryRecvError::Disconnected) => break true,
-                    }
-                };
+                let closed = self.fill(&mut batch);
                 let full = batch.len() == BATCH;
                 if !batch.is_empty() {
                     self.send(&mut transport, &mut batch).await;
@@ -225,11 +216,22 @@ impl Exporter {
         }
     }
 
+    /// Moves queued spans into `batch` until it is full or the queue empty; true when the
+    /// queue is empty for good (every sender gone).
+    fn fill(&mut self, batch: &mut Vec<SpanRecord>) -> bool {
+        while batch.len() < BATCH {
+            match self.rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
+    }
+
     /// Sends one batch (emptying it); a failure or timeout drops it and is counted.
     async fn send(&self, transport: &mut Transport, batch: &mut Vec<SpanRecord>) {
         let n = batch.len() as u64;
-        // Dealt with either way once this returns.
-        let _handled = Handled(&self.handled, n);
         let request = self.request(std::mem::take(batch));
         match tokio::time::timeout(EXPORT_TIMEOUT, transport.export(request)).await {
             Ok(Ok(partial)) => {
@@ -253,6 +255,8 @@ impl Exporter {
                 debug!(spans = n, "span export timed out; dropped");
             }
         }
+        // Dealt with, either way.
+        self.handled.send_modify(|h| *h += n);
     }
 
     fn request(&self, spans: Vec<SpanRecord>) -> ExportTraceServiceRequest {
@@ -271,15 +275,6 @@ impl Exporter {
                 schema_url: String::new(),
             }],
         }
-    }
-}
-
-/// Adds its count to the exporter's `handled` when dropped (however the send ended).
-struct Handled<'a>(&'a watch::Sender<u64>, u64);
-
-impl Drop for Handled<'_> {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n += self.1);
     }
 }
 

@@ -185,10 +185,9 @@ pub struct Tracer {
 /// How a tracer and its exporter meet besides the queue.
 #[derive(Debug)]
 pub struct ExporterLink {
-    /// Told when the queue holds `batch` spans or more: the exporter does not wait on the
-    /// queue itself, so a span is not a thread wake-up.
+    /// Told when the queue holds a batch ([`export::BATCH`]) or more: the exporter does not
+    /// wait on the queue itself, so a span is not a thread wake-up.
     pub batch_ready: Arc<tokio::sync::Notify>,
-    pub batch: usize,
     /// Spans the exporter has taken from the queue and dealt with (sent, or failed and
     /// dropped), published after each batch.
     pub handled: tokio::sync::watch::Receiver<u64>,
@@ -253,7 +252,7 @@ impl Tracer {
         }
         self.queued.fetch_add(1, Ordering::AcqRel);
         if let Some(link) = &self.exporter
-            && self.queue.max_capacity() - self.queue.capacity() >= link.batch
+            && self.queue.max_capacity() - self.queue.capacity() >= export::BATCH
         {
             link.batch_ready.notify_one();
         }
