@@ -26,14 +26,18 @@ struct Lab {
 }
 
 impl Lab {
+    /// Both proxies with `flags`; `api`'s application speaks HTTP/1.1.
     async fn start(flags: &[&str]) -> Self {
+        Self::start_with(flags, Protocol::Http1).await
+    }
+
+    /// Both proxies with `flags`; `api`'s application speaks `app` (HTTP/1.1 or HTTP/2).
+    async fn start_with(flags: &[&str], app: Protocol) -> Self {
         let mesh = TestMesh::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cp = mesh.cp.grpc_addr().to_string();
-        apply(&mesh, vec![service("api", 80, Protocol::Http1)])
-            .await
-            .unwrap();
-        let backend = http_backend("api", false).await.unwrap();
+        apply(&mesh, vec![service("api", 80, app)]).await.unwrap();
+        let backend = http_backend("api", app == Protocol::Http2).await.unwrap();
         let port = backend.port().to_string();
         let mut api_flags = vec!["--app-port", &port, "--service", "default/api"];
         api_flags.extend_from_slice(flags);
@@ -298,7 +302,10 @@ async fn a_request_body_that_stalls_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_gets_a_goaway_and_other_clients_are_served() {
-    let lab = Lab::start(&["--h2-max-resets", "100"]).await;
+    // An HTTP/2 client's requests reach the application over HTTP/2 (the inbound proxy keeps
+    // the client's version), so the application speaks it: against an HTTP/1-only one each
+    // request fails at once, answered (502) before it can be cancelled.
+    let lab = Lab::start_with(&["--h2-max-resets", "100"], Protocol::Http2).await;
     let tcp = TcpStream::connect(lab.web.outbound).await.unwrap();
     let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
@@ -335,8 +342,10 @@ async fn http2_rapid_reset_gets_a_goaway_and_other_clients_are_served() {
     eprintln!(
         "rapid reset: {sent} requests sent and cancelled; ended: {ended:?}; conn: {closed:?}"
     );
+    // The guard trips at the 101st cancel; the GOAWAY takes a moment to reach the client,
+    // which goes on sending meanwhile (a few more requests here, more on a busy machine).
     assert!(
-        closed.is_ok() && sent < 1000,
+        closed.is_ok() && sent < 400,
         "the connection survived {sent} cancelled requests"
     );
     let m = Lab::metrics(&lab.web).await;
@@ -348,10 +357,13 @@ async fn http2_rapid_reset_gets_a_goaway_and_other_clients_are_served() {
         "{m}"
     );
     assert!(lab.web.log().contains("rapid reset"), "{}", lab.web.log());
-    let (status, _, _) = proxy_get(lab.web.outbound, "http://api.default/ok")
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    // Another client, on a connection of its own, is served.
+    let tcp = TcpStream::connect(lab.web.outbound).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://api.default/ok").body(()).unwrap();
+    let (resp, _) = h2.ready().await.unwrap().send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
