@@ -361,7 +361,9 @@ async fn http2_rapid_reset_gets_a_goaway_and_other_clients_are_served() {
     let tcp = TcpStream::connect(lab.web.outbound).await.unwrap();
     let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get("http://api.default/ok").body(()).unwrap();
+    let req = http::Request::get("http://api.default/ok")
+        .body(())
+        .unwrap();
     let (resp, _) = h2.ready().await.unwrap().send_request(req, true).unwrap();
     assert_eq!(resp.await.unwrap().status(), 200);
 }
