@@ -48,12 +48,14 @@ pub enum Http {
 struct Activity {
     in_flight: AtomicUsize,
     last: std::sync::Mutex<tokio::time::Instant>,
-    /// Requests cancelled by the client before their answer in the current window: (window
-    /// start, count). Touched only when a request is cancelled.
-    resets: std::sync::Mutex<(tokio::time::Instant, u32)>,
+    /// Requests cancelled by the client before their answer in the current window. Touched
+    /// only when a request is cancelled.
+    resets: std::sync::Mutex<Resets>,
     max_resets: u32,
-    /// Woken when `resets` passes `max_resets`.
+    /// Woken when the client has cancelled too many requests (see [`Activity::cancelled`]).
     too_many_resets: tokio::sync::Notify,
+    /// Requests answered on this connection (for the rapid-reset limit's share).
+    answered: AtomicUsize,
     /// Requests started (counted only where HTTP/1 parks: see `park`).
     requests: AtomicUsize,
     /// Request bodies not yet read to their end and response bodies not yet written (HTTP/1
@@ -62,6 +64,25 @@ struct Activity {
 }
 
 impl Activity {
+    fn new(max_resets: u32) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last: std::sync::Mutex::new(now),
+            resets: std::sync::Mutex::new(Resets {
+                since: now,
+                count: 0,
+                answered_before: 0,
+                tripped: false,
+            }),
+            max_resets,
+            too_many_resets: tokio::sync::Notify::new(),
+            answered: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            open_bodies: AtomicUsize::new(0),
+        }
+    }
+
     /// When the connection will have been idle for `idle`, if it is idle now.
     fn idle_deadline(&self, idle: Duration) -> Option<tokio::time::Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -71,18 +92,39 @@ impl Activity {
     }
 
     /// A request's handler was dropped before it answered: the client reset the stream (or
-    /// closed the connection).
+    /// closed the connection). Past `max_resets` in the window, and when the cancelled are
+    /// more than the answered in it, the connection is told to close. The share spares a
+    /// connection from another proxy: it carries many clients' requests and so some of their
+    /// cancels (deadlines, closed pages), far more than one client would, but rarely half.
     fn cancelled(&self) {
         let now = tokio::time::Instant::now();
+        let answered = self.answered.load(Ordering::Relaxed);
         let mut resets = self.resets.lock().unwrap_or_else(|e| e.into_inner());
-        if now.duration_since(resets.0) > limits::RESET_WINDOW {
-            *resets = (now, 0);
+        if now.duration_since(resets.since) > limits::RESET_WINDOW {
+            resets.since = now;
+            resets.count = 0;
+            resets.answered_before = answered;
         }
-        resets.1 += 1;
-        if resets.1 == self.max_resets.saturating_add(1) {
+        resets.count += 1;
+        if !resets.tripped
+            && resets.count > self.max_resets
+            && resets.count as usize > answered.saturating_sub(resets.answered_before)
+        {
+            resets.tripped = true;
             self.too_many_resets.notify_one();
         }
     }
+}
+
+/// The client's cancels in the current [`limits::RESET_WINDOW`].
+#[derive(Debug)]
+struct Resets {
+    since: tokio::time::Instant,
+    count: u32,
+    /// [`Activity::answered`] when the window began.
+    answered_before: usize,
+    /// The connection has been told to close.
+    tripped: bool,
 }
 
 /// One request in flight on a connection; dropping it, answered or not, ends it there.
@@ -106,7 +148,9 @@ impl Drop for InFlight {
         let a = &self.activity;
         *a.last.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if !self.answered {
+        if self.answered {
+            a.answered.fetch_add(1, Ordering::Relaxed);
+        } else {
             a.cancelled();
         }
     }
@@ -196,16 +240,7 @@ where
     } = on;
     let limits = &settings.limits;
     let idle = settings.http_idle_timeout;
-    let now = tokio::time::Instant::now();
-    let activity = Arc::new(Activity {
-        in_flight: AtomicUsize::new(0),
-        last: std::sync::Mutex::new(now),
-        resets: std::sync::Mutex::new((now, 0)),
-        max_resets: limits.h2_max_resets_per_conn,
-        too_many_resets: tokio::sync::Notify::new(),
-        requests: AtomicUsize::new(0),
-        open_bodies: AtomicUsize::new(0),
-    });
+    let activity = Arc::new(Activity::new(limits.h2_max_resets_per_conn));
     let seen = activity.clone();
     let parking = activity.clone();
     // HTTP/1 on a plain socket parks between requests: it counts its bodies to know when.
@@ -541,6 +576,57 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(600)).await;
         }
         Response::new(crate::body::full("ok"))
+    }
+
+    /// Whether the rapid-reset guard has told the connection to close.
+    fn tripped(a: &Activity) -> bool {
+        a.resets.lock().unwrap().tripped
+    }
+
+    /// Ends `n` requests on `a`, answered or cancelled.
+    fn end(a: &Arc<Activity>, n: usize, answered: bool) {
+        for _ in 0..n {
+            let mut r = InFlight::start(a.clone());
+            r.answered = answered;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rapid_reset_guard_counts_cancels_per_window_and_spares_a_mostly_answered_connection()
+     {
+        // One client cancelling everything: the 11th cancel in the window trips it, once.
+        let a = Arc::new(Activity::new(10));
+        end(&a, 10, false);
+        assert!(!tripped(&a));
+        end(&a, 1, false);
+        assert!(tripped(&a));
+        // A connection carrying other clients' answered requests as well: 30 cancels among 90
+        // answered stay under half, so it is kept...
+        let a = Arc::new(Activity::new(10));
+        for _ in 0..30 {
+            end(&a, 3, true);
+            end(&a, 1, false);
+        }
+        assert!(!tripped(&a));
+        // ...until the cancels outnumber the answered in the window: 90 do not, 91 do.
+        end(&a, 60, false);
+        assert!(!tripped(&a));
+        end(&a, 1, false);
+        assert!(tripped(&a));
+        // Cancels spread over windows never add up: 10 per window, for ever.
+        let a = Arc::new(Activity::new(10));
+        for _ in 0..5 {
+            end(&a, 10, false);
+            tokio::time::advance(limits::RESET_WINDOW + Duration::from_millis(1)).await;
+        }
+        assert!(!tripped(&a));
+        // The answered before the window began do not dilute it.
+        let a = Arc::new(Activity::new(10));
+        end(&a, 1000, true);
+        end(&a, 1, false);
+        tokio::time::advance(limits::RESET_WINDOW + Duration::from_millis(1)).await;
+        end(&a, 11, false);
+        assert!(tripped(&a));
     }
 
     #[tokio::test]

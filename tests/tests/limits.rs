@@ -369,6 +369,46 @@ async fn http2_rapid_reset_gets_a_goaway_and_other_clients_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_cancels_are_a_minority_is_kept_past_the_reset_limit() {
+    // What a connection from another proxy looks like: many clients' requests, and some of
+    // them cancelled (deadlines, closed pages) — here 150 cancels, past the limit of 100 in the
+    // window, among 1,200 answered requests.
+    let lab = Lab::start_with(&["--h2-max-resets", "100"], Protocol::Http2).await;
+    let tcp = TcpStream::connect(lab.web.outbound).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |h2: &h2::client::SendRequest<bytes::Bytes>, path: &str| {
+        let req = http::Request::get(format!("http://api.default{path}"))
+            .body(())
+            .unwrap();
+        let h2 = h2.clone();
+        async move {
+            let (resp, stream) = h2.ready().await?.send_request(req, true)?;
+            Ok::<_, h2::Error>((resp, stream))
+        }
+    };
+    for _ in 0..150 {
+        let answered = (0..8).map(|_| async {
+            let (resp, _) = get(&h2, "/ok").await.unwrap();
+            assert_eq!(resp.await.unwrap().status(), 200);
+        });
+        futures_util::future::join_all(answered).await;
+        let (resp, mut stream) = get(&h2, "/slow/1000").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+    }
+    // Still open, and serving on the same connection.
+    let (resp, _) = get(&h2, "/ok").await.unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert!(!conn.is_finished());
+    for p in [&lab.web, &lab.api] {
+        let m = Lab::metrics(p).await;
+        assert!(!m.contains("reason=\"rapid-reset\""), "{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_normal_client_is_answered_while_idle_and_slowloris_connections_pile_up() {
     let lab = Lab::start(&["--header-read-timeout", "3s"]).await;
     let inbound = lab.api.inbound.unwrap();
