@@ -99,7 +99,7 @@ pub struct Metrics {
     pub ca_rotation_proxies: Family<CaRoleLabels, Gauge>,
     pub ca_rotation_step: Gauge,
     pub ca_reloads: Family<ResultLabels, Counter>,
-    /// The tracer's counters (`spans_exported_total`, `spans_dropped_total`,
+    /// The tracer's counters (`spans_exported_total`, `spans_dropped_total{reason}`,
     /// `span_export_failures_total`); at 0 unless `--otlp-endpoint` is given.
     pub spans: weft_proto::trace::TraceMetrics,
 }
@@ -258,12 +258,12 @@ impl Default for Metrics {
         );
         registry.register(
             "spans_dropped",
-            "Spans dropped because the exporter's queue was full",
+            "Spans dropped: the exporter's queue was full, or the collector did not take their batch",
             spans.dropped.clone(),
         );
         registry.register(
             "span_export_failures",
-            "OTLP export requests that failed or timed out (their spans are dropped)",
+            "OTLP export requests that failed or timed out (each attempt)",
             spans.export_failures.clone(),
         );
         Self {

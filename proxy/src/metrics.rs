@@ -141,9 +141,9 @@ pub struct Metrics {
     pub authz_decisions: Family<AuthzLabels, Counter>,
     pub rate_limited: Family<RateLimitLabels, Counter>,
     pub authz_terminated: Family<ServiceLabels, Counter>,
-    pub spans_exported: Counter,
-    pub spans_dropped: Counter,
-    pub span_export_failures: Counter,
+    /// The tracer's counters (`spans_exported_total`, `spans_dropped_total{reason}`,
+    /// `span_export_failures_total`); at 0 unless `--otlp-endpoint` is given.
+    pub spans: weft_proto::trace::TraceMetrics,
     pub access_log_lines: Counter,
     pub access_log_dropped: Counter,
     /// Per-request series, found with one fast lookup (see [`Metrics::count_response`]).
@@ -195,9 +195,7 @@ impl Metrics {
             authz_decisions: Family::default(),
             rate_limited: Family::default(),
             authz_terminated: Family::default(),
-            spans_exported: Counter::default(),
-            spans_dropped: Counter::default(),
-            span_export_failures: Counter::default(),
+            spans: weft_proto::trace::TraceMetrics::default(),
             access_log_lines: Counter::default(),
             access_log_dropped: Counter::default(),
             hot: Mutex::new(HotSeries::default()),
@@ -326,17 +324,17 @@ impl Metrics {
         r.register(
             "spans_exported",
             "Spans the OTLP collector accepted",
-            m.spans_exported.clone(),
+            m.spans.exported.clone(),
         );
         r.register(
             "spans_dropped",
-            "Spans dropped because the exporter's queue was full",
-            m.spans_dropped.clone(),
+            "Spans dropped: the exporter's queue was full, or the collector did not take their batch",
+            m.spans.dropped.clone(),
         );
         r.register(
             "span_export_failures",
-            "OTLP export requests that failed or timed out (their spans are dropped)",
-            m.span_export_failures.clone(),
+            "OTLP export requests that failed or timed out (each attempt)",
+            m.spans.export_failures.clone(),
         );
         r.register(
             "access_log_lines",

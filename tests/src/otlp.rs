@@ -47,26 +47,50 @@ impl std::fmt::Debug for Collector {
 impl Collector {
     /// OTLP/gRPC.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(None, None).await
+        Self::start_with(None, None, None).await
     }
 
     /// OTLP/gRPC over TLS with `(certificate chain PEM, key PEM)`.
     pub async fn start_tls(cert: &str, key: &str) -> anyhow::Result<Self> {
-        Self::start_with(None, Some((cert, key))).await
+        Self::start_with(None, Some((cert, key)), None).await
     }
 
     /// OTLP/HTTP (`POST /v1/traces`, protobuf), over TLS when given `(chain PEM, key PEM)`.
     pub async fn start_http(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
-        Self::start_with(Some(false), tls).await
+        Self::start_with(Some(false), tls, None).await
     }
 
     /// OTLP/HTTP that answers every request with `Connection: close` and closes.
     pub async fn start_http_closing() -> anyhow::Result<Self> {
-        Self::start_with(Some(true), None).await
+        Self::start_with(Some(true), None, None).await
     }
 
-    /// `http`: `None` for gRPC, `Some(close)` for HTTP.
-    async fn start_with(http: Option<bool>, tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
+    /// OTLP/gRPC that refuses its first `n` export requests with gRPC `code` (its name, as
+    /// `UNAVAILABLE`), then takes them.
+    pub async fn start_refusing(n: usize, code: &str) -> anyhow::Result<Self> {
+        Self::start_with(None, None, Some(format!("{n}:{code}"))).await
+    }
+
+    /// OTLP/HTTP that refuses its first `n` export requests with `status` (and
+    /// `Retry-After: retry_after` seconds when given), then takes them.
+    pub async fn start_http_refusing(
+        n: usize,
+        status: u16,
+        retry_after: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        let mut fail = format!("{n}:{status}");
+        if let Some(s) = retry_after {
+            fail.push_str(&format!(":{s}"));
+        }
+        Self::start_with(Some(false), None, Some(fail)).await
+    }
+
+    /// `http`: `None` for gRPC, `Some(close)` for HTTP; `fail`: collector.py's `--fail`.
+    async fn start_with(
+        http: Option<bool>,
+        tls: Option<(&str, &str)>,
+        fail: Option<String>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let spans = dir.path().join("spans.jsonl");
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("otlp/collector.py");
@@ -77,6 +101,9 @@ impl Collector {
             if close {
                 cmd.arg("--close");
             }
+        }
+        if let Some(fail) = fail {
+            cmd.arg("--fail").arg(fail);
         }
         cmd.arg(&spans);
         if let Some((cert, key)) = tls {
@@ -123,6 +150,14 @@ impl Collector {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Export requests it has refused (`start_refusing`, `start_http_refusing`).
+    pub fn refusals(&self) -> usize {
+        self.spans()
+            .iter()
+            .filter(|l| l.get("refused").is_some())
+            .count()
     }
 
     /// Waits until spans of `trace_id` (hex) number at least `n`, and returns them.

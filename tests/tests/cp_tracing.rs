@@ -378,7 +378,10 @@ async fn a_collector_that_is_down_costs_no_rpc() {
         weft_tests::metric_value(&text, "spans_exported_total"),
         Some(0.0)
     );
-    assert!(text.contains("\nspans_dropped_total "), "{text}");
+    for reason in ["queue-full", "export-failed"] {
+        let series = format!("\nspans_dropped_total{{reason=\"{reason}\"}} ");
+        assert!(text.contains(&series), "{text}");
+    }
 }
 
 /// A bad `--otlp-endpoint` or `--trace-sample-rate` fails start, naming the flag.

@@ -598,6 +598,100 @@ fn otlp_http(endpoint: String) -> TraceConfig {
     }
 }
 
+/// `api`'s tracing over OTLP/gRPC to `endpoint`.
+fn otlp_grpc(endpoint: String) -> TraceConfig {
+    TraceConfig {
+        endpoint,
+        service_name: "default/api".into(),
+        ..Default::default()
+    }
+}
+
+/// `api`'s span counters: (exported, failed attempts, dropped for the export).
+async fn export_counts(api: &weft_proxy::Proxy) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let (_, text) = weft_tests::http_get(&api.admin_addr.to_string(), "/metrics")
+        .await
+        .unwrap();
+    let value = |name| weft_tests::metric_value(&text, name);
+    (
+        value("spans_exported_total"),
+        value("span_export_failures_total"),
+        value("spans_dropped_total{reason=\"export-failed\"}"),
+    )
+}
+
+/// OTLP's retry rule with real receivers: a batch the collector cannot take yet (gRPC
+/// `UNAVAILABLE`; HTTP 503 with `Retry-After`, 429 without) is sent again after a backoff and
+/// nothing is lost; each refusal is a counted failure.
+#[tokio::test]
+async fn a_batch_the_collector_cannot_take_yet_is_sent_again() {
+    let cases = [
+        Collector::start_refusing(2, "UNAVAILABLE").await.unwrap(),
+        Collector::start_http_refusing(2, 503, Some(1))
+            .await
+            .unwrap(),
+        Collector::start_http_refusing(1, 429, None).await.unwrap(),
+    ];
+    for (i, collector) in cases.iter().enumerate() {
+        let endpoint = format!("http://127.0.0.1:{}", collector.port);
+        let trace = match i {
+            0 => otlp_grpc(endpoint),
+            _ => otlp_http(endpoint),
+        };
+        let (api, _hop) = one_traced_hop(trace, "/retried").await;
+        let spans = collector.wait_trace(TRACE, 1).await.unwrap();
+        assert_eq!(spans[0]["attributes"]["url.path"], "/retried");
+        let refused = collector.refusals();
+        assert_eq!(refused, if i == 2 { 1 } else { 2 }, "case {i}");
+        let admin = api.admin_addr.to_string();
+        weft_tests::metric_reaches(&admin, "spans_exported_total", 1.0, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            export_counts(&api).await,
+            (Some(1.0), Some(refused as f64), Some(0.0)),
+            "case {i}"
+        );
+    }
+}
+
+/// A batch refused for good (gRPC `INVALID_ARGUMENT`, HTTP 400) is sent once and dropped,
+/// counted in `spans_dropped_total{reason="export-failed"}`.
+#[tokio::test]
+async fn a_batch_refused_for_good_is_dropped_at_once() {
+    let cases = [
+        Collector::start_refusing(1, "INVALID_ARGUMENT")
+            .await
+            .unwrap(),
+        Collector::start_http_refusing(1, 400, None).await.unwrap(),
+    ];
+    for (i, collector) in cases.iter().enumerate() {
+        let endpoint = format!("http://127.0.0.1:{}", collector.port);
+        let trace = match i {
+            0 => otlp_grpc(endpoint),
+            _ => otlp_http(endpoint),
+        };
+        let (api, _hop) = one_traced_hop(trace, "/refused").await;
+        let admin = api.admin_addr.to_string();
+        weft_tests::metric_reaches(
+            &admin,
+            "spans_dropped_total{reason=\"export-failed\"}",
+            1.0,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        // Given up after the one attempt: dropping is what follows the last attempt.
+        assert_eq!(
+            export_counts(&api).await,
+            (Some(0.0), Some(1.0), Some(1.0)),
+            "case {i}"
+        );
+        assert_eq!(collector.refusals(), 1, "case {i}");
+        assert_eq!(collector.spans().len(), 1, "case {i}: only the refusal");
+    }
+}
+
 /// `--otlp-protocol http/protobuf`: the same spans as `POST /v1/traces` to an OTLP/HTTP
 /// receiver (`http://` and `https://` with `--otlp-ca`; an endpoint with no path gets
 /// `/v1/traces`), over a connection kept for the next batch; a collector answering other than

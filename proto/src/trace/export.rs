@@ -1,9 +1,17 @@
 //! The OTLP span exporter: a task on a thread and runtime of its own (so a slow or
 //! unreachable collector never takes time from the data path's or the RPCs' runtime), started
 //! only when `--otlp-endpoint` is given. It takes finished spans from a bounded queue, sends them in
-//! batches (up to [`BATCH`] spans, once a second, or as soon as a batch is waiting), and drops a
-//! batch the collector does not take within [`EXPORT_TIMEOUT`] (`span_export_failures_total`);
-//! nothing is retried or kept beyond the queue.
+//! batches (up to [`BATCH`] spans, once a second, or as soon as a batch is waiting).
+//!
+//! A batch the collector could not take for now (OTLP's retryable answers: gRPC `UNAVAILABLE`,
+//! `DEADLINE_EXCEEDED` and the like, `RESOURCE_EXHAUSTED` with a `RetryInfo`; HTTP 429, 502,
+//! 503, 504; no connection; no answer within [`EXPORT_TIMEOUT`]) is sent again after a backoff
+//! (1 s doubling to 8 s, ±20 %, or the collector's `Retry-After` / `RetryInfo`), for up to
+//! [`GIVE_UP_AFTER`]; any other refusal drops it at once. Each failed attempt counts in
+//! `span_export_failures_total`, each span given up in
+//! `spans_dropped_total{reason="export-failed"}`. While a batch waits, new spans wait in the
+//! queue (and beyond its size are dropped, `reason="queue-full"`): a collector that restarts
+//! loses nothing, one that is down for long costs a bounded amount of memory.
 //!
 //! Two transports (`--otlp-protocol`): OTLP/gRPC (`TraceService/Export` on tonic, the default)
 //! and OTLP/HTTP with protobuf bodies (`POST /v1/traces`, `application/x-protobuf`, over one
@@ -22,7 +30,10 @@ use tokio::sync::{Notify, mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use super::{ExporterLink, Kind, Protocol, SpanRecord, TraceConfig, TraceMetrics, Tracer, Value};
+use super::{
+    EXPORT_FAILED, ExporterLink, Kind, Protocol, QUEUE_FULL, SpanRecord, TraceConfig, TraceMetrics,
+    Tracer, Value,
+};
 use crate::otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
 use crate::otlp::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -37,8 +48,13 @@ pub const QUEUE: usize = 2048;
 pub const BATCH: usize = 512;
 /// How often the exporter empties the queue when no full batch wakes it sooner.
 const FLUSH: Duration = Duration::from_secs(1);
-/// An export the collector has not answered by then is given up.
+/// An export the collector has not answered by then has failed (and may be retried).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The wait before a batch's first retry; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// A batch still not taken this long after its first attempt is dropped.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -88,6 +104,7 @@ pub fn start(
         scope,
         exported: metrics.exported.clone(),
         failures: metrics.export_failures.clone(),
+        given_up: metrics.dropped(EXPORT_FAILED),
         handled,
     };
     let target = config.endpoint.clone();
@@ -131,7 +148,7 @@ pub fn start(
         })
         .map_err(ExportError::Thread)?;
     Ok(Arc::new(
-        Tracer::new(config.sample_rate, tx, metrics.dropped.clone()).exported_by(link),
+        Tracer::new(config.sample_rate, tx, metrics.dropped(QUEUE_FULL)).exported_by(link),
     ))
 }
 
@@ -186,6 +203,8 @@ struct Exporter {
     scope: &'static str,
     exported: Counter,
     failures: Counter,
+    /// Spans whose batch was refused for good or not taken within the retries.
+    given_up: Counter,
     /// Spans taken from the queue and dealt with so far ([`Tracer::flush`] waits on it).
     handled: watch::Sender<u64>,
 }
@@ -229,31 +248,45 @@ impl Exporter {
         false
     }
 
-    /// Sends one batch (emptying it); a failure or timeout drops it and is counted.
+    /// Sends one batch (emptying it), again after a backoff while the collector's answer says
+    /// it may take it later, for up to [`GIVE_UP_AFTER`]; then, or on any other failure, drops
+    /// it. Every failed attempt is counted.
     async fn send(&self, transport: &mut Transport, batch: &mut Vec<SpanRecord>) {
         let n = batch.len() as u64;
         let request = self.request(std::mem::take(batch));
-        match tokio::time::timeout(EXPORT_TIMEOUT, transport.export(request)).await {
-            Ok(Ok(partial)) => {
-                // OTLP's partial success: the collector took the request but not every span.
-                let rejected = partial
-                    .as_ref()
-                    .map_or(0, |p| p.rejected_spans.max(0) as u64);
-                if let Some(p) =
-                    partial.filter(|p| p.rejected_spans > 0 || !p.error_message.is_empty())
-                {
-                    debug!(rejected = p.rejected_spans, message = %p.error_message, "the collector rejected spans");
+        let first = tokio::time::Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let failure = match tokio::time::timeout(EXPORT_TIMEOUT, transport.export(&request))
+                .await
+            {
+                Ok(Ok(partial)) => {
+                    // OTLP's partial success: the collector took the request but not every
+                    // span (and they are not to be sent again).
+                    let rejected = partial
+                        .as_ref()
+                        .map_or(0, |p| p.rejected_spans.max(0) as u64);
+                    if let Some(p) =
+                        partial.filter(|p| p.rejected_spans > 0 || !p.error_message.is_empty())
+                    {
+                        debug!(rejected = p.rejected_spans, message = %p.error_message, "the collector rejected spans");
+                    }
+                    self.exported.inc_by(n.saturating_sub(rejected));
+                    break;
                 }
-                self.exported.inc_by(n.saturating_sub(rejected));
+                Ok(Err(failure)) => failure,
+                Err(_) => Failure::retry(format!("no answer within {EXPORT_TIMEOUT:?}"), None),
+            };
+            self.failures.inc();
+            let wait = failure.after.unwrap_or_else(|| jitter(backoff));
+            if !failure.retryable || first.elapsed() + wait > GIVE_UP_AFTER {
+                self.given_up.inc_by(n);
+                debug!(error = %failure.message, spans = n, retryable = failure.retryable, "span export failed; dropped");
+                break;
             }
-            Ok(Err(error)) => {
-                self.failures.inc();
-                debug!(%error, spans = n, "span export failed; dropped");
-            }
-            Err(_) => {
-                self.failures.inc();
-                debug!(spans = n, "span export timed out; dropped");
-            }
+            debug!(error = %failure.message, spans = n, ?wait, "span export failed; sending again");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         // Dealt with, either way.
         self.handled.send_modify(|h| *h += n);
@@ -289,14 +322,14 @@ impl Transport {
     /// and why), if any.
     async fn export(
         &mut self,
-        request: ExportTraceServiceRequest,
-    ) -> Result<Option<ExportTracePartialSuccess>, String> {
+        request: &ExportTraceServiceRequest,
+    ) -> Result<Option<ExportTracePartialSuccess>, Failure> {
         let response = match self {
             Self::Grpc(client) => client
-                .export(request)
+                .export(request.clone())
                 .await
                 .map(tonic::Response::into_inner)
-                .map_err(|s| s.to_string())?,
+                .map_err(grpc_failure)?,
             Self::Http(sender) => {
                 let body = sender.send(request.encode_to_vec()).await?;
                 // A 2xx body that is not the message is still a 2xx: the spans were taken.
@@ -304,6 +337,111 @@ impl Transport {
             }
         };
         Ok(response.partial_success)
+    }
+}
+
+/// Why an export failed, and whether OTLP says to send it again (and when).
+#[derive(Debug, PartialEq)]
+struct Failure {
+    message: String,
+    retryable: bool,
+    /// The collector's own wait (`Retry-After`, `RetryInfo`), if it gave one.
+    after: Option<Duration>,
+}
+
+impl Failure {
+    fn retry(message: String, after: Option<Duration>) -> Self {
+        Self {
+            message,
+            retryable: true,
+            after,
+        }
+    }
+
+    fn fatal(message: String) -> Self {
+        Self {
+            message,
+            retryable: false,
+            after: None,
+        }
+    }
+}
+
+/// A backoff of `d` ± 20 %, so that proxies that failed together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+/// OTLP/gRPC's rule: these codes are transient; `RESOURCE_EXHAUSTED` only when the collector
+/// says when to come back (a `RetryInfo` in the status details); the rest are final.
+fn grpc_failure(status: tonic::Status) -> Failure {
+    use tonic::Code;
+    let after = retry_info(status.details());
+    let retryable = match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
+        Code::ResourceExhausted => after.is_some(),
+        _ => false,
+    };
+    Failure {
+        message: status.to_string(),
+        retryable,
+        after,
+    }
+}
+
+/// `google.rpc.Status`, as a gRPC status's details carry it (`grpc-status-details-bin`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// `google.rpc.RetryInfo`: how long the server asks the client to wait.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<prost_types::Duration>,
+}
+
+const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// The wait a gRPC status's `RetryInfo` asks for, if it has one.
+fn retry_info(details: &[u8]) -> Option<Duration> {
+    let status = RpcStatus::decode(details).ok()?;
+    let info = status
+        .details
+        .iter()
+        .find(|a| a.type_url == RETRY_INFO_TYPE)?;
+    let delay = RetryInfo::decode(info.value.as_slice()).ok()?.retry_delay?;
+    Some(Duration::new(
+        u64::try_from(delay.seconds).ok()?,
+        u32::try_from(delay.nanos).ok()?,
+    ))
+}
+
+/// OTLP/HTTP's rule: 429, 502, 503 and 504 are transient (with the wait `Retry-After` gives in
+/// seconds, if any); any other status is final.
+fn http_failure(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Failure {
+    let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
+    let message = format!("the collector answered {status}: {}", text.trim());
+    if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+        let after = headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Failure::retry(message, after)
+    } else {
+        Failure::fatal(message)
     }
 }
 
@@ -376,22 +514,26 @@ impl HttpSender {
             .map_err(|_| failed(&"timed out"))?
     }
 
-    /// POSTs one encoded `ExportTraceServiceRequest`; any status but 2xx is a failure (OTLP's
-    /// retryable ones too: nothing is retried). A kept connection the collector closed before
-    /// the request went out (an idle keep-alive timing out) is remade once.
-    async fn send(&mut self, body: Vec<u8>) -> Result<Bytes, String> {
+    /// POSTs one encoded `ExportTraceServiceRequest`; any status but 2xx is a failure
+    /// ([`http_failure`] says which may be sent again later). A kept connection the collector
+    /// closed before the request went out (an idle keep-alive timing out) is remade at once.
+    async fn send(&mut self, body: Vec<u8>) -> Result<Bytes, Failure> {
         let body = Bytes::from(body);
         let reused = self.conn.as_ref().is_some_and(|c| !c.is_closed());
         match self.post(body.clone()).await {
-            Err(Post::NotSent(_)) if reused => self.post(body).await.map_err(Post::into_message),
-            result => result.map_err(Post::into_message),
+            Err(Post::NotSent(_)) if reused => self.post(body).await.map_err(Post::into_failure),
+            result => result.map_err(Post::into_failure),
         }
     }
 
     async fn post(&mut self, body: Bytes) -> Result<Bytes, Post> {
         let mut conn = match self.conn.take() {
             Some(c) if !c.is_closed() => c,
-            _ => self.connect().await.map_err(Post::Failed)?,
+            // No connection: transient, as far as OTLP is concerned.
+            _ => self
+                .connect()
+                .await
+                .map_err(|e| Post::Failed(Failure::retry(e, None)))?,
         };
         conn.ready()
             .await
@@ -400,53 +542,53 @@ impl HttpSender {
         let mut request = http::Request::post(path)
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
             .body(Full::new(body))
-            .map_err(|e| Post::Failed(e.to_string()))?;
+            .map_err(|e| Post::Failed(Failure::fatal(e.to_string())))?;
         if let Some(authority) = self.uri.authority() {
             let host = http::HeaderValue::from_str(authority.as_str())
-                .map_err(|e| Post::Failed(e.to_string()))?;
+                .map_err(|e| Post::Failed(Failure::fatal(e.to_string())))?;
             request.headers_mut().insert(http::header::HOST, host);
         }
         let response = conn.send_request(request).await.map_err(|e| {
             if e.is_canceled() {
                 Post::NotSent(e.to_string())
             } else {
-                Post::Failed(e.to_string())
+                // The connection broke under the request.
+                Post::Failed(Failure::retry(e.to_string(), None))
             }
         })?;
         let status = response.status();
+        let headers = response.headers().clone();
         // Read to the end, so the connection can carry the next batch.
         let body = Limited::new(response.into_body(), RESPONSE_LIMIT)
             .collect()
             .await
             .map_err(|e| {
-                Post::Failed(format!(
+                // Not sent again: a 2xx cut short may have been taken.
+                Post::Failed(Failure::fatal(format!(
                     "the collector's {status} response could not be read (over {RESPONSE_LIMIT} bytes, or cut short): {e}"
-                ))
+                )))
             })?
             .to_bytes();
         self.conn = Some(conn);
         if status.is_success() {
             Ok(body)
         } else {
-            let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
-            Err(Post::Failed(format!(
-                "the collector answered {status}: {}",
-                text.trim()
-            )))
+            Err(Post::Failed(http_failure(status, &headers, &body)))
         }
     }
 }
 
-/// Why a POST failed: before the request went out (safe to send again), or after.
+/// Why a POST failed: before the request went out (safe to send again at once), or after.
 enum Post {
     NotSent(String),
-    Failed(String),
+    Failed(Failure),
 }
 
 impl Post {
-    fn into_message(self) -> String {
+    fn into_failure(self) -> Failure {
         match self {
-            Self::NotSent(m) | Self::Failed(m) => m,
+            Self::NotSent(m) => Failure::retry(m, None),
+            Self::Failed(f) => f,
         }
     }
 }
@@ -509,6 +651,120 @@ pub fn to_otlp(s: SpanRecord) -> Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gRPC status with `RetryInfo` (and another detail before it) in its details.
+    fn with_retry_info(code: tonic::Code, delay: prost_types::Duration) -> tonic::Status {
+        let info = RetryInfo {
+            retry_delay: Some(delay),
+        };
+        let details = RpcStatus {
+            code: code as i32,
+            message: "busy".into(),
+            details: vec![
+                prost_types::Any {
+                    type_url: "type.googleapis.com/google.rpc.DebugInfo".into(),
+                    value: vec![1, 2, 3],
+                },
+                prost_types::Any {
+                    type_url: RETRY_INFO_TYPE.into(),
+                    value: info.encode_to_vec(),
+                },
+            ],
+        };
+        tonic::Status::with_details(code, "busy", details.encode_to_vec().into())
+    }
+
+    #[test]
+    fn grpc_codes_are_retried_as_otlp_says() {
+        use tonic::Code;
+        for (code, retryable) in [
+            (Code::Cancelled, true),
+            (Code::DeadlineExceeded, true),
+            (Code::Aborted, true),
+            (Code::OutOfRange, true),
+            (Code::Unavailable, true),
+            (Code::DataLoss, true),
+            (Code::ResourceExhausted, false),
+            (Code::InvalidArgument, false),
+            (Code::Unauthenticated, false),
+            (Code::PermissionDenied, false),
+            (Code::Unimplemented, false),
+            (Code::Internal, false),
+            (Code::Unknown, false),
+        ] {
+            let f = grpc_failure(tonic::Status::new(code, "no"));
+            assert_eq!(f.retryable, retryable, "{code:?}");
+            assert_eq!(f.after, None, "{code:?}");
+        }
+        // RESOURCE_EXHAUSTED is retried when the collector says when, and its wait is kept.
+        let delay = prost_types::Duration {
+            seconds: 2,
+            nanos: 500_000_000,
+        };
+        let f = grpc_failure(with_retry_info(Code::ResourceExhausted, delay));
+        assert!(f.retryable);
+        assert_eq!(f.after, Some(Duration::from_millis(2500)));
+        let f = grpc_failure(with_retry_info(Code::Unavailable, delay));
+        assert_eq!(f.after, Some(Duration::from_millis(2500)));
+        // A negative delay or details that are not a status: no wait given.
+        let bad = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        assert_eq!(
+            retry_info(with_retry_info(Code::Unavailable, bad).details()),
+            None
+        );
+        assert_eq!(retry_info(b"\xff\xff not a status"), None);
+        assert!(!grpc_failure(with_retry_info(Code::InvalidArgument, delay)).retryable);
+    }
+
+    #[test]
+    fn http_statuses_are_retried_as_otlp_says_with_retry_after_in_seconds() {
+        let none = http::HeaderMap::new();
+        for (status, retryable) in [
+            (429, true),
+            (502, true),
+            (503, true),
+            (504, true),
+            (400, false),
+            (401, false),
+            (404, false),
+            (413, false),
+            (415, false),
+            (500, false),
+            (501, false),
+        ] {
+            let status = http::StatusCode::from_u16(status).unwrap();
+            let f = http_failure(status, &none, b" overloaded \n");
+            assert_eq!(f.retryable, retryable, "{status}");
+            assert_eq!(
+                f.message,
+                format!("the collector answered {status}: overloaded")
+            );
+        }
+        let after = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+            http_failure(http::StatusCode::SERVICE_UNAVAILABLE, &h, b"").after
+        };
+        assert_eq!(after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(after(" 0 "), Some(Duration::ZERO));
+        // A date or nonsense: the exporter's own backoff.
+        assert_eq!(after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(after("-1"), None);
+    }
+
+    #[test]
+    fn the_backoff_is_jittered_within_20_percent() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_secs(1));
+            assert!(
+                d >= Duration::from_millis(800) && d <= Duration::from_millis(1200),
+                "{d:?}"
+            );
+        }
+    }
 
     fn config(endpoint: &str, ca: Option<std::path::PathBuf>) -> TraceConfig {
         TraceConfig {

@@ -6,7 +6,7 @@
 //! sampled one is continued by a span of ours; an unsampled one is not traced; an invalid or
 //! missing one starts a new trace at `--trace-sample-rate` (else nothing is traced).
 //! `tracestate` is never touched. Spans go to the exporter through a bounded queue; a full queue
-//! drops them (`spans_dropped_total`). What each binary makes spans of, and which attributes they
+//! drops them (`spans_dropped_total{reason="queue-full"}`). What each binary makes spans of, and which attributes they
 //! carry, is the binary's: the proxy's HTTP spans in `weft_proxy::observe`, the control plane's
 //! RPC and discovery push spans in `weft_control_plane::rpc_trace`.
 
@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use http::HeaderMap;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 pub use context::{SpanId, TraceId, TraceParent};
 
@@ -162,12 +164,48 @@ impl OpenSpan {
 }
 
 /// The counters the tracer and its exporter keep; the binary registers them
-/// (`spans_exported_total`, `spans_dropped_total`, `span_export_failures_total`).
-#[derive(Debug, Clone, Default)]
+/// (`spans_exported_total`, `spans_dropped_total{reason}`, `span_export_failures_total`).
+#[derive(Debug, Clone)]
 pub struct TraceMetrics {
     pub exported: Counter,
-    pub dropped: Counter,
+    /// Spans lost, by `reason`: [`QUEUE_FULL`] or [`EXPORT_FAILED`].
+    pub dropped: Family<DropLabels, Counter>,
+    /// Export requests that failed (each attempt).
     pub export_failures: Counter,
+}
+
+/// `spans_dropped_total`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
+}
+
+/// `reason` of a span dropped because the exporter's queue was full.
+pub const QUEUE_FULL: &str = "queue-full";
+/// `reason` of a span whose batch the collector refused for good, or did not take within the
+/// retries.
+pub const EXPORT_FAILED: &str = "export-failed";
+
+impl Default for TraceMetrics {
+    /// Both reasons present from the start (at 0), so a rate or an alert has a series.
+    fn default() -> Self {
+        let m = Self {
+            exported: Counter::default(),
+            dropped: Family::default(),
+            export_failures: Counter::default(),
+        };
+        for reason in [QUEUE_FULL, EXPORT_FAILED] {
+            drop(m.dropped.get_or_create(&DropLabels { reason }));
+        }
+        m
+    }
+}
+
+impl TraceMetrics {
+    /// The counter of spans dropped for `reason`.
+    pub fn dropped(&self, reason: &'static str) -> Counter {
+        self.dropped.get_or_create(&DropLabels { reason }).clone()
+    }
 }
 
 /// The tracer: the sampling rule and the queue to the exporter.

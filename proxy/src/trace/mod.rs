@@ -8,7 +8,7 @@
 //! ours (SERVER inbound, CLIENT per attempt outbound) and is rewritten to name it as the parent;
 //! an unsampled one is forwarded untouched; an invalid or missing one starts a new trace at
 //! `--trace-sample-rate` (else it is left alone). `tracestate` is never touched. Spans go to the
-//! exporter through a bounded queue; a full queue drops them (`spans_dropped_total`).
+//! exporter through a bounded queue; a full queue drops them (`spans_dropped_total{reason="queue-full"}`).
 
 pub use weft_proto::trace::{
     Kind, OpenSpan, Parent, Protocol, SpanId, SpanRecord, TraceConfig, TraceId, TraceParent,
@@ -27,12 +27,7 @@ pub mod export {
     /// Checks the configuration and starts the exporter thread (`weft_proto::trace::export`),
     /// counting into the proxy's `spans_*` metrics.
     pub fn start(config: &TraceConfig, metrics: &Metrics) -> Result<Arc<Tracer>, ExportError> {
-        let counters = weft_proto::trace::TraceMetrics {
-            exported: metrics.spans_exported.clone(),
-            dropped: metrics.spans_dropped.clone(),
-            export_failures: metrics.span_export_failures.clone(),
-        };
-        weft_proto::trace::export::start(config, "weft-proxy", &counters)
+        weft_proto::trace::export::start(config, "weft-proxy", &metrics.spans)
     }
 }
 
@@ -83,11 +78,11 @@ mod tests {
         let (span, _) = t.new_trace().unwrap().child();
         t.submit(span.end(Kind::Server, "GET /".into(), Vec::new(), None));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while m.span_export_failures.get() == 0 {
+        while m.spans.export_failures.get() == 0 {
             assert!(std::time::Instant::now() < deadline, "no failure counted");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert_eq!(m.spans_exported.get(), 0);
+        assert_eq!(m.spans.exported.get(), 0);
     }
 
     use crate::metrics::Metrics;
