@@ -72,7 +72,7 @@ impl Activity {
             resets: std::sync::Mutex::new(Resets {
                 since: now,
                 count: 0,
-                answered_before: 0,
+                total: 0,
                 tripped: false,
             }),
             max_resets,
@@ -92,10 +92,13 @@ impl Activity {
     }
 
     /// A request's handler was dropped before it answered: the client reset the stream (or
-    /// closed the connection). Past `max_resets` in the window, and when the cancelled are
-    /// more than the answered in it, the connection is told to close. The share spares a
-    /// connection from another proxy: it carries many clients' requests and so some of their
-    /// cancels (deadlines, closed pages), far more than one client would, but rarely half.
+    /// closed the connection). Past `max_resets` in the window the connection is told to close
+    /// once the client has cancelled more requests than it had answered over the connection's
+    /// life (Envoy's premature-reset rule), and past [`HARD_LIMIT_FACTOR`] times it in any case.
+    /// The share spares a connection from another proxy: it carries many clients' requests and
+    /// so more cancels than one client makes (deadlines, closed pages; a burst when a backend
+    /// stalls), but rarely half. The hard limit bounds a client that earns its credit with
+    /// cheap requests.
     fn cancelled(&self) {
         let now = tokio::time::Instant::now();
         let answered = self.answered.load(Ordering::Relaxed);
@@ -103,26 +106,30 @@ impl Activity {
         if now.duration_since(resets.since) > limits::RESET_WINDOW {
             resets.since = now;
             resets.count = 0;
-            resets.answered_before = answered;
         }
         resets.count += 1;
-        if !resets.tripped
-            && resets.count > self.max_resets
-            && resets.count as usize > answered.saturating_sub(resets.answered_before)
-        {
+        resets.total += 1;
+        let over = resets.count > self.max_resets
+            && (resets.total > answered
+                || resets.count > self.max_resets.saturating_mul(HARD_LIMIT_FACTOR));
+        if over && !resets.tripped {
             resets.tripped = true;
             self.too_many_resets.notify_one();
         }
     }
 }
 
-/// The client's cancels in the current [`limits::RESET_WINDOW`].
+/// Past this many times `--h2-max-resets` in a window a connection is closed whatever it
+/// answered.
+const HARD_LIMIT_FACTOR: u32 = 10;
+
+/// The client's cancels: in the current [`limits::RESET_WINDOW`], and over the connection's
+/// life.
 #[derive(Debug)]
 struct Resets {
     since: tokio::time::Instant,
     count: u32,
-    /// [`Activity::answered`] when the window began.
-    answered_before: usize,
+    total: usize,
     /// The connection has been told to close.
     tripped: bool,
 }
@@ -601,14 +608,14 @@ mod tests {
         end(&a, 1, false);
         assert!(tripped(&a));
         // A connection carrying other clients' answered requests as well: 30 cancels among 90
-        // answered stay under half, so it is kept...
+        // answered, so it is kept...
         let a = Arc::new(Activity::new(10));
         for _ in 0..30 {
             end(&a, 3, true);
             end(&a, 1, false);
         }
         assert!(!tripped(&a));
-        // ...until the cancels outnumber the answered in the window: 90 do not, 91 do.
+        // ...until the cancels outnumber the answered: 90 do not, 91 do.
         end(&a, 60, false);
         assert!(!tripped(&a));
         end(&a, 1, false);
@@ -620,13 +627,24 @@ mod tests {
             tokio::time::advance(limits::RESET_WINDOW + Duration::from_millis(1)).await;
         }
         assert!(!tripped(&a));
-        // The answered before the window began do not dilute it.
+        // What the connection answered before counts: a burst of cancels after a long quiet
+        // (a backend stall expiring many deadlines at once) is spared...
         let a = Arc::new(Activity::new(10));
         end(&a, 1000, true);
+        tokio::time::advance(limits::RESET_WINDOW * 6).await;
+        end(&a, 100, false);
+        assert!(!tripped(&a));
+        // ...up to ten times the limit in one window, whatever it answered.
         end(&a, 1, false);
-        tokio::time::advance(limits::RESET_WINDOW + Duration::from_millis(1)).await;
-        end(&a, 11, false);
         assert!(tripped(&a));
+        // The hard limit is per window too.
+        let a = Arc::new(Activity::new(10));
+        end(&a, 10_000, true);
+        for _ in 0..3 {
+            end(&a, 100, false);
+            tokio::time::advance(limits::RESET_WINDOW + Duration::from_millis(1)).await;
+        }
+        assert!(!tripped(&a));
     }
 
     #[tokio::test]

@@ -12,8 +12,8 @@
 //! - request bodies: [`IdleBody`], wrapping each request body that actually waits for data;
 //! - streams: `max_concurrent_streams` and `max_pending_accept_reset_streams` in `http::serve`,
 //!   plus a count of requests the client cancelled before their answer: past
-//!   `h2_max_resets_per_conn` in a window, and more than were answered in it, the connection
-//!   gets a GOAWAY and closes.
+//!   `h2_max_resets_per_conn` in a window, and more than were answered over the connection's
+//!   life (or ten times the limit in the window), the connection gets a GOAWAY and closes.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -49,8 +49,8 @@ pub struct Limits {
     /// Streams one HTTP/2 client may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// Requests one HTTP/2 client may cancel (RST_STREAM) before their answer, per
-    /// [`RESET_WINDOW`]; past it, and once they outnumber the requests answered in the
-    /// window, the connection is closed with a GOAWAY.
+    /// [`RESET_WINDOW`]; past it, once they outnumber the requests answered over the
+    /// connection's life (or past ten times it), the connection is closed with a GOAWAY.
     pub h2_max_resets_per_conn: u32,
 }
 

@@ -278,7 +278,7 @@ impl Exporter {
                 Err(_) => Failure::retry(format!("no answer within {EXPORT_TIMEOUT:?}"), None),
             };
             self.failures.inc();
-            let wait = failure.after.unwrap_or_else(|| jitter(backoff));
+            let wait = next_wait(failure.after, backoff);
             if !failure.retryable || first.elapsed() + wait > GIVE_UP_AFTER {
                 self.given_up.inc_by(n);
                 debug!(error = %failure.message, spans = n, retryable = failure.retryable, "span export failed; dropped");
@@ -367,6 +367,15 @@ impl Failure {
     }
 }
 
+/// The wait before the next attempt: the collector's when it asks for longer than the backoff
+/// (so a `Retry-After: 0` is no hot loop), capped at [`GIVE_UP_AFTER`] (so no answer can
+/// overflow the arithmetic: a longer wait gives up).
+fn next_wait(asked: Option<Duration>, backoff: Duration) -> Duration {
+    asked
+        .map_or(Duration::ZERO, |a| a.min(GIVE_UP_AFTER))
+        .max(jitter(backoff))
+}
+
 /// A backoff of `d` ± 20 %, so that proxies that failed together do not retry together.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + 0.4 * fastrand::f64())
@@ -428,20 +437,35 @@ fn retry_info(details: &[u8]) -> Option<Duration> {
     ))
 }
 
-/// OTLP/HTTP's rule: 429, 502, 503 and 504 are transient (with the wait `Retry-After` gives in
-/// seconds, if any); any other status is final.
+/// OTLP/HTTP's rule: 429, 502, 503 and 504 are transient (with the wait `Retry-After` asks
+/// for, if any); any other status is final.
 fn http_failure(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Failure {
     let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
     let message = format!("the collector answered {status}: {}", text.trim());
-    if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+    if is_transient(status) {
         let after = headers
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry_after(v, SystemTime::now()));
         Failure::retry(message, after)
     } else {
         Failure::fatal(message)
+    }
+}
+
+fn is_transient(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+/// `Retry-After`'s wait (RFC 9110 §10.2.3): seconds, or an HTTP date (a date past is no wait).
+fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        }
     }
 }
 
@@ -563,10 +587,15 @@ impl HttpSender {
             .collect()
             .await
             .map_err(|e| {
-                // Not sent again: a 2xx cut short may have been taken.
-                Post::Failed(Failure::fatal(format!(
+                let message = format!(
                     "the collector's {status} response could not be read (over {RESPONSE_LIMIT} bytes, or cut short): {e}"
-                )))
+                );
+                // A 2xx was taken, whatever its body; a transient refusal is still one.
+                Post::Failed(if is_transient(status) {
+                    Failure::retry(message, None)
+                } else {
+                    Failure::fatal(message)
+                })
             })?
             .to_bytes();
         self.conn = Some(conn);
@@ -720,7 +749,7 @@ mod tests {
     }
 
     #[test]
-    fn http_statuses_are_retried_as_otlp_says_with_retry_after_in_seconds() {
+    fn http_statuses_are_retried_as_otlp_says_with_retry_after() {
         let none = http::HeaderMap::new();
         for (status, retryable) in [
             (429, true),
@@ -750,9 +779,34 @@ mod tests {
         };
         assert_eq!(after("3"), Some(Duration::from_secs(3)));
         assert_eq!(after(" 0 "), Some(Duration::ZERO));
-        // A date or nonsense: the exporter's own backoff.
-        assert_eq!(after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(
+            after("18446744073709551615"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        // A date in the past: no wait; nonsense: the exporter's own backoff.
+        assert_eq!(after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         assert_eq!(after("-1"), None);
+        assert_eq!(after("soon"), None);
+        // A date: the time until it.
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_470);
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn the_collectors_wait_is_kept_when_longer_and_capped() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            next_wait(Some(Duration::from_secs(3)), second),
+            Duration::from_secs(3)
+        );
+        // Asked for no wait: the backoff still applies.
+        assert!(next_wait(Some(Duration::ZERO), second) >= Duration::from_millis(800));
+        assert!(next_wait(None, second) >= Duration::from_millis(800));
+        // Asked for longer than the give-up time: capped, and so given up.
+        assert_eq!(next_wait(Some(Duration::MAX), second), GIVE_UP_AFTER);
     }
 
     #[test]

@@ -218,8 +218,8 @@ struct LimitArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     h2_max_concurrent_streams: u32,
     /// Requests one HTTP/2 client may cancel before their answer within 10 s; past it, once
-    /// they outnumber the answered, the connection gets a GOAWAY (the rapid-reset attack,
-    /// CVE-2023-44487).
+    /// its cancels outnumber its answered requests (or past ten times it), the connection gets
+    /// a GOAWAY (the rapid-reset attack, CVE-2023-44487).
     #[arg(long, env = "WEFT_H2_MAX_RESETS", default_value_t = Limits::default().h2_max_resets_per_conn)]
     h2_max_resets: u32,
 }
