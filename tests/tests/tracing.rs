@@ -598,13 +598,23 @@ fn otlp_http(endpoint: String) -> TraceConfig {
     }
 }
 
-/// `api`'s tracing over OTLP/gRPC to `endpoint`.
-fn otlp_grpc(endpoint: String) -> TraceConfig {
-    TraceConfig {
-        endpoint,
-        service_name: "default/api".into(),
-        ..Default::default()
-    }
+/// One traced hop whose `api` proxy exports to `collector` (OTLP/HTTP when `http`, else
+/// OTLP/gRPC), having sent one request to `path`.
+async fn hop_exporting_to(
+    collector: &Collector,
+    http: bool,
+    path: &str,
+) -> (weft_proxy::Proxy, Hop) {
+    let endpoint = format!("http://127.0.0.1:{}", collector.port);
+    let trace = match http {
+        true => otlp_http(endpoint),
+        false => TraceConfig {
+            endpoint,
+            service_name: "default/api".into(),
+            ..Default::default()
+        },
+    };
+    one_traced_hop(trace, path).await
 }
 
 /// `api`'s span counters: (exported, failed attempts, dropped for the export).
@@ -633,12 +643,7 @@ async fn a_batch_the_collector_cannot_take_yet_is_sent_again() {
         Collector::start_http_refusing(1, 429, None).await.unwrap(),
     ];
     for (i, collector) in cases.iter().enumerate() {
-        let endpoint = format!("http://127.0.0.1:{}", collector.port);
-        let trace = match i {
-            0 => otlp_grpc(endpoint),
-            _ => otlp_http(endpoint),
-        };
-        let (api, _hop) = one_traced_hop(trace, "/retried").await;
+        let (api, _hop) = hop_exporting_to(collector, i > 0, "/retried").await;
         let spans = collector.wait_trace(TRACE, 1).await.unwrap();
         assert_eq!(spans[0]["attributes"]["url.path"], "/retried");
         let refused = collector.refusals();
@@ -666,12 +671,7 @@ async fn a_batch_refused_for_good_is_dropped_at_once() {
         Collector::start_http_refusing(1, 400, None).await.unwrap(),
     ];
     for (i, collector) in cases.iter().enumerate() {
-        let endpoint = format!("http://127.0.0.1:{}", collector.port);
-        let trace = match i {
-            0 => otlp_grpc(endpoint),
-            _ => otlp_http(endpoint),
-        };
-        let (api, _hop) = one_traced_hop(trace, "/refused").await;
+        let (api, _hop) = hop_exporting_to(collector, i > 0, "/refused").await;
         let admin = api.admin_addr.to_string();
         weft_tests::metric_reaches(
             &admin,
