@@ -3,7 +3,8 @@
 //! each control plane's admin port to reload (`POST /ca/reload`; the control plane also polls
 //! the directory every 2 s, and reloads on SIGHUP) and waits until it serves exactly these
 //! files (`GET /ca` reports their digest). `switch` and `finish` first check what the control
-//! planes serve; `finish` refuses while a connected proxy holds a certificate of the old CA.
+//! planes serve; `switch` waits until every connected proxy has acknowledged the bundle with
+//! both roots, and `finish` refuses while a connected proxy holds a certificate of the old CA.
 
 use std::io::Write;
 use std::path::Path;
@@ -181,6 +182,7 @@ pub async fn switch(
         check_serving(dir, "prepared", admins)
             .await
             .context("refusing to switch (--force to switch anyway)")?;
+        wait_bundle_held(admins, w).await?;
     }
     let state = ca_dir::switch(dir, renew_within)?;
     writeln!(
@@ -196,6 +198,41 @@ pub async fn switch(
         dir.display()
     )?;
     Ok(())
+}
+
+/// Waits (`--wait` at most) until every proxy connected to each control plane has
+/// acknowledged the trust bundle it serves (after `prepare`: both roots). A proxy still on the
+/// old bundle would refuse every certificate the new CA signs once `switch` lets it sign.
+async fn wait_bundle_held(admins: &Admins, w: &mut dyn Write) -> anyhow::Result<()> {
+    for addr in &admins.addrs {
+        let deadline = tokio::time::Instant::now() + admins.wait;
+        loop {
+            let v = served(addr).await?;
+            let behind = bundle_behind(&v);
+            if behind == 0 {
+                writeln!(
+                    w,
+                    "control plane {addr}: all {} connected proxies hold the bundle with both roots",
+                    v["bundle"]["proxies_holding"].as_i64().unwrap_or(0)
+                )?;
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "refusing to switch: {behind} proxies connected to the control plane at {addr} have not acknowledged the trust bundle with both roots                      (after {}; a proxy that rejects it logs why, and `weftctl ca rotate status` counts them).                      Until they hold it they would refuse the certificates the new CA signs. --force switches anyway",
+                    humantime::format_duration(admins.wait)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Proxies connected to a control plane that have not acknowledged the bundle it serves (0 from
+/// a control plane that does not count them).
+fn bundle_behind(v: &Value) -> i64 {
+    v["bundle"]["proxies_behind"].as_i64().unwrap_or(0)
 }
 
 /// `weftctl ca rotate finish`.
@@ -280,6 +317,12 @@ pub async fn status(dir: &Path, admins: &Admins, w: &mut dyn Write) -> anyhow::R
             )?;
         }
         writeln!(w, "  {:<9} {:>7}", "unknown", count(&v, "unknown"))?;
+        writeln!(
+            w,
+            "  trust bundle served: held by {} proxies, not acknowledged by {}",
+            v["bundle"]["proxies_holding"].as_i64().unwrap_or(0),
+            bundle_behind(&v)
+        )?;
     }
     Ok(())
 }

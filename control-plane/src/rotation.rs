@@ -67,6 +67,9 @@ pub struct CaSource {
     reload: Mutex<ReloadState>,
     /// Open discovery streams by the authority key id of the certificate they were opened with.
     issuers: Mutex<HashMap<Option<Vec<u8>>, i64>>,
+    /// Open discovery streams that asked for the trust bundle, by the roots of the last bundle
+    /// each acknowledged ([`roots_key`]; `None`: none yet).
+    bundles: Mutex<HashMap<Option<String>, i64>>,
     metrics: Arc<Metrics>,
 }
 
@@ -91,6 +94,7 @@ impl CaSource {
             tx: watch::channel(active).0,
             reload: Mutex::default(),
             issuers: Mutex::default(),
+            bundles: Mutex::default(),
             metrics,
         });
         this.update_metrics();
@@ -200,6 +204,31 @@ impl CaSource {
         }
     }
 
+    /// Counts a discovery stream that asked for the trust bundle, holding none yet, until the
+    /// guard drops; [`BundleGuard::acked`] moves it to the bundle its proxy acknowledges.
+    pub fn bundle_follower(self: &Arc<Self>) -> BundleGuard {
+        *self
+            .bundles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(None)
+            .or_default() += 1;
+        BundleGuard {
+            source: self.clone(),
+            key: None,
+        }
+    }
+
+    /// Connected proxies that asked for the trust bundle: (those that acknowledged the one
+    /// served now, the others).
+    pub fn bundle_holders(&self) -> (i64, i64) {
+        let want = Some(roots_key(self.current().ca.trust.roots()));
+        let bundles = self.bundles.lock().unwrap_or_else(|e| e.into_inner());
+        let all: i64 = bundles.values().sum();
+        let holding = bundles.get(&want).copied().unwrap_or(0);
+        (holding, all - holding)
+    }
+
     /// Connected proxies per role (`current`, `next`, `previous`, `unknown`).
     pub fn proxies_by_role(&self) -> [(&'static str, i64); 4] {
         let active = self.current();
@@ -252,6 +281,7 @@ impl CaSource {
         if let Some(other) = &ca.other {
             cas.push(describe(other, ca.role_of(Some(other.key_id()))));
         }
+        let (holding, behind) = self.bundle_holders();
         let last_error = self
             .reload
             .lock()
@@ -268,6 +298,10 @@ impl CaSource {
             "roots": ca.trust.fingerprints(),
             "cas": cas,
             "proxies_unknown": count("unknown"),
+            "bundle": {
+                "proxies_holding": holding,
+                "proxies_behind": behind,
+            },
         })
     }
 }
@@ -298,6 +332,68 @@ impl Drop for IssuerGuard {
     }
 }
 
+/// One open discovery stream in the count by acknowledged trust bundle.
+#[derive(Debug)]
+pub struct BundleGuard {
+    source: Arc<CaSource>,
+    key: Option<String>,
+}
+
+impl BundleGuard {
+    /// The stream's proxy acknowledged (or, reconnecting, said it holds) a bundle of the roots
+    /// whose [`roots_key`] is `key`.
+    pub fn acked(&mut self, key: String) {
+        if self.key.as_ref() == Some(&key) {
+            return;
+        }
+        let mut bundles = self
+            .source
+            .bundles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        uncount(&mut bundles, &self.key);
+        *bundles.entry(Some(key.clone())).or_default() += 1;
+        self.key = Some(key);
+    }
+}
+
+impl Drop for BundleGuard {
+    fn drop(&mut self) {
+        let mut bundles = self
+            .source
+            .bundles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        uncount(&mut bundles, &self.key);
+    }
+}
+
+fn uncount(bundles: &mut HashMap<Option<String>, i64>, key: &Option<String>) {
+    if let Some(n) = bundles.get_mut(key) {
+        *n -= 1;
+        if *n <= 0 {
+            bundles.remove(key);
+        }
+    }
+}
+
+/// A set of roots, named independently of their order: what a proxy acknowledged is compared
+/// with what is served by this.
+pub fn roots_key<R: AsRef<[u8]>>(roots: &[R]) -> String {
+    let mut each: Vec<[u8; 32]> = roots
+        .iter()
+        .map(|r| {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, r.as_ref());
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        })
+        .collect();
+    each.sort_unstable();
+    each.dedup();
+    hex(&each.concat())
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -326,6 +422,52 @@ mod tests {
             .find(|(r, _)| *r == role)
             .unwrap()
             .1
+    }
+
+    fn bundle(src: &CaSource) -> (i64, i64) {
+        let v = src.status_json();
+        (
+            v["bundle"]["proxies_holding"].as_i64().unwrap(),
+            v["bundle"]["proxies_behind"].as_i64().unwrap(),
+        )
+    }
+
+    #[test]
+    fn proxies_are_counted_by_the_bundle_they_acknowledged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, new) = (tmp.path().join("ca"), tmp.path().join("new"));
+        root(&dir);
+        root(&new);
+        let src =
+            CaSource::load(dir.clone(), None, Duration::from_secs(60), Arc::default()).unwrap();
+        let one_root = roots_key(src.current().ca.trust.roots());
+        let (mut a, mut b) = (src.bundle_follower(), src.bundle_follower());
+        assert_eq!(bundle(&src), (0, 2), "asked, nothing acknowledged yet");
+        a.acked(one_root.clone());
+        b.acked(one_root.clone());
+        b.acked(one_root.clone());
+        assert_eq!(bundle(&src), (2, 0));
+
+        // Prepared: the served bundle has both roots; the proxies hold the old one.
+        ca_dir::prepare(&dir, &new, None).unwrap();
+        assert_eq!(src.reload(false), Ok(true));
+        let both = src.current().resource().roots;
+        assert_eq!(bundle(&src), (0, 2));
+        a.acked(roots_key(&both));
+        assert_eq!(bundle(&src), (1, 1));
+        // The roots in another order are the same bundle.
+        let reversed: Vec<_> = both.iter().rev().cloned().collect();
+        b.acked(roots_key(&reversed));
+        assert_eq!(bundle(&src), (2, 0));
+        // A stream that ends leaves the count.
+        drop(a);
+        assert_eq!(bundle(&src), (1, 0));
+        let c = src.bundle_follower();
+        assert_eq!(bundle(&src), (1, 1));
+        drop((b, c));
+        assert_eq!(bundle(&src), (0, 0));
+        assert!(src.bundles.lock().unwrap().is_empty());
+        assert_ne!(one_root, roots_key(&both));
     }
 
     #[test]

@@ -149,8 +149,9 @@ async fn wait_certs(p: &ProxyProcess, what: &str, f: impl Fn(&Value) -> bool) {
 }
 
 /// A discovery stream that never renews, opened with a certificate minted from the CA in
-/// `dir` as it is now: a proxy the control plane counts under that CA while it stays open.
-async fn held_stream(mesh: &TestMesh, cp: &ControlPlaneProcess, sa: &str) -> DeltaClient {
+/// `dir` as it is now, that acknowledges only the first trust bundle: a proxy the control
+/// plane counts under that CA while it stays open.
+async fn unacking_stream(mesh: &TestMesh, cp: &ControlPlaneProcess, sa: &str) -> DeltaClient {
     let channel = mesh
         .channel_at(&cp.grpc_addr, Some(&workload("default", sa)))
         .await
@@ -160,6 +161,28 @@ async fn held_stream(mesh: &TestMesh, cp: &ControlPlaneProcess, sa: &str) -> Del
     let first = c.recv().await.unwrap();
     c.ack(&first).await.unwrap();
     c
+}
+
+/// Closes its stream when dropped.
+struct Held(tokio::task::JoinHandle<()>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// As [`unacking_stream`], but acknowledging every trust bundle pushed to it, as a proxy does:
+/// one that holds on to its certificate, not to its bundle.
+async fn held_stream(mesh: &TestMesh, cp: &ControlPlaneProcess, sa: &str) -> Held {
+    let mut c = unacking_stream(mesh, cp, sa).await;
+    Held(tokio::spawn(async move {
+        while let Ok(push) = c.recv().await {
+            if c.ack(&push).await.is_err() {
+                return;
+            }
+        }
+    }))
 }
 
 fn ca_init(parent: &Path, name: &str, td: &str) -> String {
@@ -298,6 +321,14 @@ async fn the_root_rotates_under_load_without_a_failed_request() {
         })
         .await;
     }
+    // The reopened streams said which bundle they hold (it is not sent again) and count as
+    // holding it, as does the held stream that acknowledged it.
+    wait_served(
+        &cp,
+        "counted every connected proxy as holding the bundle",
+        |v| v["bundle"]["proxies_holding"] == 3 && v["bundle"]["proxies_behind"] == 0,
+    )
+    .await;
     let status = weftctl(&[
         "ca", "rotate", "status", "--ca-dir", &ca_dir, "--admin", &admin,
     ])
@@ -444,6 +475,7 @@ async fn bad_steps_are_refused_by_name_and_force_finishes_over_an_old_certificat
         assert_eq!(files(&dir), untouched, "{args:?} changed the directory");
     }
     let legacy = held_stream(&mesh, &cp, "legacy").await;
+    let mut stuck = unacking_stream(&mesh, &cp, "stuck").await;
 
     // prepare with --no-wait, then SIGHUP: the control plane reloads on the signal.
     weftctl(
@@ -484,6 +516,36 @@ async fn bad_steps_are_refused_by_name_and_force_finishes_over_an_old_certificat
         assert!(e.contains(expect), "{args:?}: {e}");
         assert_eq!(files(&dir), prepared, "{args:?} changed the directory");
     }
+    // A proxy that has not acknowledged the two-root bundle holds switch back: it would refuse
+    // what the new CA signs. `status` counts it.
+    let e = refused(rotate(&[
+        "switch", "--ca-dir", &ca_dir, "--wait", "1s", "--admin", &admin,
+    ]))
+    .await;
+    assert!(
+        e.contains("refusing to switch: 1 proxies") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(
+        files(&dir),
+        prepared,
+        "a refused switch changed the directory"
+    );
+    let status = weftctl(
+        &rotate(&["status", "--ca-dir", &ca_dir, "--admin", &admin])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        status.contains("held by 1 proxies, not acknowledged by 1"),
+        "{status}"
+    );
+    // Once it acknowledges the bundle with both roots, switch goes ahead.
+    let push = stuck.recv().await.unwrap();
+    stuck.ack(&push).await.unwrap();
     weftctl(
         &rotate(&[
             "switch",
@@ -502,6 +564,11 @@ async fn bad_steps_are_refused_by_name_and_force_finishes_over_an_old_certificat
     .unwrap();
     let e = refused(rotate(&["switch", "--ca-dir", &ca_dir, "--admin", &admin])).await;
     assert!(e.contains("already switched"), "{e}");
+    drop(stuck);
+    wait_served(&cp, "saw the stuck stream go", |v| {
+        proxies(v, "previous") == 1
+    })
+    .await;
     let e = refused(rotate(&["finish", "--ca-dir", &ca_dir, "--admin", &admin])).await;
     assert!(e.contains("refusing to finish: 1 proxies"), "{e}");
     assert_eq!(served(&cp).await["step"], "switched");

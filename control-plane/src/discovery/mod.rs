@@ -35,10 +35,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 use weft_proto::discovery::v1::aggregated_discovery_server::AggregatedDiscovery;
 use weft_proto::discovery::v1::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use weft_proto::mesh::v1 as pb;
 
 use crate::metrics::{Metrics, TypeLabels};
 use crate::registry::{Published, ResourceType, Snapshot};
-use crate::rotation::{CaSource, IssuerGuard};
+use crate::rotation::{self, BundleGuard, CaSource, IssuerGuard};
 use crate::rpc_trace::{PushAnswer, PushFacts, Tracing, push_attributes, push_span};
 use crate::transport::PeerInfo;
 use weft_proto::trace::{OpenSpan, Value};
@@ -105,6 +106,7 @@ impl AggregatedDiscovery for DiscoveryService {
             span,
         );
         stream._issuer = issuer;
+        stream.ca = self.issuers.clone();
         if let Some(t) = &self.tracing {
             stream.traced = Some(Traced {
                 tracing: t.clone(),
@@ -133,6 +135,13 @@ struct DeltaStream {
     metrics: Arc<Metrics>,
     /// This stream in the per-issuer count, until it drops.
     _issuer: Option<IssuerGuard>,
+    /// The CA, to count this stream by the trust bundle its proxy holds (`weftctl ca rotate
+    /// switch` waits until every proxy holds the bundle with both roots).
+    ca: Option<Arc<CaSource>>,
+    /// This stream in that count, once it asked for the trust bundle.
+    bundle: Option<BundleGuard>,
+    /// Trust bundles sent and not yet answered: (nonce, [`rotation::roots_key`]), oldest first.
+    bundle_pushes: VecDeque<(u64, String)>,
     /// `--otlp-endpoint`: the pushes' spans.
     traced: Option<Traced>,
 }
@@ -202,6 +211,9 @@ impl DeltaStream {
             ended: false,
             metrics,
             _issuer: None,
+            ca: None,
+            bundle: None,
+            bundle_pushes: VecDeque::new(),
             traced: None,
         }
     }
@@ -295,6 +307,9 @@ impl DeltaStream {
         let labels = TypeLabels {
             r#type: ty.as_str(),
         };
+        if ty == ResourceType::TrustBundle {
+            self.follow_bundle(&req, snap);
+        }
         if !req.response_nonce.is_empty() {
             if let Some(t) = self.traced.as_mut() {
                 let answer = match &req.error_detail {
@@ -334,10 +349,44 @@ impl DeltaStream {
         Ok(())
     }
 
+    /// Keeps this stream's place in the count of proxies by the trust bundle they hold: the
+    /// one its proxy acknowledged (a NACK keeps the previous), or, on a reconnect, the one it
+    /// says it holds when that is the one served (it is then not sent again).
+    fn follow_bundle(&mut self, req: &DeltaDiscoveryRequest, snap: &Snapshot) {
+        let Some(ca) = &self.ca else {
+            return;
+        };
+        let guard = self.bundle.get_or_insert_with(|| ca.bundle_follower());
+        if let Ok(nonce) = req.response_nonce.parse::<u64>() {
+            if req.error_detail.is_none()
+                && let Some((_, key)) = self.bundle_pushes.iter().find(|(n, _)| *n == nonce)
+            {
+                guard.acked(key.clone());
+            }
+            self.bundle_pushes.retain(|(n, _)| *n > nonce);
+        }
+        for (name, version) in &req.initial_resource_versions {
+            if let Some(r) = snap.trust_bundles.get(name)
+                && r.version == *version
+                && let Some(key) = bundle_key(&r.body)
+            {
+                guard.acked(key);
+            }
+        }
+    }
+
     /// Turns a queued response into the message tonic sends now.
     fn send(&mut self, out: Outgoing) -> DeltaDiscoveryResponse {
         let nonce = self.last_sent.map_or(1, |(n, _)| n + 1);
         self.last_sent = Some((nonce, Instant::now()));
+        if out.ty == ResourceType::TrustBundle && self.ca.is_some() {
+            for key in out.resources.iter().filter_map(|r| bundle_key(&r.body)) {
+                if self.bundle_pushes.len() == OUTSTANDING_PUSHES {
+                    self.bundle_pushes.pop_front();
+                }
+                self.bundle_pushes.push_back((nonce, key));
+            }
+        }
         self.metrics
             .discovery_pushes
             .get_or_create(&TypeLabels {
@@ -398,6 +447,12 @@ impl Drop for DeltaStream {
             info!(node = %self.node_id, "proxy disconnected");
         }
     }
+}
+
+/// The [`rotation::roots_key`] of an encoded TrustBundle resource.
+fn bundle_key(body: &prost_types::Any) -> Option<String> {
+    let bundle = <pb::TrustBundle as prost::Message>::decode(body.value.as_slice()).ok()?;
+    Some(rotation::roots_key(&bundle.roots))
 }
 
 fn shutting_down() -> End {
