@@ -315,19 +315,14 @@ pub struct IssuerGuard {
 
 impl Drop for IssuerGuard {
     fn drop(&mut self) {
-        {
-            let mut issuers = self
+        uncount(
+            &mut self
                 .source
                 .issuers
                 .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = issuers.get_mut(&self.key_id) {
-                *n -= 1;
-                if *n <= 0 {
-                    issuers.remove(&self.key_id);
-                }
-            }
-        }
+                .unwrap_or_else(|e| e.into_inner()),
+            &self.key_id,
+        );
         self.source.update_metrics();
     }
 }
@@ -359,20 +354,23 @@ impl BundleGuard {
 
 impl Drop for BundleGuard {
     fn drop(&mut self) {
-        let mut bundles = self
-            .source
-            .bundles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        uncount(&mut bundles, &self.key);
+        uncount(
+            &mut self
+                .source
+                .bundles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            &self.key,
+        );
     }
 }
 
-fn uncount(bundles: &mut HashMap<Option<String>, i64>, key: &Option<String>) {
-    if let Some(n) = bundles.get_mut(key) {
+/// One stream less under `key`; a key counting none is removed.
+fn uncount<K: Eq + std::hash::Hash>(counts: &mut HashMap<K, i64>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
         *n -= 1;
         if *n <= 0 {
-            bundles.remove(key);
+            counts.remove(key);
         }
     }
 }
