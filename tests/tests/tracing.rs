@@ -16,7 +16,8 @@ use weft_proto::mesh::v1::Protocol;
 use weft_proxy::access_log::{AccessLogConfig, Format};
 use weft_proxy::trace::TraceConfig;
 use weft_tests::dataplane::{
-    ProxyOpts, apply, body, proxy_request, service, start_proxy, wait_endpoints,
+    ProxyOpts, ProxyProcess, apply, body, proxy_get, proxy_request, service, start_proxy,
+    wait_endpoints,
 };
 use weft_tests::mesh::TestMesh;
 use weft_tests::otlp::Collector;
@@ -774,4 +775,60 @@ async fn otlp_http_carries_the_spans_in_plain_and_over_tls() {
         weft_tests::metric_value(&text, "span_export_failures_total"),
         Some(0.0)
     );
+}
+
+/// A failing export is a warning in the proxy's log, naming the collector and its answer, at
+/// most once a minute however many batches fail (each is counted).
+#[tokio::test]
+async fn a_failing_export_is_logged_once_a_minute_not_per_batch() {
+    let collector = Collector::start_http_refusing(100, 400, None)
+        .await
+        .unwrap();
+    let mesh = TestMesh::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", collector.port);
+    let web = ProxyProcess::start(
+        &mesh,
+        &mesh.cp.grpc_addr().to_string(),
+        dir.path(),
+        "web",
+        &[
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "http/protobuf",
+            "--trace-sample-rate",
+            "1",
+        ],
+    )
+    .await
+    .unwrap();
+    let admin = web.admin.clone();
+    // Each request is a traced answer of the proxy's own (no such service): a span, a batch.
+    for want in [1.0, 2.0, 3.0] {
+        let (status, _, _) = proxy_get(web.outbound, "http://nowhere.default/")
+            .await
+            .unwrap();
+        assert!(status >= 400, "{status}");
+        weft_tests::metric_reaches(
+            &admin,
+            "span_export_failures_total",
+            want,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    }
+    let log = web.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("span export failing"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains(&endpoint) && warned[0].contains("400 Bad Request"),
+        "{}",
+        warned[0]
+    );
+    assert_eq!(collector.refusals(), 3);
 }

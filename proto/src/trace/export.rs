@@ -106,6 +106,8 @@ pub fn start(
         failures: metrics.export_failures.clone(),
         given_up: metrics.dropped(EXPORT_FAILED),
         handled,
+        endpoint: config.endpoint.clone(),
+        warned: None,
     };
     let target = config.endpoint.clone();
     let protocol = config.protocol;
@@ -207,7 +209,14 @@ struct Exporter {
     given_up: Counter,
     /// Spans taken from the queue and dealt with so far ([`Tracer::flush`] waits on it).
     handled: watch::Sender<u64>,
+    /// The collector, for the log.
+    endpoint: String,
+    /// When a failure was last logged as a warning ([`WARN_EVERY`]).
+    warned: Option<tokio::time::Instant>,
 }
+
+/// Export failures are logged as a warning at most this often (each one at debug).
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl Exporter {
     /// Every [`FLUSH`], or sooner when the tracer says a batch is waiting, sends what the queue
@@ -251,7 +260,7 @@ impl Exporter {
     /// Sends one batch (emptying it), again after a backoff while the collector's answer says
     /// it may take it later, for up to [`GIVE_UP_AFTER`]; then, or on any other failure, drops
     /// it. Every failed attempt is counted.
-    async fn send(&self, transport: &mut Transport, batch: &mut Vec<SpanRecord>) {
+    async fn send(&mut self, transport: &mut Transport, batch: &mut Vec<SpanRecord>) {
         let n = batch.len() as u64;
         let request = self.request(std::mem::take(batch));
         let first = tokio::time::Instant::now();
@@ -278,6 +287,7 @@ impl Exporter {
                 Err(_) => Failure::retry(format!("no answer within {EXPORT_TIMEOUT:?}"), None),
             };
             self.failures.inc();
+            self.warn(&failure);
             let wait = next_wait(failure.after, backoff);
             if !failure.retryable || first.elapsed() + wait > GIVE_UP_AFTER {
                 self.given_up.inc_by(n);
@@ -290,6 +300,25 @@ impl Exporter {
         }
         // Dealt with, either way.
         self.handled.send_modify(|h| *h += n);
+    }
+
+    /// A failure, as a warning if none was logged in the last [`WARN_EVERY`]: an operator
+    /// reading the log learns that traces are incomplete, and why, without a line per batch.
+    fn warn(&mut self, failure: &Failure) {
+        let now = tokio::time::Instant::now();
+        if self
+            .warned
+            .is_some_and(|at| now.duration_since(at) < WARN_EVERY)
+        {
+            return;
+        }
+        self.warned = Some(now);
+        warn!(
+            endpoint = %self.endpoint,
+            error = %failure.message,
+            retried = failure.retryable,
+            "span export failing (span_export_failures_total, spans_dropped_total count it; this is logged at most once a minute)"
+        );
     }
 
     fn request(&self, spans: Vec<SpanRecord>) -> ExportTraceServiceRequest {
