@@ -339,14 +339,8 @@ where
             .await;
             match ended {
                 park::H1End::Hyper(r) => r,
-                park::H1End::HeaderTimeout => {
-                    metrics
-                        .http_conn_errors
-                        .get_or_create(&LimitLabels {
-                            direction,
-                            reason: "header-timeout",
-                        })
-                        .inc();
+                park::H1End::Idle => {
+                    debug!(timeout = ?limits.header_read_timeout, "closing an HTTP/1 connection that sent no request within the header timeout");
                     Ok(())
                 }
             }
@@ -813,6 +807,58 @@ mod tests {
         // ...and a client that goes away is seen while parked.
         drop(tcp);
         until_parked(&metrics, 0).await;
+    }
+
+    fn header_timeouts(m: &Metrics) -> u64 {
+        m.http_conn_errors
+            .get_or_create(&LimitLabels {
+                direction: "inbound",
+                reason: "header-timeout",
+            })
+            .get()
+    }
+
+    /// Reads until the server closes (within 10 s).
+    async fn until_closed(tcp: &mut tokio::net::TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        })
+        .await
+        .expect("still open after 10 s");
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_quietly_and_a_slow_head_is_an_error() {
+        use tokio::io::AsyncWriteExt;
+        let mut settings = DataPathConfig::default();
+        settings.limits.http1_park_after = PARK;
+        settings.limits.header_read_timeout = Duration::from_millis(500);
+        let (addr, metrics, _drain) = test_server(settings, routes).await;
+        // Idle after its request: parked, then closed at the header timeout; not an error.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_ok(&read_until(&mut idle, b"ok").await);
+        until_parked(&metrics, 1).await;
+        until_closed(&mut idle).await;
+        assert_eq!(header_timeouts(&metrics), 0);
+        // A head begun and never finished: cut off, and counted.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        until_closed(&mut slow).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while header_timeouts(&metrics) != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no header timeout counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

@@ -249,9 +249,10 @@ impl Drop for Counting<'_> {
 pub(super) enum H1End {
     /// hyper's connection ended (closed, failed, or finished after a drain or the idle limit).
     Hyper(Result<(), hyper::Error>),
-    /// Parked, the client sent nothing for the header timeout: what hyper reports as a
-    /// header timeout when it waits for the next request itself.
-    HeaderTimeout,
+    /// Parked, the client sent no byte of a next request for the header timeout: an idle
+    /// keep-alive connection (or one opened ahead and never used), closed as hyper would, but
+    /// not an error: a head that was begun is with hyper, whose timeout is one.
+    Idle,
 }
 
 /// Serves HTTP/1 (with upgrades) on `io` until the connection ends, parking it between
@@ -398,7 +399,7 @@ where
                 return H1End::Hyper(Ok(()));
             }
             Ok(Err(_)) => return H1End::Hyper(Ok(())),
-            Err(_) => return H1End::HeaderTimeout,
+            Err(_) => return H1End::Idle,
         }
     }
 }
