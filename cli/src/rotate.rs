@@ -208,7 +208,7 @@ async fn wait_bundle_held(admins: &Admins, w: &mut dyn Write) -> anyhow::Result<
         let deadline = tokio::time::Instant::now() + admins.wait;
         loop {
             let v = served(addr).await?;
-            let behind = bundle_behind(&v);
+            let behind = bundle_behind(addr, &v)?;
             if behind == 0 {
                 writeln!(
                     w,
@@ -219,7 +219,7 @@ async fn wait_bundle_held(admins: &Admins, w: &mut dyn Write) -> anyhow::Result<
             }
             if tokio::time::Instant::now() >= deadline {
                 bail!(
-                    "refusing to switch: {behind} proxies connected to the control plane at {addr} have not acknowledged the trust bundle with both roots                      (after {}; a proxy that rejects it logs why, and `weftctl ca rotate status` counts them).                      Until they hold it they would refuse the certificates the new CA signs. --force switches anyway",
+                    "refusing to switch: {behind} proxies connected to the control plane at {addr} have not acknowledged the trust bundle with both roots (after {}; a proxy that rejects it logs why, and `weftctl ca rotate status` counts them). Until they hold it they would refuse the certificates the new CA signs. --force switches anyway",
                     humantime::format_duration(admins.wait)
                 );
             }
@@ -229,10 +229,16 @@ async fn wait_bundle_held(admins: &Admins, w: &mut dyn Write) -> anyhow::Result<
     Ok(())
 }
 
-/// Proxies connected to a control plane that have not acknowledged the bundle it serves (0 from
-/// a control plane that does not count them).
-fn bundle_behind(v: &Value) -> i64 {
-    v["bundle"]["proxies_behind"].as_i64().unwrap_or(0)
+/// Proxies connected to the control plane at `addr` (its `GET /ca` answer `v`) that have not
+/// acknowledged the bundle it serves; an error when it does not count them.
+fn bundle_behind(addr: &str, v: &Value) -> anyhow::Result<i64> {
+    match v["bundle"]["proxies_behind"].as_i64() {
+        Some(n) => Ok(n),
+        None => bail!(
+            "refusing to switch: the control plane at {addr} does not say which trust bundle its proxies hold (a version before that count?); \
+             upgrade it, or --force to switch without knowing"
+        ),
+    }
 }
 
 /// `weftctl ca rotate finish`.
@@ -317,12 +323,19 @@ pub async fn status(dir: &Path, admins: &Admins, w: &mut dyn Write) -> anyhow::R
             )?;
         }
         writeln!(w, "  {:<9} {:>7}", "unknown", count(&v, "unknown"))?;
-        writeln!(
-            w,
-            "  trust bundle served: held by {} proxies, not acknowledged by {}",
-            v["bundle"]["proxies_holding"].as_i64().unwrap_or(0),
-            bundle_behind(&v)
-        )?;
+        match (
+            v["bundle"]["proxies_holding"].as_i64(),
+            v["bundle"]["proxies_behind"].as_i64(),
+        ) {
+            (Some(holding), Some(behind)) => writeln!(
+                w,
+                "  trust bundle served: held by {holding} proxies, not acknowledged by {behind}"
+            )?,
+            _ => writeln!(
+                w,
+                "  trust bundle served: not counted by this control plane"
+            )?,
+        }
     }
     Ok(())
 }
@@ -351,4 +364,18 @@ fn describe(state: &RotationState, w: &mut dyn Write) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_plane_that_does_not_count_bundles_is_not_taken_for_all_held() {
+        let counted = serde_json::json!({"bundle": {"proxies_holding": 3, "proxies_behind": 1}});
+        assert_eq!(bundle_behind("a:1", &counted).unwrap(), 1);
+        let older = serde_json::json!({"step": "prepared", "proxies_unknown": 0});
+        let e = bundle_behind("a:1", &older).unwrap_err().to_string();
+        assert!(e.contains("a:1") && e.contains("--force"), "{e}");
+    }
 }

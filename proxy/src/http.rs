@@ -834,7 +834,9 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let mut settings = DataPathConfig::default();
         settings.limits.http1_park_after = PARK;
-        settings.limits.header_read_timeout = Duration::from_millis(500);
+        // Well past the park (at 1–2 PARK), so the idle connection parks first even on a
+        // busy machine.
+        settings.limits.header_read_timeout = Duration::from_secs(2);
         let (addr, metrics, _drain) = test_server(settings, routes).await;
         // Idle after its request: parked, then closed at the header timeout; not an error.
         let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();

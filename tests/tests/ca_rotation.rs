@@ -518,6 +518,10 @@ async fn bad_steps_are_refused_by_name_and_force_finishes_over_an_old_certificat
     }
     // A proxy that has not acknowledged the two-root bundle holds switch back: it would refuse
     // what the new CA signs. `status` counts it.
+    wait_served(&cp, "legacy took the two-root bundle, stuck did not", |v| {
+        v["bundle"]["proxies_holding"] == 1 && v["bundle"]["proxies_behind"] == 1
+    })
+    .await;
     let e = refused(rotate(&[
         "switch", "--ca-dir", &ca_dir, "--wait", "1s", "--admin", &admin,
     ]))

@@ -287,9 +287,10 @@ impl Exporter {
                 Err(_) => Failure::retry(format!("no answer within {EXPORT_TIMEOUT:?}"), None),
             };
             self.failures.inc();
-            self.warn(&failure);
             let wait = next_wait(failure.after, backoff);
-            if !failure.retryable || first.elapsed() + wait > GIVE_UP_AFTER {
+            let give_up = !failure.retryable || first.elapsed() + wait > GIVE_UP_AFTER;
+            self.warn(&failure, !give_up);
+            if give_up {
                 self.given_up.inc_by(n);
                 debug!(error = %failure.message, spans = n, retryable = failure.retryable, "span export failed; dropped");
                 break;
@@ -304,7 +305,7 @@ impl Exporter {
 
     /// A failure, as a warning if none was logged in the last [`WARN_EVERY`]: an operator
     /// reading the log learns that traces are incomplete, and why, without a line per batch.
-    fn warn(&mut self, failure: &Failure) {
+    fn warn(&mut self, failure: &Failure, sent_again: bool) {
         let now = tokio::time::Instant::now();
         if self
             .warned
@@ -315,8 +316,9 @@ impl Exporter {
         self.warned = Some(now);
         warn!(
             endpoint = %self.endpoint,
-            error = %failure.message,
-            retried = failure.retryable,
+            // Debug-quoted: the collector's answer is not ours to print raw.
+            error = ?failure.message,
+            sent_again,
             "span export failing (span_export_failures_total, spans_dropped_total count it; this is logged at most once a minute)"
         );
     }
