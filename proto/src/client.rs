@@ -139,6 +139,23 @@ pub async fn certify(
     })
 }
 
+/// TCP (no delay) to `uri`'s host and port (`default_port` if it names none); with the host as
+/// dialed (IPv6 brackets removed).
+pub async fn tcp_connect(
+    uri: &Uri,
+    default_port: u16,
+) -> std::io::Result<(tokio::net::TcpStream, String)> {
+    let host = uri
+        .host()
+        .unwrap_or("localhost")
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(default_port);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok((tcp, host))
+}
+
 /// TCP to `uri`'s host and port (443 if none), then TLS with `tls`, the host as the server
 /// name: the connector of a tonic channel over our rustls (the control plane's, and the proxy's
 /// OTLP exporter's).
@@ -146,14 +163,7 @@ pub async fn tls_connect(
     tls: Arc<rustls::ClientConfig>,
     uri: Uri,
 ) -> std::io::Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
-    let host = uri
-        .host()
-        .unwrap_or("localhost")
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(443);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    tcp.set_nodelay(true)?;
+    let (tcp, host) = tcp_connect(&uri, 443).await?;
     let name = rustls_pki_types::ServerName::try_from(host)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let stream = tokio_rustls::TlsConnector::from(tls)

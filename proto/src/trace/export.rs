@@ -542,25 +542,15 @@ impl HttpSender {
                     let io = crate::client::tls_connect(tls.clone(), self.uri.clone())
                         .await
                         .map_err(|e| failed(&e))?;
-                    let (send, conn) = hyper::client::conn::http1::handshake(io)
-                        .await
-                        .map_err(|e| failed(&e))?;
-                    tokio::spawn(conn);
-                    Ok(send)
+                    http1_handshake(io).await.map_err(|e| failed(&e))
                 }
                 None => {
-                    let host = self.uri.host().unwrap_or_default();
-                    let host = host.trim_matches(|c| c == '[' || c == ']');
-                    let port = self.uri.port_u16().unwrap_or(80);
-                    let tcp = tokio::net::TcpStream::connect((host, port))
+                    let (tcp, _) = crate::client::tcp_connect(&self.uri, 80)
                         .await
                         .map_err(|e| failed(&e))?;
-                    tcp.set_nodelay(true).map_err(|e| failed(&e))?;
-                    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    http1_handshake(TokioIo::new(tcp))
                         .await
-                        .map_err(|e| failed(&e))?;
-                    tokio::spawn(conn);
-                    Ok(send)
+                        .map_err(|e| failed(&e))
                 }
             }
         };
@@ -636,6 +626,18 @@ impl HttpSender {
             Err(Post::Failed(http_failure(status, &headers, &body)))
         }
     }
+}
+
+/// An HTTP/1.1 client connection on `io`, driven by a task of its own.
+async fn http1_handshake<I>(
+    io: I,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    Ok(send)
 }
 
 /// Why a POST failed: before the request went out (safe to send again at once), or after.
