@@ -313,6 +313,13 @@ pub struct IssuerGuard {
     key_id: Option<Vec<u8>>,
 }
 
+impl IssuerGuard {
+    /// The CA that counts the stream.
+    pub fn source(&self) -> &Arc<CaSource> {
+        &self.source
+    }
+}
+
 impl Drop for IssuerGuard {
     fn drop(&mut self) {
         uncount(
@@ -375,21 +382,16 @@ fn uncount<K: Eq + std::hash::Hash>(counts: &mut HashMap<K, i64>, key: &K) {
     }
 }
 
-/// A set of roots, named independently of their order: what a proxy acknowledged is compared
-/// with what is served by this.
+/// A set of roots, named independently of their order (their SHA-256 fingerprints, sorted):
+/// what a proxy acknowledged is compared with what is served by this.
 pub fn roots_key<R: AsRef<[u8]>>(roots: &[R]) -> String {
-    let mut each: Vec<[u8; 32]> = roots
+    let mut each: Vec<String> = roots
         .iter()
-        .map(|r| {
-            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, r.as_ref());
-            let mut out = [0u8; 32];
-            out.copy_from_slice(d.as_ref());
-            out
-        })
+        .map(|r| weft_certs::pem::fingerprint_sha256(r.as_ref()))
         .collect();
     each.sort_unstable();
     each.dedup();
-    hex(&each.concat())
+    each.join(",")
 }
 
 fn hex(b: &[u8]) -> String {

@@ -105,8 +105,7 @@ impl AggregatedDiscovery for DiscoveryService {
             self.metrics.clone(),
             span,
         );
-        stream._issuer = issuer;
-        stream.ca = self.issuers.clone();
+        stream.issuer = issuer;
         if let Some(t) = &self.tracing {
             stream.traced = Some(Traced {
                 tracing: t.clone(),
@@ -133,11 +132,10 @@ struct DeltaStream {
     /// The stream has ended and said why.
     ended: bool,
     metrics: Arc<Metrics>,
-    /// This stream in the per-issuer count, until it drops.
-    _issuer: Option<IssuerGuard>,
-    /// The CA, to count this stream by the trust bundle its proxy holds (`weftctl ca rotate
-    /// switch` waits until every proxy holds the bundle with both roots).
-    ca: Option<Arc<CaSource>>,
+    /// This stream in the per-issuer count, until it drops; its CA also counts the stream by
+    /// the trust bundle its proxy holds (`weftctl ca rotate switch` waits until every proxy
+    /// holds the bundle with both roots).
+    issuer: Option<IssuerGuard>,
     /// This stream in that count, once it asked for the trust bundle.
     bundle: Option<BundleGuard>,
     /// Trust bundles sent and not yet answered: (nonce, [`rotation::roots_key`]), oldest first.
@@ -210,8 +208,7 @@ impl DeltaStream {
             last_sent: None,
             ended: false,
             metrics,
-            _issuer: None,
-            ca: None,
+            issuer: None,
             bundle: None,
             bundle_pushes: VecDeque::new(),
             traced: None,
@@ -353,10 +350,12 @@ impl DeltaStream {
     /// one its proxy acknowledged (a NACK keeps the previous), or, on a reconnect, the one it
     /// says it holds when that is the one served (it is then not sent again).
     fn follow_bundle(&mut self, req: &DeltaDiscoveryRequest, snap: &Snapshot) {
-        let Some(ca) = &self.ca else {
+        let Some(issuer) = &self.issuer else {
             return;
         };
-        let guard = self.bundle.get_or_insert_with(|| ca.bundle_follower());
+        let guard = self
+            .bundle
+            .get_or_insert_with(|| issuer.source().bundle_follower());
         if let Ok(nonce) = req.response_nonce.parse::<u64>() {
             if req.error_detail.is_none()
                 && let Some((_, key)) = self.bundle_pushes.iter().find(|(n, _)| *n == nonce)
@@ -379,7 +378,7 @@ impl DeltaStream {
     fn send(&mut self, out: Outgoing) -> DeltaDiscoveryResponse {
         let nonce = self.last_sent.map_or(1, |(n, _)| n + 1);
         self.last_sent = Some((nonce, Instant::now()));
-        if out.ty == ResourceType::TrustBundle && self.ca.is_some() {
+        if out.ty == ResourceType::TrustBundle && self.issuer.is_some() {
             for key in out.resources.iter().filter_map(|r| bundle_key(&r.body)) {
                 if self.bundle_pushes.len() == OUTSTANDING_PUSHES {
                     self.bundle_pushes.pop_front();
